@@ -1,0 +1,11 @@
+"""The paper's objects, stated exactly (numpy and scipy only).
+
+- :mod:`theory.data` — the patch data distribution (Definition 3.1) and its sampler;
+- :mod:`theory.model` — the cubic two-layer CNN, logistic loss with multiplicities, exact gradient;
+- :mod:`theory.updates` — GD, SGD, SAM and USAM update rules and the reference training loop;
+- :mod:`theory.predictions` — the early-phase recurrence, closed forms, SAM/USAM recurrences;
+- :mod:`theory.useful` — USEFUL's split-and-upsample rule and the baseline partitions;
+- :mod:`theory.configuration` — the validation layer all configurations and command lines share.
+
+This package is the reference the fast code in sims/ and real/ is tested against.
+"""

@@ -1,0 +1,325 @@
+"""The one validation layer for every configuration of the package.
+
+Both command lines (``useful-sim`` in sims/, ``useful-train`` in real/) describe their settings as
+frozen dataclasses whose ``__post_init__`` checks each field with :func:`check`.  This module turns
+such a dataclass into command-line flags (field names with dashes), reads the same fields from a TOML
+file (``--config``), merges defaults < TOML < command line, and converts every value in one place so
+that a bad value is reported the same way whatever its source:
+
+    error: --alpha: got 1.5, expected a number in (0, 1]
+
+It lives in theory/ because theory/ is the only package both sims/ and real/ may import.
+
+Errors are :class:`ConfigError` (a ``ValueError``) carrying the field name; :func:`cli_entry` turns
+them into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = [
+    "ConfigError",
+    "check",
+    "check_choice",
+    "check_int",
+    "check_number",
+    "config_from_mapping",
+    "load_toml",
+    "add_config_arguments",
+    "resolve_config",
+    "OneLineArgumentParser",
+    "cli_entry",
+    "to_jsonable",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; ``field`` names it (``str(err)`` is one line)."""
+
+    def __init__(self, field: str, value: Any = None, expected: str = "", *, message: str | None = None):
+        self.field = field
+        self.value = value
+        self.expected = expected
+        if message is None:
+            message = f"{field}: got {value!r}, expected {expected}"
+        super().__init__(message)
+
+
+def check(condition: bool, field: str, value: Any, expected: str) -> None:
+    """Raise :class:`ConfigError` for ``field`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(field, value, expected)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_number(
+    field: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Check that ``value`` is a finite real number in the interval given by ``low``/``high``.
+
+    ``low_open``/``high_open`` make the corresponding end exclusive.  The error states the interval.
+    """
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    left = "(" if (low is None or low_open) else "["
+    right = ")" if (high is None or high_open) else "]"
+    expected = f"a number in {left}{lo}, {hi}{right}"
+    ok = _is_real(value) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    check(ok, field, value, expected)
+
+
+def check_int(field: str, value: Any, *, low: int | None = None, high: int | None = None) -> None:
+    """Check that ``value`` is an integer (not a bool) in ``[low, high]``."""
+    lo = "-inf" if low is None else str(low)
+    hi = "inf" if high is None else str(high)
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value >= low
+    if ok and high is not None:
+        ok = value <= high
+    check(ok, field, value, f"an integer in [{lo}, {hi}]")
+
+
+def check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
+    """Check that ``value`` is one of ``choices``."""
+    check(value in tuple(choices), field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion of raw values (strings from the command line, TOML values) to a field's type.
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
+            return args[0], True
+    return annotation, False
+
+
+def _coerce(field: str, raw: Any, annotation: Any) -> Any:
+    """Convert ``raw`` to ``annotation``; strings come from the command line."""
+    annotation, optional = _strip_optional(annotation)
+    if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
+        return None
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if isinstance(raw, str) and not all(isinstance(c, str) for c in choices):
+            for c in choices:
+                if str(c) == raw:
+                    return c
+        check_choice(field, raw, choices)
+        return raw
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(field, raw, "true or false")
+    if annotation is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                pass
+        raise ConfigError(field, raw, "an integer")
+    if annotation is float:
+        if _is_real(raw):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw.strip())
+            except ValueError:
+                pass
+        raise ConfigError(field, raw, "a number")
+    if annotation is str:
+        if isinstance(raw, str):
+            return raw
+        raise ConfigError(field, raw, "a string")
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(annotation)
+        if isinstance(raw, str):
+            items = [s for s in raw.split(",") if s.strip()]
+        elif isinstance(raw, (list, tuple)):
+            items = list(raw)
+        else:
+            raise ConfigError(field, raw, "a list (comma-separated on the command line)")
+        return tuple(_coerce(field, item, item_type) for item in items)
+    # Unions such as ``int | str`` (e.g. separate_epoch: int or "auto"): try each member.
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for member in typing.get_args(annotation):
+            if member is type(None):
+                continue
+            try:
+                return _coerce(field, raw, member)
+            except ConfigError as err:
+                errors.append(err.expected)
+        raise ConfigError(field, raw, " or ".join(errors))
+    return raw
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def config_from_mapping(cls: type, mapping: Mapping[str, Any], *, source: str = "configuration") -> Any:
+    """Build ``cls`` from a mapping of field names (dashes or underscores) to raw values.
+
+    Unknown keys raise :class:`ConfigError` naming the key, the source and the allowed keys.
+    """
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, raw in mapping.items():
+        name = key.replace("-", "_")
+        if name not in types_:
+            allowed = ", ".join(sorted(k.replace("_", "-") for k in types_))
+            raise ConfigError(
+                key, message=f"{source}: unknown key {key!r}; allowed keys: {allowed}"
+            )
+        kwargs[name] = _coerce(name.replace("_", "-"), raw, types_[name])
+    return cls(**kwargs)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", str(path), "an existing TOML file")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("--config", message=f"--config: {path} is not valid TOML ({err})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:  # noqa: D401
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (), help_prefix: str = ""
+) -> None:
+    """Add one ``--field-name`` flag per dataclass field (value kept as a raw string, default None).
+
+    Values are converted and validated later by :func:`resolve_config`, so that flags and TOML keys
+    go through the same code.  Booleans take ``--flag`` / ``--no-flag``.
+    """
+    types_ = _field_types(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    for name, annotation in types_.items():
+        if name in exclude:
+            continue
+        flag = "--" + name.replace("_", "-")
+        base, _ = _strip_optional(annotation)
+        default = defaults.get(name, None)
+        help_text = f"{help_prefix}(default: {default!r})"
+        if typing.get_origin(base) is Literal:
+            help_text = "one of " + ", ".join(map(str, typing.get_args(base))) + " " + help_text
+        if base is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def resolve_config(
+    cls: type,
+    args: argparse.Namespace | Mapping[str, Any],
+    *,
+    config_path: str | Path | None = None,
+    section: str | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> Any:
+    """Merge ``base`` < TOML file (optionally one ``section`` of it) < command-line values.
+
+    Only the command-line values that were given (not None) override.  Unknown TOML keys raise.
+    """
+    merged: dict[str, Any] = dict(base or {})
+    if config_path is not None:
+        data = load_toml(config_path)
+        if section is not None and isinstance(data.get(section), dict):
+            data = data[section]
+        types_ = _field_types(cls)
+        for key in data:
+            if key.replace("-", "_") not in types_:
+                allowed = ", ".join(sorted(k.replace("_", "-") for k in types_))
+                raise ConfigError(key, message=f"{config_path}: unknown key {key!r}; allowed keys: {allowed}")
+        merged.update({k.replace("-", "_"): v for k, v in data.items()})
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    types_ = _field_types(cls)
+    for name, value in given.items():
+        if name in types_ and value is not None:
+            merged[name] = value
+    return config_from_mapping(cls, merged, source=str(config_path) if config_path else "command line")
+
+
+def cli_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a command's ``main(argv)`` so that configuration errors are one line and exit 2."""
+
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except ConfigError as err:
+            sys.stderr.write(f"error: {err}\n")
+            return 2
+
+    wrapped.__name__ = getattr(main, "__name__", "main")
+    wrapped.__doc__ = main.__doc__
+    return wrapped
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A dataclass (or nested structure) as plain JSON data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj

@@ -1,0 +1,226 @@
+"""USEFUL's split-and-upsample rule on plain arrays, and the alternative partitions (baselines).
+
+USEFUL (UpSample Early For Uniform Learning): after a short training run, for each class separately
+cluster the network outputs of that class's examples into two groups by 2-means, take the group with
+the higher mean loss (the examples the network has not learned yet: in the synthetic model, those
+without the fast feature), and give it multiplicity ``k`` (``k - 1`` extra copies) when retraining
+from scratch.  The multiplicities sum to ``n + (k - 1) |cluster|``.
+
+2-means is scipy's ``kmeans2`` with k-means++ initialisation, restarted ``n_init`` times from a
+``numpy`` generator seeded by ``seed`` (the run with the lowest inertia wins).  The examples of a class
+are put in a canonical order (lexicographic on the outputs) before clustering, so the result does not
+depend on the order in which examples are given.
+
+These functions are shared by the simulator (sims/) and the trainer (real/).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.cluster.vq import kmeans2
+
+from .configuration import check, check_int, check_number
+
+__all__ = [
+    "ClassSplit",
+    "Partition",
+    "useful_partition",
+    "random_partition",
+    "loss_quantile_partition",
+    "misclassified_partition",
+    "multiplicities_from_mask",
+    "two_means",
+]
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """Diagnostics of one class's split: sizes and mean losses of both clusters, which was chosen.
+
+    ``chosen`` is 0 or 1 (index into ``sizes``/``mean_losses``), or -1 when nothing was upsampled, in
+    which case ``reason`` says why.
+    """
+
+    label: float | int
+    size: int
+    sizes: tuple[int, int] = (0, 0)
+    mean_losses: tuple[float, float] = (float("nan"), float("nan"))
+    chosen: int = -1
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The result of a partition rule.
+
+    Attributes
+    ----------
+    upsample : (n,) bool, the examples to upsample.
+    multiplicities : (n,) int64, ``k`` for upsampled examples, 1 otherwise.
+    k : the upsampling factor.
+    method : name of the rule.
+    classes : per-class diagnostics (USEFUL only; empty for the baselines).
+    """
+
+    upsample: np.ndarray
+    multiplicities: np.ndarray
+    k: int
+    method: str
+    classes: tuple[ClassSplit, ...] = field(default_factory=tuple)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Indices of the upsampled examples."""
+        return np.flatnonzero(self.upsample)
+
+    def upsampled_index_list(self) -> np.ndarray:
+        """``repeat(arange(n), multiplicities)``: the training list after upsampling."""
+        return np.repeat(np.arange(len(self.multiplicities)), self.multiplicities)
+
+
+def _as_2d_outputs(outputs: np.ndarray, n: int | None = None) -> np.ndarray:
+    out = np.asarray(outputs, dtype=np.float64)
+    check(out.ndim in (1, 2), "outputs", out.shape, "shape (n,) or (n, C)")
+    if out.ndim == 1:
+        out = out[:, None]
+    if n is not None:
+        check(out.shape[0] == n, "outputs", out.shape, f"{n} rows (one per label)")
+    check(bool(np.all(np.isfinite(out))), "outputs", "non-finite values", "finite outputs")
+    return out
+
+
+def _validate_common(labels: np.ndarray, losses: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    labels = np.asarray(labels)
+    check(labels.ndim == 1 and labels.size > 0, "labels", labels.shape, "a non-empty 1-d array")
+    check_int("k", k, low=1)
+    if losses is not None:
+        losses = np.asarray(losses, dtype=np.float64)
+        check(losses.shape == labels.shape, "losses", losses.shape, f"shape {labels.shape} (one per label)")
+        check(bool(np.all(np.isfinite(losses))), "losses", "non-finite values", "finite losses")
+    return labels, losses
+
+
+def multiplicities_from_mask(mask: np.ndarray, k: int) -> np.ndarray:
+    """``k`` where ``mask`` is set, 1 elsewhere (int64)."""
+    check_int("k", k, low=1)
+    return np.where(np.asarray(mask, dtype=bool), k, 1).astype(np.int64)
+
+
+def two_means(points: np.ndarray, seed: int | np.random.Generator, n_init: int = 10) -> np.ndarray:
+    """Labels (0/1) of the best of ``n_init`` k-means++ initialised 2-means runs (lowest inertia)."""
+    check_int("n_init", n_init, low=1)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    best_labels, best_inertia = None, np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # kmeans2 warns when a cluster empties; we re-check below
+        for _ in range(n_init):
+            centroids, labels = kmeans2(points, 2, minit="++", seed=rng, iter=50)
+            inertia = float(np.sum((points - centroids[labels]) ** 2))
+            if inertia < best_inertia - 1e-12 * max(1.0, abs(best_inertia)) and len(np.unique(labels)) == 2:
+                best_labels, best_inertia = labels, inertia
+    if best_labels is None:
+        return np.zeros(len(points), dtype=np.int64)
+    return best_labels.astype(np.int64)
+
+
+def useful_partition(
+    outputs: np.ndarray,
+    labels: np.ndarray,
+    losses: np.ndarray,
+    *,
+    k: int = 2,
+    seed: int = 0,
+    n_init: int = 10,
+) -> Partition:
+    """USEFUL: per class, 2-means on the outputs; upsample the cluster with the higher mean loss.
+
+    Parameters
+    ----------
+    outputs : (n,) or (n, C) network outputs (logits) on the un-augmented training set.
+    labels : (n,) class labels (any hashable numeric values, e.g. {-1, +1} or 0..C-1).
+    losses : (n,) per-example losses.
+    k : upsampling factor (the chosen cluster appears k times).
+    seed : seed of the 2-means initialisation.
+
+    A class with fewer than 2 examples, or whose outputs are all identical, upsamples nothing and
+    records the reason in ``classes``.
+    """
+    labels, losses = _validate_common(labels, losses, k)
+    check(losses is not None, "losses", None, "per-example losses")
+    out = _as_2d_outputs(outputs, len(labels))
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    diagnostics = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        pts = out[idx]
+        if len(idx) < 2:
+            diagnostics.append(ClassSplit(label=label.item(), size=len(idx), reason="fewer than 2 examples"))
+            continue
+        if np.all(pts == pts[0]):
+            diagnostics.append(ClassSplit(label=label.item(), size=len(idx), reason="all outputs identical"))
+            continue
+        order = np.lexsort(pts.T[::-1])  # canonical order: independent of the input order
+        assign = np.empty(len(idx), dtype=np.int64)
+        assign[order] = two_means(pts[order], rng, n_init=n_init)
+        sizes = (int(np.sum(assign == 0)), int(np.sum(assign == 1)))
+        if min(sizes) == 0:
+            diagnostics.append(ClassSplit(label=label.item(), size=len(idx), reason="2-means found one cluster"))
+            continue
+        mean_losses = (float(losses[idx][assign == 0].mean()), float(losses[idx][assign == 1].mean()))
+        if mean_losses[0] != mean_losses[1]:
+            chosen = int(np.argmax(mean_losses))
+        else:  # equal losses: the smaller cluster
+            chosen = int(np.argmin(sizes))
+        mask[idx[assign == chosen]] = True
+        diagnostics.append(
+            ClassSplit(label=label.item(), size=len(idx), sizes=sizes, mean_losses=mean_losses, chosen=chosen)
+        )
+    return Partition(
+        upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="useful", classes=tuple(diagnostics)
+    )
+
+
+def random_partition(labels: np.ndarray, like: np.ndarray, *, k: int = 2, seed: int = 0) -> Partition:
+    """Baseline: per class, as many examples as ``like`` selects in that class, drawn at random."""
+    labels, _ = _validate_common(labels, None, k)
+    like = np.asarray(like, dtype=bool)
+    check(like.shape == labels.shape, "like", like.shape, f"shape {labels.shape}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        count = int(like[idx].sum())
+        mask[rng.choice(idx, size=count, replace=False)] = True
+    return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="random")
+
+
+def loss_quantile_partition(labels: np.ndarray, losses: np.ndarray, *, quantile: float = 0.5, k: int = 2) -> Partition:
+    """Baseline: per class, the examples whose loss is above the class's ``quantile`` of losses."""
+    labels, losses = _validate_common(labels, losses, k)
+    check_number("quantile", quantile, low=0.0, high=1.0, high_open=True)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        mask[idx] = losses[idx] > np.quantile(losses[idx], quantile)
+    return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="quantile")
+
+
+def misclassified_partition(outputs: np.ndarray, labels: np.ndarray, *, k: int = 2) -> Partition:
+    """Baseline (and JTT's rule): upsample the misclassified examples.
+
+    Binary outputs of shape (n,) with labels in {-1, +1} are misclassified when ``sign(f) != y``
+    (``f = 0`` counts as wrong); (n, C) outputs when ``argmax != label``.
+    """
+    labels, _ = _validate_common(labels, None, k)
+    raw = np.asarray(outputs, dtype=np.float64)
+    out = _as_2d_outputs(raw, len(labels))
+    if raw.ndim == 1:
+        check(bool(np.all(np.isin(labels, (-1, 1)))), "labels", np.unique(labels)[:5].tolist(), "labels in {-1, +1} for 1-d outputs")
+        mask = np.sign(out[:, 0]) != labels
+    else:
+        mask = np.argmax(out, axis=1) != labels
+    return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="misclassified")
