@@ -1,0 +1,108 @@
+"""A simulator run's recorded quantities, saved as ``NAME.npz`` (arrays) + ``NAME.json`` (metadata).
+
+Recorded every ``record_every`` iterations (and at iteration 0 and the last one), SPEC section 2:
+
+- ``align_fast`` / ``align_slow``: ``max_j <w_j, v_e>`` and ``max_j <w_j, v_d>`` (the alignment curves);
+- ``out_fast`` / ``out_slow``: feature outputs ``F = sum_j (beta <w_j, v>)^3``;
+- ``noise_memorization``: ``max_{j, i, p noise} |<w_j, xi_{i,p}>|`` over the training noise patches;
+- ``train_loss`` (the multiplicity-weighted objective), ``train_acc`` (over the examples);
+- ``test_acc``, ``test_acc_fast`` (test examples with the fast feature), ``test_acc_slow`` (without).
+
+``fast_learned_at`` / ``slow_learned_at`` are exact: the first iteration (checked after every step)
+at which the feature output reaches ``theta``; None if never.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from theory.atomic import atomic_save_npz, atomic_write_json
+
+__all__ = ["Trajectory", "SERIES"]
+
+SERIES = (
+    "iterations",
+    "align_fast",
+    "align_slow",
+    "out_fast",
+    "out_slow",
+    "noise_memorization",
+    "train_loss",
+    "train_acc",
+    "test_acc",
+    "test_acc_fast",
+    "test_acc_slow",
+)
+
+
+@dataclass
+class Trajectory:
+    """Plain data of one run: series of shape (K,), final state, metadata."""
+
+    config: dict[str, Any]
+    series: dict[str, np.ndarray]
+    fast_learned_at: int | None
+    slow_learned_at: int | None
+    final_weights: np.ndarray
+    final_train_outputs: np.ndarray
+    multiplicities: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        series = self.__dict__.get("series", {})
+        if name in series:
+            return series[name]
+        raise AttributeError(name)
+
+    def at(self, name: str, iteration: int) -> float:
+        """The recorded value of ``name`` at the last record at or before ``iteration``."""
+        its = self.series["iterations"]
+        k = int(np.searchsorted(its, iteration, side="right") - 1)
+        return float(self.series[name][max(k, 0)])
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "fast_learned_at": self.fast_learned_at,
+            "slow_learned_at": self.slow_learned_at,
+            "extra": self.extra,
+        }
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write ``path.npz`` and ``path.json`` atomically; returns both paths."""
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
+        npz, meta = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        atomic_save_npz(
+            npz,
+            final_weights=self.final_weights,
+            final_train_outputs=self.final_train_outputs,
+            multiplicities=self.multiplicities,
+            **{f"series_{k}": v for k, v in self.series.items()},
+        )
+        atomic_write_json(meta, self.metadata())
+        return npz, meta
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trajectory":
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
+        with np.load(stem.with_suffix(".npz")) as data:
+            arrays = {k: data[k] for k in data.files}
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        series = {k[len("series_"):]: v for k, v in arrays.items() if k.startswith("series_")}
+        return cls(
+            config=meta["config"],
+            series=series,
+            fast_learned_at=meta["fast_learned_at"],
+            slow_learned_at=meta["slow_learned_at"],
+            final_weights=arrays["final_weights"],
+            final_train_outputs=arrays["final_train_outputs"],
+            multiplicities=arrays["multiplicities"],
+            extra=meta.get("extra", {}),
+        )
