@@ -79,7 +79,7 @@ class SimConfig:
         )
         check_int("record_every", self.record_every, low=1)
         check_number("theta", self.theta, low=0.0, low_open=True)
-        check_int("separate_at", self.separate_at, low=1, high=self.iterations)
+        check_int("separate_at", self.separate_at, low=1, high=self.iterations if self.useful else None)
         check_int("upsample_factor", self.upsample_factor, low=1)
         check_int("seed", self.seed, low=0)
         check_choice("dtype", self.dtype, DTYPES)

@@ -40,6 +40,16 @@ SERIES = (
 )
 
 
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    """``STEM.npz`` and ``STEM.json`` for ``STEM``, ``STEM.npz`` or ``STEM.json`` (dots in STEM are kept)."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".npz", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return path.with_name(name + ".npz"), path.with_name(name + ".json")
+
+
 @dataclass
 class Trajectory:
     """Plain data of one run: series of shape (K,), final state, metadata."""
@@ -75,9 +85,7 @@ class Trajectory:
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.npz`` and ``path.json`` atomically; returns both paths."""
-        path = Path(path)
-        stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
-        npz, meta = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        npz, meta = _paths(path)
         atomic_save_npz(
             npz,
             final_weights=self.final_weights,
@@ -90,11 +98,10 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
-        path = Path(path)
-        stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
-        with np.load(stem.with_suffix(".npz")) as data:
+        npz, meta_path = _paths(path)
+        with np.load(npz) as data:
             arrays = {k: data[k] for k in data.files}
-        meta = json.loads(stem.with_suffix(".json").read_text())
+        meta = json.loads(meta_path.read_text())
         series = {k[len("series_"):]: v for k, v in arrays.items() if k.startswith("series_")}
         return cls(
             config=meta["config"],
