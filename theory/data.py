@@ -48,7 +48,7 @@ class DataConfig:
         check_number("alpha", self.alpha, low=0.0, high=1.0, low_open=True)
         check_number("beta_e", self.beta_e, low=0.0, low_open=True)
         check_number("beta_d", self.beta_d, low=0.0, low_open=True)
-        check(self.beta_e > self.beta_d, "beta_e", self.beta_e, f"a number greater than beta_d = {self.beta_d:g}")
+        check(self.beta_d < self.beta_e, "beta_d", self.beta_d, f"a number smaller than beta_e = {self.beta_e:g} (beta_e > beta_d > 0)")
         check_number("sigma_p", self.sigma_p, low=0.0, low_open=True)
 
 
