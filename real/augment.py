@@ -1,0 +1,203 @@
+"""Batched data augmentation on the device (airbench style: the data set lives on the device as
+uint8 tensors (N, C, H, W); each batch is augmented there, without per-sample Python loops).
+
+Randomness comes from an explicit ``torch.Generator`` (on the data's device), so a seed fixes the
+augmentation stream; ``generator=None`` uses torch's global RNG.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from theory.configuration import check, check_int, check_number
+
+__all__ = ["normalize", "random_crop_flip", "trivial_augment", "mixup", "symmetric_label_noise", "Augmenter"]
+
+
+def _stats(values: Sequence[float], x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=dtype, device=x.device)
+    check(t.ndim == 1 and t.numel() == x.shape[1], "mean/std", tuple(values), f"{x.shape[1]} per-channel values")
+    return t.view(1, -1, 1, 1)
+
+
+def normalize(
+    x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``(x / 255 - mean_c) / std_c`` per channel c of an (N, C, H, W) uint8 batch."""
+    return (x_uint8.to(dtype) / 255.0 - _stats(mean, x_uint8, dtype)) / _stats(std, x_uint8, dtype)
+
+
+def random_crop_flip(
+    x: torch.Tensor, *, padding: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random crop of the zero-padded batch and horizontal flip with probability 1/2, per sample.
+
+    As torchvision's ``RandomCrop(H, padding)`` then ``RandomHorizontalFlip()``: with ``xp`` the
+    input zero-padded by ``padding`` on each side and offsets ``dy, dx ~ U{0..2 padding}``,
+
+        out[n, c, i, j] = xp[n, c, dy_n + i, dx_n + (W - 1 - j if flip_n else j)].
+
+    Works on any dtype (uint8 or float), shape (N, C, H, W); one gather for the whole batch.
+    """
+    check_int("padding", padding, low=0)
+    check(x.ndim == 4, "x", tuple(x.shape), "an (N, C, H, W) batch")
+    n, c, h, w = x.shape
+    dev = x.device if generator is None else generator.device
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
+    flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device)
+    xp = F.pad(x, (padding,) * 4) if padding else x
+    i = torch.arange(h, device=x.device)
+    j = torch.arange(w, device=x.device)
+    rows = dy[:, None] + i  # (N, H)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return xp[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _trivial_augment_module():
+    from kornia.augmentation.auto import TrivialAugment
+
+    return TrivialAugment()
+
+
+def trivial_augment(
+    x_uint8: torch.Tensor, *, generator: torch.Generator | None = None, module=None
+) -> torch.Tensor:
+    """TrivialAugment (Mueller & Hutter, 2021) on a uint8 batch, one operation per image.
+
+    Each image draws one of ``K + 1`` choices uniformly: the identity or one of the ``K = 12``
+    operations of kornia 0.9's ``TrivialAugment`` default policy (auto-contrast, equalize, rotate,
+    posterize, solarize, contrast, brightness, sharpness, shear x/y, translate x/y), with a magnitude
+    drawn per image from kornia's range.  The identity is included as in torchvision's
+    ``TrivialAugmentWide``; kornia's own forward instead applies *one* operation to the whole batch,
+    so here every operation runs on the subset of images that drew it.  Works in float on
+    ``x / 255`` and returns ``round(255 y)`` as uint8, same shape.
+
+    ``module``: a ``kornia.augmentation.auto.TrivialAugment`` to reuse (built if None).
+
+    Determinism: the operation choice comes from ``generator``; kornia draws magnitudes from torch's
+    global RNG (it has no generator argument), so a seed taken from ``generator`` seeds it inside
+    ``torch.random.fork_rng`` (the global state is left untouched).  Same generator state, same
+    device -> same output on CPU; on CUDA up to kernel nondeterminism; CPU and CUDA streams differ.
+    """
+    check(x_uint8.dtype == torch.uint8 and x_uint8.ndim == 4, "x", (x_uint8.dtype, tuple(x_uint8.shape)), "an (N, C, H, W) uint8 batch")
+    module = _trivial_augment_module() if module is None else module
+    ops = list(module.children())
+    n = x_uint8.shape[0]
+    dev = x_uint8.device if generator is None else generator.device
+    choice = torch.randint(0, len(ops) + 1, (n,), generator=generator, device=dev).to(x_uint8.device)
+    x = x_uint8.float() / 255.0
+    out = x.clone()
+
+    def apply() -> None:
+        for k, op in enumerate(ops, start=1):  # choice 0 is the identity
+            idx = torch.nonzero(choice == k).flatten()
+            if idx.numel():
+                out[idx] = op(x[idx]).to(out.dtype)
+
+    if generator is None:
+        apply()
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev).item())
+        cuda = [torch.cuda.current_device() if x_uint8.device.index is None else x_uint8.device.index] if x_uint8.is_cuda else []
+        with torch.random.fork_rng(devices=cuda):  # seeds and restores the CPU and x's GPU only
+            torch.random.default_generator.manual_seed(seed)
+            for index in cuda:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
+            apply()
+    return (out * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def mixup(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    alpha: float,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp (Zhang et al., 2018) with one ``lam ~ Beta(alpha, alpha)`` per batch:
+
+        x_mixed = lam x + (1 - lam) x[perm],   y_soft = lam onehot(y) + (1 - lam) onehot(y[perm])
+
+    ``x`` float (N, ...); ``y`` int labels (N,) or soft targets (N, C); returns y_soft (N, C) float.
+    ``lam`` is drawn with numpy from a seed taken from ``generator`` (torch's Beta takes no
+    generator); ``perm`` is a random permutation from ``generator``.
+    """
+    check_number("alpha", alpha, low=0.0, low_open=True)
+    check_int("num_classes", num_classes, low=1)
+    check(x.is_floating_point(), "x", x.dtype, "a floating-point batch (normalize first)")
+    dev = x.device if generator is None else generator.device
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev).item())
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=generator, device=dev).to(x.device)
+    soft = y.to(x.dtype) if y.ndim == 2 else F.one_hot(y.long(), num_classes).to(x.dtype)
+    return lam * x + (1.0 - lam) * x[perm], lam * soft + (1.0 - lam) * soft[perm]
+
+
+def symmetric_label_noise(
+    labels: np.ndarray, *, rate: float, num_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replace each label with probability ``rate`` by a uniformly random *different* class.
+
+        flipped_i ~ Bernoulli(rate),   noisy_i = (y_i + u_i) mod C,   u_i ~ U{1..C-1}
+
+    Returns ``(noisy_labels, flipped_mask)``; deterministic given ``seed``.
+    """
+    check_number("rate", rate, low=0.0, high=1.0)
+    check_int("num_classes", num_classes, low=2)
+    labels = np.asarray(labels)
+    check(labels.ndim == 1 and bool(np.all((labels >= 0) & (labels < num_classes))), "labels", labels.shape, f"a 1-d array of classes in [0, {num_classes})")
+    rng = np.random.default_rng(seed)
+    flipped = rng.random(labels.shape[0]) < rate
+    shift = rng.integers(1, num_classes, size=labels.shape[0])
+    noisy = np.where(flipped, (labels + shift) % num_classes, labels).astype(labels.dtype)
+    return noisy, flipped
+
+
+class Augmenter:
+    """The per-batch transform of the trainer: TrivialAugment (optional), crop + flip (optional),
+    normalize, all on ``device`` with its own generator seeded by ``seed``.
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore the generator (for resuming).
+    """
+
+    def __init__(
+        self,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_flip: bool = True,
+        trivial_augment: bool = False,
+        padding: int = 4,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        check_int("padding", padding, low=0)
+        check_int("seed", seed, low=0)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.crop_flip, self.trivial_augment, self.padding = crop_flip, trivial_augment, padding
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._ta = _trivial_augment_module() if trivial_augment else None
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = x_uint8
+        if self.trivial_augment:
+            x = trivial_augment(x, generator=self.generator, module=self._ta)
+        if self.crop_flip:
+            x = random_crop_flip(x, padding=self.padding, generator=self.generator)
+        return normalize(x, self.mean, self.std)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,203 @@
+"""SGD, SAM and ASAM for the full-scale trainer (after davda54/sam).
+
+SAM (Foret et al., 2021) takes two gradients per step on the same minibatch:
+
+    e(w)  = rho g / ||g||_F,               g = grad L_B(w)        (first_step: w <- w + e)
+    ASAM  e(w)  = rho T^2 g / ||T g||_F,   T = diag(|w|)          (Kwon et al., 2021)
+    w    <- w - eta * base_step(grad L_B(w + e))                  (second_step, at the restored w)
+
+``||.||_F`` is the norm of the whole parameter vector (all tensors jointly), as in
+``theory.updates.perturbation``; ``g = 0`` gives ``e = 0``.  ``e`` uses the loss gradient only:
+weight decay and momentum belong to the base optimizer's step (as in davda54/sam).
+
+Distributed data parallel: both backward passes of :func:`sam_step` are all-reduced by DDP itself,
+so ``e`` is computed from the global-batch gradient (the theory's minibatch SAM on the global
+batch); nothing else is needed.  (Running the first pass under ``model.no_sync()`` would give each
+worker its own ``e``, i.e. m-sharpness with m = the per-worker batch; that is not done here.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from theory.configuration import check, check_choice, check_number
+
+__all__ = ["OPTIMIZERS", "SAM", "build_optimizer", "disable_running_stats", "enable_running_stats", "sam_step"]
+
+OPTIMIZERS = ("sgd", "sam", "asam")
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimization around a base optimizer.
+
+    Parameters
+    ----------
+    params : parameters or parameter groups.
+    base_optimizer_cls : the base optimizer's class (e.g. ``torch.optim.SGD``), built on the same
+        parameter groups with ``base_kwargs``; ``param_groups`` is shared with it, so LR schedulers
+        attached to this optimizer drive the base step.
+    rho : neighbourhood radius (>= 0; ``rho = 0`` is the base optimizer evaluated twice).
+    adaptive : ASAM, ``e = rho T^2 g / ||T g||`` with ``T = |w|``.
+    """
+
+    def __init__(self, params, base_optimizer_cls, *, rho: float = 0.05, adaptive: bool = False, **base_kwargs):
+        check_number("rho", rho, low=0.0)
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
+        self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+    def _grad_norm(self) -> torch.Tensor:
+        """``||T g||_F`` over every parameter with a gradient (``T = |w|`` for ASAM, else I)."""
+        norms = [
+            ((p.abs() if group["adaptive"] else 1.0) * p.grad).norm(p=2).to(self._device)
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self._device)
+
+    @property
+    def _device(self) -> torch.device:
+        return self.param_groups[0]["params"][0].device
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """``w <- w + e(w)``; the unperturbed ``w`` is kept in ``state[p]["old_p"]``."""
+        norm = self._grad_norm()
+        for group in self.param_groups:
+            # scale = rho / ||T g||, and 0 when g = 0 (no NaN, no host sync).
+            scale = torch.where(norm > 0, group["rho"] / norm, torch.zeros_like(norm))
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self.state[p]["old_p"] = p.detach().clone()
+                e = (p.square() if group["adaptive"] else 1.0) * p.grad * scale.to(p.device)
+                p.add_(e)
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore ``w`` and take the base step with the gradient computed at ``w + e``."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                old = self.state[p].pop("old_p", None)
+                if old is not None:
+                    p.copy_(old)
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], object] | None = None):
+        """One SAM step; the gradient at ``w`` must already be in ``.grad`` and ``closure`` must
+        zero nothing and do a full forward-backward pass (it runs at ``w + e``)."""
+        check(closure is not None, "closure", None, "a closure doing a forward-backward pass (SAM needs two)")
+        self.first_step(zero_grad=True)
+        torch.enable_grad()(closure)()
+        self.second_step()
+
+    def state_dict(self) -> dict:
+        """The base optimizer's state (momentum buffers) and the shared param groups."""
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups  # load_state_dict rebuilds the list
+
+
+def build_optimizer(
+    name: str,
+    params,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 5e-4,
+    rho: float = 0.05,
+) -> torch.optim.Optimizer:
+    """``"sgd"``: ``torch.optim.SGD``; ``"sam"`` / ``"asam"``: :class:`SAM` over that SGD.
+
+    ASAM's radius is on the scale ``|w|``-normalized; Kwon et al. use ``rho`` about 10x SAM's.
+    """
+    check_choice("optimizer", name, OPTIMIZERS)
+    check_number("lr", lr, low=0.0, low_open=True)
+    check_number("momentum", momentum, low=0.0)
+    check_number("weight_decay", weight_decay, low=0.0)
+    check(not nesterov or momentum > 0, "nesterov", nesterov, "momentum > 0 with Nesterov")
+    sgd = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, **sgd)
+    return SAM(params, torch.optim.SGD, rho=rho, adaptive=(name == "asam"), **sgd)
+
+
+def _batch_norms(model: nn.Module):
+    return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def disable_running_stats(model: nn.Module) -> None:
+    """Freeze BatchNorm running statistics (momentum 0) for SAM's second forward pass.
+
+    The second pass runs at the perturbed weights ``w + e``, a network that is never evaluated;
+    letting it update ``running_mean``/``running_var`` would count the same batch twice and mix in
+    statistics of the perturbed network.  Normalization still uses the batch statistics (train
+    mode), so the gradient at ``w + e`` is the ordinary train-mode gradient.  With momentum 0 the
+    update ``r <- (1 - 0) r + 0 * batch`` leaves the buffers unchanged (davda54/sam's
+    ``disable_running_stats``); ``num_batches_tracked`` is saved too and restored by
+    :func:`enable_running_stats` (it matters for ``momentum=None``, the cumulative average).
+    """
+    for m in _batch_norms(model):
+        if not hasattr(m, "_sam_backup"):
+            tracked = None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
+            m._sam_backup = (m.momentum, tracked)
+            m.momentum = 0.0
+
+
+def enable_running_stats(model: nn.Module) -> None:
+    """Undo :func:`disable_running_stats` (a no-op for modules that were not disabled)."""
+    for m in _batch_norms(model):
+        if hasattr(m, "_sam_backup"):
+            m.momentum, tracked = m._sam_backup
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+            del m._sam_backup
+
+
+def sam_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step; returns ``(loss, logits)`` at the unperturbed ``w``, detached.
+
+    Plain optimizers: one forward-backward and ``optimizer.step()``.  :class:`SAM`: forward-backward
+    at ``w``, then ``optimizer.step(closure)`` whose closure repeats it at ``w + e`` with BatchNorm
+    running statistics frozen (:func:`disable_running_stats`).  Gradients are zeroed before and
+    after.  Nothing is synchronized with the host (the loss stays a device tensor).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(inputs)
+    loss = loss_fn(logits, targets)
+    loss.backward()
+    if isinstance(optimizer, SAM):
+
+        def closure() -> torch.Tensor:
+            disable_running_stats(model)
+            try:
+                second = loss_fn(model(inputs), targets)
+                second.backward()
+            finally:
+                enable_running_stats(model)
+            return second
+
+        optimizer.step(closure)
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), logits.detach()
