@@ -1,0 +1,96 @@
+"""Generated invalid configurations through ``useful-sim`` (flags and TOML): exit 2, one line naming the field."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sims.cli import main
+
+_not_a_number = st.sampled_from(["abc", "1e", "--", "0x1g", "one", "[1]", "1,2"])
+_non_int = st.one_of(_not_a_number, st.sampled_from(["2.5", "1e-3", "nan"]))
+
+
+def _below(limit: float, *, inclusive: bool) -> st.SearchStrategy:
+    top = limit if inclusive else math.nextafter(limit, -math.inf)
+    return st.floats(min_value=-1e6, max_value=top, allow_nan=False).map(repr)
+
+
+def _int_below(limit: int) -> st.SearchStrategy:
+    return st.integers(min_value=-10**6, max_value=limit - 1).map(str)
+
+
+# field -> strategy of invalid raw values (strings, as typed on a command line)
+INVALID = {
+    "d": st.one_of(_int_below(3), _non_int),
+    "P": st.one_of(_int_below(3), _non_int),
+    "alpha": st.one_of(_below(0.0, inclusive=True), st.floats(min_value=1.0001, max_value=1e6).map(repr),
+                       st.sampled_from(["nan", "inf", "-inf"]), _not_a_number),
+    "beta_e": st.one_of(_below(0.0, inclusive=True), _not_a_number, st.sampled_from(["nan", "inf"])),
+    "beta_d": st.one_of(_below(0.0, inclusive=True), st.floats(min_value=1.0, max_value=1e6).map(repr), _not_a_number),
+    "sigma_p": st.one_of(_below(0.0, inclusive=True), _not_a_number, st.just("inf")),
+    "J": st.one_of(_int_below(1), _non_int),
+    "sigma_0": st.one_of(_below(0.0, inclusive=True), _not_a_number),
+    "optimizer": st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=8).filter(
+        lambda s: s not in ("gd", "sgd", "sam", "usam") and not s.startswith("-")),
+    "lr": st.one_of(_below(0.0, inclusive=True), _not_a_number, st.just("nan")),
+    "rho": st.one_of(_below(0.0, inclusive=False), _not_a_number),
+    "iterations": st.one_of(_int_below(1), _non_int),
+    "batch_size": st.one_of(_int_below(1), st.integers(min_value=201, max_value=10**6).map(str), _non_int),
+    "n_train": st.one_of(_int_below(2), _non_int),
+    "n_test": st.one_of(_int_below(1), _non_int),
+    "record_every": st.one_of(_int_below(1), _non_int),
+    "theta": st.one_of(_below(0.0, inclusive=True), _not_a_number),
+    "separate_at": st.one_of(_int_below(1), _non_int),
+    "upsample_factor": st.one_of(_int_below(1), _non_int),
+    "seed": st.one_of(_int_below(0), _non_int),
+    "dtype": st.sampled_from(["float16", "f64", "double", "int"]),
+    "backend": st.sampled_from(["jax", "cuda", "numpy", "Numba"]),
+    "device": st.sampled_from(["cuda", "cuda:0", "gpu", "tpu"]),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(sorted(INVALID)), data=st.data(), via_toml=st.booleans())
+def test_invalid_value_exits_2_with_one_line_naming_it(field, data, via_toml, tmp_path_factory, capsys):
+    raw = data.draw(INVALID[field], label="value")
+    tmp = tmp_path_factory.mktemp("cli")
+    argv = ["run", "--out", str(tmp / "o"), "--iterations", "5"] if field != "iterations" else ["run", "--out", str(tmp / "o")]
+    if via_toml:
+        toml = tmp / "c.toml"
+        toml.write_text(f"{field} = {raw!r}\n".replace("'", '"'))
+        argv += ["--config", str(toml)]
+    else:
+        argv += [f"--{field.replace('_', '-')}={raw}"]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (field, raw, err)
+    assert len(err.splitlines()) == 1, err
+    names = {field, field.replace("_", "-")} | ({"beta_e"} if field == "beta_d" else set())
+    assert any(n in err for n in names) or (via_toml and "TOML" in err), err
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+def test_unknown_toml_key_is_named(key, tmp_path_factory, capsys):
+    from sims.config import SimConfig
+
+    if key in SimConfig.__dataclass_fields__:
+        return
+    tmp = tmp_path_factory.mktemp("cli")
+    toml = tmp / "c.toml"
+    toml.write_text(f"{key} = 1\n")
+    code = main(["run", "--out", str(tmp / "o"), "--config", str(toml)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and repr(key) in err and str(toml) in err
+
+
+@pytest.mark.parametrize("argv", [["run"], ["bogus"], ["run", "--out", "x", "--nope", "1"], []])
+def test_usage_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
