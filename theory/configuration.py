@@ -25,6 +25,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+import numpy as np
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -65,7 +67,8 @@ def check(condition: bool, field: str, value: Any, expected: str) -> None:
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """int/float or a numpy real scalar, but not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def check_number(
@@ -98,7 +101,7 @@ def check_int(field: str, value: Any, *, low: int | None = None, high: int | Non
     """Check that ``value`` is an integer (not a bool) in ``[low, high]``."""
     lo = "-inf" if low is None else str(low)
     hi = "inf" if high is None else str(high)
-    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if ok and low is not None:
         ok = value >= low
     if ok and high is not None:
@@ -224,7 +227,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # (not UTF-8: not TOML either)
         raise ConfigError("--config", message=f"--config: {path} is not valid TOML ({err})") from None
 
 

@@ -110,6 +110,8 @@ def learning_time(
     check_number("theta", theta, low=0.0, low_open=True)
     c = lr * coefficient_rate(q, beta)
     a = np.array(a0, dtype=np.float64, copy=True).reshape(-1)
+    if np.all(a <= 0):  # a_t stays in [a_0, 0]: F <= 0 < theta forever
+        return None
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(max_iterations + 1):
             if np.sum((beta * a) ** 3) >= theta:
@@ -182,8 +184,9 @@ def sam_recurrence(
                 scale = rho / norm if norm > 0 and np.isfinite(norm) else 0.0
             else:
                 scale = rho
-            p_e = a_e + scale * g_e
-            p_d = a_d + scale * g_d
+            # A blown-up (inf) coefficient stays inf: ``0 * inf`` or ``inf - inf`` would make it NaN.
+            p_e = np.where(np.isinf(a_e), a_e, a_e + scale * g_e)
+            p_d = np.where(np.isinf(a_d), a_d, a_d + scale * g_d)
             a_e = a_e + lr * c_e * p_e**2
             a_d = a_d + lr * c_d * p_d**2
             a_e[a_e > _OVERFLOW] = np.inf

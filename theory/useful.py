@@ -119,7 +119,10 @@ def two_means(points: np.ndarray, seed: int | np.random.Generator, n_init: int =
         for _ in range(n_init):
             centroids, labels = kmeans2(points, 2, minit="++", seed=rng, iter=50)
             inertia = float(np.sum((points - centroids[labels]) ** 2))
-            if inertia < best_inertia - 1e-12 * max(1.0, abs(best_inertia)) and len(np.unique(labels)) == 2:
+            if len(np.unique(labels)) != 2:
+                continue
+            # (the first two-cluster run always wins: ``inf - 1e-12 * inf`` would be NaN)
+            if best_labels is None or inertia < best_inertia - 1e-12 * max(1.0, abs(best_inertia)):
                 best_labels, best_inertia = labels, inertia
     if best_labels is None:
         return np.zeros(len(points), dtype=np.int64)
@@ -171,7 +174,7 @@ def useful_partition(
             diagnostics.append(ClassSplit(label=label.item(), size=len(idx), reason="2-means found one cluster"))
             continue
         mean_losses = (float(losses[idx][assign == 0].mean()), float(losses[idx][assign == 1].mean()))
-        if mean_losses[0] != mean_losses[1]:
+        if not np.isclose(mean_losses[0], mean_losses[1], rtol=1e-12, atol=0.0):
             chosen = int(np.argmax(mean_losses))
         else:  # equal losses: the smaller cluster
             chosen = int(np.argmin(sizes))

@@ -1,0 +1,280 @@
+"""theory/useful.py: USEFUL's split-and-upsample rule and the baseline partitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from theory.configuration import ConfigError
+from theory.data import DataConfig, sample
+from theory.model import init_weights, outputs, per_example_loss
+from theory.updates import train
+from theory.useful import (
+    loss_quantile_partition,
+    misclassified_partition,
+    multiplicities_from_mask,
+    random_partition,
+    two_means,
+    useful_partition,
+)
+
+FAST = settings(deadline=None, max_examples=30)
+
+
+@st.composite
+def planted(draw):
+    """Per class, two well-separated clusters of outputs; the 'hard' one has the higher losses.
+
+    Returns outputs ((n,) for labels {-1, +1}, or (n, C) for labels 0..C-1), labels, losses, and the
+    planted hard mask.  Cluster centres are >= 10 apart, spreads <= 0.1.
+    """
+    two_d = draw(st.booleans())
+    if two_d:
+        C = draw(st.integers(2, 4))
+        classes = list(range(C))
+        dim = C
+    else:
+        classes = [-1, 1]
+        dim = 1
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    outs, labels, losses, hard = [], [], [], []
+    for c in classes:
+        n_easy = draw(st.integers(1, 12))
+        n_hard = draw(st.integers(1, 12))
+        hard_centre = rng.standard_normal(dim) * 3
+        direction = rng.standard_normal(dim)
+        direction /= np.linalg.norm(direction)
+        easy_centre = hard_centre + direction * draw(st.floats(10.0, 50.0))
+        spread = draw(st.floats(0.0, 0.1))
+        for centre, count, is_hard in ((hard_centre, n_hard, True), (easy_centre, n_easy, False)):
+            pts = centre + spread * rng.uniform(-1, 1, size=(count, dim)) / np.sqrt(dim)
+            outs.append(pts)
+            labels += [c] * count
+            # losses: the hard cluster's are all above the easy cluster's
+            losses.append(rng.uniform(1.0, 2.0, count) if is_hard else rng.uniform(0.0, 0.9, count))
+            hard += [is_hard] * count
+    out = np.concatenate(outs)
+    if not two_d:
+        out = out[:, 0]
+    perm = rng.permutation(len(labels))
+    return out[perm], np.array(labels)[perm], np.concatenate(losses)[perm], np.array(hard)[perm]
+
+
+@FAST
+@given(planted(), st.integers(1, 4), st.integers(0, 1000))
+def test_recovers_planted_clusters_exactly(case, k, seed):
+    out, labels, losses, hard = case
+    part = useful_partition(out, labels, losses, k=k, seed=seed)
+    np.testing.assert_array_equal(part.upsample, hard)
+    assert part.method == "useful" and part.k == k
+    assert part.multiplicities.dtype == np.int64
+    np.testing.assert_array_equal(part.multiplicities, np.where(hard, k, 1))
+    assert part.multiplicities.sum() == len(labels) + (k - 1) * hard.sum()
+    np.testing.assert_array_equal(part.indices, np.flatnonzero(hard))
+    assert len(part.upsampled_index_list()) == part.multiplicities.sum()
+    assert [s.label for s in part.classes] == sorted(set(labels.tolist()))
+    for s in part.classes:
+        assert s.chosen in (0, 1) and s.reason == ""
+        assert s.sizes[s.chosen] == int(np.sum(hard & (labels == s.label)))
+
+
+@st.composite
+def arbitrary(draw):
+    """Arbitrary outputs (with ties), labels and losses: no planted structure."""
+    n = draw(st.integers(1, 40))
+    C = draw(st.integers(1, 4))
+    labels = np.array(draw(st.lists(st.integers(0, C - 1), min_size=n, max_size=n)))
+    two_d = draw(st.booleans())
+    values = st.one_of(st.sampled_from([0.0, 1.0, -2.5]), st.floats(-10, 10, allow_nan=False))
+    shape = (n, C) if two_d else (n,)
+    out = np.array(draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))).reshape(shape)
+    losses = np.array(draw(st.lists(st.floats(0, 5), min_size=n, max_size=n)))
+    return out, labels, losses
+
+
+@FAST
+@given(arbitrary(), st.integers(1, 3), st.integers(0, 100), st.randoms(use_true_random=False))
+def test_invariant_to_permuting_examples(case, k, seed, rnd):
+    out, labels, losses = case
+    n = len(labels)
+    perm = np.array(rnd.sample(range(n), n))
+    a = useful_partition(out, labels, losses, k=k, seed=seed)
+    b = useful_partition(out[perm], labels[perm], losses[perm], k=k, seed=seed)
+    np.testing.assert_array_equal(b.upsample, a.upsample[perm])
+    np.testing.assert_array_equal(b.multiplicities, a.multiplicities[perm])
+    for sa, sb in zip(a.classes, b.classes):
+        assert (sa.label, sa.size, sa.sizes, sa.chosen, sa.reason) == (sb.label, sb.size, sb.sizes, sb.chosen, sb.reason)
+        np.testing.assert_allclose(sa.mean_losses, sb.mean_losses, rtol=1e-12)
+
+
+@FAST
+@given(arbitrary(), st.integers(1, 3), st.integers(0, 100))
+def test_partition_invariants(case, k, seed):
+    """Deterministic per seed; multiplicities in {1, k} summing to n + (k-1)|cluster|; the chosen cluster
+    has the higher mean loss (ties: the smaller one) and the diagnostics describe the actual split."""
+    out, labels, losses = case
+    part = useful_partition(out, labels, losses, k=k, seed=seed)
+    again = useful_partition(out, labels, losses, k=k, seed=seed)
+    np.testing.assert_array_equal(part.upsample, again.upsample)
+    assert repr(part.classes) == repr(again.classes)
+    n = len(labels)
+    assert set(np.unique(part.multiplicities)) <= {1, k}
+    assert part.multiplicities.sum() == n + (k - 1) * part.upsample.sum()
+    assert len(part.classes) == len(np.unique(labels))
+    pts = out if out.ndim == 2 else out[:, None]
+    for s in part.classes:
+        in_class = labels == s.label
+        chosen = part.upsample & in_class
+        assert s.size == in_class.sum()
+        if s.chosen == -1:
+            assert not chosen.any() and s.reason
+            if s.size < 2:
+                assert "fewer than 2" in s.reason
+            elif np.all(pts[in_class] == pts[in_class][0]):
+                assert "identical" in s.reason
+            continue
+        other = in_class & ~part.upsample
+        assert chosen.any() and other.any()
+        assert sum(s.sizes) == s.size and s.sizes[s.chosen] == chosen.sum()
+        assert s.mean_losses[s.chosen] == pytest.approx(losses[chosen].mean(), rel=1e-12, abs=1e-15)
+        assert s.mean_losses[1 - s.chosen] == pytest.approx(losses[other].mean(), rel=1e-12, abs=1e-15)
+        assert s.mean_losses[s.chosen] >= s.mean_losses[1 - s.chosen]
+        if s.mean_losses[0] == s.mean_losses[1]:
+            assert s.sizes[s.chosen] <= s.sizes[1 - s.chosen]
+        # a 2-means fixed point: every point is at least as close to its own cluster's mean
+        c1, c2 = pts[chosen].mean(axis=0), pts[other].mean(axis=0)
+        d1 = np.sum((pts - c1) ** 2, axis=1)
+        d2 = np.sum((pts - c2) ** 2, axis=1)
+        tol = 1e-9 * (1 + np.sum(c1**2) + np.sum(c2**2))
+        assert np.all(d1[chosen] <= d2[chosen] + tol) and np.all(d2[other] <= d1[other] + tol)
+
+
+def test_two_means_finds_two_groups():
+    """Regression: the first two-cluster run was never accepted (inf - 1e-12 * inf is NaN), so every
+    class used to come back as 'one cluster' and USEFUL upsampled nothing."""
+    pts = np.r_[np.zeros(5), np.full(4, 3.0)][:, None]
+    lab = two_means(pts, 0)
+    assert len(np.unique(lab)) == 2
+    assert len(set(lab[:5])) == 1 and len(set(lab[5:])) == 1 and lab[0] != lab[5]
+    np.testing.assert_array_equal(two_means(np.ones((6, 1)), 0), np.zeros(6))
+
+
+def test_degenerate_classes_upsample_nothing_and_say_why():
+    out = np.array([5.0, 1.0, 1.0, 1.0, -3.0, 4.0, -2.0])
+    labels = np.array([0, 1, 1, 1, 2, 2, 2])
+    losses = np.array([1.0, 0.2, 0.9, 0.5, 2.0, 0.1, 1.9])
+    part = useful_partition(out, labels, losses)
+    by_label = {s.label: s for s in part.classes}
+    assert by_label[0].chosen == -1 and "fewer than 2" in by_label[0].reason
+    assert by_label[1].chosen == -1 and "identical" in by_label[1].reason
+    assert by_label[2].chosen in (0, 1) and by_label[2].reason == ""
+    np.testing.assert_array_equal(part.upsample, [False, False, False, False, True, False, True])
+    assert part.multiplicities.sum() == 7 + 2
+
+
+def test_equal_mean_losses_choose_the_smaller_cluster():
+    """(0.5 is exact in binary, so both cluster means are exactly 0.5.)"""
+    out = np.array([0.0, 0.1, 0.2, 9.0, 9.1])
+    part = useful_partition(out, np.ones(5), np.full(5, 0.5), k=3)
+    np.testing.assert_array_equal(part.upsample, [False, False, False, True, True])
+    part = useful_partition(-out, np.ones(5), np.full(5, 0.5), k=3)
+    np.testing.assert_array_equal(part.upsample, [False, False, False, True, True])
+
+
+def test_two_dimensional_outputs_identical_rows():
+    out = np.tile([[1.0, 2.0]], (4, 1))
+    part = useful_partition(out, np.array([3, 3, 3, 3]), np.arange(4.0))
+    assert not part.upsample.any() and "identical" in part.classes[0].reason
+
+
+def test_finds_the_examples_without_the_fast_feature_early_in_training():
+    """Claim 2 on a small default-like regime: after 120 GD iterations, 2-means on the outputs of each
+    class separates the examples without the fast feature exactly, and they have the higher loss."""
+    data = sample(DataConfig(d=100, alpha=0.9, beta_d=0.4, sigma_p=0.06), 100, 0)
+    W = train(init_weights(10, 100, 0.01, 7), data.X, data.y, rule="gd", lr=0.5, iterations=120)
+    part = useful_partition(outputs(W, data.X), data.y, per_example_loss(W, data.X, data.y), k=2, seed=0)
+    np.testing.assert_array_equal(part.upsample, ~data.has_fast)
+    assert part.multiplicities.sum() == 100 + (~data.has_fast).sum()
+
+
+@FAST
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=40), st.data(), st.integers(1, 3), st.integers(0, 100))
+def test_random_partition_keeps_per_class_counts(labels, data, k, seed):
+    labels = np.array(labels)
+    like = np.array(data.draw(st.lists(st.booleans(), min_size=len(labels), max_size=len(labels))))
+    part = random_partition(labels, like, k=k, seed=seed)
+    for c in np.unique(labels):
+        assert part.upsample[labels == c].sum() == like[labels == c].sum()
+    np.testing.assert_array_equal(part.upsample, random_partition(labels, like, k=k, seed=seed).upsample)
+    np.testing.assert_array_equal(part.multiplicities, multiplicities_from_mask(part.upsample, k))
+    assert part.method == "random"
+
+
+def test_random_partition_is_random():
+    labels = np.zeros(100, dtype=int)
+    like = np.arange(100) < 30
+    a = random_partition(labels, like, seed=0).upsample
+    b = random_partition(labels, like, seed=1).upsample
+    assert a.sum() == b.sum() == 30 and not np.array_equal(a, b)
+
+
+def test_quantile_partition_hand_example():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    losses = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 1.0])
+    part = loss_quantile_partition(labels, losses, quantile=0.5, k=3)
+    np.testing.assert_array_equal(part.upsample, [False, False, True, True, True, False])
+    np.testing.assert_array_equal(part.multiplicities, [1, 1, 3, 3, 3, 1])
+    part = loss_quantile_partition(labels, losses, quantile=0.0)
+    np.testing.assert_array_equal(part.upsample, [False, True, True, True, True, False])
+    assert part.method == "quantile"
+
+
+def test_misclassified_partition_hand_examples():
+    part = misclassified_partition(np.array([1.0, -2.0, 0.0, 3.0]), np.array([1, 1, 1, -1]))
+    np.testing.assert_array_equal(part.upsample, [False, True, True, True])
+    out = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 5.0], [1.0, 3.0, 2.0]])
+    part = misclassified_partition(out, np.array([1, 1, 2, 2]), k=4)
+    np.testing.assert_array_equal(part.upsample, [False, True, False, True])
+    np.testing.assert_array_equal(part.multiplicities, [1, 4, 1, 4])
+    assert part.method == "misclassified"
+
+
+def test_multiplicities_from_mask():
+    np.testing.assert_array_equal(multiplicities_from_mask([True, False, True], 3), [3, 1, 3])
+    assert multiplicities_from_mask([True], 2).dtype == np.int64
+
+
+OUT, LAB, LOSS = np.array([0.0, 1.0, 5.0]), np.array([1, 1, 1]), np.array([0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: useful_partition(OUT[:2], LAB, LOSS), "outputs"),
+        (lambda: useful_partition(np.zeros((3, 2, 2)), LAB, LOSS), "outputs"),
+        (lambda: useful_partition(np.array([0.0, np.nan, 1.0]), LAB, LOSS), "outputs"),
+        (lambda: useful_partition(np.array([0.0, np.inf, 1.0]), LAB, LOSS), "outputs"),
+        (lambda: useful_partition(OUT, LAB, LOSS[:2]), "losses"),
+        (lambda: useful_partition(OUT, LAB, np.array([0.1, np.nan, 0.3])), "losses"),
+        (lambda: useful_partition(OUT, LAB, LOSS, k=0), "k"),
+        (lambda: useful_partition(OUT, LAB, LOSS, k=1.5), "k"),
+        (lambda: useful_partition(OUT, LAB, LOSS, n_init=0), "n_init"),
+        (lambda: useful_partition(np.zeros(0), np.zeros(0), np.zeros(0)), "labels"),
+        (lambda: useful_partition(OUT, LAB[:, None], LOSS), "labels"),
+        (lambda: random_partition(LAB, np.array([True, False]), k=2), "like"),
+        (lambda: random_partition(LAB, np.array([True, False, True]), k=0), "k"),
+        (lambda: loss_quantile_partition(LAB, LOSS, quantile=1.0), "quantile"),
+        (lambda: loss_quantile_partition(LAB, LOSS[:1]), "losses"),
+        (lambda: misclassified_partition(OUT, np.array([0, 1, 1])), "labels"),
+        (lambda: misclassified_partition(OUT[:2], LAB), "outputs"),
+        (lambda: misclassified_partition(np.array([1.0, np.nan, 0.0]), LAB), "outputs"),
+        (lambda: multiplicities_from_mask(np.array([True]), 0), "k"),
+    ],
+)
+def test_invalid_inputs_raise_naming_the_field(call, field):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert isinstance(info.value, ConfigError)
+    assert info.value.field == field and field in str(info.value)
