@@ -1,0 +1,599 @@
+"""Image-classification data sets read from their distributed formats, held in memory as uint8.
+
+Nothing is ever downloaded: every loader reads the files as the data set's authors distribute them
+and raises :class:`DatasetError` (one line, naming the file or directory, the expected layout and
+where to get the data) when something is missing, truncated or malformed.
+
+Supported names (:data:`DATASETS`):
+
+* ``cifar10``: ``cifar-10-batches-py/`` (pickles ``data_batch_1..5``, ``test_batch``);
+* ``cifar100``: ``cifar-100-python/`` (pickles ``train``, ``test``; fine labels, 100 classes);
+* ``stl10``: ``stl10_binary/`` (``train_X.bin``, ``train_y.bin``, ``test_X.bin``, ``test_y.bin``);
+* ``cinic10``: image folders ``train/<class>/*.png`` and ``test/<class>/*.png`` (``valid/`` unused);
+* ``tinyimagenet``: ``tiny-imagenet-200/`` (``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
+  ``val/images/*.JPEG`` with ``val/val_annotations.txt``; the validation split is the test split);
+* ``fashion-mnist``: the four idx files, each optionally gzipped;
+* ``synthetic``: generated in memory from the seed (10 classes, 3x32x32).
+
+Every split is checked: images uint8 ``(N, C, H, W)`` of the data set's size, as many labels as
+images, labels in ``[0, num_classes)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetError",
+    "default_data_dir",
+    "load_dataset",
+    "long_tailed_indices",
+]
+
+DATASETS = ("cifar10", "cifar100", "stl10", "cinic10", "tinyimagenet", "fashion-mnist", "synthetic")
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# name -> (expected layout, where to get it); used in every error message.
+_SOURCES = {
+    "cifar10": (
+        "the python version of CIFAR-10: cifar-10-batches-py/data_batch_1..5 and test_batch",
+        "https://www.cs.toronto.edu/~kriz/cifar.html",
+    ),
+    "cifar100": (
+        "the python version of CIFAR-100: cifar-100-python/train and test",
+        "https://www.cs.toronto.edu/~kriz/cifar.html",
+    ),
+    "stl10": (
+        "the binary version of STL-10: stl10_binary/train_X.bin, train_y.bin, test_X.bin, test_y.bin",
+        "https://cs.stanford.edu/~acoates/stl10/",
+    ),
+    "cinic10": (
+        "CINIC-10 image folders: train/<class>/*.png and test/<class>/*.png, 10 classes",
+        "https://github.com/BayesWatch/cinic-10",
+    ),
+    "tinyimagenet": (
+        "tiny-imagenet-200/ with wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG "
+        "and val/val_annotations.txt",
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+    ),
+    "fashion-mnist": (
+        "Fashion-MNIST idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (optionally .gz)",
+        "https://github.com/zalandoresearch/fashion-mnist or `apt-get install dataset-fashion-mnist`",
+    ),
+}
+
+_CIFAR_PIXELS = 3 * 32 * 32
+_STL_SHAPE = (3, 96, 96)
+_IDX_IMAGES_MAGIC = 2051
+_IDX_LABELS_MAGIC = 2049
+
+
+class DatasetError(ValueError):
+    """A data set is missing, truncated or malformed; the message is one line naming the file."""
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no boolean equality
+class Dataset:
+    """A classification data set held in memory.
+
+    Attributes
+    ----------
+    name : the data set's name (one of :data:`DATASETS`).
+    train_x, test_x : uint8 tensors ``(N, C, H, W)``, contiguous, on the CPU.
+    train_y, test_y : int64 tensors ``(N,)`` with values in ``[0, num_classes)``.
+    num_classes : number of classes.
+    mean, std : per-channel mean and standard deviation of ``train_x / 255`` over all pixels.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels ``C``."""
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Image height ``H`` (all supported images are square)."""
+        return int(self.train_x.shape[2])
+
+
+# --------------------------------------------------------------------------------------------
+# errors and paths
+# --------------------------------------------------------------------------------------------
+
+
+def _error(name: str, problem: str, path: Path | str) -> DatasetError:
+    """Build the one-line error ``"<name>: <problem> <path> (expected ...; get it from ...)"``."""
+    layout, url = _SOURCES[name]
+    message = f"{name}: {problem} {path} (expected {layout}; get it from {url})"
+    return DatasetError(" ".join(message.split()))
+
+
+def default_data_dir(name: str) -> Path | None:
+    """Return the default directory of a data set, or None when there is none on this machine.
+
+    Parameters
+    ----------
+    name : data set name.
+
+    Returns
+    -------
+    Path or None
+        ``/usr/share/datasets/fashion-mnist`` (where Debian's ``dataset-fashion-mnist`` package
+        installs the gzipped idx files) for ``fashion-mnist`` when that directory exists;
+        None otherwise.
+    """
+    if _canonical(name) == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
+        return DEBIAN_FASHION_MNIST
+    return None
+
+
+def _canonical(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def _root(name: str, data_dir: str | Path | None, subdirs: tuple[str, ...]) -> Path:
+    """Resolve the folder holding the files: ``data_dir/<subdir>`` if present, else ``data_dir``."""
+    if data_dir is None:
+        data_dir = default_data_dir(name)
+    if data_dir is None:
+        raise _error(name, "no data_dir given and no default location; pass the directory holding", subdirs[0])
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise _error(name, "missing directory", path)
+    if not path.is_dir():
+        raise _error(name, "not a directory:", path)
+    for sub in subdirs:
+        if (path / sub).is_dir():
+            return path / sub
+    return path
+
+
+def _require_file(name: str, path: Path) -> Path:
+    if not path.is_file():
+        raise _error(name, "missing", path)
+    return path
+
+
+def _require_dir(name: str, path: Path) -> Path:
+    if not path.is_dir():
+        raise _error(name, "missing directory", path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# checks shared by all loaders
+# --------------------------------------------------------------------------------------------
+
+
+def _check_split(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int],
+                 num_classes: int, where: Path | str) -> None:
+    """Check one split's images and labels; ``where`` names the file(s) in the message."""
+    if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        raise _error(name, f"wrong image shape {x.shape} ({x.dtype}), not (N, {shape[0]}, {shape[1]}, "
+                     f"{shape[2]}) uint8, in", where)
+    if y.ndim != 1 or len(y) != len(x):
+        raise _error(name, f"{len(x)} images but {y.size} labels in", where)
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise _error(name, f"labels outside [0, {num_classes}) (min {y.min()}, max {y.max()}) in", where)
+
+
+def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of ``x / 255`` via byte histograms (no float copy of x)."""
+    channels = x.shape[1]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    for start in range(0, len(x), chunk):
+        block = x[start:start + chunk]
+        for c in range(channels):
+            counts[c] += np.bincount(block[:, c].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    total = counts.sum(axis=1).astype(np.float64)
+    if not total.all():
+        return (0.0,) * channels, (1.0,) * channels
+    mean = counts @ values / total
+    var = counts @ values**2 / total - mean**2
+    std = np.sqrt(np.maximum(var, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _make(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+          num_classes: int, long_tail_ratio: float | None, seed: int) -> Dataset:
+    train_x, train_y = train
+    if long_tail_ratio is not None:
+        keep = long_tailed_indices(train_y, long_tail_ratio, seed)
+        train_x, train_y = train_x[keep], train_y[keep]
+    mean, std = _channel_stats(train_x)
+    return Dataset(
+        name=name,
+        train_x=torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.uint8)),
+        train_y=torch.from_numpy(np.ascontiguousarray(train_y, dtype=np.int64)),
+        test_x=torch.from_numpy(np.ascontiguousarray(test[0], dtype=np.uint8)),
+        test_y=torch.from_numpy(np.ascontiguousarray(test[1], dtype=np.int64)),
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100 (python pickles)
+# --------------------------------------------------------------------------------------------
+
+
+def _unpickle(name: str, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR pickle: ``data`` uint8 (N, 3072) RGB planes and a label list."""
+    _require_file(name, path)
+    try:
+        with path.open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except Exception as exc:  # any unpickling failure means a truncated or corrupt file
+        raise _error(name, f"truncated or corrupt pickle ({type(exc).__name__})", path) from None
+    if not isinstance(batch, dict):
+        raise _error(name, "pickle is not a dict", path)
+    found = {}
+    for key in ("data", label_key):
+        value = batch.get(key.encode(), batch.get(key))
+        if value is None:
+            raise _error(name, f"pickle lacks key {key!r}", path)
+        found[key] = value
+    data = np.asarray(found["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
+        raise _error(name, f"wrong data shape {data.shape} ({data.dtype}), not (N, 3072) uint8, in", path)
+    try:
+        labels = np.asarray(found[label_key], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise _error(name, f"non-integer {label_key!r} in", path) from None
+    images = data.reshape(-1, 3, 32, 32)
+    return images, labels
+
+
+def _load_cifar_files(name: str, files: list[Path], label_key: str,
+                      num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for path in files:
+        x, y = _unpickle(name, path, label_key)
+        _check_split(name, x, y, (3, 32, 32), num_classes, path)
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _load_cifar10(data_dir):
+    root = _root("cifar10", data_dir, ("cifar-10-batches-py",))
+    train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
+    for path in train_files + [root / "test_batch"]:
+        _require_file("cifar10", path)
+    train = _load_cifar_files("cifar10", train_files, "labels", 10)
+    test = _load_cifar_files("cifar10", [root / "test_batch"], "labels", 10)
+    return train, test, 10
+
+
+def _load_cifar100(data_dir):
+    root = _root("cifar100", data_dir, ("cifar-100-python",))
+    for path in (root / "train", root / "test"):
+        _require_file("cifar100", path)
+    train = _load_cifar_files("cifar100", [root / "train"], "fine_labels", 100)
+    test = _load_cifar_files("cifar100", [root / "test"], "fine_labels", 100)
+    return train, test, 100
+
+
+# --------------------------------------------------------------------------------------------
+# STL-10 (raw binaries, column-major images)
+# --------------------------------------------------------------------------------------------
+
+
+def _load_stl_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    x_path = _require_file("stl10", root / f"{split}_X.bin")
+    y_path = _require_file("stl10", root / f"{split}_y.bin")
+    raw = np.fromfile(x_path, dtype=np.uint8)
+    per_image = int(np.prod(_STL_SHAPE))
+    if raw.size == 0 or raw.size % per_image:
+        raise _error("stl10", f"truncated file ({raw.size} bytes, not a multiple of {per_image})", x_path)
+    # Each channel is stored column-major: reshape then swap the two spatial axes.
+    images = raw.reshape(-1, *_STL_SHAPE).transpose(0, 1, 3, 2)
+    labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64)
+    if labels.size != len(images):
+        raise _error("stl10", f"{labels.size} labels for {len(images)} images in {x_path.name}; truncated", y_path)
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise _error("stl10", f"labels outside 1..10 (min {labels.min()}, max {labels.max()}) in", y_path)
+    return np.ascontiguousarray(images), labels - 1
+
+
+def _load_stl10(data_dir):
+    root = _root("stl10", data_dir, ("stl10_binary",))
+    return _load_stl_split(root, "train"), _load_stl_split(root, "test"), 10
+
+
+# --------------------------------------------------------------------------------------------
+# image folders (CINIC-10, Tiny-ImageNet)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_image(name: str, path: Path, size: int) -> np.ndarray:
+    """Decode one image file to uint8 ``(3, size, size)`` RGB (grayscale is converted)."""
+    from PIL import Image  # Pillow ships with matplotlib; imported lazily
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")  # forces a full decode, so truncation surfaces here
+    except FileNotFoundError:
+        raise _error(name, "missing", path) from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+        raise _error(name, f"truncated or corrupt image ({type(exc).__name__})", path) from None
+    if rgb.size != (size, size):
+        raise _error(name, f"wrong image size {rgb.size[0]}x{rgb.size[1]}, not {size}x{size}, in", path)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _read_images(name: str, paths: list[Path], size: int) -> np.ndarray:
+    """Decode many image files in parallel threads into ``(N, 3, size, size)`` uint8."""
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, image in enumerate(pool.map(lambda p: _read_image(name, p, size), paths)):
+            out[i] = image
+    return out
+
+
+def _image_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _load_cinic_split(root: Path, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    split_dir = _require_dir("cinic10", root / split)
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if found != classes:
+        raise _error("cinic10", f"class folders {found} differ from {classes} in", split_dir)
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        files = _image_files(split_dir / cls, (".png",))
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise _error("cinic10", "no .png images in", split_dir)
+    return _read_images("cinic10", paths, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _load_cinic10(data_dir):
+    root = _root("cinic10", data_dir, ("CINIC-10", "cinic-10", "cinic10"))
+    train_dir = _require_dir("cinic10", root / "train")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if len(classes) != 10:
+        raise _error("cinic10", f"found {len(classes)} class folders, not 10, in", train_dir)
+    return _load_cinic_split(root, "train", classes), _load_cinic_split(root, "test", classes), 10
+
+
+def _read_wnids(root: Path) -> list[str]:
+    path = _require_file("tinyimagenet", root / "wnids.txt")
+    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise _error("tinyimagenet", "empty or duplicated class ids in", path)
+    return sorted(wnids)
+
+
+def _read_val_annotations(root: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
+    path = _require_file("tinyimagenet", root / "val" / "val_annotations.txt")
+    paths, labels = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise _error("tinyimagenet", f"malformed line {number} (want filename<TAB>wnid...) in", path)
+        filename, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in index:
+            raise _error("tinyimagenet", f"label {wnid!r} on line {number} is not in wnids.txt, in", path)
+        paths.append(_require_file("tinyimagenet", root / "val" / "images" / filename))
+        labels.append(index[wnid])
+    if not paths:
+        raise _error("tinyimagenet", "no annotated images in", path)
+    return paths, labels
+
+
+def _load_tinyimagenet(data_dir):
+    root = _root("tinyimagenet", data_dir, ("tiny-imagenet-200",))
+    wnids = _read_wnids(root)
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    train_paths, train_labels = [], []
+    for wnid in wnids:
+        files = _image_files(_require_dir("tinyimagenet", root / "train" / wnid / "images"), (".jpeg", ".jpg"))
+        train_paths += files
+        train_labels += [index[wnid]] * len(files)
+    if not train_paths:
+        raise _error("tinyimagenet", "no .JPEG images in", root / "train")
+    test_paths, test_labels = _read_val_annotations(root, index)
+    train = _read_images("tinyimagenet", train_paths, 64), np.asarray(train_labels, dtype=np.int64)
+    test = _read_images("tinyimagenet", test_paths, 64), np.asarray(test_labels, dtype=np.int64)
+    return train, test, len(wnids)
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST (idx files, optionally gzipped)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_idx(root: Path, stem: str, magic: int) -> tuple[np.ndarray, Path]:
+    """Read an idx file ``stem`` or ``stem.gz``; check its magic number, dims and byte count."""
+    path = root / stem
+    if not path.is_file():
+        path = root / f"{stem}.gz"
+    if not path.is_file():
+        raise _error("fashion-mnist", "missing", root / stem)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _error("fashion-mnist", f"truncated or corrupt gzip ({type(exc).__name__})", path) from None
+    ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise _error("fashion-mnist", f"truncated header ({len(raw)} bytes)", path)
+    found_magic, *dims = (int(v) for v in np.frombuffer(raw, dtype=">u4", count=1 + ndim))
+    if found_magic != magic:
+        raise _error("fashion-mnist", f"bad idx magic number {found_magic} (want {magic})", path)
+    if ndim == 3 and dims[1:] != [28, 28]:
+        raise _error("fashion-mnist", f"wrong image dims {dims[1]}x{dims[2]}, not 28x28, in", path)
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise _error("fashion-mnist", f"{len(raw)} bytes but the header says {expected}; truncated", path)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy(), path
+
+
+def _load_fashion_split(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    images, image_path = _read_idx(root, f"{prefix}-images-idx3-ubyte", _IDX_IMAGES_MAGIC)
+    labels, label_path = _read_idx(root, f"{prefix}-labels-idx1-ubyte", _IDX_LABELS_MAGIC)
+    if len(labels) != len(images):
+        raise _error("fashion-mnist", f"{len(labels)} labels for {len(images)} images in {image_path.name}, in",
+                     label_path)
+    x, y = images[:, None], labels.astype(np.int64)
+    _check_split("fashion-mnist", x, y, (1, 28, 28), 10, label_path)
+    return x, y
+
+
+def _load_fashion_mnist(data_dir):
+    root = _root("fashion-mnist", data_dir, ("fashion-mnist", "FashionMNIST/raw"))
+    return _load_fashion_split(root, "train"), _load_fashion_split(root, "t10k"), 10
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic
+# --------------------------------------------------------------------------------------------
+
+
+def _synthetic_split(rng: np.random.Generator, n: int, colours: np.ndarray,
+                     patterns: np.ndarray, colour_prob: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced labels; every image carries its class's pattern, most also its class's colour."""
+    num_classes = len(colours)
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+    has_colour = rng.random(n) < colour_prob
+    signal = patterns[labels] + has_colour[:, None, None, None] * colours[labels][:, :, None, None]
+    images = 128.0 + signal + rng.normal(0.0, 40.0, size=(n, 3, 32, 32))
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels
+
+
+def _load_synthetic(seed: int, n_train: int, n_test: int):
+    """10 classes of 3x32x32 images: a per-class oriented stripe pattern (all images) and a
+    per-class colour shift (80% of images, a fast-learnable cue), plus Gaussian pixel noise."""
+    if n_train < 1 or n_test < 1:
+        raise DatasetError(f"synthetic: sizes must be >= 1, got train={n_train}, test={n_test}")
+    template_rng, train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    num_classes = 10
+    colours = template_rng.normal(0.0, 40.0, size=(num_classes, 3))
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float64)
+    angles = np.arange(num_classes) * np.pi / num_classes + template_rng.uniform(0, np.pi / num_classes)
+    freqs = template_rng.uniform(0.3, 0.8, size=num_classes)
+    phases = template_rng.uniform(0, 2 * np.pi, size=num_classes)
+    waves = np.sin(freqs[:, None, None] * (np.cos(angles)[:, None, None] * xx + np.sin(angles)[:, None, None] * yy)
+                   + phases[:, None, None])
+    patterns = 30.0 * waves[:, None] * np.ones((1, 3, 1, 1))
+    train = _synthetic_split(train_rng, n_train, colours, patterns)
+    test = _synthetic_split(test_rng, n_test, colours, patterns)
+    return train, test, num_classes
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------------
+
+_LOADERS = {
+    "cifar10": _load_cifar10,
+    "cifar100": _load_cifar100,
+    "stl10": _load_stl10,
+    "cinic10": _load_cinic10,
+    "tinyimagenet": _load_tinyimagenet,
+    "fashion-mnist": _load_fashion_mnist,
+}
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0,
+                 synthetic_train: int = 512, synthetic_test: int = 256,
+                 long_tail_ratio: float | None = None) -> Dataset:
+    """Load a data set into memory as uint8 tensors.
+
+    Parameters
+    ----------
+    name : one of :data:`DATASETS` (case-insensitive; ``_`` may stand for ``-``).
+    data_dir : the data set's folder or its parent; None uses :func:`default_data_dir`.
+        Ignored for ``synthetic``.
+    seed : seed of the synthetic data and of the long-tailed subsampling.
+    synthetic_train, synthetic_test : sizes of the synthetic splits.
+    long_tail_ratio : if given, keep a CIFAR-LT style long-tailed subset of the training split with
+        this ratio ``n_max / n_min`` (>= 1); see :func:`long_tailed_indices`.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DatasetError
+        Unknown name, or missing, truncated or malformed files (the message names the file).
+    """
+    key = _canonical(name)
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if key == "synthetic":
+        train, test, num_classes = _load_synthetic(seed, synthetic_train, synthetic_test)
+    else:
+        train, test, num_classes = _LOADERS[key](data_dir)
+    return _make(key, train, test, num_classes, long_tail_ratio, seed)
+
+
+def long_tailed_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -> np.ndarray:
+    """Indices of a CIFAR-LT style long-tailed subset.
+
+    Class ``c`` (of ``C = labels.max() + 1``) keeps ``floor(n_max * ratio ** (-c / (C - 1)))``
+    examples (at least 1, at most the ones it has), where ``n_max`` is the largest class count,
+    chosen uniformly at random without replacement.
+
+    Parameters
+    ----------
+    labels : integer class labels, shape ``(N,)``, values >= 0.
+    imbalance_ratio : ``n_max / n_min``, >= 1 (1 keeps every example).
+    seed : seed of the random choice within each class.
+
+    Returns
+    -------
+    np.ndarray
+        Sorted int64 indices into ``labels``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-d integer array, got {labels.dtype} with shape {labels.shape}")
+    if not np.isfinite(imbalance_ratio) or imbalance_ratio < 1:
+        raise ValueError(f"imbalance_ratio must be >= 1 (n_max / n_min), got {imbalance_ratio}")
+    if labels.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got min {labels.min()}")
+    num_classes = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=num_classes)
+    n_max = int(counts.max())
+    rng = np.random.default_rng(seed)
+    kept = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        exponent = -c / (num_classes - 1) if num_classes > 1 else 0.0
+        target = max(1, int(np.floor(n_max * imbalance_ratio**exponent + 1e-9)))
+        take = min(target, members.size)
+        kept.append(rng.choice(members, size=take, replace=False) if take < members.size else members)
+    return np.sort(np.concatenate(kept)).astype(np.int64)
