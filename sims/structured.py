@@ -34,7 +34,7 @@ import numpy as np
 
 from theory.data import PatchData
 
-__all__ = ["StructuredData", "structure", "stack"]
+__all__ = ["StructuredData", "Stacked", "structure", "stack", "outputs_from_projections"]
 
 #: Residual (relative to the patch norm) below which a patch counts as lying in span(v_e, v_d).
 FEATURE_TOL = 1e-12
