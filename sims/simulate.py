@@ -23,6 +23,7 @@ from theory.updates import minibatch_schedule
 
 from .backend import RunSpec, make_backend
 from .config import SimConfig
+from .structured import StructuredData, structure
 from .trajectory import SERIES, Trajectory
 
 __all__ = ["Problem", "make_problem", "simulate", "simulate_many", "record", "run_specs"]
@@ -47,30 +48,53 @@ def make_problem(cfg: SimConfig) -> Problem:
     return Problem(train=train, test=test, W0=W0)
 
 
-def _accuracy(f: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.sign(f) == y)) if len(y) else float("nan")
+@dataclass(frozen=True)
+class _Evaluator:
+    """What recording needs of a problem, computed once: the training noise patches and the test set
+    in structured form (``sims.structured``: only its noise rows need d-dimensional products)."""
+
+    noise: np.ndarray  # (M, d) training noise patches
+    test: StructuredData
+
+    @classmethod
+    def of(cls, problem: Problem) -> "_Evaluator":
+        return cls(noise=problem.train.X[problem.train.noise_mask], test=structure(problem.test))
 
 
-def record(W: np.ndarray, f_train: np.ndarray, problem: Problem, cfg: SimConfig, m: np.ndarray) -> dict[str, float]:
-    """The quantities of SPEC section 2 at weights ``W`` (train outputs ``f_train`` given)."""
+def record(
+    Ws: np.ndarray, F_train: np.ndarray, problem: Problem, cfg: SimConfig, m: np.ndarray,
+    evaluator: _Evaluator | None = None,
+) -> dict[str, np.ndarray]:
+    """The quantities of SPEC section 2 at each of K weights ``Ws`` (K, J, d), train outputs ``F_train`` (K, n).
+
+    All K records are evaluated together: the test set's noise rows meet all weights in one product.
+    """
     train, test = problem.train, problem.test
-    a_e, a_d = W @ train.v_e, W @ train.v_d
-    noise = train.X[train.noise_mask]  # (M, d)
-    f_test = np.einsum("npj->n", (test.X @ W.T) ** 3)
-    fast = test.has_fast
+    ev = evaluator if evaluator is not None else _Evaluator.of(problem)
+    K, J, d = Ws.shape
+    a_e, a_d = Ws @ train.v_e, Ws @ train.v_d  # (K, J)
+    flat = Ws.reshape(K * J, d)
+    Zt = ev.test.B @ flat.T  # (M_test + 2, K * J)
+    f_test = np.stack([ev.test.outputs(Zt[:, k * J:(k + 1) * J]) for k in range(K)])  # (K, n_test)
+    memo = np.abs(ev.noise @ flat.T).reshape(len(ev.noise), K, J).max(axis=(0, 2)) if len(ev.noise) else np.zeros(K)
     with np.errstate(over="ignore"):
-        losses = np.logaddexp(0.0, -train.y * f_train)
+        losses = np.logaddexp(0.0, -train.y * F_train)  # (K, n)
+    fast = test.has_fast
+
+    def acc(f: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.mean(np.sign(f) == y, axis=1) if len(y) else np.full(K, np.nan)
+
     return {
-        "align_fast": float(a_e.max()),
-        "align_slow": float(a_d.max()),
-        "out_fast": float(np.sum((cfg.beta_e * a_e) ** 3)),
-        "out_slow": float(np.sum((cfg.beta_d * a_d) ** 3)),
-        "noise_memorization": float(np.abs(noise @ W.T).max()) if len(noise) else 0.0,
-        "train_loss": float(m @ losses / m.sum()),
-        "train_acc": _accuracy(f_train, train.y),
-        "test_acc": _accuracy(f_test, test.y),
-        "test_acc_fast": _accuracy(f_test[fast], test.y[fast]),
-        "test_acc_slow": _accuracy(f_test[~fast], test.y[~fast]),
+        "align_fast": a_e.max(axis=1),
+        "align_slow": a_d.max(axis=1),
+        "out_fast": np.sum((cfg.beta_e * a_e) ** 3, axis=1),
+        "out_slow": np.sum((cfg.beta_d * a_d) ** 3, axis=1),
+        "noise_memorization": memo,
+        "train_loss": losses @ m / m.sum(),
+        "train_acc": acc(F_train, train.y),
+        "test_acc": acc(f_test, test.y),
+        "test_acc_fast": acc(f_test[:, fast], test.y[fast]),
+        "test_acc_slow": acc(f_test[:, ~fast], test.y[~fast]),
     }
 
 
@@ -135,14 +159,15 @@ def _simulate_group(cfgs, problems, multiplicities, W0s, progress) -> list[Traje
     specs = [run_specs(c, p, m, w) for c, p, m, w in zip(cfgs, problems, multiplicities, W0s)]
     backend = make_backend(cfg0.backend, specs, dtype=cfg0.dtype, device=cfg0.device)
     R, T = len(cfgs), cfg0.iterations
-    records: list[list[dict[str, float]]] = [[] for _ in range(R)]
     iterations = [0]
     learned = {"fast": [None] * R, "slow": [None] * R}
 
+    snaps_W: list[np.ndarray] = []  # (R, J, d) per record
+    snaps_f: list[np.ndarray] = []  # (R, n) per record
+
     def snapshot() -> None:
-        W, f = backend.weights(), backend.train_outputs()
-        for r in range(R):
-            records[r].append(record(W[r], f[r], problems[r], cfgs[r], specs[r].multiplicities))
+        snaps_W.append(backend.weights())
+        snaps_f.append(backend.train_outputs())
 
     def mark(F: np.ndarray, key: str, start: int, r: int, theta: float) -> None:
         if learned[key][r] is None:
@@ -169,12 +194,14 @@ def _simulate_group(cfgs, problems, multiplicities, W0s, progress) -> list[Traje
         snapshot()
         bar.update(steps)
     bar.close()
-    W_final, f_final = backend.weights(), backend.train_outputs()
+    W_final, f_final = snaps_W[-1], snaps_f[-1]
+    Ws_all, fs_all = np.stack(snaps_W), np.stack(snaps_f)  # (K, R, J, d), (K, R, n)
     trajs = []
     for r, cfg in enumerate(cfgs):
+        rec = record(Ws_all[:, r], fs_all[:, r], problems[r], cfg, specs[r].multiplicities, _Evaluator.of(problems[r]))
         series = {"iterations": np.asarray(iterations, dtype=np.int64)}
         for name in SERIES[1:]:
-            series[name] = np.array([rec[name] for rec in records[r]])
+            series[name] = np.asarray(rec[name], dtype=np.float64)
         trajs.append(
             Trajectory(
                 config=asdict(cfg),

@@ -87,9 +87,10 @@ def outputs_from_projections(Z: np.ndarray, M: int, ptr: np.ndarray, E: np.ndarr
     """
     Z = np.asarray(Z, dtype=np.float64)
     a, b = Z[-2], Z[-1]
-    powers = np.array([np.sum(a**3), 3.0 * np.sum(a * a * b), 3.0 * np.sum(a * b * b), np.sum(b**3)])
+    powers = np.array([np.sum(a * a * a), 3.0 * np.sum(a * a * b), 3.0 * np.sum(a * b * b), np.sum(b * b * b)])
     n = len(ptr) - 1
-    row_sums = np.sum(Z[:M] ** 3, axis=1)
+    noise = Z[:M]
+    row_sums = np.einsum("kj,kj,kj->k", noise, noise, noise)  # sum_j Z_kj^3 (x**3 would go through pow())
     owner = np.repeat(np.arange(n), np.diff(ptr))
     return E @ powers + np.bincount(owner, weights=row_sums, minlength=n)
 
