@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -53,8 +54,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON (keys in insertion order), atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+    """``obj`` as indented strict JSON (keys in insertion order), atomically.
+
+    NaN and infinite floats (not valid JSON) are written as ``null``.
+    """
+    atomic_write_text(path, json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
