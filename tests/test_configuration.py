@@ -455,6 +455,9 @@ def test_atomic_save_npz_round_trip(tmp_path):
     assert _listing(tmp_path) == ["arrays.npz"]
 
 
-def test_atomic_json_allows_nan(tmp_path):
-    atomic_write_json(tmp_path / "n.json", {"v": float("nan")})
-    assert math.isnan(json.loads((tmp_path / "n.json").read_text())["v"])
+def test_atomic_json_writes_strict_json_with_null_for_non_finite(tmp_path):
+    atomic_write_json(tmp_path / "n.json", {"v": float("nan"), "w": [1.5, float("inf"), {"x": float("-inf")}]})
+    text = (tmp_path / "n.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
+    assert data == {"v": None, "w": [1.5, None, {"x": None}]}

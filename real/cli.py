@@ -1,0 +1,265 @@
+"""``useful-train`` (also ``python -m real``): full-scale training with and without USEFUL.
+
+Subcommands::
+
+    useful-train run [--preset NAME] [--config FILE.toml] [--FIELD VALUE ...]   one training run
+    useful-train compare RUN_DIR [RUN_DIR ...]                                  table over runs
+    useful-train presets                                                        list the presets
+
+``run``'s flags are :class:`~real.config.TrainConfig`'s fields with dashes; values merge as
+defaults < preset < ``--config`` TOML < command line.  ``--resume`` with an ``--out`` holding a run
+takes that run's config.json as the base instead of defaults and preset (so
+``useful-train run --out DIR --resume`` is enough) and refuses flags that change what is computed.  An invalid value, unknown key or missing data set ends
+with exit status 2 and one line on stderr; a run that diverges exits 1.
+
+Other modules add subcommands through :func:`register_command`: each module named in
+:data:`PLUGIN_MODULES` that exists is imported and its ``register_commands(register_command)`` is
+called (a later registration of a name replaces an earlier one, e.g. a fuller ``compare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+# OpenMP threads that busy-wait (the default) collapse when the CPU is shared with other jobs (two
+# threads measured 5x slower than one); passive waiting costs little when the CPU is idle.  Set before
+# torch is imported; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from theory.configuration import (  # noqa: E402
+    ConfigError,
+    OneLineArgumentParser,
+    add_config_arguments,
+    cli_entry,
+    resolve_config,
+)
+
+__all__ = ["main", "register_command", "COMMANDS", "PLUGIN_MODULES", "resolve_run_config", "compare_table"]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+# Modules that may add subcommands (compare, diagnostics such as sharpness, grids of runs).
+PLUGIN_MODULES = ("real.compare", "real.diagnostics", "real.sharpness", "real.grid")
+
+
+def register_command(
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    handler: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add (or replace) the subcommand ``name``; ``handler(args)`` returns the exit status."""
+    COMMANDS[name] = Command(name, help, add_arguments, handler)
+
+
+def _load_plugins() -> None:
+    for module in PLUGIN_MODULES:
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:  # pragma: no cover
+            spec = None
+        if spec is not None:
+            hook = getattr(importlib.import_module(module), "register_commands", None)
+            if hook is not None:
+                hook(register_command)
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# run
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig, preset_names
+
+    parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of TrainConfig keys (flags override it)")
+    parser.add_argument("--preset", metavar="NAME", default=None,
+                        help="a preset of real/presets/ as the base (one of: " + ", ".join(preset_names()) + ")")
+    add_config_arguments(parser, TrainConfig, exclude=("preset",))
+
+
+def resolve_run_config(args: argparse.Namespace | dict[str, Any]):
+    """The :class:`~real.config.TrainConfig` of ``run``'s arguments: preset < TOML < flags.
+
+    With ``--resume`` and an existing ``OUT/config.json``, that file replaces defaults and preset as
+    the base (the preset is already in it), so ``run --out DIR --resume`` is enough; the trainer then
+    refuses flags or TOML values that change what is computed."""
+    from .config import TrainConfig, load_preset
+
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    config_path = given.get("config")
+    preset = load_preset(given["preset"]) if given.get("preset") else {}
+    cfg = resolve_config(TrainConfig, given, config_path=config_path, base=preset)
+    if cfg.resume and cfg.out is not None:
+        stored_path = Path(cfg.out) / "config.json"
+        if stored_path.is_file():
+            try:
+                stored = json.loads(stored_path.read_text())
+            except ValueError:
+                raise ConfigError("--resume", message=f"--resume: {stored_path} is not valid JSON") from None
+            stored = {k: v for k, v in stored.items() if k in {f for f in TrainConfig.__dataclass_fields__}}
+            cfg = resolve_config(TrainConfig, given, config_path=config_path, base=stored)
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError
+
+    cfg = resolve_run_config(args)
+    _setup_logging()
+    from .train import train
+
+    try:
+        summary = train(cfg)
+    except DatasetError as err:
+        raise ConfigError("--data-dir", message=f"--data-dir: {err}") from None
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        if str(err).startswith("--device"):
+            raise ConfigError("--device", message=str(err)) from None
+        raise
+    return 0 if summary.get("status") == "completed" else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# presets
+
+
+def _presets_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from .config import describe_preset, preset_names
+
+    names = preset_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {describe_preset(name)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# compare (basic; a fuller one may replace it through register_command)
+
+# Fields that do not define a configuration group: the seed, and how/where the run was made.
+_GROUP_IGNORE = ("seed", "out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir",
+                 "preset", "deterministic")
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (config.json + summary.json)")
+
+
+def _read_run(path: Path) -> tuple[dict, dict]:
+    for name in ("config.json", "summary.json"):
+        if not (path / name).is_file():
+            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} has no {name} (not a finished run directory)")
+    try:
+        return json.loads((path / "config.json").read_text()), json.loads((path / "summary.json").read_text())
+    except ValueError as err:
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path}: unreadable JSON ({err})") from None
+
+
+def compare_table(run_dirs: Sequence[str | Path]) -> str:
+    """A markdown table of final test error (mean and std over seeds, in %) per configuration.
+
+    Runs are grouped by their config.json ignoring the seed and run-control fields; a group is named
+    by the fields that differ between groups.  Runs that did not complete are counted apart.
+    """
+    runs = [_read_run(Path(p)) for p in run_dirs]
+    groups: dict[str, list[tuple[dict, dict]]] = {}
+    keys: dict[str, dict] = {}
+    for config, summary in runs:
+        key_dict = {k: v for k, v in config.items() if k not in _GROUP_IGNORE}
+        key = json.dumps(key_dict, sort_keys=True)
+        groups.setdefault(key, []).append((config, summary))
+        keys[key] = key_dict
+    all_fields = sorted({f for d in keys.values() for f in d})
+    varying = [f for f in all_fields if len({json.dumps(d.get(f)) for d in keys.values()}) > 1]
+    label_fields = varying or ["dataset", "model", "optimizer", "useful"]
+    lines = ["| configuration | runs | test error (%) mean | std | best test acc (%) | diverged |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for key, members in groups.items():
+        d = keys[key]
+        label = ", ".join(f"{f}={d.get(f)}" for f in label_fields)
+        done = [s for _, s in members if s.get("status") == "completed" and s.get("final_test_acc") is not None]
+        errors = [100.0 * (1.0 - s["final_test_acc"]) for s in done]
+        best = [100.0 * s["best_test_acc"] for s in done if s.get("best_test_acc") is not None]
+        mean = sum(errors) / len(errors) if errors else math.nan
+        std = math.sqrt(sum((e - mean) ** 2 for e in errors) / (len(errors) - 1)) if len(errors) > 1 else 0.0 if errors else math.nan
+        best_mean = sum(best) / len(best) if best else math.nan
+        lines.append(f"| {label} | {len(done)} | {mean:.2f} | {std:.2f} | {best_mean:.2f} | {len(members) - len(done)} |")
+    return "\n".join(lines)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    print(compare_table(args.runs))
+    return 0
+
+
+register_command("run", "one training run (flags: the configuration's fields)", _run_arguments, _run)
+register_command("compare", "a table of test error over run directories (mean/std over seeds)", _compare_arguments, _compare)
+register_command("presets", "list the presets (real/presets/*.toml)", _presets_arguments, _presets)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="useful-train",
+        description="Full-scale training with USEFUL (upsample early for uniform learning), SGD/SAM/ASAM.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_handler=command.handler)
+    return parser
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    _load_plugins()
+    args = _build_parser().parse_args(argv)
+    try:
+        return args._handler(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+
+
+main = cli_entry(_main)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

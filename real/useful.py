@@ -1,0 +1,264 @@
+"""USEFUL for the full-scale trainer: when to split, what to split on, and what is written.
+
+The split rule itself (per-class 2-means on the logits, upsample the higher-loss cluster by k) and
+the baseline partitions are :mod:`theory.useful`'s; this module only
+
+* decides the separating epoch (a fixed epoch, or :func:`auto_separate_epoch`, the paper's "where
+  the training error's decrease slows");
+* computes the logits and per-example losses on the un-augmented training set (eval mode);
+* picks the partition named by ``--partition`` (:func:`make_partition`);
+* writes and reads ``partition.npz`` (:func:`partition_arrays`, :func:`load_partition`).
+
+The automatic rule
+------------------
+Let ``e_0`` be the training error before training (chance level, ``1 - 1/C``) and ``e_t`` the
+training error of epoch ``t`` (the running error over the epoch's minibatches, as logged in
+metrics.jsonl).  The reference speed is the average decrease over the first ``w`` epochs,
+``r = (e_0 - e_w) / w``.  The separating epoch is the first ``t > w`` whose decrease
+``e_{t-1} - e_t`` falls below ``fraction * r``; if none does by ``cap`` epochs, it is ``cap``.
+Defaults (chosen, not from the paper): ``w = 1`` (the first epoch's decrease from chance level is the
+reference), ``fraction = 0.1``, ``cap = ceil(0.1 * epochs)`` (the paper separates at 5-10 % of the
+budget; so a budget of 10 epochs or fewer separates after epoch 1).  If the error has not
+decreased at all over the first ``w`` epochs (``r <= 0``) the rule waits for the cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from theory.configuration import check, check_int, check_number
+from theory.useful import (
+    Partition,
+    loss_quantile_partition,
+    misclassified_partition,
+    multiplicities_from_mask,
+    random_partition,
+    useful_partition,
+)
+
+from .augment import normalize
+from .checkpoint import atomic_savez
+
+__all__ = [
+    "AUTO_WARMUP",
+    "AUTO_FRACTION",
+    "AUTO_CAP_FRACTION",
+    "auto_cap",
+    "auto_separate_epoch",
+    "compute_outputs",
+    "make_partition",
+    "partition_from_mask",
+    "partition_arrays",
+    "write_partition",
+    "load_partition",
+]
+
+AUTO_WARMUP = 1
+AUTO_FRACTION = 0.1
+AUTO_CAP_FRACTION = 0.1
+
+
+def auto_cap(epochs: int, *, warmup: int = AUTO_WARMUP, cap_fraction: float = AUTO_CAP_FRACTION) -> int:
+    """The latest separating epoch of the automatic rule: ``ceil(cap_fraction * epochs)`` (at least 1).
+
+    A budget of at most ``warmup / cap_fraction`` epochs (10 with the defaults) thus separates after
+    its first epoch: the rule needs ``warmup + 1`` epochs to see a slowdown, more than 10 % of it."""
+    check_int("epochs", epochs, low=1)
+    check_int("warmup", warmup, low=1)
+    return min(epochs, max(1, math.ceil(cap_fraction * epochs)))
+
+
+def auto_separate_epoch(
+    errors: Sequence[float],
+    *,
+    initial_error: float,
+    cap: int,
+    warmup: int = AUTO_WARMUP,
+    fraction: float = AUTO_FRACTION,
+) -> int | None:
+    """The separating epoch decided from the training-error history, or None (train another epoch).
+
+    Parameters
+    ----------
+    errors : training error of epochs 1, 2, ..., t (so far), in [0, 1].
+    initial_error : the error before training (``1 - 1/C``).
+    cap : the epoch at which to separate if the decrease never slows (see :func:`auto_cap`).
+    warmup : number of first epochs whose average decrease is the reference speed.
+    fraction : the decrease counts as slowed when below ``fraction`` times the reference.
+
+    Returns the first epoch ``t`` in ``warmup+1 .. len(errors)`` with
+    ``errors[t-2] - errors[t-1] < fraction * (initial_error - errors[warmup-1]) / warmup``
+    (1-based epochs), else ``cap`` if ``len(errors) >= cap``, else None.  A pure function of its
+    arguments (the trainer calls it after every pre-split epoch, also after resuming).
+    """
+    check_int("cap", cap, low=1)
+    check_int("warmup", warmup, low=1)
+    check_number("fraction", fraction, low=0.0)
+    check_number("initial_error", initial_error)
+    e = [float(v) for v in errors]
+    check(all(math.isfinite(v) for v in e), "errors", errors, "finite training errors")
+    if len(e) > warmup:
+        reference = (initial_error - e[warmup - 1]) / warmup
+        if reference > 0:
+            for t in range(warmup + 1, min(len(e), cap) + 1):  # t is 1-based
+                if e[t - 2] - e[t - 1] < fraction * reference:
+                    return t
+    return cap if len(e) >= cap else None
+
+
+@torch.no_grad()
+def compute_outputs(
+    model: nn.Module,
+    x_uint8: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 1024,
+    channels_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, C) float64 and per-example cross-entropy losses (N,) of ``model`` in eval mode on
+    the un-augmented, normalized images, in float32 (no autocast: the split needs precise logits).
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    logits_all, losses_all = [], []
+    try:
+        for start in range(0, x_uint8.shape[0], batch_size):
+            x = normalize(x_uint8[start : start + batch_size], mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x).float()
+            y = labels[start : start + batch_size]
+            losses_all.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
+            logits_all.append(logits.double().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(logits_all).numpy(), torch.cat(losses_all).numpy()
+
+
+def make_partition(
+    method: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    losses: np.ndarray,
+    *,
+    k: int,
+    seed: int,
+    quantile: float = 0.5,
+) -> Partition:
+    """The partition ``method`` (``--partition``) from the outputs at the separating epoch.
+
+    * ``useful``: :func:`theory.useful.useful_partition` (per-class 2-means on the logits);
+    * ``random``: as many examples per class as USEFUL's cluster, drawn at random (its 2-means
+      diagnostics are kept in ``classes``);
+    * ``quantile``: per class, the examples above the class's ``quantile`` of losses;
+    * ``misclassified``: the misclassified examples;
+    * ``jtt``: JTT's error set (the misclassified examples) upsampled by ``k`` (JTT's lambda_up);
+      the same rule as ``misclassified``, recorded under its own name.
+    """
+    labels = np.asarray(labels)
+    if method in ("useful", "random"):
+        base = useful_partition(logits, labels, losses, k=k, seed=seed)
+        if method == "useful":
+            return base
+        rand = random_partition(labels, base.upsample, k=k, seed=seed)
+        return dataclasses.replace(rand, classes=base.classes)
+    if method == "quantile":
+        return loss_quantile_partition(labels, losses, quantile=quantile, k=k)
+    if method in ("misclassified", "jtt"):
+        return dataclasses.replace(misclassified_partition(logits, labels, k=k), method=method)
+    raise ValueError(f"unknown partition {method!r}")
+
+
+def partition_from_mask(mask: np.ndarray, *, k: int, method: str) -> Partition:
+    """A :class:`Partition` from a broadcast mask (ranks other than 0 in distributed runs)."""
+    mask = np.asarray(mask, dtype=bool)
+    return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method=method)
+
+
+def partition_arrays(
+    partition: Partition,
+    labels: np.ndarray,
+    losses: np.ndarray,
+    *,
+    num_classes: int,
+    separate_epoch: int,
+    upweight: bool,
+    flipped: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """What partition.npz holds.
+
+    ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (k or 1; they sum to
+    ``n + (k - 1) |indices|``), ``k``, ``method``, ``upweight`` (loss weights instead of copies),
+    ``separate_epoch``; per class c: ``class_sizes``, ``upsampled_per_class``,
+    ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when empty), and USEFUL's 2-means diagnostics
+    ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2), ``chosen_cluster`` (C,; -1 when the
+    class upsampled nothing or the method has no clusters); ``losses`` (per-example loss at the
+    separating epoch) and, with label noise, ``label_noise_flipped``.
+    """
+    labels = np.asarray(labels)
+    losses = np.asarray(losses, dtype=np.float64)
+    mask = np.asarray(partition.upsample, dtype=bool)
+    class_sizes = np.bincount(labels, minlength=num_classes).astype(np.int64)
+    up = np.bincount(labels[mask], minlength=num_classes).astype(np.int64)
+    loss_up = np.full(num_classes, np.nan)
+    loss_rest = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        sel = labels == c
+        if np.any(sel & mask):
+            loss_up[c] = losses[sel & mask].mean()
+        if np.any(sel & ~mask):
+            loss_rest[c] = losses[sel & ~mask].mean()
+    cluster_sizes = np.zeros((num_classes, 2), dtype=np.int64)
+    cluster_losses = np.full((num_classes, 2), np.nan)
+    chosen = np.full(num_classes, -1, dtype=np.int64)
+    for split in partition.classes:
+        c = int(split.label)
+        cluster_sizes[c] = split.sizes
+        cluster_losses[c] = split.mean_losses
+        chosen[c] = split.chosen
+    arrays = {
+        "indices": partition.indices.astype(np.int64),
+        "upsample": mask,
+        "multiplicities": np.asarray(partition.multiplicities, dtype=np.int64),
+        "k": np.int64(partition.k),
+        "method": np.array(partition.method),
+        "upweight": np.bool_(upweight),
+        "separate_epoch": np.int64(separate_epoch),
+        "num_classes": np.int64(num_classes),
+        "class_sizes": class_sizes,
+        "upsampled_per_class": up,
+        "mean_loss_upsampled": loss_up,
+        "mean_loss_rest": loss_rest,
+        "cluster_sizes": cluster_sizes,
+        "cluster_mean_losses": cluster_losses,
+        "chosen_cluster": chosen,
+        "losses": losses.astype(np.float32),
+    }
+    if flipped is not None:
+        arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
+    return arrays
+
+
+def write_partition(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write partition.npz atomically."""
+    atomic_savez(path, **arrays)
+
+
+def load_partition(path: str | Path) -> dict[str, np.ndarray]:
+    """partition.npz as a dict of arrays (scalars as 0-d arrays; ``method`` as a str)."""
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    out["method"] = str(out["method"])
+    return out

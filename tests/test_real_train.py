@@ -1,0 +1,396 @@
+"""real/train.py, real/useful.py, real/checkpoint.py, real/distributed.py: the training loop, USEFUL's
+two phases, the run directory, exact resume after kill -9, divergence, locks, torchrun.
+
+Everything runs on the CPU with the synthetic data set and tiny sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from real.checkpoint import (
+    RunLock,
+    RunLockError,
+    atomic_write_json,
+    load_checkpoint,
+    read_jsonl,
+    state_digest,
+)
+from real.config import TrainConfig
+from real.datasets import load_dataset
+from real.train import init_model, steps_per_epoch, train
+from real.useful import auto_cap, auto_separate_epoch, load_partition, make_partition
+from theory.configuration import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png")
+METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "phase"}
+
+TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=128, synthetic_test=64, batch_size=32)
+
+
+def tiny(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "epochs": 2, "out": str(tmp_path / name), **overrides})
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("OMP_NUM_THREADS", "1")
+    return e
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "real", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env(), cwd=REPO)
+
+
+def flags(**kw) -> list[str]:
+    out = []
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            out.append(flag)
+        elif v is not False:
+            out += [flag, str(v)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The automatic separating epoch (a pure function on the error history).
+
+
+def test_auto_rule_stops_where_the_decrease_slows():
+    # chance 0.9; epoch 1 drops to 0.5 (reference decrease 0.4, threshold 0.04); epoch 2 drops by
+    # 0.2, epoch 3 by 0.1, epoch 4 by 0.03 < 0.04: separate at 4.
+    errors = [0.5, 0.3, 0.2, 0.17, 0.16, 0.15]
+    assert auto_separate_epoch(errors, initial_error=0.9, cap=20) == 4
+    # Decided from the prefix as soon as epoch 4 is known, undecided before.
+    assert auto_separate_epoch(errors[:4], initial_error=0.9, cap=20) == 4
+    assert auto_separate_epoch(errors[:3], initial_error=0.9, cap=20) is None
+    assert auto_separate_epoch([], initial_error=0.9, cap=20) is None
+
+
+def test_auto_rule_cap_and_odd_histories():
+    steady = [0.9 - 0.05 * t for t in range(1, 15)]  # never slows (constant decrease 0.05)
+    assert auto_separate_epoch(steady[:4], initial_error=0.95, cap=5) is None
+    assert auto_separate_epoch(steady[:5], initial_error=0.95, cap=5) == 5
+    assert auto_separate_epoch(steady, initial_error=0.95, cap=5) == 5
+    # An error that goes up counts as slowed.
+    assert auto_separate_epoch([0.6, 0.62], initial_error=0.9, cap=10) == 2
+    # No decrease in the reference epoch: wait for the cap.
+    assert auto_separate_epoch([0.9, 0.5, 0.49], initial_error=0.9, cap=4) is None
+    assert auto_separate_epoch([0.9, 0.5, 0.49, 0.48], initial_error=0.9, cap=4) == 4
+    # A wider reference window: the average of the first two decreases.
+    assert auto_separate_epoch([0.5, 0.3, 0.29], initial_error=0.9, cap=10, warmup=2, fraction=0.1) == 3
+    assert auto_cap(200) == 20 and auto_cap(5) == 1 and auto_cap(10) == 1 and auto_cap(11) == 2 and auto_cap(30) == 3
+    with pytest.raises(ConfigError):
+        auto_separate_epoch([0.5, float("nan")], initial_error=0.9, cap=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), max_size=30), st.integers(1, 25))
+def test_auto_rule_is_decided_once(errors, cap):
+    """The decision after epoch t never changes with later epochs, and lies in [2, cap]."""
+    decided = None
+    for t in range(len(errors) + 1):
+        d = auto_separate_epoch(errors[:t], initial_error=0.9, cap=cap)
+        if decided is not None:
+            assert d == decided
+        elif d is not None:
+            assert d <= t and 1 <= d <= cap and (d >= 2 or cap == 1)
+            decided = d
+
+
+# ----------------------------------------------------------------------------------------------
+# The acceptance command and the run directory.
+
+
+def test_acceptance_command_writes_every_file(tmp_path):
+    out = tmp_path / "acc"
+    start = time.perf_counter()
+    res = cli("run", "--dataset", "synthetic", "--model", "resnet18", "--epochs", "2", "--useful",
+              "--separate-epoch", "1", "--out", str(out), "--synthetic-train", "64", "--synthetic-test", "32",
+              "--batch-size", "32")
+    elapsed = time.perf_counter() - start
+    assert res.returncode == 0, res.stderr
+    assert elapsed < 120
+    for name in SPEC_FILES + ("partition.npz",):
+        assert (out / name).is_file(), name
+    assert not (out / "run.lock").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "resnet18" and config["useful"] is True and config["separate_epoch"] == 1
+    assert set(TrainConfig.__dataclass_fields__) == set(config)  # fully resolved
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("separate", 1), ("main", 1), ("main", 2)]
+    assert all(METRIC_KEYS <= set(r) for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["epochs"] == 2 and summary["epochs_before_split"] == 1
+    for key in ("final_test_acc", "best_test_acc", "wall_seconds", "images_per_second"):
+        assert isinstance(summary[key], float)
+    assert summary["final_test_acc"] == rows[-1]["test_acc"]
+    assert summary["best_test_acc"] == max(r["test_acc"] for r in rows if r["phase"] == "main")
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["phase"] == "main" and ckpt["epoch"] == 2 and len(ckpt["metrics"]) == 3
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
+
+
+def test_useful_partition_and_restart_from_scratch(tmp_path):
+    k = 3
+    cfg = tiny(tmp_path, useful=True, separate_epoch=2, upsample_factor=k, epochs=2, deterministic=True)
+    summary = train(cfg)
+    assert summary["status"] == "completed" and summary["epochs_before_split"] == 2
+    part = load_partition(tmp_path / "run" / "partition.npz")
+    n = cfg.synthetic_train
+    idx, mult = part["indices"], part["multiplicities"]
+    assert part["method"] == "useful" and int(part["k"]) == k and int(part["separate_epoch"]) == 2
+    assert mult.shape == (n,) and mult.sum() == n + (k - 1) * len(idx)
+    assert set(np.flatnonzero(mult == k)) == set(idx) and set(np.unique(mult)) <= {1, k}
+    assert part["upsampled_per_class"].sum() == len(idx) and part["class_sizes"].sum() == n
+    # Per class, the upsampled cluster is the chosen 2-means cluster, with the higher mean loss.
+    for c in range(int(part["num_classes"])):
+        chosen = part["chosen_cluster"][c]
+        if chosen >= 0:
+            assert part["cluster_sizes"][c][chosen] == part["upsampled_per_class"][c]
+            assert part["cluster_mean_losses"][c][chosen] >= part["cluster_mean_losses"][c][1 - chosen]
+            assert part["mean_loss_upsampled"][c] >= part["mean_loss_rest"][c]
+    assert summary["n_upsampled"] == len(idx) and summary["train_list_length"] == n + (k - 1) * len(idx)
+    # The main phase starts from a fresh initialization with the same seed.
+    ds = load_dataset("synthetic", seed=cfg.seed, synthetic_train=n, synthetic_test=cfg.synthetic_test)
+    fresh = state_digest(init_model(cfg, ds).state_dict())
+    assert summary["init_digest"] == {"separate": fresh, "main": fresh}
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state_digest(ckpt["model"]) != fresh  # ... and is trained afterwards
+
+
+def test_restart_with_k1_repeats_the_pre_split_epoch(tmp_path):
+    """With k = 1 nothing is upsampled, so the main phase (fresh model, fresh optimizer, same seeds)
+    must repeat the pre-split phase's first epoch bit for bit: the restart is from scratch."""
+    cfg = tiny(tmp_path, useful=True, separate_epoch=1, upsample_factor=1, epochs=2, deterministic=True)
+    train(cfg)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    pre, main1 = rows[0], rows[1]
+    assert (pre["phase"], main1["phase"], main1["epoch"]) == ("separate", "main", 1)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert pre[key] == main1[key], key
+
+
+def test_upweight_and_baselines(tmp_path):
+    cfg = tiny(tmp_path, useful=True, separate_epoch=1, epochs=1, partition="random", upweight=True)
+    summary = train(cfg)
+    assert summary["status"] == "completed" and summary["upweight"] is True
+    part = load_partition(tmp_path / "run" / "partition.npz")
+    assert part["method"] == "random" and bool(part["upweight"])
+    assert summary["train_list_length"] == cfg.synthetic_train  # weights, not copies
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["partition"] == "random"
+    # Every baseline rule on fixed outputs.
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    logits = rng.normal(size=(60, 3))
+    losses = rng.random(60)
+    useful = make_partition("useful", logits, labels, losses, k=2, seed=0)
+    random_ = make_partition("random", logits, labels, losses, k=2, seed=0)
+    assert np.array_equal(np.bincount(labels[useful.upsample], minlength=3), np.bincount(labels[random_.upsample], minlength=3))
+    quant = make_partition("quantile", logits, labels, losses, k=2, seed=0, quantile=0.75)
+    assert quant.upsample.sum() == 15
+    mis = make_partition("misclassified", logits, labels, losses, k=4, seed=0)
+    jtt = make_partition("jtt", logits, labels, losses, k=4, seed=0)
+    assert np.array_equal(mis.upsample, logits.argmax(1) != labels) and jtt.method == "jtt"
+    assert np.array_equal(mis.multiplicities, jtt.multiplicities)
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(128, 32) == 4
+    assert steps_per_epoch(129, 32) == 4  # a last batch of one is dropped
+    assert steps_per_epoch(130, 32) == 5
+    assert steps_per_epoch(130, 32, world_size=2) == 4  # 65 per rank, batches of 16, one left over
+    assert steps_per_epoch(132, 32, world_size=2) == 5
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume after kill -9.
+
+
+def _final_state(path: Path) -> dict:
+    return load_checkpoint(path / "checkpoint.pt")["model"]
+
+
+def test_sigkill_resume_is_exact(tmp_path):
+    kw = dict(TINY, synthetic_train=256, epochs=4, useful=True, separate_epoch=2, deterministic=True)
+    out = tmp_path / "killed"
+    args = ["run", *flags(**kw), "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "real", *args], env=env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 90
+        while not (out / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()  # killed before the end
+    assert (out / "run.lock").exists()  # left behind by the killed process: stale, taken over
+    # Without --resume the unfinished directory is refused.
+    refused = cli(*args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("separate", 1), ("separate", 2)] + [("main", e) for e in (1, 2, 3, 4)]
+    # The uninterrupted run (in this process) ends with the same weights and the same metrics.
+    ref = train(TrainConfig(**kw, out=str(tmp_path / "ref")))
+    assert ref["status"] == "completed"
+    a, b = _final_state(out), _final_state(tmp_path / "ref")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_rows = read_jsonl(tmp_path / "ref" / "metrics.jsonl")
+    for r, s in zip(rows, ref_rows):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert r[key] == s[key]
+    assert np.array_equal(load_partition(out / "partition.npz")["indices"],
+                          load_partition(tmp_path / "ref" / "partition.npz")["indices"])
+
+
+def test_resume_with_only_out_and_config_mismatch(tmp_path):
+    out = tmp_path / "r"
+    first = train(TrainConfig(**TINY, epochs=1, out=str(out)))
+    assert first["status"] == "completed"
+    # Pretend it stopped after epoch 1 of 2: make the stored run a 2-epoch run without a summary.
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["epochs"] = 2
+    atomic_write_json(out / "config.json", cfg)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt["config"]["epochs"] = 2
+    torch.save(ckpt, out / "checkpoint.pt")
+    (out / "summary.json").unlink()
+    bad = cli("run", "--out", str(out), "--resume", "--lr", "0.5")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--lr" in bad.stderr
+    ok = cli("run", "--out", str(out), "--resume")
+    assert ok.returncode == 0, ok.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # Resuming a completed run does nothing.
+    again = cli("run", "--out", str(out), "--resume")
+    assert again.returncode == 0 and len(read_jsonl(out / "metrics.jsonl")) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Robustness.
+
+
+def test_divergence_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny(tmp_path, epochs=20, lr=1e6, schedule="constant", synthetic_train=64)
+    summary = train(cfg)
+    assert summary["status"] == "diverged"
+    msg = summary["message"]
+    assert "epoch" in msg and "iteration" in msg
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    bad_epoch = int(msg.split("epoch ")[1].split(",")[0])
+    assert [r["epoch"] for r in rows] == list(range(1, bad_epoch))
+    assert bad_epoch >= 2, "the test needs a run that diverges after its first epoch"
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["epoch"] == bad_epoch - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+    # The CLI exits 1 and names the epoch.
+    res = cli("run", *flags(**TINY), "--epochs", "20", "--lr", "1e6", "--schedule", "constant",
+              "--synthetic-train", "64", "--out", str(tmp_path / "cli"))
+    assert res.returncode == 1 and f"epoch {bad_epoch}" in res.stderr
+
+
+def test_live_lock_refused_and_stale_lock_taken(tmp_path):
+    out = tmp_path / "locked"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from real.checkpoint import _process_start_time
+
+        (out / "run.lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename,
+                                                  "start": _process_start_time(sleeper.pid)}))
+        with pytest.raises(ConfigError, match="in use"):
+            train(TrainConfig(**TINY, epochs=1, out=str(out)))
+        assert not (out / "config.json").exists()
+        with pytest.raises(RunLockError):
+            RunLock(out).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The owner is gone: the lock is stale and taken over; released at the end.
+    assert train(TrainConfig(**TINY, epochs=1, out=str(out)))["status"] == "completed"
+    assert not (out / "run.lock").exists()
+
+
+def test_finished_run_not_overwritten(tmp_path):
+    out = tmp_path / "done"
+    assert train(TrainConfig(**TINY, epochs=1, out=str(out)))["status"] == "completed"
+    before = (out / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="--overwrite"):
+        train(TrainConfig(**TINY, epochs=1, out=str(out)))
+    assert (out / "summary.json").read_text() == before
+    summary = train(TrainConfig(**TINY, epochs=1, out=str(out), overwrite=True, seed=1))
+    assert summary["status"] == "completed" and summary["seed"] == 1
+
+
+def test_atomic_writes_leave_no_temporaries(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"x": float("nan"), "y": [1, 2]})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun, two CPU processes (gloo).
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "real", "run", *flags(**TINY),
+           "--epochs", "2", "--useful", "--separate-epoch", "1", "--device", "cpu", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env(), cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in SPEC_FILES + ("partition.npz",):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("separate", 1), ("main", 1), ("main", 2)]
+    part = load_partition(out / "partition.npz")
+    assert part["multiplicities"].sum() == TINY["synthetic_train"] + len(part["indices"])
+    # Every example of the list is seen once per epoch over both ranks (global batch 32 = 2 x 16).
+    assert summary["train_list_length"] == TINY["synthetic_train"] + len(part["indices"])
+
+
+def test_other_options_run(tmp_path):
+    """MixUp with label noise, TrivialAugment, ASAM, label smoothing, multistep with warm-up, a
+    long-tailed split, the quantile baseline: one short run through every path."""
+    cfg = tiny(tmp_path, epochs=2, optimizer="asam", rho=0.5, mixup_alpha=1.0, label_noise=0.2, trivial_augment=True,
+               label_smoothing=0.1, schedule="multistep", milestones=(1,), warmup_epochs=0.5, long_tail_ratio=4.0,
+               useful=True, separate_epoch=1, partition="quantile", quantile=0.75, augment="crop-flip")
+    summary = train(cfg)
+    assert summary["status"] == "completed"
+    assert summary["n_train"] < cfg.synthetic_train  # long-tailed subset
+    assert summary["label_noise_flipped"] > 0
+    part = load_partition(tmp_path / "run" / "partition.npz")
+    assert part["method"] == "quantile" and part["label_noise_flipped"].sum() == summary["label_noise_flipped"]
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
