@@ -713,3 +713,66 @@ def sharpness_report(path: str | Path, *, batches: int = 10, batch_size: int = 1
         "device": str(dev),
         "seconds": time.perf_counter() - start,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: useful-train sharpness RUN_DIR...
+
+
+def _sharpness_arguments(parser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (checkpoint.pt + config.json)")
+    parser.add_argument("--batches", type=int, default=10, help="fixed batches of the training set (default 10)")
+    parser.add_argument("--batch-size", type=int, default=128, help="examples per batch (default 128)")
+    parser.add_argument("--k", type=int, default=1, help="number of top Hessian eigenvalues (default 1)")
+    parser.add_argument("--trace-samples", type=int, default=50,
+                        help="Hutchinson samples for the trace (default 50; 0 skips the trace)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batches and of the random vectors")
+    parser.add_argument("--tol", type=float, default=1e-3, help="Lanczos relative tolerance (default 1e-3)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="default float32")
+    parser.add_argument("--data-dir", default=None, help="override the data directory stored in config.json")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="file name of the report inside each RUN_DIR (default sharpness.json), or a path "
+                             "when a single RUN_DIR is given")
+
+
+def _sharpness_handler(args) -> int:
+    from theory.configuration import ConfigError
+
+    from .checkpoint import atomic_write_json
+
+    for name, value, low in (("--batches", args.batches, 1), ("--batch-size", args.batch_size, 1),
+                             ("--k", args.k, 1), ("--trace-samples", args.trace_samples, 0)):
+        if value < low:
+            raise ConfigError(name, value, f"an integer >= {low}")
+    for run in args.runs:
+        try:
+            report = sharpness_report(run, batches=args.batches, batch_size=args.batch_size, k=args.k,
+                                      trace_samples=args.trace_samples, seed=args.seed, device=args.device,
+                                      tol=args.tol, dtype=args.dtype, data_dir=args.data_dir)
+        except ValueError as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {run}: {err}") from None
+        run_dir = Path(report["run_dir"])
+        if args.out is None:
+            target = run_dir / "sharpness.json"
+        elif len(args.runs) == 1:
+            target = Path(args.out)
+        else:  # one report per run: the file name inside each run directory
+            target = run_dir / Path(args.out).name
+        atomic_write_json(target, report)
+        eigs = ", ".join(f"{v:.4g}" for v in report["top_eigenvalues"])
+        trace = "n/a" if report["trace"] is None else (
+            f"{report['trace']:.4g} ± {report['trace_stderr']:.2g}"
+            if report["trace_stderr"] is not None and math.isfinite(report["trace_stderr"])
+            else f"{report['trace']:.4g}")
+        print(f"{run_dir}: top eigenvalue(s) {eigs}; trace {trace}; L1 norm {report['l1_norm']:.6g}; "
+              f"loss {report['loss']:.4f}, acc {report['accuracy']:.4f} on {report['examples']} examples "
+              f"({report['phase']} epoch {report['epoch']}); {report['seconds']:.1f} s -> {target}")
+    return 0
+
+
+def register_commands(register_command) -> None:
+    register_command("sharpness", "Hessian top eigenvalue(s), trace (Hutchinson) and L1 norm of runs' checkpoints",
+                     _sharpness_arguments, _sharpness_handler)

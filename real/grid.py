@@ -73,6 +73,7 @@ __all__ = [
     "submit_slurm",
     "sbatch_script",
     "slurm_minutes",
+    "register_commands",
 ]
 
 GRID_KEYS = ("out", "seeds", "base", "axes", "slurm")
@@ -624,3 +625,56 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = True, slurm: Mapping[str, An
         spec_json["job_id"] = entry["job_id"]
         atomic_write_json(job_file, spec_json)
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: useful-train grid FILE
+
+
+def _grid_arguments(parser) -> None:
+    parser.add_argument("grid", metavar="FILE", help="a grid TOML file (see real/grid.py or docs/training.md)")
+    parser.add_argument("--launcher", choices=("local", "submitit", "sbatch"), default="local",
+                        help="local: run here one after another (default); submitit / sbatch: Slurm jobs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run and submit nothing: list the commands (Slurm: also write the job files)")
+    parser.add_argument("--partition", default=None, help="Slurm partition (over the grid file's [slurm])")
+    parser.add_argument("--time", default=None, help="Slurm time limit, e.g. 12:00:00")
+    parser.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per run (> 1: torchrun)")
+    parser.add_argument("--account", default=None, help="Slurm account")
+    parser.add_argument("--rerun-diverged", action="store_true", help="run diverged runs again (default: skip)")
+    parser.add_argument("--stop-on-error", action="store_true", help="local: stop at the first failed run")
+
+
+def _grid_handler(args) -> int:
+    spec = load_grid(args.grid)
+    slurm = {k: v for k, v in (("partition", args.partition), ("time", args.time),
+                               ("gpus_per_node", args.gpus_per_node), ("account", args.account)) if v is not None}
+    if args.launcher == "local":
+        if slurm:
+            flag = "--" + next(iter(slurm)).replace("_", "-")
+            raise ConfigError(flag, message=f"{flag}: a Slurm option needs --launcher submitit or sbatch")
+        results = run_local(spec, dry_run=args.dry_run, rerun_diverged=args.rerun_diverged,
+                            stop_on_error=args.stop_on_error)
+    else:
+        results = submit_slurm(spec, dry_run=args.dry_run, slurm=slurm, launcher=args.launcher,
+                               rerun_diverged=args.rerun_diverged)
+    counts: dict[str, int] = {}
+    for entry in results:
+        status = entry.get("status") or "?"
+        counts[status] = counts.get(status, 0) + 1
+        line = f"{status:<10} {entry['name']}"
+        if entry.get("reason"):
+            line += f"  ({entry['reason']})"
+        if entry.get("job_id"):
+            line += f"  job {entry['job_id']}"
+        print(line)
+        if status == "dry-run" and entry.get("command"):
+            print("           " + shlex.join(entry["command"]))
+    print(f"{len(results)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; results: useful-train compare {shlex.quote(str(Path(spec.out_root) / 'runs'))}/*")
+    return 1 if any(e.get("status") in ("failed", "diverged") for e in results) else 0
+
+
+def register_commands(register_command) -> None:
+    register_command("grid", "run a grid of configurations x seeds here, or submit it to Slurm (submitit/sbatch)",
+                     _grid_arguments, _grid_handler)

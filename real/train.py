@@ -55,6 +55,7 @@ from .checkpoint import (
 )
 from .config import RUN_CONTROL_FIELDS, TrainConfig, config_to_dict, default_out
 from .datasets import Dataset, load_dataset
+from .diagnostics import LearningStats, cluster_table
 from .models import build_model
 from .optim import build_optimizer, sam_step
 from .schedules import build_schedule
@@ -210,6 +211,7 @@ class Phase:
     steps: int
     init_digest: str
     epoch: int = 0  # completed epochs
+    stats: LearningStats | None = None  # per-example learning statistics of this phase
 
 
 def build_phase(
@@ -335,6 +337,8 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo) 
         hard = target.argmax(1) if target.ndim == 2 else target
         loss_sum += loss.double() * len(idx)
         correct += (logits.argmax(1) == hard).sum()
+        if ph.stats is not None:  # per-example correctness on the example's own (training) label
+            ph.stats.update(idx, logits.detach().argmax(1) == y, ph.epoch + 1)
         seen += len(idx)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
         if device.type != "cuda" or (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == ph.steps:
@@ -382,6 +386,10 @@ def evaluate(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, d
 # The run directory.
 
 
+# Files written at the end of a run besides checkpoint.RUN_FILES (removed by --overwrite too).
+EXTRA_RUN_FILES = ("learning_stats.npz", "clusters.md")
+
+
 class RunDir:
     """Paths of a run directory and the writers rank 0 uses."""
 
@@ -393,6 +401,8 @@ class RunDir:
         self.checkpoint = self.path / "checkpoint.pt"
         self.partition = self.path / "partition.npz"
         self.curves = self.path / "curves.png"
+        self.learning_stats = self.path / "learning_stats.npz"
+        self.clusters = self.path / "clusters.md"
 
     def read_summary(self) -> dict | None:
         import json
@@ -406,7 +416,7 @@ class RunDir:
         return any((self.path / name).exists() for name in RUN_FILES)
 
     def clear(self) -> None:
-        for name in RUN_FILES:
+        for name in RUN_FILES + EXTRA_RUN_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
 
@@ -416,7 +426,7 @@ def _prepare_run_dir(cfg: TrainConfig, rd: RunDir) -> tuple[str, str | None]:
 
     Returns ``("fresh" | "resume" | "done", error_message_or_None)``.
     """
-    for name in RUN_FILES:  # temporary files of writes interrupted by a kill
+    for name in RUN_FILES + EXTRA_RUN_FILES:  # temporary files of writes interrupted by a kill
         for tmp in rd.path.glob(f".{name}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -455,6 +465,7 @@ def _checkpoint_payload(cfg: TrainConfig, ph: Phase, state: "RunState", device: 
         "partition": state.partition_state(),
         "separate_epoch": state.separate_epoch,
         "init_digest": state.init_digest,
+        "learning_stats": {name: stats.state_dict() for name, stats in state.learning.items()},
         "totals": {"train_seconds": state.train_seconds, "train_images": state.train_images,
                    "wall_seconds": state.wall_seconds()},
     }
@@ -471,6 +482,7 @@ class RunState:
     train_seconds: float = 0.0
     train_images: float = 0.0
     wall_before: float = 0.0  # wall seconds of earlier sessions (before a resume)
+    learning: dict[str, LearningStats] = field(default_factory=dict)  # per phase name
     session_start: float = field(default_factory=time.perf_counter)
 
     def wall_seconds(self) -> float:
@@ -499,6 +511,8 @@ def _run_epochs(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
             torch.cuda.synchronize(info.device)
         train_time = time.perf_counter() - start
         ph.epoch += 1
+        if ph.stats is not None:  # one host transfer of 2 n int32 (summed over ranks)
+            ph.stats.end_epoch(ph.epoch, all_reduce=D.all_reduce_sum if info.world_size > 1 else None)
         test_loss, test_acc = evaluate(ph.raw_model, data.test_x, data.test_y, data.dataset, cfg, info)
         row = {
             "phase": ph.name,
@@ -633,6 +647,55 @@ def stored_config_differences(stored: dict, cfg: TrainConfig) -> list[tuple[str,
     ]
 
 
+def _attach_stats(ph: Phase, state: RunState, data: TrainData, info: D.DistInfo) -> None:
+    """Give ``ph`` its :class:`~real.diagnostics.LearningStats` (restored from the checkpoint when
+    resuming, else new).  They only count on the device: no RNG is drawn, no numerics change."""
+    if ph.name not in state.learning:
+        state.learning[ph.name] = LearningStats(data.n_train, device=info.device)
+    ph.stats = state.learning[ph.name]
+
+
+def write_learning_stats(rd: RunDir, state: RunState) -> None:
+    """``learning_stats.npz`` (the main phase's ``forgetting_count``, ``first_learned_epoch``,
+    ``learned_from_epoch``, ``presentations``, ``epochs``, ``history``; the pre-split phase's with the
+    prefix ``separate_``; ``upsample`` when there is a partition) and, with a partition,
+    ``clusters.md`` (:func:`~real.diagnostics.cluster_table` of the upsampled cluster against the rest)."""
+    import io
+
+    from .checkpoint import atomic_write_text
+
+    if not state.learning:
+        return
+    arrays: dict[str, np.ndarray] = {}
+    results = {name: stats.result() for name, stats in state.learning.items()}
+    for name, result in results.items():
+        prefix = "" if name == "main" else f"{name}_"
+        for key, value in result.items():
+            arrays[prefix + key] = np.asarray(value)
+    mask = None
+    if state.partition is not None:
+        mask = np.asarray(state.partition.upsample, dtype=bool)
+        arrays["upsample"] = mask
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(rd.learning_stats, buffer.getvalue())
+    if mask is None:
+        return
+    text = ["# Learning statistics of the upsampled cluster and the rest", "",
+            f"Partition: {state.partition.method}, k = {state.partition.k}, {int(mask.sum())} of {mask.size} "
+            f"examples upsampled at epoch {state.separate_epoch}.  An example counts as correct in an epoch "
+            "when its minibatch prediction on its (augmented) training input was right at every presentation "
+            "of the epoch; forgetting = correct in one epoch, wrong in the next (see real/diagnostics.py).", ""]
+    titles = {"main": "Main phase (trained on the upsampled data)",
+              "separate": "Pre-split phase (the epochs before the split, original data)"}
+    for name in ("main", "separate"):
+        if name in results and len(results[name]["epochs"]):
+            epochs = results[name]["epochs"]
+            text += [f"## {titles[name]}: epochs {int(epochs[0])}-{int(epochs[-1])}", "",
+                     cluster_table(results[name], mask), ""]
+    atomic_write_text(rd.clusters, "\n".join(text))
+
+
 def _train_phases(cfg: TrainConfig, info: D.DistInfo, data: TrainData, rd: RunDir, ckpt: dict | None) -> dict:
     state = RunState()
     if ckpt is not None:
@@ -642,6 +705,10 @@ def _train_phases(cfg: TrainConfig, info: D.DistInfo, data: TrainData, rd: RunDi
         state.train_seconds = ckpt["totals"]["train_seconds"]
         state.train_images = ckpt["totals"]["train_images"]
         state.wall_before = ckpt["totals"]["wall_seconds"]
+        for name, stats_state in (ckpt.get("learning_stats") or {}).items():
+            stats = LearningStats(data.n_train, device=info.device)
+            stats.load_state_dict(stats_state)
+            state.learning[name] = stats
         if ckpt["partition"] is not None:
             p = ckpt["partition"]
             state.partition = partition_from_mask(p["upsample"], k=int(p["k"]), method=p["method"])
@@ -653,6 +720,7 @@ def _train_phases(cfg: TrainConfig, info: D.DistInfo, data: TrainData, rd: RunDi
         if phase_name == "separate":
             ph = build_phase("separate", cfg, data, info)
             state.init_digest["separate"] = ph.init_digest
+            _attach_stats(ph, state, data, info)
             if ckpt is not None:
                 _restore(ph, ckpt, info.device)
             num_classes = data.dataset.num_classes
@@ -668,11 +736,13 @@ def _train_phases(cfg: TrainConfig, info: D.DistInfo, data: TrainData, rd: RunDi
             phase_name = "main"
             main = build_phase("main", cfg, data, info, multiplicities=state.partition.multiplicities)
             state.init_digest["main"] = main.init_digest
+            _attach_stats(main, state, data, info)
             _save_epoch(cfg, rd, main, state, info)  # a checkpoint at main epoch 0: the split is never redone
         else:
             mult = state.partition.multiplicities if state.partition is not None else None
             main = build_phase("main", cfg, data, info, multiplicities=mult)
             state.init_digest["main"] = main.init_digest
+            _attach_stats(main, state, data, info)
             if ckpt is not None:
                 _restore(main, ckpt, info.device)
         _run_epochs(main, cfg, data, info, state, rd, lambda epoch: epoch >= cfg.epochs)
@@ -721,6 +791,10 @@ def _finish(cfg: TrainConfig, info: D.DistInfo, data: TrainData, rd: RunDir, sta
         "torch_version": torch.__version__,
     }
     if info.is_main:
+        try:
+            write_learning_stats(rd, state)
+        except Exception as err:  # diagnostics must not lose the run
+            log.warning("could not write %s: %s", rd.learning_stats, err)
         write_jsonl(rd.metrics, state.metrics)
         atomic_write_json(rd.summary, summary)
         try:

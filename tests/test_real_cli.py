@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from real.cli import COMMANDS, _build_parser, compare_table, main, resolve_run_config
+from real.cli import COMMANDS, _build_parser, main, resolve_run_config
 from real.config import TrainConfig, load_preset, preset_names
 from theory.configuration import ConfigError, to_jsonable
 
@@ -150,16 +150,19 @@ def _fake_run(path: Path, seed: int, acc: float, **config) -> Path:
 
 
 def test_compare_groups_by_config_ignoring_seed(tmp_path, capsys):
+    """``useful-train compare`` (real.compare, registered through the plugin hook) groups by config, not seed."""
+    import real.compare
+
     runs = [
         _fake_run(tmp_path / "a0", 0, 0.90),
         _fake_run(tmp_path / "a1", 1, 0.92),
         _fake_run(tmp_path / "b0", 0, 0.95, useful=True, separate_epoch=8),
     ]
-    table = compare_table(runs)
+    table = real.compare.compare(runs)[0]
     lines = table.splitlines()
     assert len(lines) == 4
-    row_a = next(line for line in lines if "useful=False" in line)
-    row_b = next(line for line in lines if "useful=True" in line)
+    row_a = next(line for line in lines if line.startswith("| SGD |"))
+    row_b = next(line for line in lines if line.startswith("| SGD+USEFUL |"))
     assert "| 2 | 9.00 | 1.41 |" in row_a and "| 1 | 5.00 | 0.00 |" in row_b
     rc, out, _ = run_main(capsys, "compare", *map(str, runs))
     assert rc == 0 and out.strip() == table

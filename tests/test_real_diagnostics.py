@@ -376,3 +376,31 @@ def test_sharpness_report_bare_state_dict_with_prefix_and_missing_files(tmp_path
     assert report["l1_norm"] == pytest.approx(l1_norm(model), rel=1e-6)
     with pytest.raises(ConfigError, match="checkpoint.pt"):
         sharpness_report(tmp_path / "nowhere")
+
+
+def test_sharpness_cli_on_a_tiny_real_run(tmp_path, capsys):
+    """``useful-train sharpness`` on a run the trainer wrote (synthetic, cnn-small, 1 epoch)."""
+    from real.cli import main
+    from real.config import TrainConfig
+    from real.train import train
+
+    run = tmp_path / "run"
+    summary = train(TrainConfig(dataset="synthetic", model="cnn-small", synthetic_train=64, synthetic_test=16,
+                                batch_size=32, epochs=1, out=str(run), device="cpu"))
+    assert summary["status"] == "completed"
+    rc = main(["sharpness", str(run), "--batches", "2", "--batch-size", "8", "--trace-samples", "3", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads((run / "sharpness.json").read_text())
+    assert report["examples"] == 16 and report["k"] == 1 and report["epoch"] == 1 and report["phase"] == "main"
+    assert "top eigenvalue(s)" in out and "trace" in out and "L1 norm" in out and "sharpness.json" in out
+    assert f"{report['l1_norm']:.6g}" in out and np.isfinite(report["trace"])
+    assert not list(run.glob(".*.tmp"))
+    # --out with one run is a path; a bad count is one line with exit status 2.
+    rc = main(["sharpness", str(run), "--batches", "1", "--batch-size", "4", "--trace-samples", "0", "--k", "2",
+               "--dtype", "float64", "--out", str(tmp_path / "s.json")])
+    assert rc == 0 and len(json.loads((tmp_path / "s.json").read_text())["top_eigenvalues"]) == 2
+    capsys.readouterr()
+    rc = main(["sharpness", str(run), "--batches", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--batches" in err and len(err.strip().splitlines()) == 1

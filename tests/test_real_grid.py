@@ -404,3 +404,24 @@ def test_slurm_minutes():
     for bad in ("soon", "", 0, True, "1:2:3:4"):
         with pytest.raises(ConfigError):
             slurm_minutes(bad)
+
+
+def test_grid_cli_dry_run(tmp_path, capsys):
+    """``useful-train grid FILE --dry-run`` lists the commands and runs nothing; Slurm dry runs write jobs."""
+    from real.cli import main
+
+    path = write_grid(tmp_path, "seeds = [0, 1]\n" + BASE + "\n[axes]\noptimizer = ['sgd', 'sam']\n")
+    rc = main(["grid", str(path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("dry-run ") == 4 and "optimizer=sam,seed=1" in out
+    assert "-m real run --config" in out and "4 run(s): 4 dry-run" in out
+    assert not (tmp_path / "out").exists()  # the local dry run writes nothing
+    rc = main(["grid", str(path), "--dry-run", "--launcher", "submitit", "--partition", "gpu", "--time", "01:00:00"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("--resume") == 4
+    job = json.loads((tmp_path / "out" / "jobs" / "optimizer=sgd,seed=0.json").read_text())
+    assert job["slurm"]["partition"] == "gpu" and job["launcher"] == "submitit" and job["job_id"] is None
+    assert "#SBATCH --partition=gpu" in (tmp_path / "out" / "jobs" / "optimizer=sgd,seed=0.sbatch").read_text()
+    rc = main(["grid", str(path), "--partition", "gpu"])  # a Slurm option without a Slurm launcher
+    err = capsys.readouterr().err
+    assert rc == 2 and "--partition" in err

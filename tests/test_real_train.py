@@ -394,3 +394,73 @@ def test_other_options_run(tmp_path):
     assert part["method"] == "quantile" and part["label_noise_flipped"].sum() == summary["label_noise_flipped"]
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-example learning statistics (learning_stats.npz, clusters.md).
+
+
+def test_learning_stats_written_restored_and_free(tmp_path):
+    from real.diagnostics import LearningStats
+
+    kw = dict(TINY, epochs=2, useful=True, separate_epoch=1, deterministic=True)
+    summary = train(TrainConfig(**kw, out=str(tmp_path / "u")))
+    assert summary["status"] == "completed"
+    z = np.load(tmp_path / "u" / "learning_stats.npz")
+    n = summary["n_train"]
+    for prefix in ("", "separate_"):
+        for key in ("forgetting_count", "first_learned_epoch", "learned_from_epoch", "presentations"):
+            assert z[prefix + key].shape == (n,)
+    assert list(z["epochs"]) == [1, 2] and list(z["separate_epochs"]) == [1]
+    upsample = load_partition(tmp_path / "u" / "partition.npz")["upsample"]
+    assert np.array_equal(z["upsample"], upsample)
+    # Presentations: every example once per epoch before the split, k times per epoch after it for the
+    # upsampled ones (up to the examples of the dropped last partial batch).
+    assert z["separate_presentations"].sum() == steps_per_epoch(n, TINY["batch_size"]) * TINY["batch_size"]
+    assert (z["presentations"][upsample] >= z["presentations"][~upsample].min()).all()
+    # The per-epoch correctness matches the metrics' training accuracy.
+    rows = [r for r in read_jsonl(tmp_path / "u" / "metrics.jsonl") if r["phase"] == "separate"]
+    assert z["separate_history"].sum() == pytest.approx(rows[0]["train_acc"] * z["separate_presentations"].sum())
+    text = (tmp_path / "u" / "clusters.md").read_text()
+    assert "| statistic | upsampled | rest | all |" in text and "Pre-split phase" in text
+    assert f"| examples | {int(upsample.sum())} | {n - int(upsample.sum())} | {n} |" in text
+    # The checkpoint carries the statistics; they restore to the same results.
+    ckpt = load_checkpoint(tmp_path / "u" / "checkpoint.pt")
+    restored = LearningStats(n)
+    restored.load_state_dict(ckpt["learning_stats"]["main"])
+    assert np.array_equal(restored.result()["forgetting_count"], z["forgetting_count"])
+    # Counting consumes no randomness and changes no numerics: a plain run equals one without stats.
+    import real.train as T
+
+    plain = train(TrainConfig(**{**kw, "useful": False}, out=str(tmp_path / "p")))
+    original = T._attach_stats
+    T._attach_stats = lambda ph, *a, **k: None
+    try:
+        bare = train(TrainConfig(**{**kw, "useful": False}, out=str(tmp_path / "b")))
+    finally:
+        T._attach_stats = original
+    a, b = _final_state(tmp_path / "p"), _final_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a) and plain["final_test_acc"] == bare["final_test_acc"]
+    assert (tmp_path / "p" / "learning_stats.npz").is_file() and not (tmp_path / "p" / "clusters.md").exists()
+    assert not (tmp_path / "b" / "learning_stats.npz").exists()
+
+
+def test_learning_stats_survive_a_resume(tmp_path):
+    """A run stopped after epoch 1 and resumed has the same learning statistics as one run straight
+    through (constant schedule, so a 1-epoch run is the first epoch of the 2-epoch one)."""
+    kw = dict(TINY, schedule="constant", deterministic=True)
+    out = tmp_path / "r"
+    assert train(TrainConfig(**kw, epochs=1, out=str(out)))["status"] == "completed"
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["epochs"] = 2
+    atomic_write_json(out / "config.json", cfg)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt["config"]["epochs"] = 2
+    torch.save(ckpt, out / "checkpoint.pt")
+    (out / "summary.json").unlink()
+    assert train(TrainConfig(**kw, epochs=2, out=str(out), resume=True))["status"] == "completed"
+    assert train(TrainConfig(**kw, epochs=2, out=str(tmp_path / "ref")))["status"] == "completed"
+    a, b = np.load(out / "learning_stats.npz"), np.load(tmp_path / "ref" / "learning_stats.npz")
+    assert sorted(a.files) == sorted(b.files) and list(a["epochs"]) == [1, 2]
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key

@@ -1,0 +1,309 @@
+"""``useful-train compare``: test error and training time over run directories (the paper's Figure 4).
+
+Runs are grouped by their ``config.json`` ignoring the seed and the run-control fields
+(:data:`GROUP_IGNORE`: out, resume, overwrite, device, compile, eval_batch_size, data_dir, preset,
+deterministic), so the seeds of one configuration form one group.  Per group:
+
+* test error ``1 - final_test_acc`` (summary.json), mean and sample standard deviation (``ddof = 1``,
+  0 for one seed) over seeds, in %;
+* training time: mean over seeds of summary.json's ``wall_seconds`` (the whole run, USEFUL's pre-split
+  epochs and split included; the sum of metrics.jsonl's ``seconds`` when summary.json has none),
+  relative to the baseline group of the same data set and model: the group with ``optimizer ==
+  --baseline-optimizer`` (default sgd) and without USEFUL; among several, the one whose configuration
+  differs from the group in the fewest fields.
+
+Runs whose summary.json is missing or whose status is not ``completed`` are listed as skipped with
+the reason.  With ``--out PLOT.png`` a bar plot (one panel per data set and model) shows the test error
+with standard-deviation error bars and the relative training time under each bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from theory.configuration import ConfigError
+
+__all__ = ["GROUP_IGNORE", "group_key", "RunRecord", "Group", "load_runs", "group_runs", "compare_markdown", "plot_compare",
+           "register_commands"]
+
+GROUP_IGNORE = ("seed", "out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir",
+                "preset", "deterministic")
+# Fields the label names by itself (the others appear as "field=value" when they differ between groups).
+_LABELLED = ("optimizer", "useful", "partition", "upweight", "trivial_augment")
+_OPTIMIZER_ORDER = {"sgd": 0, "sam": 1, "asam": 2}
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict
+    summary: dict
+    seconds: float | None
+
+
+@dataclass
+class Group:
+    key: dict  # the configuration without the ignored fields
+    runs: list[RunRecord] = field(default_factory=list)
+    label: str = ""
+    baseline: "Group | None" = None
+
+    @property
+    def errors(self) -> list[float]:
+        return [100.0 * (1.0 - r.summary["final_test_acc"]) for r in self.runs]
+
+    @property
+    def error_mean(self) -> float:
+        e = self.errors
+        return sum(e) / len(e) if e else math.nan
+
+    @property
+    def error_std(self) -> float:
+        e = self.errors
+        if len(e) < 2:
+            return 0.0 if e else math.nan
+        m = sum(e) / len(e)
+        return math.sqrt(sum((x - m) ** 2 for x in e) / (len(e) - 1))
+
+    @property
+    def seconds(self) -> float:
+        s = [r.seconds for r in self.runs if r.seconds is not None]
+        return sum(s) / len(s) if s else math.nan
+
+    @property
+    def relative_time(self) -> float:
+        if self.baseline is None or not self.baseline.seconds > 0:
+            return math.nan
+        return self.seconds / self.baseline.seconds
+
+
+def _run_seconds(path: Path, summary: dict) -> float | None:
+    wall = summary.get("wall_seconds")
+    if isinstance(wall, (int, float)) and math.isfinite(wall):
+        return float(wall)
+    metrics = path / "metrics.jsonl"
+    if metrics.is_file():
+        total = 0.0
+        for line in metrics.read_text().splitlines():
+            if line.strip():
+                try:
+                    total += float(json.loads(line).get("seconds") or 0.0)
+                except ValueError:
+                    continue
+        return total
+    return None
+
+
+def load_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]:
+    """The completed runs and ``(path, reason)`` of the skipped ones.
+
+    A path without config.json is a :class:`ConfigError` (not a run directory); a missing or
+    unreadable summary.json, a status other than ``completed`` or a missing final test accuracy
+    skips the run."""
+    runs: list[RunRecord] = []
+    skipped: list[tuple[str, str]] = []
+    for p in run_dirs:
+        path = Path(p)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} has no config.json (not a run directory)")
+        try:
+            config = json.loads(cfg_file.read_text())
+        except ValueError as err:
+            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {cfg_file}: unreadable JSON ({err})") from None
+        sum_file = path / "summary.json"
+        if not sum_file.is_file():
+            skipped.append((str(path), "no summary.json (unfinished or still running)"))
+            continue
+        try:
+            summary = json.loads(sum_file.read_text())
+        except ValueError:
+            skipped.append((str(path), "summary.json is not valid JSON"))
+            continue
+        status = summary.get("status")
+        if status != "completed":
+            message = summary.get("message") or ""
+            skipped.append((str(path), f"status {status!r}" + (f": {message}" if message else "")))
+            continue
+        if not isinstance(summary.get("final_test_acc"), (int, float)):
+            skipped.append((str(path), "no final_test_acc in summary.json"))
+            continue
+        runs.append(RunRecord(path, config, summary, _run_seconds(path, summary)))
+    return runs, skipped
+
+
+_USEFUL_FIELDS = ("separate_epoch", "upsample_factor", "partition", "quantile", "upweight")
+
+
+def group_key(config: dict) -> dict:
+    """The fields that define a run's group: the configuration without :data:`GROUP_IGNORE` and
+    without fields that have no effect in it (USEFUL's fields without ``useful``, ``quantile`` unless
+    the quantile partition, ``rho`` under SGD, the synthetic sizes for a real data set)."""
+    key = {k: v for k, v in config.items() if k not in GROUP_IGNORE}
+    unused = set()
+    if not key.get("useful"):
+        unused.update(_USEFUL_FIELDS)
+    elif key.get("partition") != "quantile":
+        unused.add("quantile")
+    if key.get("optimizer") == "sgd":
+        unused.add("rho")
+    if key.get("dataset") != "synthetic":
+        unused.update(("synthetic_train", "synthetic_test"))
+    return {k: v for k, v in key.items() if k not in unused}
+
+
+def _method_label(key: dict) -> str:
+    label = str(key.get("optimizer", "?")).upper()
+    if key.get("trivial_augment"):
+        label += "+TA"
+    if key.get("useful"):
+        partition = key.get("partition", "useful")
+        label += "+USEFUL" if partition in (None, "useful") else f"+{partition}"
+        if key.get("upweight"):
+            label += "(upweight)"
+    return label
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v)) or "[]"
+    return str(v)
+
+
+def group_runs(runs: Sequence[RunRecord], *, baseline_optimizer: str = "sgd") -> list[Group]:
+    """Groups (sorted by data set, model, optimizer, TrivialAugment, USEFUL), labelled, each with its
+    baseline group for the relative training time."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = group_key(run.config)
+        text = json.dumps(key, sort_keys=True)
+        groups.setdefault(text, Group(key=key)).runs.append(run)
+    result = list(groups.values())
+    all_fields = sorted({f for g in result for f in g.key})
+    varying = [f for f in all_fields
+               if f not in _LABELLED and len({json.dumps(g.key[f], sort_keys=True) for g in result if f in g.key}) > 1]
+    for g in result:
+        extra = ", ".join(f"{f}={_fmt_value(g.key[f])}" for f in varying if f in g.key)
+        g.label = _method_label(g.key) + (f" ({extra})" if extra else "")
+    for g in result:
+        candidates = [b for b in result
+                      if b.key.get("dataset") == g.key.get("dataset") and b.key.get("model") == g.key.get("model")
+                      and b.key.get("optimizer") == baseline_optimizer and not b.key.get("useful")]
+        if candidates:
+            g.baseline = min(candidates, key=lambda b: sum(
+                1 for f in all_fields if f != "optimizer" and b.key.get(f) != g.key.get(f)))
+    result.sort(key=lambda g: (str(g.key.get("dataset")), str(g.key.get("model")),
+                               bool(g.key.get("trivial_augment")),
+                               _OPTIMIZER_ORDER.get(g.key.get("optimizer"), 9), bool(g.key.get("useful")), g.label))
+    return result
+
+
+def _num(v: float, digits: int = 2) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def compare_markdown(groups: Sequence[Group], skipped: Sequence[tuple[str, str]] = (), *,
+                     baseline_optimizer: str = "sgd") -> str:
+    """The markdown table (and the list of skipped runs)."""
+    base = baseline_optimizer.upper()
+    lines = [f"| configuration | seeds | test error (%) mean | std | time (s) | time vs {base} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for g in groups:
+        rel = g.relative_time
+        lines.append(f"| {g.label} | {len(g.runs)} | {_num(g.error_mean)} | {_num(g.error_std)} | "
+                     f"{_num(g.seconds, 1)} | {_num(rel) + 'x' if math.isfinite(rel) else 'n/a'} |")
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} run(s):"]
+        lines += [f"- {path}: {reason}" for path, reason in skipped]
+    return "\n".join(lines)
+
+
+def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimizer: str = "sgd") -> None:
+    """Bars of test error (std error bars), one panel per data set and model, the training time
+    relative to the baseline written under each bar; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from theory.atomic import atomic_open
+
+    panels: dict[tuple[str, str], list[Group]] = {}
+    for g in groups:
+        panels.setdefault((str(g.key.get("dataset")), str(g.key.get("model"))), []).append(g)
+    n = max(len(panels), 1)
+    widest = max((len(p) for p in panels.values()), default=1)
+    fig, axes = plt.subplots(1, n, figsize=(max(3.0, 1.3 * widest + 1.0) * n, 4.2), squeeze=False)
+    for ax, ((dataset, model), members) in zip(axes[0], panels.items()):
+        xs = list(range(len(members)))
+        means = [g.error_mean for g in members]
+        stds = [g.error_std for g in members]
+        colors = [f"C{_OPTIMIZER_ORDER.get(g.key.get('optimizer'), 3) * 2 + (1 if g.key.get('useful') else 0)}"
+                  for g in members]
+        ax.bar(xs, means, yerr=stds, capsize=4, color=colors, edgecolor="black", linewidth=0.6)
+        finite = [m + s for m, s in zip(means, stds) if math.isfinite(m)]
+        low = [m - s for m, s in zip(means, stds) if math.isfinite(m)]
+        if finite:
+            top, bottom = max(finite), min(low)
+            span = max(top - bottom, 0.5)
+            ax.set_ylim(max(0.0, bottom - 0.6 * span), top + 0.3 * span)
+        labels = []
+        for g in members:
+            rel = g.relative_time
+            time_text = f"{rel:.2f}x time" if math.isfinite(rel) else "time n/a"
+            labels.append(f"{g.label}\n{time_text}")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=8, rotation=0 if len(members) <= 4 else 30,
+                           ha="center" if len(members) <= 4 else "right")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(f"{dataset}, {model}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"test error (mean ± std over seeds); training time relative to {baseline_optimizer.upper()}",
+                 fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    with atomic_open(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+
+
+def compare(run_dirs: Sequence[str | Path], *, out: str | Path | None = None,
+            baseline_optimizer: str = "sgd") -> tuple[str, list[Group], list[tuple[str, str]]]:
+    """Load, group, tabulate (and plot to ``out``); returns ``(markdown, groups, skipped)``."""
+    runs, skipped = load_runs(run_dirs)
+    groups = group_runs(runs, baseline_optimizer=baseline_optimizer)
+    table = compare_markdown(groups, skipped, baseline_optimizer=baseline_optimizer)
+    if out is not None:
+        plot_compare(groups, out, baseline_optimizer=baseline_optimizer)
+    return table, groups, skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI.
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (config.json + summary.json)")
+    parser.add_argument("--out", metavar="PLOT.png", default=None, help="also draw the bar plot (Figure 4 style)")
+    parser.add_argument("--baseline-optimizer", choices=("sgd", "sam", "asam"), default="sgd",
+                        help="training time is relative to this optimizer's group without USEFUL (default sgd)")
+
+
+def _handler(args: argparse.Namespace) -> int:
+    table, groups, _ = compare(args.runs, out=args.out, baseline_optimizer=args.baseline_optimizer)
+    print(table)
+    if args.out is not None:
+        print(f"\nplot: {args.out}")
+    return 0 if groups else 1
+
+
+def register_commands(register_command) -> None:
+    register_command("compare", "test error (mean/std over seeds) and relative training time over run "
+                     "directories; --out draws the bar plot", _arguments, _handler)

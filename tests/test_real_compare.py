@@ -1,0 +1,124 @@
+"""real/compare.py: ``useful-train compare`` (grouping over seeds, relative time, skipped runs, plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from real.cli import COMMANDS, main
+from real.compare import compare, group_runs, load_runs
+from real.config import TrainConfig, config_to_dict
+from real.train import train
+from theory.configuration import ConfigError
+
+TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=64, synthetic_test=32, batch_size=32)
+
+
+def fake_run(path: Path, *, seed: int, acc: float | None, wall: float, status: str = "completed",
+             metrics: bool = True, **config) -> Path:
+    path.mkdir(parents=True)
+    cfg = config_to_dict(TrainConfig(**{**TINY, "seed": seed, "out": str(path), **config}))
+    (path / "config.json").write_text(json.dumps(cfg))
+    summary = {"status": status, "message": "" if status == "completed" else "training diverged: x",
+               "final_test_acc": acc, "best_test_acc": acc, "wall_seconds": wall}
+    (path / "summary.json").write_text(json.dumps(summary))
+    if metrics:
+        (path / "metrics.jsonl").write_text(json.dumps({"phase": "main", "epoch": 1, "seconds": wall}) + "\n")
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [
+        fake_run(tmp_path / "sgd0", seed=0, acc=0.90, wall=10.0),
+        fake_run(tmp_path / "sgd1", seed=1, acc=0.92, wall=12.0, device="cpu", compile=False, deterministic=True),
+        fake_run(tmp_path / "useful0", seed=0, acc=0.95, wall=11.0, useful=True, separate_epoch=1),
+        fake_run(tmp_path / "useful1", seed=1, acc=0.93, wall=13.2, useful=True, separate_epoch=1),
+        fake_run(tmp_path / "samta0", seed=0, acc=0.96, wall=22.0, optimizer="sam", trivial_augment=True),
+        fake_run(tmp_path / "bad", seed=2, acc=None, wall=3.0, status="diverged"),
+    ]
+
+
+def test_groups_errors_relative_time_and_skips(runs, tmp_path):
+    table, groups, skipped = compare(runs, out=tmp_path / "plots" / "fig.png")
+    by_label = {g.label: g for g in groups}
+    assert set(by_label) == {"SGD", "SGD+USEFUL", "SAM+TA"}  # seed and run-control fields ignored
+    sgd, useful, sam = by_label["SGD"], by_label["SGD+USEFUL"], by_label["SAM+TA"]
+    assert len(sgd.runs) == 2 and len(useful.runs) == 2 and len(sam.runs) == 1
+    assert sgd.error_mean == pytest.approx(9.0) and sgd.error_std == pytest.approx(math.sqrt(2.0))
+    assert useful.error_mean == pytest.approx(6.0) and sam.error_std == 0.0
+    assert sgd.relative_time == pytest.approx(1.0)
+    assert useful.relative_time == pytest.approx(12.1 / 11.0)
+    assert sam.relative_time == pytest.approx(2.0)
+    assert [g.label for g in groups] == ["SGD", "SGD+USEFUL", "SAM+TA"]  # TA variants after the plain ones
+    assert skipped == [(str(runs[-1]), "status 'diverged': training diverged: x")]
+    lines = table.splitlines()
+    assert lines[0].startswith("| configuration | seeds | test error (%) mean | std |")
+    assert "| SGD | 2 | 9.00 | 1.41 |" in table and "| 1.10x |" in table and "| 2.00x |" in table
+    assert "Skipped 1 run(s):" in table and "bad: status 'diverged'" in table
+    png = (tmp_path / "plots" / "fig.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "plots").glob(".*tmp"))
+
+
+def test_labels_name_differing_fields_and_baseline_choice(tmp_path):
+    runs = [
+        fake_run(tmp_path / "a", seed=0, acc=0.9, wall=10.0, lr=0.1),
+        fake_run(tmp_path / "b", seed=0, acc=0.9, wall=20.0, lr=0.2),
+        fake_run(tmp_path / "c", seed=0, acc=0.9, wall=40.0, lr=0.2, useful=True, partition="random",
+                 separate_epoch=1, metrics=False),
+    ]
+    loaded, skipped = load_runs(runs)
+    assert not skipped
+    labels = {g.label: g for g in group_runs(loaded)}
+    assert set(labels) == {"SGD (lr=0.1)", "SGD (lr=0.2)", "SGD+random (lr=0.2)"}
+    # The baseline is the SGD group differing in the fewest fields (lr=0.2 here).
+    assert labels["SGD+random (lr=0.2)"].relative_time == pytest.approx(2.0)
+    # Without summary.json's wall_seconds, the metrics' seconds are summed.
+    d = tmp_path / "nowall"
+    fake_run(d, seed=3, acc=0.9, wall=7.0)
+    s = json.loads((d / "summary.json").read_text())
+    del s["wall_seconds"]
+    (d / "summary.json").write_text(json.dumps(s))
+    (d / "metrics.jsonl").write_text('{"phase": "separate", "seconds": 2.5}\n{"phase": "main", "seconds": 4.0}\n')
+    assert load_runs([d])[0][0].seconds == pytest.approx(6.5)
+
+
+def test_cli_compare_replaces_the_basic_one(runs, tmp_path, capsys):
+    rc, out, _ = run_cli(capsys, "compare", *map(str, runs), "--out", str(tmp_path / "f.png"))
+    assert rc == 0 and "| SGD+USEFUL | 2 | 6.00 |" in out and (tmp_path / "f.png").is_file()
+    assert COMMANDS["compare"].handler.__module__ == "real.compare"
+    # SAM as the baseline optimizer: SAM+TA is the only SAM group without USEFUL, so it is 1.00x.
+    rc, out, _ = run_cli(capsys, "compare", *map(str, runs[:2]), str(runs[4]), "--baseline-optimizer", "sam")
+    assert rc == 0 and "time vs SAM" in out and "| 1.00x |" in out
+    # Not a run directory: one line, exit status 2.
+    rc, _, err = run_cli(capsys, "compare", str(tmp_path / "missing"))
+    assert rc == 2 and "config.json" in err and len(err.strip().splitlines()) == 1
+    # A run without summary.json (still running) is skipped, not an error.
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "config.json").write_text((runs[0] / "config.json").read_text())
+    rc, out, _ = run_cli(capsys, "compare", str(runs[0]), str(tmp_path / "running"))
+    assert rc == 0 and "no summary.json" in out
+
+
+def test_real_runs_match_the_format(tmp_path, capsys):
+    """Two real tiny runs (SGD and SGD+USEFUL, 1 epoch): the files the trainer writes are what compare reads."""
+    a = train(TrainConfig(**TINY, epochs=1, out=str(tmp_path / "sgd")))
+    b = train(TrainConfig(**TINY, epochs=1, useful=True, separate_epoch=1, out=str(tmp_path / "useful")))
+    assert a["status"] == b["status"] == "completed"
+    table, groups, skipped = compare([tmp_path / "sgd", tmp_path / "useful"])
+    assert not skipped and [g.label for g in groups] == ["SGD", "SGD+USEFUL"]
+    assert groups[0].error_mean == pytest.approx(100 * (1 - a["final_test_acc"]))
+    assert groups[1].seconds == pytest.approx(b["wall_seconds"]) and groups[0].relative_time == 1.0
+    assert math.isfinite(groups[1].relative_time)
+    with pytest.raises(ConfigError):
+        load_runs([tmp_path / "nothing"])
