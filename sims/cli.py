@@ -128,7 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
     try:
-        return {"run": _cmd_run, "sweep": _cmd_sweep, "reproduce": _cmd_reproduce}[args.command](args)
+        # Overflow on the way to a divergence is detected (non-finite weights -> SimulationDiverged,
+        # one line, exit 1); numpy's RuntimeWarnings about it would only add lines to stderr.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return {"run": _cmd_run, "sweep": _cmd_sweep, "reproduce": _cmd_reproduce}[args.command](args)
     except SimulationDiverged as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
