@@ -389,7 +389,7 @@ def test_cli_entry_turns_config_errors_into_one_line_and_status_2(capsys):
 
     assert main([]) == 2
     err = capsys.readouterr().err
-    assert err == "error: alpha: got 1.5, expected a number in (0, 1]\n"
+    assert err == "error: --alpha: got 1.5, expected a number in (0, 1]\n"  # the field as its flag
     assert main.__doc__ == "Docstring." and main.__name__ == "main"
 
     @cli_entry

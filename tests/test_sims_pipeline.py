@@ -169,7 +169,7 @@ def test_simulate_many_groups_mixed_configurations():
         (["run", "--rho=-1"], "rho"),
         (["run", "--optimizer", "adam"], "optimizer"),
         (["run", "--lr", "abc"], "lr"),
-        (["run", "--beta-d", "2"], "beta_e"),  # the message names both beta_d and beta_e
+        (["run", "--beta-d", "2"], "beta_d"),  # the message names --beta-d and beta_e
         (["run", "--optimizer", "sgd"], "batch_size"),
         (["sweep", "--grid", "nope=1"], "--grid"),
         (["sweep", "--seeds", "0"], "--seeds"),
@@ -181,7 +181,7 @@ def test_cli_invalid_values_exit_2_with_one_line(argv, field, tmp_path, capsys):
     code = main([*argv, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert len(err.splitlines()) == 1 and field in err
+    assert len(err.splitlines()) == 1 and field.replace("_", "-") in err
 
 
 def test_cli_toml_config_and_override(tmp_path, capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import sys
 import types
 import typing
@@ -298,6 +299,17 @@ def resolve_config(
     return config_from_mapping(cls, merged, source=str(config_path) if config_path else "command line")
 
 
+def _as_flag(err: ConfigError) -> str:
+    """The message with a field name such as ``batch_size`` written as its flag ``--batch-size``.
+
+    Flags and TOML keys name the same fields, so every command-line error names the field one way.
+    """
+    msg, field = str(err), err.field or ""
+    if re.fullmatch(r"[a-z][a-z0-9_-]*", field) and msg.startswith(field + ":"):
+        return "--" + field.replace("_", "-") + msg[len(field):]
+    return msg
+
+
 def cli_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
     """Wrap a command's ``main(argv)`` so that configuration errors are one line and exit 2."""
 
@@ -305,7 +317,7 @@ def cli_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence
         try:
             return main(argv)
         except ConfigError as err:
-            sys.stderr.write(f"error: {err}\n")
+            sys.stderr.write(f"error: {_as_flag(err)}\n")
             return 2
 
     wrapped.__name__ = getattr(main, "__name__", "main")
