@@ -14,7 +14,7 @@ with exit status 2 and one line on stderr; a run that diverges exits 1.
 
 Other modules add subcommands through :func:`register_command`: each module named in
 :data:`PLUGIN_MODULES` that exists is imported and its ``register_commands(register_command)`` is
-called (a later registration of a name replaces an earlier one, e.g. a fuller ``compare``).
+called (a later registration of a name replaces an earlier one). ``compare`` comes from real/compare.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from theory.configuration import (  # noqa: E402
     resolve_config,
 )
 
-__all__ = ["main", "register_command", "COMMANDS", "PLUGIN_MODULES", "resolve_run_config", "compare_table"]
+__all__ = ["main", "register_command", "COMMANDS", "PLUGIN_MODULES", "resolve_run_config"]
 
 
 @dataclass(frozen=True)
@@ -168,67 +167,7 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------
-# compare (basic; a fuller one may replace it through register_command)
-
-# Fields that do not define a configuration group: the seed, and how/where the run was made.
-_GROUP_IGNORE = ("seed", "out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir",
-                 "preset", "deterministic")
-
-
-def _compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (config.json + summary.json)")
-
-
-def _read_run(path: Path) -> tuple[dict, dict]:
-    for name in ("config.json", "summary.json"):
-        if not (path / name).is_file():
-            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} has no {name} (not a finished run directory)")
-    try:
-        return json.loads((path / "config.json").read_text()), json.loads((path / "summary.json").read_text())
-    except ValueError as err:
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path}: unreadable JSON ({err})") from None
-
-
-def compare_table(run_dirs: Sequence[str | Path]) -> str:
-    """A markdown table of final test error (mean and std over seeds, in %) per configuration.
-
-    Runs are grouped by their config.json ignoring the seed and run-control fields; a group is named
-    by the fields that differ between groups.  Runs that did not complete are counted apart.
-    """
-    runs = [_read_run(Path(p)) for p in run_dirs]
-    groups: dict[str, list[tuple[dict, dict]]] = {}
-    keys: dict[str, dict] = {}
-    for config, summary in runs:
-        key_dict = {k: v for k, v in config.items() if k not in _GROUP_IGNORE}
-        key = json.dumps(key_dict, sort_keys=True)
-        groups.setdefault(key, []).append((config, summary))
-        keys[key] = key_dict
-    all_fields = sorted({f for d in keys.values() for f in d})
-    varying = [f for f in all_fields if len({json.dumps(d.get(f)) for d in keys.values()}) > 1]
-    label_fields = varying or ["dataset", "model", "optimizer", "useful"]
-    lines = ["| configuration | runs | test error (%) mean | std | best test acc (%) | diverged |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for key, members in groups.items():
-        d = keys[key]
-        label = ", ".join(f"{f}={d.get(f)}" for f in label_fields)
-        done = [s for _, s in members if s.get("status") == "completed" and s.get("final_test_acc") is not None]
-        errors = [100.0 * (1.0 - s["final_test_acc"]) for s in done]
-        best = [100.0 * s["best_test_acc"] for s in done if s.get("best_test_acc") is not None]
-        mean = sum(errors) / len(errors) if errors else math.nan
-        std = math.sqrt(sum((e - mean) ** 2 for e in errors) / (len(errors) - 1)) if len(errors) > 1 else 0.0 if errors else math.nan
-        best_mean = sum(best) / len(best) if best else math.nan
-        lines.append(f"| {label} | {len(done)} | {mean:.2f} | {std:.2f} | {best_mean:.2f} | {len(members) - len(done)} |")
-    return "\n".join(lines)
-
-
-def _compare(args: argparse.Namespace) -> int:
-    print(compare_table(args.runs))
-    return 0
-
-
 register_command("run", "one training run (flags: the configuration's fields)", _run_arguments, _run)
-register_command("compare", "a table of test error over run directories (mean/std over seeds)", _compare_arguments, _compare)
 register_command("presets", "list the presets (real/presets/*.toml)", _presets_arguments, _presets)
 
 

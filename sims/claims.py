@@ -23,7 +23,7 @@ from theory.predictions import learning_time, sam_learning_times
 from .config import SimConfig
 from .simulate import make_problem, simulate_many
 from .trajectory import Trajectory
-from .useful import Split, split_many, useful_many
+from .useful import split_many, useful_many
 
 __all__ = ["ReproduceSettings", "reproduce", "progress_ratio", "summarize", "REQUIRED_IDS"]
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from theory.atomic import atomic_save_npz, atomic_write_json
+from theory.atomic import atomic_save_npz
 from theory.configuration import (
     ConfigError,
     OneLineArgumentParser,

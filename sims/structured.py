@@ -146,7 +146,7 @@ class Stacked:
 def stack(items: Sequence[StructuredData], *, min_rows: int = 0) -> Stacked:
     """Pad and stack the samples of several runs (same n and d)."""
     R = len(items)
-    n, d = items[0].n, items[0].d
+    d = items[0].d
     Mp = max([s.M for s in items] + [min_rows])
     B = np.zeros((R, Mp + 2, d))
     for r, s in enumerate(items):
