@@ -18,14 +18,27 @@ from theory.configuration import check, check_int, check_number
 __all__ = ["normalize", "random_crop_flip", "trivial_augment", "mixup", "symmetric_label_noise", "Augmenter"]
 
 
-def _stats(values: Sequence[float], x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=dtype, device=x.device)
-    check(t.ndim == 1 and t.numel() == x.shape[1], "mean/std", tuple(values), f"{x.shape[1]} per-channel values")
+def _stats(values: Sequence[float] | torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel values as a (1, C, 1, 1) tensor on ``x``'s device.
+
+    A tensor already there (as the Augmenter keeps them) is used as is: building it from a Python
+    sequence every batch would be a host-to-device copy, which blocks the host on CUDA.
+    """
+    if isinstance(values, torch.Tensor) and values.device == x.device and values.dtype == dtype:
+        t = values.reshape(-1)
+    else:
+        t = torch.as_tensor(values, dtype=dtype, device=x.device)
+    if not (t.ndim == 1 and t.numel() == x.shape[1]):  # shape metadata only: no device sync per batch
+        check(False, "mean/std", tuple(t.tolist()), f"{x.shape[1]} per-channel values")
     return t.view(1, -1, 1, 1)
 
 
 def normalize(
-    x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, dtype: torch.dtype = torch.float32
+    x_uint8: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``(x / 255 - mean_c) / std_c`` per channel c of an (N, C, H, W) uint8 batch."""
     return (x_uint8.to(dtype) / 255.0 - _stats(mean, x_uint8, dtype)) / _stats(std, x_uint8, dtype)
@@ -187,6 +200,9 @@ class Augmenter:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._ta = _trivial_augment_module() if trivial_augment else None
+        # On the device once (not per batch: see _stats).
+        self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
+        self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8
@@ -194,7 +210,7 @@ class Augmenter:
             x = trivial_augment(x, generator=self.generator, module=self._ta)
         if self.crop_flip:
             x = random_crop_flip(x, padding=self.padding, generator=self.generator)
-        return normalize(x, self.mean, self.std)
+        return normalize(x, self._mean_t, self._std_t)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
