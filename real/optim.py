@@ -50,14 +50,24 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
+    def _params_with_grad(self, group: dict) -> list[torch.Tensor]:
+        return [p for p in group["params"] if p.grad is not None]
+
     def _grad_norm(self) -> torch.Tensor:
-        """``||T g||_F`` over every parameter with a gradient (``T = |w|`` for ASAM, else I)."""
-        norms = [
-            ((p.abs() if group["adaptive"] else 1.0) * p.grad).norm(p=2).to(self._device)
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
+        """``||T g||_F`` over every parameter with a gradient (``T = |w|`` for ASAM, else I).
+
+        Fused over each group's tensors (``torch._foreach_*``, as torch.optim's own optimizers do):
+        a handful of kernels per step instead of a few per parameter tensor.
+        """
+        norms: list[torch.Tensor] = []
+        for group in self.param_groups:
+            params = self._params_with_grad(group)
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["adaptive"]:
+                grads = torch._foreach_mul(grads, torch._foreach_abs(params))
+            norms.extend(n.to(self._device) for n in torch._foreach_norm(grads, 2))
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self._device)
 
     @property
@@ -66,28 +76,40 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """``w <- w + e(w)``; the unperturbed ``w`` is kept in ``state[p]["old_p"]``."""
+        """``w <- w + e(w)``, ``e = rho T^2 g / ||T g||``; the unperturbed ``w`` is kept for second_step.
+
+        The copies of ``w`` live in buffers reused from step to step (not in ``self.state``, so they
+        are not part of checkpoints).
+        """
         norm = self._grad_norm()
+        self._perturbed: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+        buffers = self.__dict__.setdefault("_old_w", {})
         for group in self.param_groups:
+            params = self._params_with_grad(group)
+            if not params:
+                continue
             # scale = rho / ||T g||, and 0 when g = 0 (no NaN, no host sync).
-            scale = torch.where(norm > 0, group["rho"] / norm, torch.zeros_like(norm))
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                self.state[p]["old_p"] = p.detach().clone()
-                e = (p.square() if group["adaptive"] else 1.0) * p.grad * scale.to(p.device)
-                p.add_(e)
+            scale = torch.where(norm > 0, group["rho"] / norm, torch.zeros_like(norm)).to(params[0].device)
+            old = []
+            for p in params:
+                buf = buffers.get(p)
+                if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+                    buf = buffers[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+                old.append(buf)
+            torch._foreach_copy_(old, params)
+            grads = [p.grad for p in params]
+            e = torch._foreach_mul(grads, torch._foreach_mul(params, params)) if group["adaptive"] else grads
+            torch._foreach_add_(params, torch._foreach_mul(e, scale))
+            self._perturbed.append((params, old))
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore ``w`` and take the base step with the gradient computed at ``w + e``."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                old = self.state[p].pop("old_p", None)
-                if old is not None:
-                    p.copy_(old)
+        for params, old in getattr(self, "_perturbed", []):
+            torch._foreach_copy_(params, old)
+        self._perturbed = []
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad(set_to_none=True)
