@@ -35,7 +35,8 @@ from real.train import init_model, steps_per_epoch, train
 from real.useful import auto_cap, auto_separate_epoch, load_partition, make_partition
 from theory.configuration import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, env, flags, run_module
+
 SPEC_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png")
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "phase"}
 
@@ -46,27 +47,8 @@ def tiny(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
     return TrainConfig(**{**TINY, "epochs": 2, "out": str(tmp_path / name), **overrides})
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e.setdefault("OMP_NUM_THREADS", "1")
-    return e
-
-
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "real", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env(), cwd=REPO)
-
-
-def flags(**kw) -> list[str]:
-    out = []
-    for k, v in kw.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            out.append(flag)
-        elif v is not False:
-            out += [flag, str(v)]
-    return out
+    return run_module("real", *args, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------

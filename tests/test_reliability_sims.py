@@ -19,20 +19,13 @@ import pytest
 
 from sims.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, env, run_module
+
 SMALL = ["--n-train", "40", "--d", "20", "--J", "5", "--backend", "reference"]
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e.setdefault("OMP_NUM_THREADS", "1")
-    return e
-
-
 def sim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sims", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env(), cwd=REPO)
+    return run_module("sims", *args, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,27 +24,10 @@ from real.config import TrainConfig
 from real.train import train
 from real.useful import load_partition
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, env, flags
+
 TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=128, synthetic_test=64, batch_size=32)
 COMPARED = ("phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")  # not timing fields
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e.setdefault("OMP_NUM_THREADS", "1")
-    return e
-
-
-def flags(**kw) -> list[str]:
-    out = []
-    for k, v in kw.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            out.append(flag)
-        elif v is not False:
-            out += [flag, str(v)]
-    return out
 
 
 def _rows(path: Path) -> list[tuple]:

@@ -1,0 +1,36 @@
+"""Helpers shared by the tests that run the command lines in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env() -> dict:
+    """The environment for a subprocess: this checkout first on PYTHONPATH, one OpenMP thread by default."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("OMP_NUM_THREADS", "1")
+    return e
+
+
+def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS...`` from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env(), cwd=REPO)
+
+
+def flags(**kw) -> list[str]:
+    """Keyword arguments as command-line flags: ``batch_size=8`` -> ``--batch-size 8``; True -> bare flag."""
+    out = []
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            out.append(flag)
+        elif v is not False:
+            out += [flag, str(v)]
+    return out
