@@ -22,10 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 
-from theory.atomic import atomic_open
+from theory.atomic import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, to_json
 
 __all__ = [
     "atomic_write_bytes",
@@ -34,7 +33,7 @@ __all__ = [
     "write_jsonl",
     "read_jsonl",
     "atomic_torch_save",
-    "atomic_savez",
+    "atomic_save_npz",
     "load_checkpoint",
     "state_digest",
     "RunLock",
@@ -46,50 +45,9 @@ __all__ = [
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "partition.npz", "curves.png")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`theory.atomic.atomic_open`: temporary file in the
-    same directory, fsync, ``os.replace``, fsync of the directory), readable by all (0644)."""
-    with atomic_open(path, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o644)  # mkstemp's 0600 would make results unreadable to others
-        fh.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Pretty-printed JSON, atomically (NaN/inf are written as null)."""
-    atomic_write_text(path, json.dumps(_finite(obj), indent=2, default=_json_default) + "\n")
-
-
-def _finite(obj: Any) -> Any:
-    """Replace non-finite floats by None (strict JSON has no NaN)."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Rewrite a JSON-lines file atomically, one compact object per line."""
-    text = "".join(json.dumps(_finite(r), default=_json_default) + "\n" for r in rows)
-    atomic_write_text(path, text)
+    """Rewrite a JSON-lines file atomically, one compact strict-JSON object per line."""
+    atomic_write_text(path, "".join(to_json(r, indent=None) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -102,13 +60,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def atomic_savez(path: str | os.PathLike, **arrays: Any) -> None:
-    """``np.savez`` atomically (``path`` keeps its name; no ``.npz`` is appended)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -45,7 +45,7 @@ from theory.useful import (
 )
 
 from .augment import normalize
-from .checkpoint import atomic_savez
+from .checkpoint import atomic_save_npz
 
 __all__ = [
     "AUTO_WARMUP",
@@ -253,7 +253,7 @@ def partition_arrays(
 
 def write_partition(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """Write partition.npz atomically."""
-    atomic_savez(path, **arrays)
+    atomic_save_npz(path, **arrays)
 
 
 def load_partition(path: str | Path) -> dict[str, np.ndarray]:

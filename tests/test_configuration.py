@@ -461,3 +461,9 @@ def test_atomic_json_writes_strict_json_with_null_for_non_finite(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
     assert data == {"v": None, "w": [1.5, None, {"x": None}]}
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    """mkstemp creates 0600 files; results and checkpoints must be readable by collaborators (0644)."""
+    atomic_write_json(tmp_path / "r.json", {"a": 1})
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz", "to_json"]
 
 
 @contextlib.contextmanager
@@ -27,6 +27,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make results unreadable to other users
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -53,12 +54,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented strict JSON (keys in insertion order), atomically.
+def to_json(obj: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON: NaN and infinite floats become ``null``; numpy scalars/arrays and paths are converted."""
+    return json.dumps(_finite_or_none(obj), indent=indent, allow_nan=False, default=_json_default)
 
-    NaN and infinite floats (not valid JSON) are written as ``null``.
-    """
-    atomic_write_text(path, json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n")
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented strict JSON (:func:`to_json`; keys in insertion order), atomically."""
+    atomic_write_text(path, to_json(obj) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return _finite_or_none(float(obj))
+    if isinstance(obj, np.ndarray):
+        return _finite_or_none(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def _finite_or_none(obj: Any) -> Any:
