@@ -26,10 +26,10 @@ import numpy as np
 
 from theory.configuration import check, check_choice
 from theory.data import PatchData
-from theory.model import check_multiplicities, outputs
+from theory.model import check_multiplicities, feature_output, outputs
 from theory.updates import RULES, batch_counts, update
 
-__all__ = ["RunSpec", "SimulationDiverged", "Backend", "ReferenceBackend", "make_backend", "feature_outputs"]
+__all__ = ["RunSpec", "SimulationDiverged", "Backend", "ReferenceBackend", "make_backend"]
 
 
 class SimulationDiverged(RuntimeError):
@@ -86,11 +86,6 @@ class Backend(Protocol):
     def train_outputs(self) -> np.ndarray: ...
 
 
-def feature_outputs(W: np.ndarray, v: np.ndarray, beta: float) -> float:
-    """``F = sum_j (beta <w_j, v>)^3``."""
-    return float(np.sum((beta * (W @ v)) ** 3))
-
-
 def check_compatible(specs: Sequence[RunSpec]) -> None:
     """All runs of one backend share the rule, shapes and batch mode."""
     check(len(specs) >= 1, "specs", len(specs), "at least one run")
@@ -132,8 +127,8 @@ class ReferenceBackend:
                 if not np.all(np.isfinite(W)):
                     raise SimulationDiverged(r, t + 1)
                 self._W[r] = W
-                F_e[s, r] = feature_outputs(W, spec.train.v_e, spec.beta_e)
-                F_d[s, r] = feature_outputs(W, spec.train.v_d, spec.beta_d)
+                F_e[s, r] = feature_output(W, spec.train.v_e, spec.beta_e)
+                F_d[s, r] = feature_output(W, spec.train.v_d, spec.beta_d)
         self.iteration += steps
         return F_e, F_d
 

@@ -18,12 +18,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from theory.data import PatchData, sample
-from theory.model import init_weights
+from theory.model import feature_output, init_weights
 from theory.updates import minibatch_schedule
 
 from .backend import RunSpec, make_backend
 from .config import SimConfig
-from .structured import StructuredData, structure
+from .structured import structure
 from .trajectory import SERIES, Trajectory
 
 __all__ = ["Problem", "make_problem", "simulate", "simulate_many", "record", "run_specs"]
@@ -48,35 +48,20 @@ def make_problem(cfg: SimConfig) -> Problem:
     return Problem(train=train, test=test, W0=W0)
 
 
-@dataclass(frozen=True)
-class _Evaluator:
-    """What recording needs of a problem, computed once: the training noise patches and the test set
-    in structured form (``sims.structured``: only its noise rows need d-dimensional products)."""
-
-    noise: np.ndarray  # (M, d) training noise patches
-    test: StructuredData
-
-    @classmethod
-    def of(cls, problem: Problem) -> "_Evaluator":
-        return cls(noise=problem.train.X[problem.train.noise_mask], test=structure(problem.test))
-
-
-def record(
-    Ws: np.ndarray, F_train: np.ndarray, problem: Problem, cfg: SimConfig, m: np.ndarray,
-    evaluator: _Evaluator | None = None,
-) -> dict[str, np.ndarray]:
+def record(Ws: np.ndarray, F_train: np.ndarray, problem: Problem, cfg: SimConfig, m: np.ndarray) -> dict[str, np.ndarray]:
     """The quantities of SPEC section 2 at each of K weights ``Ws`` (K, J, d), train outputs ``F_train`` (K, n).
 
     All K records are evaluated together: the test set's noise rows meet all weights in one product.
     """
     train, test = problem.train, problem.test
-    ev = evaluator if evaluator is not None else _Evaluator.of(problem)
     K, J, d = Ws.shape
     a_e, a_d = Ws @ train.v_e, Ws @ train.v_d  # (K, J)
     flat = Ws.reshape(K * J, d)
-    Zt = ev.test.B @ flat.T  # (M_test + 2, K * J)
-    f_test = np.stack([ev.test.outputs(Zt[:, k * J:(k + 1) * J]) for k in range(K)])  # (K, n_test)
-    memo = np.abs(ev.noise @ flat.T).reshape(len(ev.noise), K, J).max(axis=(0, 2)) if len(ev.noise) else np.zeros(K)
+    test_s = structure(test)  # only the test set's noise rows need d-dimensional products
+    Zt = test_s.B @ flat.T  # (M_test + 2, K * J)
+    f_test = np.stack([test_s.outputs(Zt[:, k * J:(k + 1) * J]) for k in range(K)])  # (K, n_test)
+    noise = train.X[train.noise_mask]  # (M, d) training noise patches
+    memo = np.abs(noise @ flat.T).reshape(len(noise), K, J).max(axis=(0, 2)) if len(noise) else np.zeros(K)
     with np.errstate(over="ignore"):
         losses = np.logaddexp(0.0, -train.y * F_train)  # (K, n)
     fast = test.has_fast
@@ -177,10 +162,9 @@ def _simulate_group(cfgs, problems, multiplicities, W0s, progress) -> list[Traje
 
     W0_all = backend.weights()
     for r in range(R):  # learned at initialization?
-        F0e = np.sum((cfgs[r].beta_e * (W0_all[r] @ problems[r].train.v_e)) ** 3)
-        F0d = np.sum((cfgs[r].beta_d * (W0_all[r] @ problems[r].train.v_d)) ** 3)
-        mark(np.array([F0e]), "fast", 0, r, cfgs[r].theta)
-        mark(np.array([F0d]), "slow", 0, r, cfgs[r].theta)
+        tr = problems[r].train
+        mark(np.array([feature_output(W0_all[r], tr.v_e, cfgs[r].beta_e)]), "fast", 0, r, cfgs[r].theta)
+        mark(np.array([feature_output(W0_all[r], tr.v_d, cfgs[r].beta_d)]), "slow", 0, r, cfgs[r].theta)
     snapshot()
     bar = tqdm(total=T, disable=not progress, desc=f"{cfg0.optimizer} x{R}", leave=False)
     while backend.iteration < T:
@@ -198,7 +182,7 @@ def _simulate_group(cfgs, problems, multiplicities, W0s, progress) -> list[Traje
     Ws_all, fs_all = np.stack(snaps_W), np.stack(snaps_f)  # (K, R, J, d), (K, R, n)
     trajs = []
     for r, cfg in enumerate(cfgs):
-        rec = record(Ws_all[:, r], fs_all[:, r], problems[r], cfg, specs[r].multiplicities, _Evaluator.of(problems[r]))
+        rec = record(Ws_all[:, r], fs_all[:, r], problems[r], cfg, specs[r].multiplicities)
         series = {"iterations": np.asarray(iterations, dtype=np.int64)}
         for name in SERIES[1:]:
             series[name] = np.asarray(rec[name], dtype=np.float64)
