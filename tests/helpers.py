@@ -34,3 +34,28 @@ def flags(**kw) -> list[str]:
         elif v is not False:
             out += [flag, str(v)]
     return out
+
+
+def kill_when(module: str, args: list[str], ready, *, timeout: float = 90, poll: float = 0.01) -> None:
+    """Start ``python -m MODULE ARGS``, wait until ``ready()`` is true, then SIGKILL it.
+
+    Fails the test if the process ends on its own first or ``ready()`` stays false for ``timeout`` s.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, "the process ended before it could be killed: " + proc.stderr.read().decode()
+            assert time.time() < deadline, "the condition to kill never came"
+            time.sleep(poll)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL

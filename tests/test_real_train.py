@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from real.train import init_model, steps_per_epoch, train
 from real.useful import auto_cap, auto_separate_epoch, load_partition, make_partition
 from theory.configuration import ConfigError
 
-from helpers import REPO, env, flags, run_module
+from helpers import REPO, env, flags, kill_when, run_module
 
 SPEC_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png")
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "phase"}
@@ -215,21 +214,7 @@ def test_sigkill_resume_is_exact(tmp_path):
     kw = dict(TINY, synthetic_train=256, epochs=4, useful=True, separate_epoch=2, deterministic=True)
     out = tmp_path / "killed"
     args = ["run", *flags(**kw), "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "real", *args], env=env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 90
-        while not (out / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when("real", args, lambda: (out / "checkpoint.pt").exists(), poll=0.02)
     assert not (out / "summary.json").exists()  # killed before the end
     assert (out / "run.lock").exists()  # left behind by the killed process: stale, taken over
     # Without --resume the unfinished directory is refused.
@@ -253,18 +238,22 @@ def test_sigkill_resume_is_exact(tmp_path):
                           load_partition(tmp_path / "ref" / "partition.npz")["indices"])
 
 
+def _unfinish(out: Path, epochs: int = 2) -> None:
+    """Make a finished 1-epoch run look like an ``epochs``-epoch run stopped after epoch 1."""
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["epochs"] = epochs
+    atomic_write_json(out / "config.json", cfg)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt["config"]["epochs"] = epochs
+    torch.save(ckpt, out / "checkpoint.pt")
+    (out / "summary.json").unlink()
+
+
 def test_resume_with_only_out_and_config_mismatch(tmp_path):
     out = tmp_path / "r"
     first = train(TrainConfig(**TINY, epochs=1, out=str(out)))
     assert first["status"] == "completed"
-    # Pretend it stopped after epoch 1 of 2: make the stored run a 2-epoch run without a summary.
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["epochs"] = 2
-    atomic_write_json(out / "config.json", cfg)
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    ckpt["config"]["epochs"] = 2
-    torch.save(ckpt, out / "checkpoint.pt")
-    (out / "summary.json").unlink()
+    _unfinish(out)  # pretend it stopped after epoch 1 of 2
     bad = cli("run", "--out", str(out), "--resume", "--lr", "0.5")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--lr" in bad.stderr
     ok = cli("run", "--out", str(out), "--resume")
@@ -433,13 +422,7 @@ def test_learning_stats_survive_a_resume(tmp_path):
     kw = dict(TINY, schedule="constant", deterministic=True)
     out = tmp_path / "r"
     assert train(TrainConfig(**kw, epochs=1, out=str(out)))["status"] == "completed"
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["epochs"] = 2
-    atomic_write_json(out / "config.json", cfg)
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    ckpt["config"]["epochs"] = 2
-    torch.save(ckpt, out / "checkpoint.pt")
-    (out / "summary.json").unlink()
+    _unfinish(out)
     assert train(TrainConfig(**kw, epochs=2, out=str(out), resume=True))["status"] == "completed"
     assert train(TrainConfig(**kw, epochs=2, out=str(tmp_path / "ref")))["status"] == "completed"
     a, b = np.load(out / "learning_stats.npz"), np.load(tmp_path / "ref" / "learning_stats.npz")

@@ -8,18 +8,14 @@ on the reference backend.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sims.cli import main
 
-from helpers import REPO, env, run_module
+from helpers import kill_when, run_module
 
 SMALL = ["--n-train", "40", "--d", "20", "--J", "5", "--backend", "reference"]
 
@@ -62,21 +58,7 @@ def _finished(runs: Path) -> set[str]:
 
 def test_sweep_killed_resumes_and_skips_finished(tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sims", *SWEEP, "--out", str(out)], env=env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 90
-        while len(_finished(out / "runs")) < 3:
-            assert proc.poll() is None, "the sweep ended before it could be killed: " + proc.stderr.read().decode()
-            assert time.time() < deadline
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when("sims", [*SWEEP, "--out", str(out)], lambda: len(_finished(out / "runs")) >= 3)
     done = _finished(out / "runs")
     assert 3 <= len(done) < 12
     # No temporaries are taken for finished runs: every .json present is whole JSON.
