@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from theory.configuration import check, check_int, check_number
+from theory.plumbing.config import check, check_int, check_number
 
 __all__ = ["normalize", "random_crop_flip", "trivial_augment", "mixup", "symmetric_label_noise", "Augmenter"]
 

@@ -1,6 +1,6 @@
 """Files of a run directory, written so that a crash at any instant leaves a usable state.
 
-Every file is written atomically (through :mod:`theory.atomic`): the bytes go to a temporary file in
+Every file is written atomically (through :mod:`theory.plumbing.atomic`): the bytes go to a temporary file in
 the same directory, which is flushed, ``fsync``-ed and renamed over the target with ``os.replace``
 (atomic on POSIX), and the directory is ``fsync``-ed.  A reader, or a run resumed after ``kill -9``, sees either the old or the
 new file, never a torn one.
@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import torch
 
-from theory.atomic import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, to_json
+from theory.plumbing.atomic import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, to_json
 
 __all__ = [
     "atomic_write_bytes",

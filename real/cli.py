@@ -35,13 +35,12 @@ from typing import Any, Callable, Sequence
 # torch is imported; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from theory.configuration import (  # noqa: E402
+from theory.plumbing.config import (  # noqa: E402
     ConfigError,
-    OneLineArgumentParser,
     add_config_arguments,
-    cli_entry,
     resolve_config,
 )
+from theory.plumbing.cli import OneLineArgumentParser, cli_entry  # noqa: E402
 
 __all__ = ["main", "register_command", "COMMANDS", "PLUGIN_MODULES", "resolve_run_config"]
 
@@ -57,7 +56,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules that may add subcommands (compare, diagnostics such as sharpness, grids of runs).
-PLUGIN_MODULES = ("real.compare", "real.diagnostics", "real.sharpness", "real.grid")
+PLUGIN_MODULES = ("real.compare", "real.diagnostics", "real.sharpness", "real.grid", "real.download")
 
 
 def register_command(

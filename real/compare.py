@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 
 __all__ = ["GROUP_IGNORE", "group_key", "RunRecord", "Group", "load_runs", "group_runs", "compare_markdown", "plot_compare",
            "register_commands"]
@@ -232,7 +232,7 @@ def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimize
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from theory.atomic import atomic_open
+    from theory.plumbing.atomic import atomic_open
 
     panels: dict[tuple[str, str], list[Group]] = {}
     for g in groups:

@@ -3,7 +3,7 @@
 Every field is a command-line flag of ``useful-train run`` (the name with dashes, e.g.
 ``--separate-epoch``), a key of a ``--config`` TOML file and a key of a preset
 (``real/presets/NAME.toml``).  Precedence: defaults < preset < TOML file < command line.
-Conversion and error reporting are :mod:`theory.configuration`'s, so a bad value reads the same
+Conversion and error reporting are :mod:`theory.plumbing.config`'s, so a bad value reads the same
 whatever its source::
 
     error: --lr: got -1.0, expected a number in (0, inf)
@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from theory.configuration import (
+from theory.plumbing.config import (
     ConfigError,
     check,
     check_choice,

@@ -576,7 +576,7 @@ def load_run_model(path: str | Path, *, data_dir: str | None = None, device: str
     Returns ``(model, data, cfg, info)`` with ``info = {"run_dir", "checkpoint", "phase", "epoch"}``.
     ``data_dir`` overrides the stored one (a run made on another machine).
     """
-    from theory.configuration import ConfigError, config_from_mapping
+    from theory.plumbing.config import ConfigError, config_from_mapping
 
     from .checkpoint import load_checkpoint
     from .config import TrainConfig
@@ -737,7 +737,7 @@ def _sharpness_arguments(parser) -> None:
 
 
 def _sharpness_handler(args) -> int:
-    from theory.configuration import ConfigError
+    from theory.plumbing.config import ConfigError
 
     from .checkpoint import atomic_write_json
 

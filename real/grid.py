@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from theory.configuration import ConfigError, config_from_mapping, load_toml
+from theory.plumbing.config import ConfigError, config_from_mapping, load_toml
 
 __all__ = [
     "GridSpec",

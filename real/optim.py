@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from theory.configuration import check, check_choice, check_number
+from theory.plumbing.config import check, check_choice, check_number
 
 __all__ = ["OPTIMIZERS", "SAM", "build_optimizer", "disable_running_stats", "enable_running_stats", "sam_step"]
 

@@ -20,7 +20,7 @@ from functools import partial
 
 import torch
 
-from theory.configuration import check, check_choice, check_int, check_number
+from theory.plumbing.config import check, check_choice, check_int, check_number
 
 __all__ = ["SCHEDULES", "build_schedule", "lr_factor"]
 

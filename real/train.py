@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 from theory.useful import Partition
 
 from . import distributed as D
@@ -583,7 +583,7 @@ def _split(cfg: TrainConfig, ph: Phase, data: TrainData, info: D.DistInfo, state
 def train(cfg: TrainConfig) -> dict:
     """Run ``cfg`` (fresh, or resumed with ``cfg.resume``) and return summary.json's content.
 
-    Raises :class:`~theory.configuration.ConfigError` for a refused run directory and
+    Raises :class:`~theory.plumbing.config.ConfigError` for a refused run directory and
     :class:`~real.datasets.DatasetError` for missing data (before anything is written).  A run that
     diverges returns a summary with status ``"diverged"``.
     """

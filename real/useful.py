@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from theory.configuration import check, check_int, check_number
+from theory.plumbing.config import check, check_int, check_number
 from theory.useful import (
     Partition,
     loss_quantile_partition,

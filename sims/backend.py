@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from theory.configuration import check, check_choice
+from theory.plumbing.config import check, check_choice
 from theory.data import PatchData
 from theory.model import check_multiplicities, feature_output, outputs
 from theory.updates import RULES, batch_counts, update

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 from numba import njit
 
-from theory.configuration import check, check_choice
+from theory.plumbing.config import check, check_choice
 
 from .backend import RunSpec, SimulationDiverged, check_compatible
 from .structured import outputs_from_projections, stack, structure

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from theory.configuration import check, check_choice
+from theory.plumbing.config import check, check_choice
 
 from .backend import RunSpec, SimulationDiverged, check_compatible
 from .backend_numba import choose_path, flops_per_step

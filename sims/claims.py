@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from theory.atomic import atomic_write_json
+from theory.plumbing.atomic import atomic_write_json
 from theory.predictions import learning_time, sam_learning_times
 
 from .config import SimConfig

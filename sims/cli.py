@@ -19,15 +19,14 @@ from typing import Sequence
 
 import numpy as np
 
-from theory.atomic import atomic_save_npz
-from theory.configuration import (
+from theory.plumbing.atomic import atomic_save_npz
+from theory.plumbing.config import (
     ConfigError,
-    OneLineArgumentParser,
     add_config_arguments,
     check_int,
-    cli_entry,
     resolve_config,
 )
+from theory.plumbing.cli import OneLineArgumentParser, cli_entry
 
 from .backend import SimulationDiverged
 from .config import SimConfig

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from theory.configuration import check, check_choice, check_int, check_number
+from theory.plumbing.config import check, check_choice, check_int, check_number
 from theory.data import DataConfig
 from theory.updates import RULES
 

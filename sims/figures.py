@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from theory.atomic import atomic_open  # noqa: E402
+from theory.plumbing.atomic import atomic_open  # noqa: E402
 from theory.predictions import learning_time, recurrence, sam_recurrence, sam_learning_times  # noqa: E402
 
 COLORS = {"gd": "tab:blue", "sam": "tab:red", "gd_useful": "tab:green", "sam_useful": "tab:purple", "gd_random": "tab:gray"}

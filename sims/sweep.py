@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from theory.atomic import atomic_write_json
-from theory.configuration import ConfigError, config_from_mapping
+from theory.plumbing.atomic import atomic_write_json
+from theory.plumbing.config import ConfigError, config_from_mapping
 
 from .config import SimConfig
 from .simulate import simulate_many

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from theory.atomic import atomic_save_npz, atomic_write_json
+from theory.plumbing.atomic import atomic_save_npz, atomic_write_json
 
 __all__ = ["Trajectory", "SERIES"]
 

@@ -16,21 +16,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theory.atomic import atomic_open, atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text
-from theory.configuration import (
+from theory.plumbing.atomic import atomic_open, atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text
+from theory.plumbing.config import (
     ConfigError,
-    OneLineArgumentParser,
     _coerce,
     add_config_arguments,
     check_choice,
     check_int,
     check_number,
-    cli_entry,
     config_from_mapping,
     load_toml,
     resolve_config,
     to_jsonable,
 )
+from theory.plumbing.cli import OneLineArgumentParser, cli_entry
 from theory.data import DataConfig
 
 FAST = settings(deadline=None, max_examples=60)

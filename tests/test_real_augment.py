@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from real.augment import Augmenter, mixup, normalize, random_crop_flip, symmetric_label_noise, trivial_augment
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 
 
 def _gen(seed: int) -> torch.Generator:

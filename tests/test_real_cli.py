@@ -13,7 +13,7 @@ import pytest
 
 from real.cli import COMMANDS, _build_parser, main, resolve_run_config
 from real.config import TrainConfig, load_preset, preset_names
-from theory.configuration import ConfigError, to_jsonable
+from theory.plumbing.config import ConfigError, to_jsonable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def test_presets_are_valid_and_listed(capsys):
 def test_config_json_round_trip():
     cfg = TrainConfig(dataset="synthetic", milestones=(3, 6), long_tail_ratio=10.0, separate_epoch=3, useful=True)
     data = json.loads(json.dumps(to_jsonable(cfg)))
-    from theory.configuration import config_from_mapping
+    from theory.plumbing.config import config_from_mapping
 
     assert config_from_mapping(TrainConfig, data) == cfg
     with pytest.raises(ConfigError, match="--label-noise"):

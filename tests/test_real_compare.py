@@ -12,7 +12,7 @@ from real.cli import COMMANDS, main
 from real.compare import compare, group_runs, load_runs
 from real.config import TrainConfig, config_to_dict
 from real.train import train
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 
 TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=64, synthetic_test=32, batch_size=32)
 

@@ -368,7 +368,7 @@ def test_sharpness_report_on_a_run_directory(tmp_path):
 
 
 def test_sharpness_report_bare_state_dict_with_prefix_and_missing_files(tmp_path):
-    from theory.configuration import ConfigError
+    from theory.plumbing.config import ConfigError
 
     model, _ = _fake_run_dir(tmp_path, prefix="_orig_mod.", bare=True)
     report = sharpness_report(tmp_path / "checkpoint.pt", batches=1, batch_size=4, k=1, trace_samples=0)

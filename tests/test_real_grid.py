@@ -22,7 +22,7 @@ from real.grid import (
     submit_slurm,
     toml_text,
 )
-from theory.configuration import ConfigError, load_toml
+from theory.plumbing.config import ConfigError, load_toml
 
 BASE = """
 [base]
@@ -232,7 +232,7 @@ def test_run_local_with_a_fake_runner(tmp_path):
 def test_generated_config_resolves_to_the_run_configuration(tmp_path):
     from real.cli import resolve_run_config
     from real.config import TrainConfig
-    from theory.configuration import config_from_mapping
+    from theory.plumbing.config import config_from_mapping
 
     spec = load_grid(write_grid(tmp_path, """
 seeds = [5]

@@ -15,7 +15,7 @@ from torch import nn
 
 from real.optim import SAM, build_optimizer, disable_running_stats, enable_running_stats, sam_step
 from real.schedules import build_schedule
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, sample
 from theory.model import init_weights
 from theory.updates import update

@@ -32,7 +32,7 @@ from real.config import TrainConfig
 from real.datasets import load_dataset
 from real.train import init_model, steps_per_epoch, train
 from real.useful import auto_cap, auto_separate_epoch, load_partition, make_partition
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 
 from helpers import REPO, env, flags, kill_when, run_module
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, check_features, default_features, sample
 
 FAST = settings(deadline=None, max_examples=25)

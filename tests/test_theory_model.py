@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 from theory.model import (
     check_multiplicities,
     feature_alignment,

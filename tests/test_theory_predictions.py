@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, sample
 from theory.model import feature_output, init_weights
 from theory.predictions import (

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, sample
 from theory.model import gradient, init_weights
 from theory.updates import batch_counts, minibatch_schedule, perturbation, train, update

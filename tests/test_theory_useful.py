@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.configuration import ConfigError
+from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, sample
 from theory.model import init_weights, outputs, per_example_loss
 from theory.updates import train

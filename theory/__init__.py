@@ -5,7 +5,8 @@
 - :mod:`theory.updates` — GD, SGD, SAM and USAM update rules and the reference training loop;
 - :mod:`theory.predictions` — the early-phase recurrence, closed forms, SAM/USAM recurrences;
 - :mod:`theory.useful` — USEFUL's split-and-upsample rule and the baseline partitions;
-- :mod:`theory.configuration` — the validation layer all configurations and command lines share.
+- :mod:`theory.plumbing` — plumbing, not the paper: the configuration and command-line layer and the
+  atomic writers that sims/ and real/ share (here because theory/ is the one package both import).
 
 This package is the reference the fast code in sims/ and real/ is tested against.
 """

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .configuration import check, check_int, check_number
+from .plumbing.config import check, check_int, check_number
 
 __all__ = ["DataConfig", "PatchData", "sample", "default_features", "check_features"]
 

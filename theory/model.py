@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from .configuration import check, check_int, check_number
+from .plumbing.config import check, check_int, check_number
 
 __all__ = [
     "init_weights",

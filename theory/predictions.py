@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .configuration import check_int, check_number
+from .plumbing.config import check_int, check_number
 
 __all__ = [
     "LOGISTIC_FACTOR",

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .configuration import check, check_choice, check_int, check_number
+from .plumbing.config import check, check_choice, check_int, check_number
 from .model import check_multiplicities, gradient
 
 __all__ = [

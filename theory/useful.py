@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.cluster.vq import kmeans2
 
-from .configuration import check, check_int, check_number
+from .plumbing.config import check, check_int, check_number
 
 __all__ = [
     "ClassSplit",

@@ -8,10 +8,11 @@ that a bad value is reported the same way whatever its source:
 
     error: --alpha: got 1.5, expected a number in (0, 1]
 
-It lives in theory/ because theory/ is the only package both sims/ and real/ may import.
+It is plumbing, not one of the paper's objects: it lives under theory/ only because theory/ is the
+one package both sims/ and real/ may import.
 
-Errors are :class:`ConfigError` (a ``ValueError``) carrying the field name; :func:`cli_entry` turns
-them into one line on stderr and exit status 2.
+Errors are :class:`ConfigError` (a ``ValueError``) carrying the field name;
+:func:`theory.plumbing.cli.cli_entry` turns them into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 import sys
 import types
@@ -37,14 +39,14 @@ __all__ = [
     "ConfigError",
     "check",
     "check_choice",
+    "check_allocation",
+    "available_memory",
     "check_int",
     "check_number",
     "config_from_mapping",
     "load_toml",
     "add_config_arguments",
     "resolve_config",
-    "OneLineArgumentParser",
-    "cli_entry",
     "to_jsonable",
 ]
 
@@ -113,6 +115,53 @@ def check_int(field: str, value: Any, *, low: int | None = None, high: int | Non
 def check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
     """Check that ``value`` is one of ``choices``."""
     check(value in tuple(choices), field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: ``MemAvailable`` of /proc/meminfo (Linux), else the
+    physical memory; lowered to the address-space limit (``ulimit -v``) when one is set."""
+    import resource
+
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            avail = 1 << 62
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        avail = min(avail, soft)
+    return int(avail)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_allocation(field: str, nbytes: float, what: str, *, limit: int | None = None) -> None:
+    """Refuse, before allocating, a memory need above what the machine has.
+
+    ``nbytes`` is the estimate (compute it in Python integers or floats, never by allocating);
+    ``limit`` defaults to :func:`available_memory`.  The error names ``field`` (the flag whose value
+    drives the size), what would be allocated and both sizes, e.g.
+    ``--d: 1000000 needs about 7.5 TiB for the training patches; 20.1 GiB is available``.
+    """
+    limit = available_memory() if limit is None else int(limit)
+    if not (nbytes <= limit):  # also catches NaN / inf estimates
+        raise ConfigError(field, message=f"{field}: the configuration needs about {_human_bytes(float(nbytes))} "
+                                         f"for {what}; {_human_bytes(limit)} is available")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,14 +282,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line.
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> typing.NoReturn:  # noqa: D401
-        self.exit(2, f"error: {self.prog}: {message}\n")
+# Command-line flags from the same fields.
 
 
 def add_config_arguments(
@@ -297,32 +339,6 @@ def resolve_config(
         if name in types_ and value is not None:
             merged[name] = value
     return config_from_mapping(cls, merged, source=str(config_path) if config_path else "command line")
-
-
-def _as_flag(err: ConfigError) -> str:
-    """The message with a field name such as ``batch_size`` written as its flag ``--batch-size``.
-
-    Flags and TOML keys name the same fields, so every command-line error names the field one way.
-    """
-    msg, field = str(err), err.field or ""
-    if re.fullmatch(r"[a-z][a-z0-9_-]*", field) and msg.startswith(field + ":"):
-        return "--" + field.replace("_", "-") + msg[len(field):]
-    return msg
-
-
-def cli_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a command's ``main(argv)`` so that configuration errors are one line and exit 2."""
-
-    def wrapped(argv: Sequence[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except ConfigError as err:
-            sys.stderr.write(f"error: {_as_flag(err)}\n")
-            return 2
-
-    wrapped.__name__ = getattr(main, "__name__", "main")
-    wrapped.__doc__ = main.__doc__
-    return wrapped
 
 
 def to_jsonable(obj: Any) -> Any:
