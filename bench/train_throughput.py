@@ -4,8 +4,8 @@ What is measured, per (optimizer, batch size) case, on CIFAR-shaped generated da
 images 3x32x32, 10 classes, uniform random pixels and labels; throughput does not depend on the
 pixel values):
 
-* **real/**: :func:`real.train.train_epoch` itself, on a :class:`real.train.Phase` built by
-  :func:`real.train.build_phase` from a :class:`real.config.TrainConfig` (data as uint8 tensors on
+* **real/**: :func:`real.train.train_epoch` itself, on a :class:`real.phase.Phase` built by
+  :func:`real.phase.build_phase` from a :class:`real.config.TrainConfig` (data as uint8 tensors on
   the device, batches gathered and augmented there by :class:`real.augment.Augmenter`,
   :func:`real.optim.sam_step`, bf16 autocast + channels_last on CUDA).  With ``--steps S`` the
   phase's index list is cut to ``S`` batches after ``--warmup`` batches of warm-up, and the
@@ -44,7 +44,6 @@ The last printed line is one JSON object (see SPEC.md section 5).  ``--smoke``: 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -56,9 +55,11 @@ import torch
 import torch.nn.functional as F
 
 from real import distributed as D
-from real import train as T
 from real.config import TrainConfig
+from real.data import TrainData
 from real.datasets import Dataset
+from real.phase import Phase, build_phase, memory_format
+from real.train import train_epoch
 from real.models import build_model
 from real.optim import SAM, build_optimizer, disable_running_stats, enable_running_stats
 from real.useful import compute_outputs
@@ -78,7 +79,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_data(n: int, n_test: int, device: torch.device, seed: int = 0) -> T.TrainData:
+def make_data(n: int, n_test: int, device: torch.device, seed: int = 0) -> TrainData:
     """CIFAR-shaped uint8 data (random pixels and labels) as real/'s TrainData on ``device``."""
     g = torch.Generator().manual_seed(seed)
     train_x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -87,48 +88,19 @@ def make_data(n: int, n_test: int, device: torch.device, seed: int = 0) -> T.Tra
     test_y = torch.randint(0, NUM_CLASSES, (n_test,), dtype=torch.int64, generator=g)
     ds = Dataset(name="synthetic", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
                  num_classes=NUM_CLASSES, mean=CIFAR_MEAN, std=CIFAR_STD)
-    return T.TrainData(dataset=ds, train_x=train_x.to(device), train_y=train_y.to(device),
+    return TrainData(dataset=ds, train_x=train_x.to(device), train_y=train_y.to(device),
                        test_x=test_x.to(device), test_y=test_y.to(device))
-
-
-# -- layout / precision overrides ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def real_overrides(device: torch.device, bf16: bool):
-    """real/ uses bf16 autocast exactly on CUDA (``real.train._autocast``); when ``--bf16`` asks
-    otherwise, swap that function for the run (module attribute, restored afterwards)."""
-    default = device.type == "cuda"
-    if bf16 == default:
-        yield
-        return
-    original = T._autocast
-    T._autocast = (lambda dev: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else (
-        lambda dev: contextlib.nullcontext())
-    try:
-        yield
-    finally:
-        T._autocast = original
-
-
-def apply_layout(ph: T.Phase, device: torch.device, channels_last: bool) -> None:
-    """real/ uses channels_last exactly on CUDA (build_phase / train_epoch).  Otherwise: convert the
-    model and add a forward pre-hook converting the input (a copy per batch, counted in the step)."""
-    if channels_last == (device.type == "cuda"):
-        return
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    ph.raw_model.to(memory_format=fmt)
-    ph.raw_model.register_forward_pre_hook(lambda m, args: (args[0].contiguous(memory_format=fmt),) + tuple(args[1:]))
 
 
 # -- real/'s path -------------------------------------------------------------------------------
 
 
-def real_case(cfg: TrainConfig, data: T.TrainData, info: D.DistInfo, *, steps: int | None, warmup: int,
-              channels_last: bool, bf16: bool, repeats: int = 1) -> tuple[dict, T.Phase]:
+def real_case(cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, steps: int | None, warmup: int,
+              repeats: int = 1) -> tuple[dict, Phase]:
+    """real/'s train_epoch; bf16 and channels_last are the configuration's ``precision`` and
+    ``memory_format``, exactly as in a run."""
     device = info.device
-    ph = T.build_phase("bench", cfg, data, info)
-    apply_layout(ph, device, channels_last)
+    ph = build_phase("bench", cfg, data, info)
     full_steps = ph.steps
     full_list = ph.index_list
     per = cfg.batch_size
@@ -138,23 +110,22 @@ def real_case(cfg: TrainConfig, data: T.TrainData, info: D.DistInfo, *, steps: i
         ph.steps = nsteps
         sync(device)
         t = time.perf_counter()
-        T.train_epoch(ph, cfg, data, info)  # ends with a host sync (the totals' .tolist())
+        train_epoch(ph, cfg, data, info)  # ends with a host sync (the totals' .tolist())
         sync(device)
         return time.perf_counter() - t
 
-    with real_overrides(device, bf16):
-        if warmup:
-            run(min(warmup, full_steps))
-            rem = len(full_list) % per
-            if steps is None and rem > 1:  # the epoch's last, smaller batch: autotune its shape too
-                ph.index_list, ph.steps = full_list[:rem], 1
-                T.train_epoch(ph, cfg, data, info)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        measured = full_steps if steps is None else min(steps, full_steps)
-        elapsed = min(run(measured) for _ in range(repeats))
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        syncs = sync_sites(run, device, min(4, full_steps))
+    if warmup:
+        run(min(warmup, full_steps))
+        rem = len(full_list) % per
+        if steps is None and rem > 1:  # the epoch's last, smaller batch: autotune its shape too
+            ph.index_list, ph.steps = full_list[:rem], 1
+            train_epoch(ph, cfg, data, info)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    measured = full_steps if steps is None else min(steps, full_steps)
+    elapsed = min(run(measured) for _ in range(repeats))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    syncs = sync_sites(run, device, min(4, full_steps))
     ph.index_list, ph.steps = full_list, full_steps
 
     # Data preparation alone: what train_epoch does before sam_step, for the same batches.
@@ -164,10 +135,8 @@ def real_case(cfg: TrainConfig, data: T.TrainData, info: D.DistInfo, *, steps: i
     t = time.perf_counter()
     for step in range(measured):
         idx = order[step * per : (step + 1) * per]
-        x = ph.augmenter(data.train_x[idx])
+        x = ph.augmenter(data.train_x[idx]).contiguous(memory_format=memory_format(cfg, device))
         y = data.train_y[idx]
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
     sync(device)
     prep = time.perf_counter() - t
     del x, y
@@ -210,13 +179,12 @@ def sync_sites(run, device: torch.device, nsteps: int) -> dict | None:
     return {"steps": nsteps, "count": sum(sites.values()), "sites": sites}
 
 
-def split_time(ph: T.Phase, data: T.TrainData, info: D.DistInfo, cfg: TrainConfig) -> dict:
+def split_time(ph: Phase, data: TrainData, info: D.DistInfo, cfg: TrainConfig) -> dict:
     """compute_outputs on the un-augmented training set + useful_partition, as real/train.py."""
     sync(info.device)
     t = time.perf_counter()
-    logits, losses = compute_outputs(ph.raw_model, data.train_x, data.train_y, mean=data.dataset.mean,
-                                     std=data.dataset.std, batch_size=cfg.eval_batch_size,
-                                     channels_last=info.device.type == "cuda")
+    logits, losses = compute_outputs(ph.raw_model, data.train_x, data.train_y, mean=data.mean, std=data.std,
+                                     batch_size=cfg.eval_batch_size, memory_format=memory_format(cfg, info.device))
     t_out = time.perf_counter() - t
     labels = data.train_y.cpu().numpy()
     t2 = time.perf_counter()
@@ -252,7 +220,7 @@ class CropFlipDataset(torch.utils.data.Dataset):
         return (img - self.mean) / self.std, self.y[i]
 
 
-def reference_case(cfg: TrainConfig, data: T.TrainData, device: torch.device, *, steps: int | None,
+def reference_case(cfg: TrainConfig, data: TrainData, device: torch.device, *, steps: int | None,
                    warmup: int, workers: int, repeats: int = 1) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_channels=3, num_classes=NUM_CLASSES, image_size=32).to(device)
@@ -368,9 +336,10 @@ def main(argv=None) -> dict:
     for bs in batch_sizes:
         for opt in optimizers:
             cfg = TrainConfig(dataset="synthetic", model=args.model, optimizer=opt, batch_size=bs, epochs=1,
-                              synthetic_train=args.n, synthetic_test=256, device=args.device, seed=0)
-            real, ph = real_case(cfg, data, info, steps=args.steps, warmup=warmup,
-                                 channels_last=channels_last, bf16=bf16, repeats=args.repeats)
+                              synthetic_train=args.n, synthetic_test=256, device=args.device, seed=0,
+                              precision="bf16" if bf16 else "float32",
+                              memory_format="channels_last" if channels_last else "contiguous")
+            real, ph = real_case(cfg, data, info, steps=args.steps, warmup=warmup, repeats=args.repeats)
             if not args.no_split and bs not in splits:
                 splits[bs] = split_time(ph, data, info, cfg)
             del ph

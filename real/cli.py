@@ -5,6 +5,8 @@ Subcommands::
     useful-train run [--preset NAME] [--config FILE.toml] [--FIELD VALUE ...]   one training run
     useful-train compare RUN_DIR [RUN_DIR ...]                                  table over runs
     useful-train presets                                                        list the presets
+    useful-train sharpness RUN_DIR [RUN_DIR ...]                                Hessian sharpness of runs
+    useful-train grid FILE                                                      a grid of runs, here or on Slurm
 
 ``run``'s flags are :class:`~real.config.TrainConfig`'s fields with dashes; values merge as
 defaults < preset < ``--config`` TOML < command line.  ``--resume`` with an ``--out`` holding a run
@@ -12,22 +14,19 @@ takes that run's config.json as the base instead of defaults and preset (so
 ``useful-train run --out DIR --resume`` is enough) and refuses flags that change what is computed.  An invalid value, unknown key or missing data set ends
 with exit status 2 and one line on stderr; a run that diverges exits 1.
 
-Other modules add subcommands through :func:`register_command`: each module named in
-:data:`PLUGIN_MODULES` that exists is imported and its ``register_commands(register_command)`` is
-called (a later registration of a name replaces an earlier one). ``compare`` comes from real/compare.py.
+The other subcommands live with what they do: each module named in :data:`COMMAND_MODULES` has a
+``register_commands(register_command)`` that adds its subcommands (``compare`` from real/compare.py,
+``sharpness`` from real/sharpness.py, ``grid`` from real/grid.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 # OpenMP threads that busy-wait (the default) collapse when the CPU is shared with other jobs (two
@@ -35,14 +34,14 @@ from typing import Any, Callable, Sequence
 # torch is imported; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from theory.plumbing.cli import OneLineArgumentParser, cli_entry  # noqa: E402
 from theory.plumbing.config import (  # noqa: E402
     ConfigError,
     add_config_arguments,
     resolve_config,
 )
-from theory.plumbing.cli import OneLineArgumentParser, cli_entry  # noqa: E402
 
-__all__ = ["main", "register_command", "COMMANDS", "PLUGIN_MODULES", "resolve_run_config"]
+__all__ = ["main", "register_command", "COMMANDS", "COMMAND_MODULES", "resolve_run_config"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,8 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 
-# Modules that may add subcommands (compare, diagnostics such as sharpness, grids of runs).
-PLUGIN_MODULES = ("real.compare", "real.diagnostics", "real.sharpness", "real.grid", "real.download")
+# Modules that add subcommands (each must exist and define register_commands).
+COMMAND_MODULES = ("real.compare", "real.sharpness", "real.grid")
 
 
 def register_command(
@@ -69,16 +68,9 @@ def register_command(
     COMMANDS[name] = Command(name, help, add_arguments, handler)
 
 
-def _load_plugins() -> None:
-    for module in PLUGIN_MODULES:
-        try:
-            spec = importlib.util.find_spec(module)
-        except ModuleNotFoundError:  # pragma: no cover
-            spec = None
-        if spec is not None:
-            hook = getattr(importlib.import_module(module), "register_commands", None)
-            if hook is not None:
-                hook(register_command)
+def _load_commands() -> None:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register_commands(register_command)
 
 
 def _setup_logging() -> None:
@@ -111,20 +103,14 @@ def resolve_run_config(args: argparse.Namespace | dict[str, Any]):
     the base (the preset is already in it), so ``run --out DIR --resume`` is enough; the trainer then
     refuses flags or TOML values that change what is computed."""
     from .config import TrainConfig, load_preset
+    from .rundir import is_run_dir, read_config
 
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     config_path = given.get("config")
     preset = load_preset(given["preset"]) if given.get("preset") else {}
     cfg = resolve_config(TrainConfig, given, config_path=config_path, base=preset)
-    if cfg.resume and cfg.out is not None:
-        stored_path = Path(cfg.out) / "config.json"
-        if stored_path.is_file():
-            try:
-                stored = json.loads(stored_path.read_text())
-            except ValueError:
-                raise ConfigError("--resume", message=f"--resume: {stored_path} is not valid JSON") from None
-            stored = {k: v for k, v in stored.items() if k in {f for f in TrainConfig.__dataclass_fields__}}
-            cfg = resolve_config(TrainConfig, given, config_path=config_path, base=stored)
+    if cfg.resume and cfg.out is not None and is_run_dir(cfg.out):
+        cfg = resolve_config(TrainConfig, given, config_path=config_path, base=read_config(cfg.out))
     return cfg
 
 
@@ -139,12 +125,6 @@ def _run(args: argparse.Namespace) -> int:
         summary = train(cfg)
     except DatasetError as err:
         raise ConfigError("--data-dir", message=f"--data-dir: {err}") from None
-    except ValueError as err:
-        if isinstance(err, ConfigError):
-            raise
-        if str(err).startswith("--device"):
-            raise ConfigError("--device", message=str(err)) from None
-        raise
     return 0 if summary.get("status") == "completed" else 1
 
 
@@ -187,13 +167,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    _load_plugins()
+    _load_commands()
     args = _build_parser().parse_args(argv)
-    try:
-        return args._handler(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 130
+    return args._handler(args)
 
 
 main = cli_entry(_main)

@@ -84,55 +84,40 @@ class Group:
 
 
 def _run_seconds(path: Path, summary: dict) -> float | None:
+    from .rundir import read_metrics
+
     wall = summary.get("wall_seconds")
-    if isinstance(wall, (int, float)) and math.isfinite(wall):
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool) and math.isfinite(wall):
         return float(wall)
-    metrics = path / "metrics.jsonl"
-    if metrics.is_file():
-        total = 0.0
-        for line in metrics.read_text().splitlines():
-            if line.strip():
-                try:
-                    total += float(json.loads(line).get("seconds") or 0.0)
-                except ValueError:
-                    continue
-        return total
-    return None
+    seconds = [r.get("seconds") for r in read_metrics(path)]
+    numbers = [float(v) for v in seconds if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(numbers) if numbers else None
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]:
     """The completed runs and ``(path, reason)`` of the skipped ones.
 
-    A path without config.json is a :class:`ConfigError` (not a run directory); a missing or
-    unreadable summary.json, a status other than ``completed`` or a missing final test accuracy
-    skips the run."""
+    A folder given twice (or by two spellings of one path) counts once.  A path that is not a run
+    directory of useful-train is a :class:`ConfigError`; a missing summary, a status other than
+    ``completed`` or a final test accuracy that is not a number in [0, 1] skips the run."""
+    from .rundir import iter_run_dirs, read_config, read_summary
+
     runs: list[RunRecord] = []
     skipped: list[tuple[str, str]] = []
-    for p in run_dirs:
-        path = Path(p)
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} has no config.json (not a run directory)")
-        try:
-            config = json.loads(cfg_file.read_text())
-        except ValueError as err:
-            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {cfg_file}: unreadable JSON ({err})") from None
-        sum_file = path / "summary.json"
-        if not sum_file.is_file():
-            skipped.append((str(path), "no summary.json (unfinished or still running)"))
-            continue
-        try:
-            summary = json.loads(sum_file.read_text())
-        except ValueError:
-            skipped.append((str(path), "summary.json is not valid JSON"))
+    for path in iter_run_dirs(run_dirs):
+        config = read_config(path)
+        summary = read_summary(path)
+        if summary is None:
+            skipped.append((str(path), "no summary (unfinished or still running)"))
             continue
         status = summary.get("status")
         if status != "completed":
             message = summary.get("message") or ""
             skipped.append((str(path), f"status {status!r}" + (f": {message}" if message else "")))
             continue
-        if not isinstance(summary.get("final_test_acc"), (int, float)):
-            skipped.append((str(path), "no final_test_acc in summary.json"))
+        acc = summary.get("final_test_acc")
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not (0.0 <= acc <= 1.0):
+            skipped.append((str(path), f"final_test_acc is {acc!r}, not an accuracy in [0, 1]"))
             continue
         runs.append(RunRecord(path, config, summary, _run_seconds(path, summary)))
     return runs, skipped
@@ -183,7 +168,12 @@ def group_runs(runs: Sequence[RunRecord], *, baseline_optimizer: str = "sgd") ->
     for run in runs:
         key = group_key(run.config)
         text = json.dumps(key, sort_keys=True)
-        groups.setdefault(text, Group(key=key)).runs.append(run)
+        group = groups.setdefault(text, Group(key=key))
+        twin = next((r for r in group.runs if r.config.get("seed") == run.config.get("seed")), None)
+        if twin is not None:  # the same configuration and seed twice would count as two seeds
+            raise ConfigError("RUN_DIR", message=f"RUN_DIR: {twin.path} and {run.path} are the same configuration "
+                                                 f"with the same seed ({run.config.get('seed')}); give one of them")
+        group.runs.append(run)
     result = list(groups.values())
     all_fields = sorted({f for g in result for f in g.key})
     varying = [f for f in all_fields
@@ -290,7 +280,7 @@ def compare(run_dirs: Sequence[str | Path], *, out: str | Path | None = None,
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (config.json + summary.json)")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of useful-train run")
     parser.add_argument("--out", metavar="PLOT.png", default=None, help="also draw the bar plot (Figure 4 style)")
     parser.add_argument("--baseline-optimizer", choices=("sgd", "sam", "asam"), default="sgd",
                         help="training time is relative to this optimizer's group without USEFUL (default sgd)")

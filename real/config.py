@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from theory.plumbing.config import (
     ConfigError,
@@ -30,21 +30,33 @@ from theory.plumbing.config import (
 )
 
 from .datasets import DATASETS
+from .distributed import DEVICES
 from .models import MODELS
+from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
 
 __all__ = [
     "TrainConfig",
     "PARTITIONS",
+    "AUGMENTS",
+    "PRECISIONS",
+    "MEMORY_FORMATS",
     "RUN_CONTROL_FIELDS",
     "preset_names",
     "preset_path",
     "load_preset",
+    "describe_preset",
     "config_to_dict",
-    "config_differences",
     "default_out",
 ]
 
+# One tuple of names per choice (the others live with their builders: DATASETS, MODELS, OPTIMIZERS,
+# SCHEDULES, DEVICES); the dataclass's Literal types are built from them.
 PARTITIONS = ("useful", "random", "quantile", "misclassified", "jtt")
+AUGMENTS = ("crop-flip", "none")
+PRECISIONS = ("auto", "bf16", "float32")  # auto: bf16 autocast on CUDA, float32 elsewhere
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto: channels_last on CUDA
+FLOAT32_MAX = 3.4028234663852886e38  # values that go into float32 tensors must fit
 
 # Fields that say how to run, not what to compute: they may differ between a run and its resume.
 RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir", "preset")
@@ -71,12 +83,17 @@ class TrainConfig:
 
     Run control: ``seed``, ``deterministic``, ``compile``, ``device``, ``out``, ``resume``,
     ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded).
+
+    Numerics: ``precision`` (``auto``: bf16 autocast on CUDA, float32 on the CPU), ``memory_format``
+    (``auto``: channels_last on CUDA).
+
+    This is the one validator: the builders (optimizer, schedule, phase) trust what it accepted.
     """
 
     dataset: str = "cifar10"
     data_dir: str | None = None
     model: str = "resnet18"
-    optimizer: Literal["sgd", "sam", "asam"] = "sgd"
+    optimizer: Literal[OPTIMIZERS] = "sgd"
     epochs: int = 200
     batch_size: int = 128
     lr: float = 0.1
@@ -84,26 +101,29 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     rho: float = 0.05
-    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    schedule: Literal[SCHEDULES] = "cosine"
     warmup_epochs: float = 0.0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.2
     label_smoothing: float = 0.0
-    augment: Literal["crop-flip", "none"] = "crop-flip"
+    augment: Literal[AUGMENTS] = "crop-flip"
     trivial_augment: bool = False
     mixup_alpha: float = 0.0
     label_noise: float = 0.0
     long_tail_ratio: float | None = None
     useful: bool = False
     separate_epoch: int | Literal["auto"] = "auto"
+    separate_iteration: int | None = None
     upsample_factor: int = 2
-    partition: Literal["useful", "random", "quantile", "misclassified", "jtt"] = "useful"
+    partition: Literal[PARTITIONS] = "useful"
     quantile: float = 0.5
     upweight: bool = False
     seed: int = 0
     deterministic: bool = False
     compile: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal[DEVICES] = "auto"
+    precision: Literal[PRECISIONS] = "auto"
+    memory_format: Literal[MEMORY_FORMATS] = "auto"
     out: str | None = None
     resume: bool = False
     overwrite: bool = False
@@ -122,20 +142,20 @@ class TrainConfig:
         check_int("--synthetic-train", self.synthetic_train, low=2)
         check_int("--synthetic-test", self.synthetic_test, low=1)
         if self.long_tail_ratio is not None:
-            check_number("--long-tail-ratio", self.long_tail_ratio, low=1.0)
+            check_number("--long-tail-ratio", self.long_tail_ratio, low=1.0, high=FLOAT32_MAX)
         check_number("--label-noise", self.label_noise, low=0.0, high=1.0, high_open=True)
         # Model and optimization.
         check_choice("--model", self.model, MODELS)
-        check_choice("--optimizer", self.optimizer, ("sgd", "sam", "asam"))
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_int("--epochs", self.epochs, low=1)
         check_int("--batch-size", self.batch_size, low=1)
-        check_number("--lr", self.lr, low=0.0, low_open=True)
+        check_number("--lr", self.lr, low=0.0, low_open=True, high=FLOAT32_MAX)
         check_number("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         check(isinstance(self.nesterov, bool), "--nesterov", self.nesterov, "true or false")
         check(not self.nesterov or self.momentum > 0, "--nesterov", self.nesterov, "false when --momentum is 0")
-        check_number("--weight-decay", self.weight_decay, low=0.0)
-        check_number("--rho", self.rho, low=0.0, low_open=True)
-        check_choice("--schedule", self.schedule, ("cosine", "multistep", "constant"))
+        check_number("--weight-decay", self.weight_decay, low=0.0, high=FLOAT32_MAX)
+        check_number("--rho", self.rho, low=0.0, high=FLOAT32_MAX)  # 0: SAM's two passes at the same point
+        check_choice("--schedule", self.schedule, SCHEDULES)
         check_number("--warmup-epochs", self.warmup_epochs, low=0.0, high=float(self.epochs))
         check(isinstance(self.milestones, tuple), "--milestones", self.milestones, "a list of epochs")
         for m in self.milestones:
@@ -144,14 +164,18 @@ class TrainConfig:
         check_number("--gamma", self.gamma, low=0.0, high=1.0, low_open=True)
         check_number("--label-smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         # Augmentation.
-        check_choice("--augment", self.augment, ("crop-flip", "none"))
+        check_choice("--augment", self.augment, AUGMENTS)
         check(isinstance(self.trivial_augment, bool), "--trivial-augment", self.trivial_augment, "true or false")
-        check_number("--mixup-alpha", self.mixup_alpha, low=0.0)
+        check_number("--mixup-alpha", self.mixup_alpha, low=0.0, high=FLOAT32_MAX)
         # USEFUL.
         check(isinstance(self.useful, bool), "--useful", self.useful, "true or false")
         if self.separate_epoch != "auto":
             # The pre-split phase runs on the first epochs of the full schedule: it must fit in it.
             check_int("--separate-epoch", self.separate_epoch, low=1, high=self.epochs if self.useful else None)
+        if self.separate_iteration is not None:
+            check_int("--separate-iteration", self.separate_iteration, low=1)
+            check(self.separate_epoch == "auto", "--separate-iteration", self.separate_iteration,
+                  "no --separate-epoch beside it (give one of the two; --separate-epoch auto clears a preset's)")
         check_int("--upsample-factor", self.upsample_factor, low=1)
         check_choice("--partition", self.partition, PARTITIONS)
         check(self.useful or self.partition == "useful", "--partition", self.partition,
@@ -163,7 +187,9 @@ class TrainConfig:
         check_int("--seed", self.seed, low=0, high=2**31 - 1)
         check(isinstance(self.deterministic, bool), "--deterministic", self.deterministic, "true or false")
         check(isinstance(self.compile, bool), "--compile", self.compile, "true or false")
-        check_choice("--device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("--device", self.device, DEVICES)
+        check_choice("--precision", self.precision, PRECISIONS)
+        check_choice("--memory-format", self.memory_format, MEMORY_FORMATS)
         if self.out is not None:
             check(isinstance(self.out, str) and self.out != "", "--out", self.out, "a directory path")
         check_int("--eval-batch-size", self.eval_batch_size, low=1)
@@ -191,15 +217,6 @@ def default_out(cfg: TrainConfig) -> str:
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The configuration as plain JSON data (what config.json holds)."""
     return to_jsonable(cfg)
-
-
-def config_differences(a: TrainConfig, b: TrainConfig, *, ignore: tuple[str, ...] = RUN_CONTROL_FIELDS) -> list[str]:
-    """Names of the fields (other than ``ignore``) whose values differ."""
-    return [
-        f.name
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)
-    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,11 +265,3 @@ def describe_preset(name: str) -> str:
         if line.startswith("#"):
             return line.lstrip("#").strip()
     return ""
-
-
-def merge_mappings(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Later layers override earlier ones (keys normalized to underscores)."""
-    out: dict[str, Any] = {}
-    for layer in layers:
-        out.update({k.replace("-", "_"): v for k, v in layer.items()})
-    return out

@@ -19,6 +19,7 @@ The trainer's division of labour:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,15 +31,18 @@ import torch.distributed as dist
 __all__ = [
     "DistInfo",
     "setup",
+    "session",
     "cleanup",
     "resolve_device",
     "all_reduce_sum",
     "all_reduce_max",
     "broadcast_array",
     "broadcast_object",
-    "barrier",
     "wrap_ddp",
+    "DEVICES",
 ]
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,13 @@ class DistInfo:
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA if available, else CPU; ``cuda``: requires CUDA (a ``ValueError`` otherwise)."""
+    """``auto``: CUDA if available, else CPU; ``cuda``: requires CUDA (a ConfigError on ``--device``)."""
+    from theory.plumbing.config import ConfigError
+
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device: got 'cuda', but CUDA is not available on this machine")
+        raise ConfigError("--device", message="--device: got 'cuda', but CUDA is not available on this machine")
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     return torch.device("cpu")
@@ -83,6 +89,16 @@ def setup(preference: str = "auto") -> DistInfo:
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+@contextlib.contextmanager
+def session(preference: str = "auto"):
+    """:func:`setup`, then :func:`cleanup` when the block ends (however it ends)."""
+    info = setup(preference)
+    try:
+        yield info
+    finally:
+        cleanup()
 
 
 def cleanup() -> None:
@@ -127,11 +143,6 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier() -> None:
-    if _active():
-        dist.barrier()
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:

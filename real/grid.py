@@ -58,6 +58,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from theory.plumbing.config import ConfigError, config_from_mapping, load_toml
 
+from .rundir import has_run_files, read_summary, run_status
+
 __all__ = [
     "GridSpec",
     "GridRun",
@@ -319,7 +321,7 @@ def run_command(run: GridRun, *, resume: bool, python: str | None = None, extra_
 
 def write_run_files(spec: GridSpec, runs: Sequence[GridRun]) -> Path:
     """Write ``OUT/configs/<name>.toml`` for each run and ``OUT/grid.json``; returns the manifest path."""
-    from .checkpoint import atomic_write_json, atomic_write_text
+    from theory.plumbing.atomic import atomic_write_json, atomic_write_text
 
     out_root = Path(spec.out_root)
     for run in runs:
@@ -338,22 +340,8 @@ def write_run_files(spec: GridSpec, runs: Sequence[GridRun]) -> Path:
     return manifest
 
 
-def _summary(run_dir: str) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _has_run(run_dir: str) -> bool:
-    from .checkpoint import RUN_FILES
-
-    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
-
-
 def _skip_reason(run_dir: str, rerun_diverged: bool) -> str | None:
-    summary = _summary(run_dir)
-    status = summary.get("status") if isinstance(summary, dict) else None
+    status = run_status(run_dir)
     if status == "completed":
         return "completed"
     if status == "diverged" and not rerun_diverged:
@@ -402,7 +390,7 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
         write_run_files(spec, runs)
     results: list[dict] = []
     for i, run in enumerate(runs):
-        resume = _has_run(run.run_dir)
+        resume = has_run_files(run.run_dir)
         command = run_command(run, resume=resume, python=python, extra_args=extra_args)
         entry: dict[str, Any] = {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file,
                                  "command": command, "resume": resume, "status": None, "reason": None,
@@ -420,14 +408,13 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
         entry["seconds"] = time.perf_counter() - start
         code = int(getattr(outcome, "returncode", outcome) or 0)
         entry["returncode"] = code
-        summary = _summary(run.run_dir)
-        status = summary.get("status") if isinstance(summary, dict) else None
+        status = run_status(run.run_dir)
         if code == 0 and status == "completed":
             entry["status"] = "completed"
         elif status == "diverged":
-            entry.update(status="diverged", reason=(summary or {}).get("message") or "diverged")
+            entry.update(status="diverged", reason=(read_summary(run.run_dir) or {}).get("message") or "diverged")
         else:
-            entry.update(status="failed", reason=f"exit status {code}" + ("" if status else ", no summary.json"))
+            entry.update(status="failed", reason=f"exit status {code}" + ("" if status else ", no summary"))
         if entry["status"] != "completed" and stop_on_error:
             for rest in runs[i + 1 :]:
                 results.append({"name": rest.name, "run_dir": rest.run_dir, "config_file": rest.config_file,
@@ -574,7 +561,7 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = True, slurm: Mapping[str, An
             submitit, helpers = _import_submitit()
         elif shutil.which("sbatch") is None:
             raise ConfigError("--launcher", message="--launcher: sbatch is not on PATH (not a Slurm login node?)")
-    from .checkpoint import atomic_write_json, atomic_write_text
+    from theory.plumbing.atomic import atomic_write_json, atomic_write_text
 
     write_run_files(spec, runs)
     jobs = Path(spec.out_root) / "jobs"

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from theory.plumbing.config import check, check_choice, check_number
+from theory.plumbing.config import check
 
 __all__ = ["OPTIMIZERS", "SAM", "build_optimizer", "disable_running_stats", "enable_running_stats", "sam_step"]
 
@@ -41,10 +41,12 @@ class SAM(torch.optim.Optimizer):
         attached to this optimizer drive the base step.
     rho : neighbourhood radius (>= 0; ``rho = 0`` is the base optimizer evaluated twice).
     adaptive : ASAM, ``e = rho T^2 g / ||T g||`` with ``T = |w|``.
+
+    Values are not re-validated here: the trainer's configuration (:class:`real.config.TrainConfig`)
+    is the one validator.
     """
 
     def __init__(self, params, base_optimizer_cls, *, rho: float = 0.05, adaptive: bool = False, **base_kwargs):
-        check_number("rho", rho, low=0.0)
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
         self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
@@ -145,12 +147,8 @@ def build_optimizer(
     """``"sgd"``: ``torch.optim.SGD``; ``"sam"`` / ``"asam"``: :class:`SAM` over that SGD.
 
     ASAM's radius is on the scale ``|w|``-normalized; Kwon et al. use ``rho`` about 10x SAM's.
+    The values are :class:`real.config.TrainConfig`'s, validated there.
     """
-    check_choice("optimizer", name, OPTIMIZERS)
-    check_number("lr", lr, low=0.0, low_open=True)
-    check_number("momentum", momentum, low=0.0)
-    check_number("weight_decay", weight_decay, low=0.0)
-    check(not nesterov or momentum > 0, "nesterov", nesterov, "momentum > 0 with Nesterov")
     sgd = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, **sgd)

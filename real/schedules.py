@@ -20,8 +20,6 @@ from functools import partial
 
 import torch
 
-from theory.plumbing.config import check, check_choice, check_int, check_number
-
 __all__ = ["SCHEDULES", "build_schedule", "lr_factor"]
 
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -58,15 +56,10 @@ def build_schedule(
     milestones: tuple[int, ...] = (),
     gamma: float = 0.2,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-iteration ``LambdaLR``; ``milestones`` are epochs (multistep only)."""
-    check_choice("schedule", name, SCHEDULES)
-    check_int("epochs", epochs, low=1)
-    check_int("steps_per_epoch", steps_per_epoch, low=1)
-    check_number("warmup_epochs", warmup_epochs, low=0.0, high=float(epochs))
-    check_number("gamma", gamma, low=0.0, low_open=True)
+    """A per-iteration ``LambdaLR``; ``milestones`` are epochs (multistep only).  The values are
+    :class:`real.config.TrainConfig`'s, validated there (``name`` in :data:`SCHEDULES`, ``epochs`` and
+    ``steps_per_epoch`` >= 1, ``warmup_epochs`` in [0, epochs], strictly increasing milestones)."""
     milestones = tuple(milestones)
-    check(all(isinstance(m, int) and m > 0 for m in milestones), "milestones", milestones, "positive integer epochs")
-    check(list(milestones) == sorted(milestones), "milestones", milestones, "increasing epochs")
     fn = partial(
         lr_factor,
         name=name,

@@ -1,13 +1,15 @@
-"""USEFUL for the full-scale trainer: when to split, what to split on, and what is written.
+"""USEFUL's policy in the full-scale trainer: when to split, the split, what the partition file holds.
 
 The split rule itself (per-class 2-means on the logits, upsample the higher-loss cluster by k) and
-the baseline partitions are :mod:`theory.useful`'s; this module only
+the baseline partitions are :mod:`theory.useful`'s; this module
 
-* decides the separating epoch (a fixed epoch, or :func:`auto_separate_epoch`, the paper's "where
-  the training error's decrease slows");
-* computes the logits and per-example losses on the un-augmented training set (eval mode);
-* picks the partition named by ``--partition`` (:func:`make_partition`);
-* writes and reads ``partition.npz`` (:func:`partition_arrays`, :func:`load_partition`).
+* decides where the pre-split phase ends (:func:`split_point`): after a fixed epoch
+  (``--separate-epoch N``), at a fixed iteration (``--separate-iteration N``, possibly inside an
+  epoch), or by :func:`auto_separate_epoch`, the paper's "where the training error's decrease slows";
+* computes the logits and per-example losses on the un-augmented training set (eval mode,
+  :func:`compute_outputs`) and picks the partition named by ``--partition`` (:func:`make_partition`),
+  on rank 0, the mask broadcast to the other ranks (:func:`split`);
+* says what the partition file holds (:func:`partition_arrays`; real/rundir.py writes it).
 
 The automatic rule
 ------------------
@@ -25,8 +27,9 @@ decreased at all over the first ``w`` epochs (``r <= 0``) the rule waits for the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -34,7 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from theory.plumbing.config import check, check_int, check_number
+from theory.plumbing.config import (
+    ConfigError,
+    check,
+    check_allocation,
+    check_int,
+    check_number,
+)
 from theory.useful import (
     Partition,
     loss_quantile_partition,
@@ -44,8 +53,10 @@ from theory.useful import (
     useful_partition,
 )
 
+from . import distributed as D
 from .augment import normalize
-from .checkpoint import atomic_save_npz
+from .config import TrainConfig
+from .data import TrainData
 
 __all__ = [
     "AUTO_WARMUP",
@@ -53,13 +64,17 @@ __all__ = [
     "AUTO_CAP_FRACTION",
     "auto_cap",
     "auto_separate_epoch",
+    "SplitPoint",
+    "split_point",
+    "check_feasible",
     "compute_outputs",
     "make_partition",
     "partition_from_mask",
     "partition_arrays",
-    "write_partition",
-    "load_partition",
+    "split",
 ]
+
+log = logging.getLogger("real.useful")
 
 AUTO_WARMUP = 1
 AUTO_FRACTION = 0.1
@@ -123,7 +138,7 @@ def compute_outputs(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 1024,
-    channels_last: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, C) float64 and per-example cross-entropy losses (N,) of ``model`` in eval mode on
     the un-augmented, normalized images, in float32 (no autocast: the split needs precise logits).
@@ -136,9 +151,7 @@ def compute_outputs(
     try:
         for start in range(0, x_uint8.shape[0], batch_size):
             x = normalize(x_uint8[start : start + batch_size], mean, std)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x).float()
+            logits = model(x.contiguous(memory_format=memory_format)).float()
             y = labels[start : start + batch_size]
             losses_all.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
             logits_all.append(logits.double().cpu())
@@ -178,7 +191,7 @@ def make_partition(
         return loss_quantile_partition(labels, losses, quantile=quantile, k=k)
     if method in ("misclassified", "jtt"):
         return dataclasses.replace(misclassified_partition(logits, labels, k=k), method=method)
-    raise ValueError(f"unknown partition {method!r}")
+    raise ValueError(f"unknown partition {method!r}")  # unreachable: the configuration allows PARTITIONS
 
 
 def partition_from_mask(mask: np.ndarray, *, k: int, method: str) -> Partition:
@@ -193,7 +206,7 @@ def partition_arrays(
     losses: np.ndarray,
     *,
     num_classes: int,
-    separate_epoch: int,
+    separated_at: "SplitPoint",
     upweight: bool,
     flipped: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
@@ -201,7 +214,8 @@ def partition_arrays(
 
     ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (k or 1; they sum to
     ``n + (k - 1) |indices|``), ``k``, ``method``, ``upweight`` (loss weights instead of copies),
-    ``separate_epoch``; per class c: ``class_sizes``, ``upsampled_per_class``,
+    ``separate_epoch`` and ``separate_steps`` (the split came after that many full epochs and that
+    many further iterations); per class c: ``class_sizes``, ``upsampled_per_class``,
     ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when empty), and USEFUL's 2-means diagnostics
     ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2), ``chosen_cluster`` (C,; -1 when the
     class upsampled nothing or the method has no clusters); ``losses`` (per-example loss at the
@@ -235,7 +249,8 @@ def partition_arrays(
         "k": np.int64(partition.k),
         "method": np.array(partition.method),
         "upweight": np.bool_(upweight),
-        "separate_epoch": np.int64(separate_epoch),
+        "separate_epoch": np.int64(separated_at.epochs),
+        "separate_steps": np.int64(separated_at.steps),
         "num_classes": np.int64(num_classes),
         "class_sizes": class_sizes,
         "upsampled_per_class": up,
@@ -251,14 +266,74 @@ def partition_arrays(
     return arrays
 
 
-def write_partition(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write partition.npz atomically."""
-    atomic_save_npz(path, **arrays)
+
+# ----------------------------------------------------------------------------------------------
+# When to split, and the split.
 
 
-def load_partition(path: str | Path) -> dict[str, np.ndarray]:
-    """partition.npz as a dict of arrays (scalars as 0-d arrays; ``method`` as a str)."""
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
-    out["method"] = str(out["method"])
-    return out
+@dataclass(frozen=True)
+class SplitPoint:
+    """The end of the pre-split phase: ``epochs`` full epochs, then ``steps`` more iterations."""
+
+    epochs: int
+    steps: int = 0
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epochs, "steps": self.steps}
+
+
+def split_point(cfg: TrainConfig, metrics: Sequence[dict], steps_per_epoch: int, num_classes: int) -> SplitPoint | None:
+    """Where the pre-split phase ends, from what is known so far; None means "train another epoch".
+
+    ``--separate-iteration N``: after ``N // steps`` epochs and ``N % steps`` iterations;
+    ``--separate-epoch N``: after epoch N; ``auto``: :func:`auto_separate_epoch` on the pre-split
+    epochs' training errors (``1 - train_acc`` of metrics.jsonl), capped at :func:`auto_cap`."""
+    if cfg.separate_iteration is not None:
+        return SplitPoint(*divmod(cfg.separate_iteration, steps_per_epoch))
+    if cfg.separate_epoch != "auto":
+        return SplitPoint(int(cfg.separate_epoch))
+    errors = [1.0 - m["train_acc"] for m in metrics if m["phase"] == "separate" and m["steps"] == steps_per_epoch]
+    epoch = auto_separate_epoch(errors, initial_error=1.0 - 1.0 / num_classes, cap=auto_cap(cfg.epochs))
+    return None if epoch is None else SplitPoint(epoch)
+
+
+def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
+    """What can only be checked once the data set's size is known, checked before anything is
+    written: a batch per epoch, a separating iteration inside the schedule, room for the upsampled
+    index list (the worst case, every example upsampled)."""
+    from .phase import steps_per_epoch
+
+    if cfg.batch_size % world_size:
+        raise ConfigError("--batch-size", cfg.batch_size, f"a multiple of the number of processes ({world_size})")
+    steps = steps_per_epoch(n_train, cfg.batch_size, world_size)
+    if steps < 1:
+        raise ConfigError("--batch-size", message=f"--batch-size: {n_train} training examples over {world_size} "
+                                                  "process(es) give no batch of at least 2 examples")
+    if cfg.useful and cfg.separate_iteration is not None and cfg.separate_iteration > cfg.epochs * steps:
+        raise ConfigError("--separate-iteration", message=f"--separate-iteration: got {cfg.separate_iteration}, "
+                          f"expected at most the {cfg.epochs * steps} iterations of --epochs {cfg.epochs}")
+    if cfg.useful and not cfg.upweight:
+        check_allocation("--upsample-factor", 3 * 8 * n_train * cfg.upsample_factor,
+                         f"the upsampled index list ({n_train} examples, k = {cfg.upsample_factor})")
+
+
+def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, at: SplitPoint,
+          memory_format: torch.memory_format) -> tuple[Partition, dict[str, np.ndarray] | None]:
+    """The partition of the training set by ``--partition`` from ``model``'s outputs, computed on
+    rank 0 and broadcast; returns it with partition.npz's arrays (None on other ranks)."""
+    n, k = data.n_train, cfg.upsample_factor
+    partition = arrays = mask = None
+    if info.is_main:
+        logits, losses = compute_outputs(model, data.train_x, data.train_y, mean=data.mean, std=data.std,
+                                         batch_size=cfg.eval_batch_size, memory_format=memory_format)
+        labels = data.train_y.cpu().numpy()
+        partition = make_partition(cfg.partition, logits, labels, losses, k=k, seed=cfg.seed, quantile=cfg.quantile)
+        mask = partition.upsample
+        arrays = partition_arrays(partition, labels, losses, num_classes=data.num_classes, separated_at=at,
+                                  upweight=cfg.upweight, flipped=data.flipped)
+        log.info("split after %d epoch(s) and %d step(s) (%s, k=%d): %d of %d examples upsampled%s", at.epochs,
+                 at.steps, cfg.partition, k, int(mask.sum()), n, " (as loss weights)" if cfg.upweight else "")
+    mask = D.broadcast_array(mask, shape=(n,), dtype=np.bool_, device=info.device)
+    if partition is None:
+        partition = partition_from_mask(mask, k=k, method=cfg.partition)
+    return partition, arrays

@@ -26,7 +26,7 @@ def _below(limit: float, *, inclusive: bool) -> st.SearchStrategy:
 
 def _above(limit: float, *, inclusive: bool) -> st.SearchStrategy:
     bottom = limit if inclusive else math.nextafter(limit, math.inf)
-    return st.floats(min_value=bottom, max_value=1e6, allow_nan=False).map(repr)
+    return st.floats(min_value=bottom, max_value=max(1e6, 10 * bottom), allow_nan=False).map(repr)
 
 
 def _int_below(limit: int) -> st.SearchStrategy:
@@ -48,10 +48,10 @@ INVALID: dict[str, st.SearchStrategy] = {
     "optimizer": _choice(("sgd", "sam", "asam")),
     "epochs": st.one_of(_int_below(1), _non_int),
     "batch_size": st.one_of(_int_below(1), _non_int),
-    "lr": st.one_of(_below(0.0, inclusive=True), _number),
+    "lr": st.one_of(_below(0.0, inclusive=True), _above(3.5e38, inclusive=True).filter(lambda r: r != "inf"), _number),
     "momentum": st.one_of(_below(0.0, inclusive=False), _above(1.0, inclusive=True), _number),
     "weight_decay": st.one_of(_below(0.0, inclusive=False), _number),
-    "rho": st.one_of(_below(0.0, inclusive=True), _number),
+    "rho": st.one_of(_below(0.0, inclusive=False), _above(3.5e38, inclusive=True).filter(lambda r: r != "inf"), _number),
     "schedule": _choice(("cosine", "multistep", "constant")),
     "warmup_epochs": st.one_of(_below(0.0, inclusive=False), _above(10.0, inclusive=False), _number),
     "milestones": st.one_of(st.sampled_from(["5,3", "0", "11", "3,3", "a,b", "2.5"]), _int_below(1)),
@@ -63,11 +63,14 @@ INVALID: dict[str, st.SearchStrategy] = {
     "long_tail_ratio": st.one_of(_below(1.0, inclusive=False), _number),
     "separate_epoch": st.one_of(_int_below(1), st.integers(min_value=11, max_value=10**6).map(str),
                                 _not_a_number, st.sampled_from(["Auto", "2.5", "soon"])),
+    "separate_iteration": st.one_of(_int_below(1), _non_int),
     "upsample_factor": st.one_of(_int_below(1), _non_int),
     "partition": _choice(("useful", "random", "quantile", "misclassified", "jtt")),
     "quantile": st.one_of(_below(0.0, inclusive=False), _above(1.0, inclusive=True), _number),
     "seed": st.one_of(_int_below(0), st.integers(min_value=2**31, max_value=2**40).map(str), _non_int),
     "device": st.sampled_from(["gpu", "cuda:0", "tpu", "CPU", "mps"]),
+    "precision": _choice(("auto", "bf16", "float32")),
+    "memory_format": _choice(("auto", "channels_last", "contiguous")),
     "synthetic_train": st.one_of(_int_below(2), _non_int),
     "synthetic_test": st.one_of(_int_below(1), _non_int),
     "eval_batch_size": st.one_of(_int_below(1), _non_int),
@@ -85,6 +88,7 @@ COMBINATIONS = [
     (["--momentum", "0", "--nesterov"], "nesterov"),
     (["--epochs", "3", "--warmup-epochs", "3.5"], "warmup-epochs"),
     (["--epochs", "5", "--milestones", "2,6"], "milestones"),
+    (["--separate-epoch", "2", "--separate-iteration", "10"], "separate-iteration"),
 ]
 
 

@@ -16,7 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theory.plumbing.atomic import atomic_open, atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text
+from theory.data import DataConfig
+from theory.plumbing.atomic import (
+    atomic_open,
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from theory.plumbing.cli import OneLineArgumentParser, cli_entry
 from theory.plumbing.config import (
     ConfigError,
     _coerce,
@@ -29,8 +37,6 @@ from theory.plumbing.config import (
     resolve_config,
     to_jsonable,
 )
-from theory.plumbing.cli import OneLineArgumentParser, cli_entry
-from theory.data import DataConfig
 
 FAST = settings(deadline=None, max_examples=60)
 

@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from real.augment import Augmenter, mixup, normalize, random_crop_flip, symmetric_label_noise, trivial_augment
+from real.augment import (
+    Augmenter,
+    mixup,
+    normalize,
+    random_crop_flip,
+    symmetric_label_noise,
+    trivial_augment,
+)
 from theory.plumbing.config import ConfigError
 
 

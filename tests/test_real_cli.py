@@ -13,6 +13,7 @@ import pytest
 
 from real.cli import COMMANDS, _build_parser, main, resolve_run_config
 from real.config import TrainConfig, load_preset, preset_names
+from real.rundir import FORMAT
 from theory.plumbing.config import ConfigError, to_jsonable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_config_json_round_trip():
 def _fake_run(path: Path, seed: int, acc: float, **config) -> Path:
     path.mkdir(parents=True)
     cfg = to_jsonable(TrainConfig(dataset="synthetic", seed=seed, out=str(path), **config))
-    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "config.json").write_text(json.dumps({"format": FORMAT, **cfg}))
     (path / "summary.json").write_text(json.dumps({"status": "completed", "final_test_acc": acc, "best_test_acc": acc}))
     return path
 

@@ -1,4 +1,4 @@
-"""real/train.py, real/useful.py, real/checkpoint.py, real/distributed.py: the training loop, USEFUL's
+"""real/train.py, real/useful.py, real/rundir.py, real/distributed.py: the training loop, USEFUL's
 two phases, the run directory, exact resume after kill -9, divergence, locks, torchrun.
 
 Everything runs on the CPU with the synthetic data set and tiny sizes.
@@ -17,27 +17,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, env, flags, kill_when, run_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from real.checkpoint import (
-    RunLock,
-    RunLockError,
-    atomic_write_json,
-    load_checkpoint,
-    read_jsonl,
-    state_digest,
-)
 from real.config import TrainConfig
 from real.datasets import load_dataset
-from real.train import init_model, steps_per_epoch, train
-from real.useful import auto_cap, auto_separate_epoch, load_partition, make_partition
+from real.phase import init_model, steps_per_epoch
+from real.rundir import (
+    RunLock,
+    RunLockError,
+    load_checkpoint,
+    read_learning_stats,
+    read_metrics,
+    read_partition,
+    state_digest,
+)
+from real.train import train
+from real.useful import auto_cap, auto_separate_epoch, make_partition
+from theory.plumbing.atomic import atomic_write_json
 from theory.plumbing.config import ConfigError
 
-from helpers import REPO, env, flags, kill_when, run_module
-
 SPEC_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png")
-METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "phase"}
+METRIC_KEYS = {"epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "phase"}
 
 TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=128, synthetic_test=64, batch_size=32)
 
@@ -114,8 +116,8 @@ def test_acceptance_command_writes_every_file(tmp_path):
     assert not (out / "run.lock").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "resnet18" and config["useful"] is True and config["separate_epoch"] == 1
-    assert set(TrainConfig.__dataclass_fields__) == set(config)  # fully resolved
-    rows = read_jsonl(out / "metrics.jsonl")
+    assert set(TrainConfig.__dataclass_fields__) | {"format"} == set(config)  # fully resolved, and marked ours
+    rows = read_metrics(out)
     assert [(r["phase"], r["epoch"]) for r in rows] == [("separate", 1), ("main", 1), ("main", 2)]
     assert all(METRIC_KEYS <= set(r) for r in rows)
     summary = json.loads((out / "summary.json").read_text())
@@ -126,8 +128,7 @@ def test_acceptance_command_writes_every_file(tmp_path):
     assert summary["final_test_acc"] == rows[-1]["test_acc"]
     assert summary["best_test_acc"] == max(r["test_acc"] for r in rows if r["phase"] == "main")
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["phase"] == "main" and ckpt["epoch"] == 2 and len(ckpt["metrics"]) == 3
-    assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
+    assert ckpt["phase"] == "main" and ckpt["epoch"] == 2 and len(ckpt["run"]["metrics"]) == 3
 
 
 def test_useful_partition_and_restart_from_scratch(tmp_path):
@@ -135,10 +136,11 @@ def test_useful_partition_and_restart_from_scratch(tmp_path):
     cfg = tiny(tmp_path, useful=True, separate_epoch=2, upsample_factor=k, epochs=2, deterministic=True)
     summary = train(cfg)
     assert summary["status"] == "completed" and summary["epochs_before_split"] == 2
-    part = load_partition(tmp_path / "run" / "partition.npz")
+    part = read_partition(tmp_path / "run")
     n = cfg.synthetic_train
     idx, mult = part["indices"], part["multiplicities"]
     assert part["method"] == "useful" and int(part["k"]) == k and int(part["separate_epoch"]) == 2
+    assert int(part["separate_steps"]) == 0 and summary["separated_at"] == {"epoch": 2, "steps": 0}
     assert mult.shape == (n,) and mult.sum() == n + (k - 1) * len(idx)
     assert set(np.flatnonzero(mult == k)) == set(idx) and set(np.unique(mult)) <= {1, k}
     assert part["upsampled_per_class"].sum() == len(idx) and part["class_sizes"].sum() == n
@@ -152,7 +154,7 @@ def test_useful_partition_and_restart_from_scratch(tmp_path):
     assert summary["n_upsampled"] == len(idx) and summary["train_list_length"] == n + (k - 1) * len(idx)
     # The main phase starts from a fresh initialization with the same seed.
     ds = load_dataset("synthetic", seed=cfg.seed, synthetic_train=n, synthetic_test=cfg.synthetic_test)
-    fresh = state_digest(init_model(cfg, ds).state_dict())
+    fresh = state_digest(init_model(cfg, ds).state_dict())  # (a Dataset has the shape fields TrainData has)
     assert summary["init_digest"] == {"separate": fresh, "main": fresh}
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state_digest(ckpt["model"]) != fresh  # ... and is trained afterwards
@@ -163,7 +165,7 @@ def test_restart_with_k1_repeats_the_pre_split_epoch(tmp_path):
     must repeat the pre-split phase's first epoch bit for bit: the restart is from scratch."""
     cfg = tiny(tmp_path, useful=True, separate_epoch=1, upsample_factor=1, epochs=2, deterministic=True)
     train(cfg)
-    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    rows = read_metrics(tmp_path / "run")
     pre, main1 = rows[0], rows[1]
     assert (pre["phase"], main1["phase"], main1["epoch"]) == ("separate", "main", 1)
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
@@ -174,7 +176,7 @@ def test_upweight_and_baselines(tmp_path):
     cfg = tiny(tmp_path, useful=True, separate_epoch=1, epochs=1, partition="random", upweight=True)
     summary = train(cfg)
     assert summary["status"] == "completed" and summary["upweight"] is True
-    part = load_partition(tmp_path / "run" / "partition.npz")
+    part = read_partition(tmp_path / "run")
     assert part["method"] == "random" and bool(part["upweight"])
     assert summary["train_list_length"] == cfg.synthetic_train  # weights, not copies
     assert json.loads((tmp_path / "run" / "config.json").read_text())["partition"] == "random"
@@ -223,19 +225,19 @@ def test_sigkill_resume_is_exact(tmp_path):
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
-    rows = read_jsonl(out / "metrics.jsonl")
+    rows = read_metrics(out)
     assert [(r["phase"], r["epoch"]) for r in rows] == [("separate", 1), ("separate", 2)] + [("main", e) for e in (1, 2, 3, 4)]
     # The uninterrupted run (in this process) ends with the same weights and the same metrics.
     ref = train(TrainConfig(**kw, out=str(tmp_path / "ref")))
     assert ref["status"] == "completed"
     a, b = _final_state(out), _final_state(tmp_path / "ref")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ref_rows = read_jsonl(tmp_path / "ref" / "metrics.jsonl")
+    ref_rows = read_metrics(tmp_path / "ref")
     for r, s in zip(rows, ref_rows):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
             assert r[key] == s[key]
-    assert np.array_equal(load_partition(out / "partition.npz")["indices"],
-                          load_partition(tmp_path / "ref" / "partition.npz")["indices"])
+    assert np.array_equal(read_partition(out)["indices"],
+                          read_partition(tmp_path / "ref")["indices"])
 
 
 def _unfinish(out: Path, epochs: int = 2) -> None:
@@ -243,7 +245,7 @@ def _unfinish(out: Path, epochs: int = 2) -> None:
     cfg = json.loads((out / "config.json").read_text())
     cfg["epochs"] = epochs
     atomic_write_json(out / "config.json", cfg)
-    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt = load_checkpoint(out)
     ckpt["config"]["epochs"] = epochs
     torch.save(ckpt, out / "checkpoint.pt")
     (out / "summary.json").unlink()
@@ -258,11 +260,11 @@ def test_resume_with_only_out_and_config_mismatch(tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--lr" in bad.stderr
     ok = cli("run", "--out", str(out), "--resume")
     assert ok.returncode == 0, ok.stderr
-    rows = read_jsonl(out / "metrics.jsonl")
+    rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     # Resuming a completed run does nothing.
     again = cli("run", "--out", str(out), "--resume")
-    assert again.returncode == 0 and len(read_jsonl(out / "metrics.jsonl")) == 2
+    assert again.returncode == 0 and len(read_metrics(out)) == 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path):
     assert summary["status"] == "diverged"
     msg = summary["message"]
     assert "epoch" in msg and "iteration" in msg
-    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    rows = read_metrics(tmp_path / "run")
     bad_epoch = int(msg.split("epoch ")[1].split(",")[0])
     assert [r["epoch"] for r in rows] == list(range(1, bad_epoch))
     assert bad_epoch >= 2, "the test needs a run that diverges after its first epoch"
@@ -294,7 +296,7 @@ def test_live_lock_refused_and_stale_lock_taken(tmp_path):
     out.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from real.checkpoint import _process_start_time
+        from real.rundir import _process_start_time
 
         (out / "run.lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename,
                                                   "start": _process_start_time(sleeper.pid)}))
@@ -343,9 +345,9 @@ def test_torchrun_two_processes(tmp_path):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
-    rows = read_jsonl(out / "metrics.jsonl")
+    rows = read_metrics(out)
     assert [(r["phase"], r["epoch"]) for r in rows] == [("separate", 1), ("main", 1), ("main", 2)]
-    part = load_partition(out / "partition.npz")
+    part = read_partition(out)
     assert part["multiplicities"].sum() == TINY["synthetic_train"] + len(part["indices"])
     # Every example of the list is seen once per epoch over both ranks (global batch 32 = 2 x 16).
     assert summary["train_list_length"] == TINY["synthetic_train"] + len(part["indices"])
@@ -361,9 +363,9 @@ def test_other_options_run(tmp_path):
     assert summary["status"] == "completed"
     assert summary["n_train"] < cfg.synthetic_train  # long-tailed subset
     assert summary["label_noise_flipped"] > 0
-    part = load_partition(tmp_path / "run" / "partition.npz")
+    part = read_partition(tmp_path / "run")
     assert part["method"] == "quantile" and part["label_noise_flipped"].sum() == summary["label_noise_flipped"]
-    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    rows = read_metrics(tmp_path / "run")
     assert all(np.isfinite(r["train_loss"]) for r in rows)
 
 
@@ -372,25 +374,25 @@ def test_other_options_run(tmp_path):
 
 
 def test_learning_stats_written_restored_and_free(tmp_path):
-    from real.diagnostics import LearningStats
+    from real.learning_stats import LearningStats
 
     kw = dict(TINY, epochs=2, useful=True, separate_epoch=1, deterministic=True)
     summary = train(TrainConfig(**kw, out=str(tmp_path / "u")))
     assert summary["status"] == "completed"
-    z = np.load(tmp_path / "u" / "learning_stats.npz")
+    z = read_learning_stats(tmp_path / "u")
     n = summary["n_train"]
     for prefix in ("", "separate_"):
         for key in ("forgetting_count", "first_learned_epoch", "learned_from_epoch", "presentations"):
             assert z[prefix + key].shape == (n,)
     assert list(z["epochs"]) == [1, 2] and list(z["separate_epochs"]) == [1]
-    upsample = load_partition(tmp_path / "u" / "partition.npz")["upsample"]
+    upsample = read_partition(tmp_path / "u")["upsample"]
     assert np.array_equal(z["upsample"], upsample)
     # Presentations: every example once per epoch before the split, k times per epoch after it for the
     # upsampled ones (up to the examples of the dropped last partial batch).
     assert z["separate_presentations"].sum() == steps_per_epoch(n, TINY["batch_size"]) * TINY["batch_size"]
     assert (z["presentations"][upsample] >= z["presentations"][~upsample].min()).all()
     # The per-epoch correctness matches the metrics' training accuracy.
-    rows = [r for r in read_jsonl(tmp_path / "u" / "metrics.jsonl") if r["phase"] == "separate"]
+    rows = [r for r in read_metrics(tmp_path / "u") if r["phase"] == "separate"]
     assert z["separate_history"].sum() == pytest.approx(rows[0]["train_acc"] * z["separate_presentations"].sum())
     text = (tmp_path / "u" / "clusters.md").read_text()
     assert "| statistic | upsampled | rest | all |" in text and "Pre-split phase" in text
@@ -398,22 +400,29 @@ def test_learning_stats_written_restored_and_free(tmp_path):
     # The checkpoint carries the statistics; they restore to the same results.
     ckpt = load_checkpoint(tmp_path / "u" / "checkpoint.pt")
     restored = LearningStats(n)
-    restored.load_state_dict(ckpt["learning_stats"]["main"])
+    restored.load_state_dict(ckpt["run"]["learning"]["main"])
     assert np.array_equal(restored.result()["forgetting_count"], z["forgetting_count"])
     # Counting consumes no randomness and changes no numerics: a plain run equals one without stats.
     import real.train as T
 
     plain = train(TrainConfig(**{**kw, "useful": False}, out=str(tmp_path / "p")))
-    original = T._attach_stats
-    T._attach_stats = lambda ph, *a, **k: None
+    original = T.start_phase
+
+    def without_observers(*args, **kwargs):
+        ph = original(*args, **kwargs)
+        ph.observers.clear()
+        return ph
+
+    T.start_phase = without_observers
     try:
         bare = train(TrainConfig(**{**kw, "useful": False}, out=str(tmp_path / "b")))
     finally:
-        T._attach_stats = original
+        T.start_phase = original
     a, b = _final_state(tmp_path / "p"), _final_state(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a) and plain["final_test_acc"] == bare["final_test_acc"]
-    assert (tmp_path / "p" / "learning_stats.npz").is_file() and not (tmp_path / "p" / "clusters.md").exists()
-    assert not (tmp_path / "b" / "learning_stats.npz").exists()
+    assert read_learning_stats(tmp_path / "p")["epochs"].tolist() == [1, 2]
+    assert read_learning_stats(tmp_path / "b")["epochs"].tolist() == []  # nothing was counted
+    assert not (tmp_path / "p" / "clusters.md").exists()
 
 
 def test_learning_stats_survive_a_resume(tmp_path):
@@ -425,7 +434,7 @@ def test_learning_stats_survive_a_resume(tmp_path):
     _unfinish(out)
     assert train(TrainConfig(**kw, epochs=2, out=str(out), resume=True))["status"] == "completed"
     assert train(TrainConfig(**kw, epochs=2, out=str(tmp_path / "ref")))["status"] == "completed"
-    a, b = np.load(out / "learning_stats.npz"), np.load(tmp_path / "ref" / "learning_stats.npz")
-    assert sorted(a.files) == sorted(b.files) and list(a["epochs"]) == [1, 2]
-    for key in a.files:
+    a, b = read_learning_stats(out), read_learning_stats(tmp_path / "ref")
+    assert sorted(a) == sorted(b) and list(a["epochs"]) == [1, 2]
+    for key in a:
         assert np.array_equal(a[key], b[key]), key

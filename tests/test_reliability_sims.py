@@ -12,10 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import kill_when, run_module
 
 from sims.cli import main
-
-from helpers import kill_when, run_module
 
 SMALL = ["--n-train", "40", "--d", "20", "--J", "5", "--backend", "reference"]
 

@@ -17,21 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, env, flags
 
-from real.checkpoint import load_checkpoint, read_jsonl
 from real.cli import main
 from real.config import TrainConfig
+from real.rundir import load_checkpoint, read_metrics, read_partition
 from real.train import train
-from real.useful import load_partition
-
-from helpers import REPO, env, flags
 
 TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=128, synthetic_test=64, batch_size=32)
 COMPARED = ("phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")  # not timing fields
 
 
 def _rows(path: Path) -> list[tuple]:
-    return [tuple(r[k] for k in COMPARED) for r in read_jsonl(path / "metrics.jsonl")]
+    return [tuple(r[k] for k in COMPARED) for r in read_metrics(path)]
 
 
 def _model(path: Path) -> dict:
@@ -96,7 +94,7 @@ def test_ten_sigkills_then_resume_equal_uninterrupted_run(tmp_path):
                 elif mode == "during-write" and changes >= 2:  # none caught: fall back
                     hit = "after-checkpoint"
                 if hit:
-                    rows = len(read_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").exists() else 0
+                    rows = len(read_metrics(out)) if (out / "metrics.jsonl").exists() else 0
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=30)
                     kills.append({"mode": hit, "rows": rows, "partition": (out / "partition.npz").exists(),
@@ -128,7 +126,7 @@ def test_ten_sigkills_then_resume_equal_uninterrupted_run(tmp_path):
     assert _same_weights(_model(out), _model(ref))
     assert _rows(out) == _rows(ref)
     assert [(p, e) for p, e, *_ in _rows(out)] == [("separate", e) for e in (1, 2, 3)] + [("main", e) for e in range(1, 11)]
-    assert np.array_equal(load_partition(out / "partition.npz")["indices"], load_partition(ref / "partition.npz")["indices"])
+    assert np.array_equal(read_partition(out)["indices"], read_partition(ref)["indices"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sims.backend import ReferenceBackend, RunSpec, SimulationDiverged
-from sims.backend_numba import NumbaBackend, choose_path, flops_per_step, gemm_block_rows
+from sims.backend_numba import (
+    NumbaBackend,
+    choose_path,
+    flops_per_step,
+    gemm_block_rows,
+)
 from sims.backend_torch import TorchBackend
 from sims.config import SimConfig
 from sims.simulate import simulate

@@ -9,7 +9,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sims.claims import REQUIRED_IDS, ReproduceSettings, progress_ratio, reproduce, summarize
+from sims.claims import (
+    REQUIRED_IDS,
+    ReproduceSettings,
+    progress_ratio,
+    reproduce,
+    summarize,
+)
 from sims.cli import main
 from sims.config import SimConfig
 from sims.simulate import Problem, make_problem, simulate, simulate_many

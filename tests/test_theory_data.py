@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, check_features, default_features, sample
+from theory.plumbing.config import ConfigError
 
 FAST = settings(deadline=None, max_examples=25)
 

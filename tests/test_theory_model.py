@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.plumbing.config import ConfigError
 from theory.model import (
     check_multiplicities,
     feature_alignment,
@@ -19,6 +18,7 @@ from theory.model import (
     outputs,
     per_example_loss,
 )
+from theory.plumbing.config import ConfigError
 
 FAST = settings(deadline=None, max_examples=40)
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, sample
 from theory.model import feature_output, init_weights
+from theory.plumbing.config import ConfigError
 from theory.predictions import (
     closed_form_learning_time,
     coefficient_rate,

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, sample
 from theory.model import gradient, init_weights
+from theory.plumbing.config import ConfigError
 from theory.updates import batch_counts, minibatch_schedule, perturbation, train, update
 
 FAST = settings(deadline=None, max_examples=30)

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.plumbing.config import ConfigError
 from theory.data import DataConfig, sample
 from theory.model import init_weights, outputs, per_example_loss
+from theory.plumbing.config import ConfigError
 from theory.updates import train
 from theory.useful import (
     loss_quantile_partition,

@@ -1,0 +1,68 @@
+"""The training data on the device: uint8 images and int64 labels, moved there once (airbench
+style), with the run's label noise applied.  The files and their formats are real/datasets.py's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .augment import symmetric_label_noise
+from .config import TrainConfig
+from .datasets import Dataset, DatasetError, load_dataset
+
+__all__ = ["TrainData", "load_training_data"]
+
+
+@dataclass
+class TrainData:
+    """The data set on the device; ``flipped`` is the label-noise mask (None without noise)."""
+
+    dataset: Dataset
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    flipped: np.ndarray | None = None
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.dataset.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.dataset.std
+
+    @property
+    def in_channels(self) -> int:
+        return self.dataset.in_channels
+
+    @property
+    def image_size(self) -> int:
+        return self.dataset.image_size
+
+
+def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainData:
+    """Load the data set (a :class:`~real.datasets.DatasetError` if missing or malformed, before
+    anything is written), add label noise, move it to ``device`` once."""
+    ds = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, synthetic_train=cfg.synthetic_train,
+                      synthetic_test=cfg.synthetic_test, long_tail_ratio=cfg.long_tail_ratio)
+    for split, y in (("training", ds.train_y), ("test", ds.test_y)):
+        if y.numel() == 0:
+            raise DatasetError(f"{cfg.dataset}: the {split} split is empty")
+    train_y, flipped = ds.train_y, None
+    if cfg.label_noise > 0:
+        noisy, flipped = symmetric_label_noise(ds.train_y.numpy(), rate=cfg.label_noise,
+                                               num_classes=ds.num_classes, seed=cfg.seed)
+        train_y = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.int64))
+    return TrainData(dataset=ds, train_x=ds.train_x.to(device), train_y=train_y.to(device),
+                     test_x=ds.test_x.to(device), test_y=ds.test_y.to(device), flipped=flipped)

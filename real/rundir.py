@@ -1,0 +1,595 @@
+"""The run directory: its files, the fresh / resume / done decision, the checkpoint, reading runs back.
+
+This module is the one owner of the run-directory format; no other module names a run file::
+
+    DIR/config.json         the fully resolved configuration, with "format": FORMAT (our marker)
+    DIR/metrics.jsonl       one JSON object per epoch (phase, epoch, steps, train/test loss and accuracy, lr, ...)
+    DIR/summary.json        written when the run ends (status completed or diverged)
+    DIR/checkpoint.pt       the state after the last finished epoch (loads with weights_only=True)
+    DIR/partition.npz       USEFUL's split (real/useful.py decides its content)
+    DIR/learning_stats.npz  per-example learning statistics; DIR/clusters.md their table by cluster
+    DIR/curves.png          loss and accuracy per epoch
+    DIR/run.lock            the live process that owns DIR
+    DIR/sharpness.json      useful-train sharpness's report (written later, on request)
+
+Every file is written atomically by rank 0 (:mod:`theory.plumbing.atomic`): a reader, or a run
+resumed after ``kill -9``, sees the old file or the new one.  The checkpoint is written before
+metrics.jsonl, which may lag it and never leads it.
+
+:func:`open_run` takes the lock and decides, before anything is written:
+
+* a folder holding run-file names whose config.json is not ours is refused (nothing of the user's is
+  overwritten, ``--overwrite`` included);
+* ``--overwrite`` removes our files and starts fresh;
+* a completed run: ``--resume`` returns it as done, anything else is refused;
+* an unfinished or diverged run: refused without ``--resume``; with it, resumed from checkpoint.pt
+  after checking that the configuration is the stored one (run-control fields aside);
+* otherwise fresh.
+
+A checkpoint holds only tensors and plain data, so it is read with ``torch.load(weights_only=True)``:
+a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import socket
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from theory.plumbing.atomic import (
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    to_json,
+)
+from theory.plumbing.config import ConfigError, config_from_mapping, to_jsonable
+from theory.useful import Partition, multiplicities_from_mask
+
+from . import distributed as D
+from .config import RUN_CONTROL_FIELDS, TrainConfig
+from .learning_stats import LearningStats
+
+__all__ = [
+    "FORMAT",
+    "RUN_FILES",
+    "Run",
+    "RunState",
+    "RunLock",
+    "RunLockError",
+    "open_run",
+    "is_run_dir",
+    "has_run_files",
+    "run_status",
+    "read_config",
+    "load_run_config",
+    "read_summary",
+    "read_metrics",
+    "read_partition",
+    "read_learning_stats",
+    "load_checkpoint",
+    "checkpoint_path",
+    "state_digest",
+]
+
+log = logging.getLogger("real.rundir")
+
+FORMAT = "useful-sb/run/1"  # config.json's marker: this folder was written by useful-train
+CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+PARTITION, LEARNING_STATS, CLUSTERS, CURVES = "partition.npz", "learning_stats.npz", "clusters.md", "curves.png"
+SHARPNESS = "sharpness.json"  # written by useful-train sharpness (not by the run; --overwrite keeps it)
+# Files a run writes (--overwrite removes exactly these; nothing else in the folder is touched).
+RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, PARTITION, LEARNING_STATS, CLUSTERS, CURVES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a run directory (compare, grid, sharpness, the CLI's --resume).
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} is not readable JSON ({what}): {err}") from None
+
+
+def has_run_files(path: str | os.PathLike) -> bool:
+    """True if ``path`` holds any file a run writes."""
+    return any((Path(path) / name).exists() for name in RUN_FILES)
+
+
+def run_status(path: str | os.PathLike) -> str | None:
+    """summary.json's status (``completed``, ``diverged``), or None (no summary, or an unreadable one)."""
+    try:
+        summary = read_summary(path)
+    except ConfigError:
+        return None
+    status = summary.get("status") if summary else None
+    return status if isinstance(status, str) else None
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True if ``path/config.json`` exists and carries our marker."""
+    try:
+        data = json.loads((Path(path) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a run directory as a mapping of TrainConfig fields (marker removed).
+
+    A missing, unreadable or foreign config.json is a :class:`ConfigError` naming the file."""
+    file = Path(path) / CONFIG
+    if not file.is_file():
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} has no {CONFIG} (not a run directory)")
+    data = _read_json(file, "the run's configuration")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {file} was not written by useful-train "
+                                             f"(no \"format\": \"{FORMAT}\")")
+    return {k: v for k, v in data.items() if k != "format"}
+
+
+def load_run_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` stored in a run directory, with ``overrides`` (e.g. ``data_dir``).
+
+    Fields unknown to this version are refused (one line naming the key), not dropped."""
+    stored = read_config(path)
+    return config_from_mapping(TrainConfig, {**stored, **overrides}, source=str(Path(path) / CONFIG))
+
+
+def read_summary(path: str | os.PathLike) -> dict | None:
+    """summary.json, or None if there is none (an unfinished run); a malformed one is a ConfigError."""
+    file = Path(path) / SUMMARY
+    if not file.exists():
+        return None
+    data = _read_json(file, "the run's summary")
+    if not isinstance(data, dict):
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {file} holds {type(data).__name__}, expected an object")
+    return data
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """metrics.jsonl's rows ([] if absent)."""
+    file = Path(path) / METRICS
+    if not file.exists():
+        return []
+    rows = []
+    with open(file, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                if not isinstance(row, dict):
+                    raise ConfigError("RUN_DIR", message=f"RUN_DIR: {file} line {number} is not a JSON object")
+                rows.append(row)
+    return rows
+
+
+def read_partition(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """partition.npz as a dict of arrays (scalars as 0-d arrays, ``method`` as a str)."""
+    with np.load(Path(path) / PARTITION, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    out["method"] = str(out["method"])
+    return out
+
+
+def read_learning_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """learning_stats.npz as a dict of arrays."""
+    with np.load(Path(path) / LEARNING_STATS, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """The checkpoint of a run directory (or ``path`` itself if it is a file)."""
+    path = Path(path)
+    return path / CHECKPOINT if path.is_dir() else path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint, read with ``weights_only=True`` (tensors and plain data only: a crafted file
+    cannot run code).  An empty, truncated or foreign file is a :class:`ConfigError` naming it."""
+    path = checkpoint_path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} is not a readable useful-train checkpoint "
+                                             f"({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} is not a useful-train checkpoint "
+                                             f"(no \"format\": \"{FORMAT}\")")
+    return ckpt
+
+
+def state_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (in key order):
+    equal digests mean bitwise-equal states (recorded to show the main phase starts afresh)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(name.encode())
+        if not isinstance(t, torch.Tensor):
+            h.update(repr(t).encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# The lock.
+
+
+class RunLockError(RuntimeError):
+    """The run directory is in use by another live process."""
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    try:  # a zombie (killed, not yet reaped) is not a live run
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+class RunLock:
+    """``DIR/run.lock`` holding ``{"pid", "host", "start"}`` of the process that owns ``DIR``.
+
+    ``acquire`` creates it atomically (content written to a temporary file, then hard-linked to the
+    name: it appears whole or not at all); if it exists and its owner is alive (same host, the PID
+    exists with the recorded start time) it raises :class:`RunLockError`.  A lock whose owner is gone,
+    or whose content is not such an object (garbled), is stale and taken over.  A lock from another
+    host counts as live (it cannot be checked).
+    """
+
+    NAME = "run.lock"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / self.NAME
+        self.held = False
+
+    def owner(self) -> dict | None:
+        """The lock's content if it is a well-formed owner record, else None."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        if not (isinstance(data, dict) and isinstance(data.get("pid"), int) and isinstance(data.get("host"), str)):
+            return None
+        return data
+
+    def _owner_alive(self, owner: dict) -> bool:
+        if owner["host"] != socket.gethostname():
+            return True
+        pid = owner["pid"]
+        if pid == os.getpid() or not _pid_alive(pid):
+            return False  # our own leftover, or the owner is gone
+        start, now = owner.get("start"), _process_start_time(pid)
+        return start is None or now is None or start == now  # a reused PID is stale
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start_time(os.getpid())}
+        for _ in range(3):
+            fd, tmp = tempfile.mkstemp(prefix=".run.lock.", dir=str(self.path.parent))
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(mine, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, self.path)
+            except FileExistsError:
+                owner = self.owner()
+                if owner is not None and self._owner_alive(owner):
+                    raise RunLockError(f"{self.path.parent} is in use by a live run (pid {owner['pid']} on "
+                                       f"{owner['host']}); wait for it or stop it") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # stale or garbled: take it over
+                continue
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            self.held = True
+            return
+        raise RunLockError(f"could not take {self.path} (another process keeps taking it)")
+
+    def release(self) -> None:
+        if self.held:
+            owner = self.owner()
+            if owner is not None and owner["pid"] == os.getpid():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+            self.held = False
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run carries from epoch to epoch and phase to phase.
+
+
+@dataclass
+class RunState:
+    """The run's record besides the phase's own state: saved in every checkpoint."""
+
+    phase: str = "main"  # the phase in progress: "separate" (USEFUL's pre-split phase) or "main"
+    metrics: list[dict] = field(default_factory=list)
+    partition: Partition | None = None
+    separated_at: dict | None = None  # {"epoch": e, "steps": s}: where the pre-split phase ended
+    init_digest: dict[str, str] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    train_images: float = 0.0
+    wall_before: float = 0.0  # wall seconds of earlier sessions (before a resume)
+    learning: dict[str, LearningStats] = field(default_factory=dict)  # per phase
+    session_start: float = field(default_factory=time.perf_counter)
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.session_start
+
+    @property
+    def multiplicities(self) -> np.ndarray | None:
+        return None if self.partition is None else self.partition.multiplicities
+
+    def state_dict(self) -> dict:
+        p = self.partition
+        return {
+            "phase": self.phase,
+            "metrics": self.metrics,
+            "partition": None if p is None else {"upsample": torch.from_numpy(np.asarray(p.upsample, dtype=bool)),
+                                                 "k": int(p.k), "method": p.method},
+            "separated_at": self.separated_at,
+            "init_digest": self.init_digest,
+            "totals": {"train_seconds": self.train_seconds, "train_images": self.train_images,
+                       "wall_seconds": self.wall_seconds()},
+            "learning": {name: stats.state_dict() for name, stats in self.learning.items()},
+        }
+
+    def load_state_dict(self, state: Mapping, n_train: int, device: torch.device) -> None:
+        self.phase = state["phase"]
+        self.metrics = list(state["metrics"])
+        p = state["partition"]
+        if p is not None:
+            mask = p["upsample"].numpy().astype(bool)
+            self.partition = Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, int(p["k"])),
+                                       k=int(p["k"]), method=p["method"])
+        self.separated_at = state["separated_at"]
+        self.init_digest = dict(state["init_digest"])
+        totals = state["totals"]
+        self.train_seconds, self.train_images = totals["train_seconds"], totals["train_images"]
+        self.wall_before = totals["wall_seconds"]
+        for name, stats_state in state["learning"].items():
+            self.learning[name] = LearningStats(n_train, device=device)
+            self.learning[name].load_state_dict(stats_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# An open run.
+
+
+class Run:
+    """A run directory opened by :func:`open_run` for one training session (a context manager that
+    releases the lock).  ``state`` is the run's record (restored when resuming); ``done`` means the
+    folder holds a completed run and nothing is to be trained."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, info: D.DistInfo, lock: RunLock | None):
+        self.path, self.cfg, self.info, self.lock = path, cfg, info, lock
+        self.state = RunState()
+        self.done = False
+        self._checkpoint: dict | None = None  # the payload to restore, until it is used
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    # -- the checkpoint: save and restore, side by side -------------------------------------
+
+    def save(self, ph) -> None:
+        """Checkpoint ``ph`` and the run's record, then rewrite metrics.jsonl (rank 0)."""
+        if not self.info.is_main:
+            return
+        payload = {"format": FORMAT, "config": to_jsonable(self.cfg), **ph.state_dict(), "run": self.state.state_dict()}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.path / CHECKPOINT, buffer.getvalue())
+        self._write_metrics()
+
+    def restore(self, ph) -> None:
+        """Load the checkpoint's phase state into ``ph`` if the checkpoint is of that phase."""
+        ckpt = self._checkpoint
+        if ckpt is not None and ckpt["phase"] == ph.name:
+            ph.load_state_dict(ckpt)
+            self._checkpoint = None
+
+    def _resume_from(self, ckpt: dict, n_train: int) -> None:
+        self._checkpoint = ckpt
+        self.state.load_state_dict(ckpt["run"], n_train, self.info.device)
+        if self.info.is_main:
+            self._write_metrics()  # drop any line written after the checkpoint
+        log.info("resuming %s: %s phase after epoch %d", self.path, ckpt["phase"], ckpt["epoch"])
+
+    # -- other files ------------------------------------------------------------------------
+
+    def _write_metrics(self) -> None:
+        atomic_write_text(self.path / METRICS, "".join(to_json(r, indent=None) + "\n" for r in self.state.metrics))
+
+    def write_partition(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.info.is_main:
+            atomic_save_npz(self.path / PARTITION, **arrays)
+
+    def summary(self) -> dict | None:
+        return read_summary(self.path)
+
+    def finish(self, summary: dict, *, learning: tuple[dict, str | None] | None, curves_png: bytes | None) -> dict:
+        """Write learning statistics, metrics, the summary and the curves (rank 0); return the summary."""
+        if self.info.is_main:
+            if learning is not None:
+                arrays, table = learning
+                atomic_save_npz(self.path / LEARNING_STATS, **arrays)
+                if table is not None:
+                    atomic_write_text(self.path / CLUSTERS, table)
+            self._write_metrics()
+            atomic_write_json(self.path / SUMMARY, summary)
+            if curves_png is not None:
+                atomic_write_bytes(self.path / CURVES, curves_png)
+        return summary
+
+
+def _foreign_files(path: Path) -> list[str]:
+    """Run-file names in ``path`` when its config.json is not ours (or absent): not ours to touch."""
+    present = [name for name in RUN_FILES if (path / name).exists()]
+    if not present or is_run_dir(path):
+        return []
+    return present
+
+
+def _decide(cfg: TrainConfig, path: Path) -> str:
+    """Rank 0, lock held: ``"fresh"``, ``"resume"`` or ``"done"``; a refusal is a ConfigError on --out."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError("--out", message=f"--out: {path} exists and is not a directory")
+    foreign = _foreign_files(path)
+    if foreign:
+        raise ConfigError("--out", message=f"--out: {path} holds {', '.join(foreign)} not written by useful-train "
+                                           "(config.json without its marker); choose another folder")
+    for name in RUN_FILES:  # temporary files of writes interrupted by a kill
+        for tmp in path.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    if cfg.overwrite:
+        for name in RUN_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
+        return "fresh"
+    if not any((path / name).exists() for name in RUN_FILES):
+        return "fresh"
+    summary = read_summary(path)
+    status = summary.get("status") if summary else None
+    if status == "completed":
+        if cfg.resume:
+            return "done"
+        raise ConfigError("--out", message=f"--out: {path} holds a completed run (summary.json status 'completed'); "
+                                           "pass --overwrite to replace it")
+    if not cfg.resume:
+        what = "a diverged run" if status == "diverged" else "an unfinished run"
+        raise ConfigError("--out", message=f"--out: {path} holds {what}; pass --resume to continue it or "
+                                           "--overwrite to start over")
+    if not (path / CHECKPOINT).exists():  # died before its first checkpoint: nothing to resume
+        for name in RUN_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
+        return "fresh"
+    return "resume"
+
+
+def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(field, stored value, current value)`` where a stored configuration differs from ``cfg``
+    in a field that changes what is computed (run-control fields aside)."""
+    current = to_jsonable(cfg)
+    return [(name, stored.get(name), current[name]) for name in current
+            if name not in RUN_CONTROL_FIELDS and stored.get(name) != current[name]]
+
+
+@contextlib.contextmanager
+def _refusals_as_config_errors():
+    try:
+        yield
+    except RunLockError as err:
+        raise ConfigError("--out", message=f"--out: {err}") from None
+    except OSError as err:
+        from theory.plumbing.cli import os_error_line
+
+        raise ConfigError("--out", message=f"--out: {os_error_line(err)}") from None
+
+
+def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
+    """Open ``cfg.out`` for training: take the lock, decide fresh / resume / done (rank 0, broadcast),
+    check a resumed configuration against the stored one, write config.json.  Nothing is written
+    before every check has passed; a refusal is one :class:`ConfigError` on ``--out`` (or on the
+    first field that differs from the stored run)."""
+    path = Path(cfg.out)
+    lock = RunLock(path) if info.is_main else None
+    decision, error = "fresh", None
+    if info.is_main:
+        try:
+            with _refusals_as_config_errors():
+                lock.acquire()
+                decision = _decide(cfg, path)
+        except ConfigError as err:
+            error = (err.field, str(err))
+    decision, error = D.broadcast_object((decision, error))
+    run = Run(path, cfg, info, lock)
+    try:
+        if error is not None:
+            raise ConfigError(error[0], message=error[1])
+        if decision != "fresh":  # the stored run must be this configuration
+            ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
+            diff = config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
+            if diff:
+                raise ConfigError(diff[0][0], message="--resume: the configuration differs from the run in "
+                                  f"{path}: " + ", ".join(f"--{n.replace('_', '-')} is {now!r}, was {then!r}"
+                                                          for n, then, now in diff))
+        if decision == "done":
+            run.done = True
+            log.info("%s is already completed; nothing to resume", path)
+            return run
+        if decision == "fresh":
+            run.state.phase = "separate" if cfg.useful else "main"
+        else:
+            run._resume_from(ckpt, n_train)
+        if info.is_main:
+            with _refusals_as_config_errors():
+                atomic_write_json(path / CONFIG, {"format": FORMAT, **to_jsonable(cfg)})
+    except BaseException:
+        run.__exit__(None, None, None)
+        raise
+    return run
+
+
+def iter_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The distinct run directories among ``paths`` (resolved; a folder given twice counts once)."""
+    seen: dict[Path, None] = {}
+    for p in paths:
+        seen.setdefault(Path(p).resolve(), None)
+    return list(seen)

@@ -1,0 +1,149 @@
+"""The package's structure: three layers, no import cycle, one owner of the run-directory format.
+
+theory/ (the paper's objects, with theory/plumbing/ the shared configuration and file plumbing)
+imports only itself; sims/ imports theory/ and itself, never real/; real/ imports theory/ and
+itself, never sims/.  Every import counts, also those inside functions: a lazy import hides a cycle
+from the interpreter, not from a reader.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+LAYERS = {"theory": {"theory"}, "sims": {"theory", "sims"}, "real": {"theory", "real"}}
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "partition.npz")
+RUN_DIR_OWNER = "real/rundir.py"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package in LAYERS:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package modules ``name`` imports (anywhere in the file), resolved to known module names."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            targets = [stem] + [f"{stem}.{a.name}" for a in node.names]
+        for t in targets:
+            # the longest known module that t names or lies in
+            parts = t.split(".")
+            for i in range(len(parts), 0, -1):
+                candidate = ".".join(parts[:i])
+                if candidate in known:
+                    if candidate != name:
+                        found.add(candidate)
+                    break
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def test_no_sideways_import():
+    bad = [f"{a} imports {b}" for a, deps in _graph().items() for b in deps
+           if b.split(".")[0] not in LAYERS[a.split(".")[0]]]
+    assert not bad, "imports across layers: " + "; ".join(sorted(bad))
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    # Tarjan's strongly connected components: a component of more than one module is a cycle.
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    # a package's __init__ importing its own modules is not a cycle of ours; there are none today
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_checker_sees_cycles_and_sideways_imports(tmp_path, monkeypatch):
+    """The two checks above can fail: a fake tree with a cycle and a sideways import is caught."""
+    for package, files in {"theory": {"__init__.py": "", "a.py": "from . import b\n", "b.py": "import theory.a\n"},
+                           "sims": {"__init__.py": "", "x.py": "def f():\n    from real import y\n"},
+                           "real": {"__init__.py": "", "y.py": ""}}.items():
+        (tmp_path / package).mkdir()
+        for name, text in files.items():
+            (tmp_path / package / name).write_text(text)
+    monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+    with pytest.raises(AssertionError, match="sims.x imports real"):
+        test_no_sideways_import()
+    with pytest.raises(AssertionError, match="theory.a"):
+        test_no_import_cycle()
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    """String literals of a file other than docstrings."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = getattr(node, "body", [])
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_only_the_run_directory_module_names_run_files():
+    """The trainer's run-file names appear (outside docstrings) only in real/rundir.py.  sims/ is not
+    scanned: its run files are its own format (``OUT.npz``/``OUT.json``, ``OUT_partition.npz``),
+    owned by sims/trajectory.py and sims/sweep.py, and it cannot import real/."""
+    offenders = []
+    for name, path in _modules().items():
+        if path.relative_to(REPO).as_posix() == RUN_DIR_OWNER or name.startswith("sims"):
+            continue
+        for line, text in _string_constants(path):
+            offenders += [f"{path.relative_to(REPO)}:{line} {f!r}" for f in RUN_FILE_NAMES if f in text]
+    assert not offenders, "run-file names outside real/rundir.py: " + "; ".join(offenders)
