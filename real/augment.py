@@ -3,6 +3,9 @@ uint8 tensors (N, C, H, W); each batch is augmented there, without per-sample Py
 
 Randomness comes from an explicit ``torch.Generator`` (on the data's device), so a seed fixes the
 augmentation stream; ``generator=None`` uses torch's global RNG.
+
+``trivial_augment`` is torchvision's TrivialAugmentWide, batched: see :mod:`real.trivial_augment` for
+its operations, magnitudes and exactness.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from theory.plumbing.config import check, check_int, check_number
+
+from .trivial_augment import trivial_augment
 
 __all__ = ["normalize", "random_crop_flip", "trivial_augment", "mixup", "symmetric_label_noise", "Augmenter"]
 
@@ -73,61 +78,6 @@ def random_crop_flip(
     return xp[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _trivial_augment_module():
-    from kornia.augmentation.auto import TrivialAugment
-
-    return TrivialAugment()
-
-
-def trivial_augment(
-    x_uint8: torch.Tensor, *, generator: torch.Generator | None = None, module=None
-) -> torch.Tensor:
-    """TrivialAugment (Mueller & Hutter, 2021) on a uint8 batch, one operation per image.
-
-    Each image draws one of ``K + 1`` choices uniformly: the identity or one of the ``K = 12``
-    operations of kornia 0.9's ``TrivialAugment`` default policy (auto-contrast, equalize, rotate,
-    posterize, solarize, contrast, brightness, sharpness, shear x/y, translate x/y), with a magnitude
-    drawn per image from kornia's range.  The identity is included as in torchvision's
-    ``TrivialAugmentWide``; kornia's own forward instead applies *one* operation to the whole batch,
-    so here every operation runs on the subset of images that drew it.  Works in float on
-    ``x / 255`` and returns ``round(255 y)`` as uint8, same shape.
-
-    ``module``: a ``kornia.augmentation.auto.TrivialAugment`` to reuse (built if None).
-
-    Determinism: the operation choice comes from ``generator``; kornia draws magnitudes from torch's
-    global RNG (it has no generator argument), so a seed taken from ``generator`` seeds it inside
-    ``torch.random.fork_rng`` (the global state is left untouched).  Same generator state, same
-    device -> same output on CPU; on CUDA up to kernel nondeterminism; CPU and CUDA streams differ.
-    """
-    check(x_uint8.dtype == torch.uint8 and x_uint8.ndim == 4, "x", (x_uint8.dtype, tuple(x_uint8.shape)), "an (N, C, H, W) uint8 batch")
-    module = _trivial_augment_module() if module is None else module
-    ops = list(module.children())
-    n = x_uint8.shape[0]
-    dev = x_uint8.device if generator is None else generator.device
-    choice = torch.randint(0, len(ops) + 1, (n,), generator=generator, device=dev).to(x_uint8.device)
-    x = x_uint8.float() / 255.0
-    out = x.clone()
-
-    def apply() -> None:
-        for k, op in enumerate(ops, start=1):  # choice 0 is the identity
-            idx = torch.nonzero(choice == k).flatten()
-            if idx.numel():
-                out[idx] = op(x[idx]).to(out.dtype)
-
-    if generator is None:
-        apply()
-    else:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev).item())
-        cuda = [torch.cuda.current_device() if x_uint8.device.index is None else x_uint8.device.index] if x_uint8.is_cuda else []
-        with torch.random.fork_rng(devices=cuda):  # seeds and restores the CPU and x's GPU only
-            torch.random.default_generator.manual_seed(seed)
-            for index in cuda:
-                with torch.cuda.device(index):
-                    torch.cuda.manual_seed(seed)
-            apply()
-    return (out * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
 def mixup(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -176,8 +126,10 @@ def symmetric_label_noise(
 
 
 class Augmenter:
-    """The per-batch transform of the trainer: TrivialAugment (optional), crop + flip (optional),
-    normalize, all on ``device`` with its own generator seeded by ``seed``.
+    """The per-batch transform of the trainer, in torchvision users' order: crop + flip (optional),
+    then TrivialAugmentWide on uint8 (optional), then normalize; all on ``device`` with its own
+    generator seeded by ``seed`` (each batch draws the crop offsets and flips, then the operations,
+    bins and signs).
 
     ``state_dict()`` / ``load_state_dict()`` save and restore the generator (for resuming).
     """
@@ -199,17 +151,16 @@ class Augmenter:
         self.crop_flip, self.trivial_augment, self.padding = crop_flip, trivial_augment, padding
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self._ta = _trivial_augment_module() if trivial_augment else None
         # On the device once (not per batch: see _stats).
         self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
         self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8
-        if self.trivial_augment:
-            x = trivial_augment(x, generator=self.generator, module=self._ta)
         if self.crop_flip:
             x = random_crop_flip(x, padding=self.padding, generator=self.generator)
+        if self.trivial_augment:
+            x = trivial_augment(x, generator=self.generator)
         return normalize(x, self._mean_t, self._std_t)
 
     def state_dict(self) -> dict:
