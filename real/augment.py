@@ -155,12 +155,18 @@ class Augmenter:
         self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
         self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
 
-    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_uint8: torch.Tensor, copies: torch.Tensor | None = None) -> torch.Tensor:
+        """The augmented, normalized batch.  ``copies`` (bool, one per image; ``--copy-augment``,
+        TADA's variant) marks extra copies of upsampled examples: they also receive
+        TrivialAugmentWide.  It is drawn for the whole batch and kept where ``copies`` is set, so the
+        draws do not depend on how many copies a batch holds and nothing waits for the host."""
         x = x_uint8
         if self.crop_flip:
             x = random_crop_flip(x, padding=self.padding, generator=self.generator)
         if self.trivial_augment:
             x = trivial_augment(x, generator=self.generator)
+        elif copies is not None:
+            x = torch.where(copies.view(-1, 1, 1, 1), trivial_augment(x, generator=self.generator), x)
         return normalize(x, self._mean_t, self._std_t)
 
     def state_dict(self) -> dict:

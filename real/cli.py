@@ -38,7 +38,6 @@ from theory.plumbing.cli import OneLineArgumentParser, cli_entry  # noqa: E402
 from theory.plumbing.config import (  # noqa: E402
     ConfigError,
     add_config_arguments,
-    resolve_config,
 )
 
 __all__ = ["main", "register_command", "COMMANDS", "COMMAND_MODULES", "resolve_run_config"]
@@ -88,30 +87,32 @@ def _setup_logging() -> None:
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig, preset_names
+    from .config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of TrainConfig keys (flags override it)")
     parser.add_argument("--preset", metavar="NAME", default=None,
-                        help="a preset of real/presets/ as the base (one of: " + ", ".join(preset_names()) + ")")
+                        help="a setting of the paper as the base, e.g. cifar10-resnet18-sgd (useful-train presets lists them); "
+                             "--optimizer picks the setting's values for that optimizer")
     add_config_arguments(parser, TrainConfig, exclude=("preset",))
 
 
-def resolve_run_config(args: argparse.Namespace | dict[str, Any]):
-    """The :class:`~real.config.TrainConfig` of ``run``'s arguments: preset < TOML < flags.
+def resolve_run_config(args: argparse.Namespace | dict[str, Any], *, with_sources: bool = False):
+    """The :class:`~real.config.TrainConfig` of ``run``'s arguments: defaults < preset (with the
+    values of the run's optimizer) < ``--config`` TOML < flags (:func:`real.config.resolve_train_config`).
 
-    With ``--resume`` and an existing ``OUT/config.json``, that file replaces defaults and preset as
-    the base (the preset is already in it), so ``run --out DIR --resume`` is enough; the trainer then
-    refuses flags or TOML values that change what is computed."""
-    from .config import TrainConfig, load_preset
+    With ``--resume`` and an existing run in ``--out``, its stored configuration replaces defaults and
+    preset as the base (the preset is already in it), so ``run --out DIR --resume`` is enough; the
+    trainer then refuses flags or TOML values that change what is computed.  ``with_sources`` also
+    returns where each value came from."""
+    from .config import resolve_train_config
     from .rundir import is_run_dir, read_config
 
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    config_path = given.get("config")
-    preset = load_preset(given["preset"]) if given.get("preset") else {}
-    cfg = resolve_config(TrainConfig, given, config_path=config_path, base=preset)
+    config_path, preset = given.get("config"), given.get("preset")
+    cfg, sources = resolve_train_config(given, config_path=config_path, preset=preset)
     if cfg.resume and cfg.out is not None and is_run_dir(cfg.out):
-        cfg = resolve_config(TrainConfig, given, config_path=config_path, base=read_config(cfg.out))
-    return cfg
+        cfg, sources = resolve_train_config(given, config_path=config_path, stored=read_config(cfg.out))
+    return (cfg, sources) if with_sources else cfg
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -146,8 +147,40 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# config
+
+
+def config_toml(cfg, sources: dict[str, str]) -> str:
+    """The resolved configuration as TOML (tomli-w), each value commented with its source; fields
+    without a value (None: TOML has no null) appear as comments."""
+    import tomli_w
+
+    from theory.plumbing.config import to_jsonable
+
+    data = to_jsonable(cfg)
+    lines = ["# useful-train config: the fully resolved configuration (nothing was trained).",
+             "# Save it and pass it back with --config FILE; a comment says where each value came from."]
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if value is None:
+            lines.append(f"# {key} is not set".ljust(width + 24) + f"  # {sources[key]}")
+            continue
+        text = tomli_w.dumps({key: value}).strip()
+        lines.append(f"{text:<{width + 24}}  # {sources[key]}")
+    return "\n".join(lines) + "\n"
+
+
+def _config(args: argparse.Namespace) -> int:
+    cfg, sources = resolve_run_config(args, with_sources=True)
+    sys.stdout.write(config_toml(cfg, sources))
+    return 0
+
+
 register_command("run", "one training run (flags: the configuration's fields)", _run_arguments, _run)
-register_command("presets", "list the presets (real/presets/*.toml)", _presets_arguments, _presets)
+register_command("config", "print the fully resolved configuration of a run as TOML (trains nothing)",
+                 _run_arguments, _config)
+register_command("presets", "list the presets: the paper's settings x optimizers", _presets_arguments, _presets)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from theory.plumbing.config import (
     ConfigError,
+    config_from_mapping,
     check,
     check_choice,
     check_int,
@@ -39,20 +40,26 @@ __all__ = [
     "TrainConfig",
     "PARTITIONS",
     "AUGMENTS",
+    "COPY_AUGMENTS",
     "PRECISIONS",
     "MEMORY_FORMATS",
     "RUN_CONTROL_FIELDS",
     "preset_names",
-    "preset_path",
     "load_preset",
     "describe_preset",
+    "Setting",
+    "setting_names",
+    "load_setting",
+    "split_preset_name",
+    "resolve_train_config",
     "config_to_dict",
     "default_out",
 ]
 
 # One tuple of names per choice (the others live with their builders: DATASETS, MODELS, OPTIMIZERS,
 # SCHEDULES, DEVICES); the dataclass's Literal types are built from them.
-PARTITIONS = ("useful", "random", "quantile", "misclassified", "jtt")
+PARTITIONS = ("useful", "random", "quantile", "misclassified", "jtt", "eiil", "class-balanced")
+COPY_AUGMENTS = ("none", "trivial-augment")  # what the extra copies of upsampled examples receive
 AUGMENTS = ("crop-flip", "none")
 PRECISIONS = ("auto", "bf16", "float32")  # auto: bf16 autocast on CUDA, float32 elsewhere
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto: channels_last on CUDA
@@ -79,7 +86,9 @@ class TrainConfig:
 
     USEFUL: ``useful``, ``separate_epoch`` (an epoch or ``"auto"``), ``upsample_factor`` (k),
     ``partition`` (``useful`` or a baseline), ``quantile`` (for the ``quantile`` baseline),
-    ``upweight`` (loss weight k instead of k copies).
+    ``upweight`` (loss weight k instead of k copies), ``copy_augment`` (``trivial-augment``: the extra
+    copies of upsampled examples also receive TrivialAugmentWide, TADA's variant, instead of being
+    plain duplicates).
 
     Run control: ``seed``, ``deterministic``, ``compile``, ``device``, ``out``, ``resume``,
     ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded).
@@ -118,6 +127,7 @@ class TrainConfig:
     partition: Literal[PARTITIONS] = "useful"
     quantile: float = 0.5
     upweight: bool = False
+    copy_augment: Literal[COPY_AUGMENTS] = "none"
     seed: int = 0
     deterministic: bool = False
     compile: bool = False
@@ -183,6 +193,14 @@ class TrainConfig:
         check_number("--quantile", self.quantile, low=0.0, high=1.0, high_open=True)
         check(isinstance(self.upweight, bool), "--upweight", self.upweight, "true or false")
         check(self.useful or not self.upweight, "--upweight", self.upweight, "false unless --useful is given")
+        check(self.partition != "class-balanced" or self.upsample_factor == 2, "--upsample-factor", self.upsample_factor,
+              "2 (its default) with --partition class-balanced, which gives class c the multiplicity n_max / n_c")
+        check_choice("--copy-augment", self.copy_augment, COPY_AUGMENTS)
+        if self.copy_augment != "none":
+            check(self.useful and not self.upweight, "--copy-augment", self.copy_augment,
+                  "'none' unless --useful upsamples with copies (not with --upweight)")
+            check(not self.trivial_augment, "--copy-augment", self.copy_augment,
+                  "'none' with --trivial-augment (every example, copies included, is already TrivialAugment-ed)")
         # Run control.
         check_int("--seed", self.seed, low=0, high=2**31 - 1)
         check(isinstance(self.deterministic, bool), "--deterministic", self.deterministic, "true or false")
@@ -220,48 +238,164 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Presets: real/presets/NAME.toml, flat tables of TrainConfig keys.
+# Presets: a setting (data set and model) with its per-optimizer values.
+#
+# real/presets/SETTING.toml holds the setting's TrainConfig keys at the top level, a table per
+# optimizer with the values that apply when the run uses that optimizer (``[sam] rho = 0.1``), a
+# ``description`` and a ``[chosen]`` table: every value that is not the paper's, with why it was
+# chosen (keys ``field`` or ``optimizer.field``).  Preset names are ``SETTING-OPTIMIZER`` for every
+# optimizer (``cifar10-resnet18-sam``) and ``SETTING`` itself (its own ``optimizer``, else sgd).
+#
+# Resolution (lowest first): defaults < the setting's keys < the table of the run's optimizer (the
+# one given by --optimizer / the TOML file / the preset name) < the --config TOML file < flags.  So
+# ``--preset cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius, and an explicit
+# ``--rho`` wins.
+
+PRESET_KEYS = ("description", "chosen")  # top-level keys of a setting file that are not TrainConfig fields
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A preset file: ``config`` (TrainConfig keys), ``per_optimizer`` (optimizer -> keys),
+    ``chosen`` (key or ``optimizer.key`` -> why it is not the paper's value), ``description``."""
+
+    name: str
+    config: Mapping[str, Any]
+    per_optimizer: Mapping[str, Mapping[str, Any]]
+    chosen: Mapping[str, str]
+    description: str
+
+    def source(self, key: str, optimizer: str | None = None) -> str:
+        """``"chosen: why"`` or ``"paper"`` for a value the setting gives."""
+        reason = self.chosen.get(f"{optimizer}.{key}") if optimizer else None
+        reason = reason or self.chosen.get(key)
+        return f"chosen: {reason}" if reason else "paper"
 
 
 def _presets_dir():
     return resources.files("real") / "presets"
 
 
-def preset_names() -> tuple[str, ...]:
-    """Names of the shipped presets (file stems), sorted."""
-    folder = _presets_dir()
+def setting_names() -> tuple[str, ...]:
+    """The settings shipped in real/presets/ (file stems), sorted."""
     try:
-        return tuple(sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml")))
+        return tuple(sorted(p.name[: -len(".toml")] for p in _presets_dir().iterdir() if p.name.endswith(".toml")))
     except (FileNotFoundError, NotADirectoryError):  # pragma: no cover - broken install
         return ()
 
 
-def preset_path(name: str) -> Path:
-    """Path of the preset ``name``; an unknown name is a :class:`ConfigError` on ``--preset``."""
-    names = preset_names()
-    check(name in names, "--preset", name, "one of " + ", ".join(names))
-    return Path(str(_presets_dir() / f"{name}.toml"))
+def preset_names() -> tuple[str, ...]:
+    """Every preset name: each setting, and each setting with each optimizer."""
+    return tuple(sorted([*setting_names(), *(f"{s}-{o}" for s in setting_names() for o in OPTIMIZERS)]))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """The preset's keys (underscored), checked against :class:`TrainConfig`'s fields."""
-    path = preset_path(name)
+def split_preset_name(name: str) -> tuple[str, str | None]:
+    """``(setting, optimizer)`` of a preset name (optimizer None for a bare setting name); an unknown
+    name is a :class:`ConfigError` on ``--preset``."""
+    settings = setting_names()
+    if name in settings:
+        return name, None
+    for opt in OPTIMIZERS:
+        if name.endswith("-" + opt) and name[: -len(opt) - 1] in settings:
+            return name[: -len(opt) - 1], opt
+    raise ConfigError("--preset", name, "one of " + ", ".join(preset_names()) + " (useful-train presets lists them)")
+
+
+def load_setting(setting: str) -> Setting:
+    """Read and check a setting file (unknown keys, tables of unknown optimizers, ``chosen`` entries
+    that name no value of the file: each a ConfigError naming the file)."""
+    path = Path(str(_presets_dir() / f"{setting}.toml"))
     data = load_toml(path)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    out: dict[str, Any] = {}
+
+    def keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+        out = {}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in fields or name in ("preset", "optimizer"):
+                raise ConfigError(key, message=f"{path}: unknown key {where}{key!r} in preset")
+            out[name] = value
+        return out
+
+    config = keys({k: v for k, v in data.items() if k not in PRESET_KEYS and not isinstance(v, dict)}, "")
+    if "optimizer" in data and not isinstance(data["optimizer"], dict):
+        check_choice("optimizer", data["optimizer"], OPTIMIZERS)
+        config["optimizer"] = data["optimizer"]
+    per_optimizer = {}
     for key, value in data.items():
-        name_ = key.replace("-", "_")
-        if name_ not in fields:
-            raise ConfigError(key, message=f"{path}: unknown key {key!r} in preset")
-        out[name_] = value
-    out["preset"] = name
-    return out
+        if isinstance(value, dict) and key not in PRESET_KEYS:
+            if key not in OPTIMIZERS:
+                raise ConfigError(key, message=f"{path}: table [{key}] is not an optimizer ({', '.join(OPTIMIZERS)})")
+            per_optimizer[key] = keys(value, f"{key}.")
+    chosen = dict(data.get("chosen", {}))
+    for key in chosen:
+        opt, _, field = key.rpartition(".")
+        present = field.replace("-", "_") in (per_optimizer.get(opt, {}) if opt else config)
+        if not present:
+            raise ConfigError(key, message=f"{path}: [chosen] names {key!r}, which the preset does not set")
+    return Setting(name=setting, config=config, per_optimizer=per_optimizer, chosen=chosen,
+                   description=str(data.get("description", "")))
+
+
+def load_preset(name: str, optimizer: str | None = None) -> dict[str, Any]:
+    """The TrainConfig keys preset ``name`` gives for a run with ``optimizer`` (default: the preset's
+    own): the setting's keys, its optimizer, that optimizer's table, and ``preset = name``."""
+    setting_name, own = split_preset_name(name)
+    setting = load_setting(setting_name)
+    own = own or setting.config.get("optimizer", "sgd")
+    opt = optimizer or own
+    return {**setting.config, "optimizer": own, **setting.per_optimizer.get(opt, {}), "preset": name}
 
 
 def describe_preset(name: str) -> str:
-    """The first comment line of a preset file (its one-line description), or ''."""
-    for line in preset_path(name).read_text().splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-    return ""
+    """A preset's one-line description, with the radius each optimizer takes."""
+    setting_name, own = split_preset_name(name)
+    setting = load_setting(setting_name)
+    radii = "; ".join(f"{o} rho {t['rho']:g} ({setting.source('rho', o).split(':')[0]})"
+                      for o, t in setting.per_optimizer.items() if "rho" in t)
+    opt = own or setting.config.get("optimizer", "sgd")
+    return f"{setting.description} [{opt}]" + (f"; {radii}" if radii else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution: defaults < preset < --config TOML < flags, each value with its source.
+
+
+def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = None, preset: str | None = None,
+                         stored: Mapping[str, Any] | None = None) -> tuple[TrainConfig, dict[str, str]]:
+    """The configuration of ``given`` (flags: field -> raw value, None when not given) over the
+    ``--config`` TOML file over the preset (or, when resuming, over the ``stored`` configuration of
+    the run), and the source of each value: ``default``, ``preset NAME (paper)``, ``preset NAME
+    (chosen: why)``, ``stored run``, ``--config FILE`` or ``command line``."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    toml: dict[str, Any] = {}
+    if config_path is not None:
+        for key, value in load_toml(config_path).items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                allowed = ", ".join(sorted(k.replace("_", "-") for k in fields))
+                raise ConfigError(key, message=f"{config_path}: unknown key {key!r}; allowed keys: {allowed}")
+            toml[name] = value
+    flags = {k: v for k, v in given.items() if k in fields and v is not None}
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if stored is not None:
+        merged.update(stored)
+        sources.update({k: "stored run" for k in stored})
+    elif preset is not None:
+        optimizer = flags.get("optimizer", toml.get("optimizer"))
+        layer = load_preset(preset, optimizer=optimizer if optimizer in OPTIMIZERS else None)
+        setting_name, _ = split_preset_name(preset)
+        setting = load_setting(setting_name)
+        opt = optimizer if optimizer in OPTIMIZERS else layer["optimizer"]
+        merged.update(layer)
+        for key in layer:
+            table = opt if key in setting.per_optimizer.get(opt, {}) else None
+            where = f"preset {preset}" + (f", its [{table}] values" if table else "")
+            sources[key] = f"{where} ({setting.source(key, table)})"
+    merged.update(toml)
+    sources.update({k: f"--config {config_path}" for k in toml})
+    merged.update(flags)
+    sources.update({k: "command line" for k in flags})
+    cfg = config_from_mapping(TrainConfig, merged, source=str(config_path) if config_path else "command line")
+    return cfg, {f: sources.get(f, "default") for f in fields}

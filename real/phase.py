@@ -112,6 +112,7 @@ class Phase:
     scheduler: Any
     augmenter: Augmenter
     index_list: torch.Tensor  # (L,) int64 on the device: entries of the training set, with copies
+    copies: torch.Tensor | None  # (L,) bool: entry is an extra copy that gets --copy-augment; else None
     weights: torch.Tensor | None  # (N,) per-example loss weights (--upweight), else None
     steps: int  # iterations of a full epoch
     init_digest: str
@@ -148,13 +149,15 @@ def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
         model = torch.compile(model)
     optimizer = build_optimizer(cfg.optimizer, raw.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, rho=cfg.rho)
-    n, weights = data.n_train, None
+    n, weights, copies = data.n_train, None, None
     if multiplicities is None or cfg.upweight:
         index_list = np.arange(n)
         if multiplicities is not None:
             weights = torch.as_tensor(multiplicities, dtype=torch.float32, device=device)
     else:
-        index_list = np.repeat(np.arange(n), multiplicities)
+        index_list = np.repeat(np.arange(n), multiplicities)  # an example's copies are adjacent here
+        if cfg.copy_augment != "none":  # every entry but the first of its example is an extra copy
+            copies = torch.as_tensor(np.r_[False, index_list[1:] == index_list[:-1]], device=device)
     steps = steps_per_epoch(len(index_list), cfg.batch_size, info.world_size)
     scheduler = build_schedule(optimizer, name=cfg.schedule, epochs=cfg.epochs, steps_per_epoch=steps,
                                warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones, gamma=cfg.gamma)
@@ -162,4 +165,4 @@ def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
                           trivial_augment=cfg.trivial_augment, seed=cfg.seed, device=device)
     return Phase(name=name, raw_model=raw, model=model, optimizer=optimizer, scheduler=scheduler,
                  augmenter=augmenter, index_list=torch.as_tensor(index_list, dtype=torch.int64, device=device),
-                 weights=weights, steps=steps, init_digest=digest)
+                 copies=copies, weights=weights, steps=steps, init_digest=digest)

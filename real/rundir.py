@@ -58,7 +58,7 @@ from theory.plumbing.atomic import (
     to_json,
 )
 from theory.plumbing.config import ConfigError, config_from_mapping, to_jsonable
-from theory.useful import Partition, multiplicities_from_mask
+from theory.useful import Partition
 
 from . import distributed as D
 from .config import RUN_CONTROL_FIELDS, TrainConfig
@@ -375,7 +375,7 @@ class RunState:
         return {
             "phase": self.phase,
             "metrics": self.metrics,
-            "partition": None if p is None else {"upsample": torch.from_numpy(np.asarray(p.upsample, dtype=bool)),
+            "partition": None if p is None else {"multiplicities": torch.from_numpy(np.asarray(p.multiplicities, np.int64)),
                                                  "k": int(p.k), "method": p.method},
             "separated_at": self.separated_at,
             "init_digest": self.init_digest,
@@ -389,9 +389,8 @@ class RunState:
         self.metrics = list(state["metrics"])
         p = state["partition"]
         if p is not None:
-            mask = p["upsample"].numpy().astype(bool)
-            self.partition = Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, int(p["k"])),
-                                       k=int(p["k"]), method=p["method"])
+            m = p["multiplicities"].numpy().astype(np.int64)
+            self.partition = Partition(upsample=m > 1, multiplicities=m, k=int(p["k"]), method=p["method"])
         self.separated_at = state["separated_at"]
         self.init_digest = dict(state["init_digest"])
         totals = state["totals"]

@@ -160,7 +160,7 @@ def finish(cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, *, sta
         "epochs": len(main_rows), "epochs_planned": cfg.epochs,
         "epochs_before_split": sum(1 for m in state.metrics if m["phase"] == "separate"),
         "separated_at": state.separated_at, "n_train": data.n_train, "n_upsampled": n_up,
-        "train_list_length": data.n_train + (cfg.upsample_factor - 1) * n_up if not cfg.upweight else data.n_train,
+        "train_list_length": int(part.multiplicities.sum()) if part is not None and not cfg.upweight else data.n_train,
         "label_noise_flipped": int(data.flipped.sum()) if data.flipped is not None else 0,
         "wall_seconds": state.wall_seconds(), "train_seconds": state.train_seconds,
         "images_per_second": state.train_images / state.train_seconds if state.train_seconds > 0 else None,
@@ -186,9 +186,10 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     """One epoch of ``ph`` (or its first ``steps`` iterations); returns the train loss and accuracy
     (summed over ranks), the images seen, the steps taken and the last learning rate."""
     device, rank, world = info.device, info.rank, info.world_size
-    order = ph.index_list[torch.randperm(len(ph.index_list), generator=torch.Generator().manual_seed(
-        epoch_seed(cfg.seed, ph.epoch))).to(device)]
-    shard = order[rank : (len(order) // world) * world : world]  # one permutation, one shard per rank
+    perm = torch.randperm(len(ph.index_list), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, ph.epoch)))
+    perm = perm.to(device)[rank : (len(perm) // world) * world : world]  # one permutation, one shard per rank
+    shard = ph.index_list[perm]
+    copies = None if ph.copies is None else ph.copies[perm]
     per_rank, n_steps = cfg.batch_size // world, ph.steps if steps is None else steps
     seed = epoch_seed(cfg.seed, ph.epoch, rank + 1)
     ph.augmenter.generator.manual_seed(seed)
@@ -202,8 +203,10 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     ph.model.train()
     bar = tqdm(total=n_steps, desc=f"{ph.name} {ph.epoch + 1}", leave=False, disable=not (info.is_main and sys.stderr.isatty()))
     for step in range(n_steps):
-        idx = shard[step * per_rank : (step + 1) * per_rank]
-        x, y = ph.augmenter(data.train_x[idx]), data.train_y[idx]
+        batch = slice(step * per_rank, (step + 1) * per_rank)
+        idx = shard[batch]
+        x = ph.augmenter(data.train_x[idx], None if copies is None else copies[batch])
+        y = data.train_y[idx]
         target = y
         if cfg.mixup_alpha > 0:
             x, target = mixup(x, y, alpha=cfg.mixup_alpha, num_classes=data.num_classes, generator=mix_gen)

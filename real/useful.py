@@ -46,9 +46,10 @@ from theory.plumbing.config import (
 )
 from theory.useful import (
     Partition,
+    class_balanced_partition,
+    eiil_partition,
     loss_quantile_partition,
     misclassified_partition,
-    multiplicities_from_mask,
     random_partition,
     useful_partition,
 )
@@ -69,7 +70,7 @@ __all__ = [
     "check_feasible",
     "compute_outputs",
     "make_partition",
-    "partition_from_mask",
+    "partition_from_multiplicities",
     "partition_arrays",
     "split",
 ]
@@ -178,7 +179,11 @@ def make_partition(
     * ``quantile``: per class, the examples above the class's ``quantile`` of losses;
     * ``misclassified``: the misclassified examples;
     * ``jtt``: JTT's error set (the misclassified examples) upsampled by ``k`` (JTT's lambda_up);
-      the same rule as ``misclassified``, recorded under its own name.
+      the same rule as ``misclassified``, recorded under its own name;
+    * ``eiil``: EIIL's inferred environments (Creager et al., 2021) on the logits, then per class the
+      environment with the higher mean loss upsampled by ``k`` (:func:`theory.useful.eiil_partition`);
+    * ``class-balanced``: each class c gets multiplicity ``round(n_max / n_c)`` (the long-tailed
+      baseline; the outputs are not used).
     """
     labels = np.asarray(labels)
     if method in ("useful", "random"):
@@ -191,13 +196,18 @@ def make_partition(
         return loss_quantile_partition(labels, losses, quantile=quantile, k=k)
     if method in ("misclassified", "jtt"):
         return dataclasses.replace(misclassified_partition(logits, labels, k=k), method=method)
+    if method == "eiil":
+        return eiil_partition(logits, labels, losses, k=k, seed=seed)
+    if method == "class-balanced":
+        return class_balanced_partition(labels)
     raise ValueError(f"unknown partition {method!r}")  # unreachable: the configuration allows PARTITIONS
 
 
-def partition_from_mask(mask: np.ndarray, *, k: int, method: str) -> Partition:
-    """A :class:`Partition` from a broadcast mask (ranks other than 0 in distributed runs)."""
-    mask = np.asarray(mask, dtype=bool)
-    return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method=method)
+def partition_from_multiplicities(multiplicities: np.ndarray, *, k: int, method: str) -> Partition:
+    """A :class:`Partition` from its multiplicities (a checkpoint; ranks other than 0 in distributed
+    runs, which receive rank 0's by broadcast)."""
+    m = np.asarray(multiplicities, dtype=np.int64)
+    return Partition(upsample=m > 1, multiplicities=m, k=k, method=method)
 
 
 def partition_arrays(
@@ -208,12 +218,14 @@ def partition_arrays(
     num_classes: int,
     separated_at: "SplitPoint",
     upweight: bool,
+    copy_augment: str = "none",
     flipped: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """What partition.npz holds.
 
-    ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (k or 1; they sum to
-    ``n + (k - 1) |indices|``), ``k``, ``method``, ``upweight`` (loss weights instead of copies),
+    ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (k or 1, they sum to
+    ``n + (k - 1) |indices|``; per class for ``class-balanced``), ``k``, ``method``, ``upweight`` (loss
+    weights instead of copies), ``copy_augment`` (what the extra copies receive),
     ``separate_epoch`` and ``separate_steps`` (the split came after that many full epochs and that
     many further iterations); per class c: ``class_sizes``, ``upsampled_per_class``,
     ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when empty), and USEFUL's 2-means diagnostics
@@ -249,6 +261,7 @@ def partition_arrays(
         "k": np.int64(partition.k),
         "method": np.array(partition.method),
         "upweight": np.bool_(upweight),
+        "copy_augment": np.array(copy_augment),
         "separate_epoch": np.int64(separated_at.epochs),
         "separate_steps": np.int64(separated_at.steps),
         "num_classes": np.int64(num_classes),
@@ -322,18 +335,19 @@ def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo,
     """The partition of the training set by ``--partition`` from ``model``'s outputs, computed on
     rank 0 and broadcast; returns it with partition.npz's arrays (None on other ranks)."""
     n, k = data.n_train, cfg.upsample_factor
-    partition = arrays = mask = None
+    partition = arrays = multiplicities = None
     if info.is_main:
         logits, losses = compute_outputs(model, data.train_x, data.train_y, mean=data.mean, std=data.std,
                                          batch_size=cfg.eval_batch_size, memory_format=memory_format)
         labels = data.train_y.cpu().numpy()
         partition = make_partition(cfg.partition, logits, labels, losses, k=k, seed=cfg.seed, quantile=cfg.quantile)
-        mask = partition.upsample
+        multiplicities = partition.multiplicities
         arrays = partition_arrays(partition, labels, losses, num_classes=data.num_classes, separated_at=at,
-                                  upweight=cfg.upweight, flipped=data.flipped)
+                                  upweight=cfg.upweight, copy_augment=cfg.copy_augment, flipped=data.flipped)
         log.info("split after %d epoch(s) and %d step(s) (%s, k=%d): %d of %d examples upsampled%s", at.epochs,
-                 at.steps, cfg.partition, k, int(mask.sum()), n, " (as loss weights)" if cfg.upweight else "")
-    mask = D.broadcast_array(mask, shape=(n,), dtype=np.bool_, device=info.device)
+                 at.steps, cfg.partition, partition.k, int(partition.upsample.sum()), n,
+                 " (as loss weights)" if cfg.upweight else "")
+    multiplicities = D.broadcast_array(multiplicities, shape=(n,), dtype=np.int64, device=info.device)
     if partition is None:
-        partition = partition_from_mask(mask, k=k, method=cfg.partition)
+        partition = partition_from_multiplicities(multiplicities, k=k, method=cfg.partition)
     return partition, arrays

@@ -65,7 +65,8 @@ INVALID: dict[str, st.SearchStrategy] = {
                                 _not_a_number, st.sampled_from(["Auto", "2.5", "soon"])),
     "separate_iteration": st.one_of(_int_below(1), _non_int),
     "upsample_factor": st.one_of(_int_below(1), _non_int),
-    "partition": _choice(("useful", "random", "quantile", "misclassified", "jtt")),
+    "partition": _choice(("useful", "random", "quantile", "misclassified", "jtt", "eiil", "class-balanced")),
+    "copy_augment": _choice(("none", "trivial-augment")),
     "quantile": st.one_of(_below(0.0, inclusive=False), _above(1.0, inclusive=True), _number),
     "seed": st.one_of(_int_below(0), st.integers(min_value=2**31, max_value=2**40).map(str), _non_int),
     "device": st.sampled_from(["gpu", "cuda:0", "tpu", "CPU", "mps"]),
@@ -89,6 +90,10 @@ COMBINATIONS = [
     (["--epochs", "3", "--warmup-epochs", "3.5"], "warmup-epochs"),
     (["--epochs", "5", "--milestones", "2,6"], "milestones"),
     (["--separate-epoch", "2", "--separate-iteration", "10"], "separate-iteration"),
+    (["--copy-augment", "trivial-augment"], "copy-augment"),
+    (["--useful", "--upweight", "--copy-augment", "trivial-augment"], "copy-augment"),
+    (["--useful", "--trivial-augment", "--copy-augment", "trivial-augment"], "copy-augment"),
+    (["--useful", "--partition", "class-balanced", "--upsample-factor", "3"], "upsample-factor"),
 ]
 
 
@@ -191,7 +196,7 @@ def test_invalid_combinations(extra, name, via_toml, tmp_path, capsys, no_traini
                 value = extra[i + 1]
                 if key == "milestones":
                     lines.append(f"{key} = [{value}]")
-                elif key in ("partition",):
+                elif key in ("partition", "copy_augment"):
                     lines.append(f'{key} = "{value}"')
                 else:
                     lines.append(f"{key} = {value}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from real.cli import COMMANDS, _build_parser, main, resolve_run_config
-from real.config import TrainConfig, load_preset, preset_names
+from real.config import TrainConfig, load_preset, load_setting, preset_names, setting_names, split_preset_name
 from real.rundir import FORMAT
 from theory.plumbing.config import ConfigError, to_jsonable
 
@@ -117,19 +117,74 @@ def test_precedence_defaults_preset_toml_cli(tmp_path):
 
 def test_presets_are_valid_and_listed(capsys):
     names = preset_names()
-    expected = {"cifar10-resnet18-sgd", "cifar10-resnet18-sam", "cifar100-resnet34-sgd", "cifar100-resnet34-sam",
-                "stl10-resnet18-sgd", "cinic10-resnet18-sgd", "tinyimagenet-resnet18-sgd", "cifar10-vgg19-sgd",
-                "cifar10-densenet121-sgd", "cifar10-vit-s-sgd", "fashion-mnist-cnn-small"}
+    settings = setting_names()
+    assert len(names) == len(settings) * 4  # each setting, and each setting with each optimizer
+    expected = {"cifar10-resnet18-sgd", "cifar10-resnet18-sam", "cifar10-resnet18-asam", "cifar100-resnet34-sam",
+                "cifar100-resnet34-asam", "stl10-resnet18-sgd", "cinic10-resnet18-sgd", "tinyimagenet-resnet18-sgd",
+                "cifar10-vgg19-sgd", "cifar10-densenet121-sgd", "cifar10-vit-s-sgd", "fashion-mnist-cnn-small",
+                "cifar10-mlp-sgd", "cifar10-noise10-mixup-resnet18-sgd", "cifar10-noise20-mixup-resnet18-sgd",
+                "cifar10-noise40-mixup-resnet18-sgd", "cifar10-lt10-resnet18-sgd", "cifar10-lt100-resnet18-sgd"}
     assert expected <= set(names)
     for name in names:
         cfg = resolve_run_config({"preset": name, "useful": "true"})  # validated with USEFUL on
         assert isinstance(cfg, TrainConfig) and cfg.preset == name
         assert cfg.separate_epoch != "auto" and cfg.separate_epoch <= cfg.epochs
+        setting, optimizer = split_preset_name(name)
+        if optimizer is not None:
+            assert cfg.optimizer == optimizer
+            if optimizer != "sgd":  # every SAM-type preset states its radius, from the paper or chosen
+                assert cfg.rho == load_setting(setting).per_optimizer[optimizer]["rho"]
+    for setting in settings:  # every ASAM radius is marked chosen (the paper's was not checked)
+        assert load_setting(setting).source("rho", "asam").startswith("chosen")
     cifar = load_preset("cifar10-resnet18-sgd")
     assert (cifar["epochs"], cifar["batch_size"], cifar["lr"], cifar["weight_decay"], cifar["separate_epoch"]) == (200, 128, 0.1, 5e-4, 8)
     assert load_preset("cifar100-resnet34-sam")["rho"] == 0.2
     rc, out, err = run_main(capsys, "presets")
     assert rc == 0 and all(name in out for name in names)
+
+
+@pytest.mark.parametrize("preset, optimizer, rho", [("cifar10-resnet18-sgd", "sam", 0.1), ("cifar10-resnet18-sgd", "asam", 0.5),
+                                                     ("cifar100-resnet34-sgd", "sam", 0.2), ("cifar10-vgg19-sam", None, 0.1)])
+def test_the_optimizer_picks_the_settings_radius_and_an_explicit_rho_wins(preset, optimizer, rho):
+    given = {"preset": preset} | ({"optimizer": optimizer} if optimizer else {})
+    assert resolve_run_config(given).rho == rho
+    assert resolve_run_config({**given, "rho": "0.3"}).rho == 0.3
+    assert resolve_run_config({"optimizer": optimizer or "sam"}).rho == 0.05  # no setting: SAM's default
+
+
+def test_config_command_prints_the_resolved_toml_with_sources(tmp_path, capsys):
+    import tomllib
+
+    rc, out, err = run_main(capsys, "config", "--preset", "cifar10-resnet18-sgd", "--optimizer", "sam")
+    assert rc == 0 and not err
+    data = tomllib.loads(out)
+    assert data["rho"] == 0.1 and data["optimizer"] == "sam" and data["preset"] == "cifar10-resnet18-sgd"
+    lines = {line.split("=")[0].strip(): line for line in out.splitlines() if "=" in line and not line.startswith("#")}
+    assert "its [sam] values (paper)" in lines["rho"] and "command line" in lines["optimizer"]
+    assert "default" in lines["nesterov"]
+    _, out2, _ = run_main(capsys, "config", "--preset", "cifar10-resnet18-sgd", "--optimizer", "asam")
+    assert "chosen: ASAM" in next(line for line in out2.splitlines() if line.startswith("rho"))
+    # The printed file is a --config file: passed back, it gives the same configuration.
+    saved = tmp_path / "resolved.toml"
+    saved.write_text(out)
+    assert resolve_run_config({"config": str(saved)}) == resolve_run_config(
+        {"preset": "cifar10-resnet18-sgd", "optimizer": "sam"})
+    assert not list(Path.cwd().glob("runs/cifar10-resnet18-sam-*"))  # nothing was trained or written
+    rc, _, err = run_main(capsys, "config", "--preset", "nope")
+    assert rc == 2 and "--preset" in err and len(err.strip().splitlines()) == 1
+
+
+def test_preset_files_are_checked(tmp_path, monkeypatch):
+    """A setting file with an unknown key, a table that is not an optimizer, or a [chosen] entry for a
+    value it does not set is refused with one line naming the file."""
+    import real.config as C
+
+    monkeypatch.setattr(C, "_presets_dir", lambda: tmp_path)
+    for text, word in (('lrr = 0.1\n', "lrr"), ('lr = 0.1\n[adam]\nrho = 1.0\n', "adam"),
+                       ('lr = 0.1\n[chosen]\n"sam.rho" = "x"\n', "sam.rho")):
+        (tmp_path / "s.toml").write_text(text)
+        with pytest.raises(ConfigError, match=word):
+            C.load_setting("s")
 
 
 def test_config_json_round_trip():

@@ -438,3 +438,57 @@ def test_learning_stats_survive_a_resume(tmp_path):
     assert sorted(a) == sorted(b) and list(a["epochs"]) == [1, 2]
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+
+
+# ----------------------------------------------------------------------------------------------
+# The baselines and options added for the paper's comparisons: each acts, and is recorded.
+
+
+@pytest.mark.parametrize("partition", ["eiil", "class-balanced"])
+def test_new_partitions_run_and_are_recorded(tmp_path, partition):
+    cfg = tiny(tmp_path, useful=True, separate_epoch=1, epochs=1, partition=partition, long_tail_ratio=4.0,
+               deterministic=True)
+    summary = train(cfg)
+    assert summary["status"] == "completed" and summary["partition"] == partition
+    part = read_partition(tmp_path / "run")
+    labels = load_dataset("synthetic", seed=0, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test,
+                          long_tail_ratio=4.0).train_y.numpy()
+    assert part["method"] == partition and json.loads((tmp_path / "run" / "config.json").read_text())["partition"] == partition
+    assert summary["train_list_length"] == part["multiplicities"].sum()
+    if partition == "class-balanced":  # per class round(n_max / n_c): the classes are balanced
+        counts = np.bincount(labels)
+        assert np.array_equal(part["multiplicities"], np.maximum(1, np.rint(counts.max() / counts))[labels])
+        assert int(part["k"]) == part["multiplicities"].max() > 1
+    else:
+        assert set(np.unique(part["multiplicities"])) <= {1, 2} and part["upsample"].any()
+
+
+def test_copy_augment_gives_the_copies_trivial_augment(tmp_path):
+    """--copy-augment trivial-augment (TADA's variant): the extra copies are TrivialAugment-ed, the
+    first occurrences are not; recorded in partition.npz and config.json; and it changes the run."""
+    base = dict(useful=True, separate_epoch=1, epochs=1, deterministic=True)
+    plain = train(tiny(tmp_path, "plain", **base))
+    tada = train(tiny(tmp_path, "tada", copy_augment="trivial-augment", **base))
+    assert plain["n_upsampled"] == tada["n_upsampled"] > 0  # the same split (same pre-split phase)
+    assert str(read_partition(tmp_path / "tada")["copy_augment"]) == "trivial-augment"
+    assert json.loads((tmp_path / "tada" / "config.json").read_text())["copy_augment"] == "trivial-augment"
+    assert read_metrics(tmp_path / "tada")[-1]["train_loss"] != read_metrics(tmp_path / "plain")[-1]["train_loss"]
+    # The augmenter: images not marked as copies get exactly what they would get without the option.
+    from real.augment import Augmenter
+
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    copies = torch.arange(16) % 3 == 0
+    a = Augmenter(mean=(0.5,) * 3, std=(0.25,) * 3, seed=5)(x)
+    b = Augmenter(mean=(0.5,) * 3, std=(0.25,) * 3, seed=5)(x, copies)
+    assert torch.equal(a[~copies], b[~copies]) and not torch.equal(a[copies], b[copies])
+    # The phase marks every entry but the first of each example's run of copies.
+    from real.data import load_training_data
+    from real.phase import build_phase
+    from real import distributed as D
+
+    cfg = tiny(tmp_path, "x", copy_augment="trivial-augment", **base)
+    data = load_training_data(cfg, torch.device("cpu"))
+    m = np.array([1, 3, 1, 2] + [1] * (data.n_train - 4))
+    ph = build_phase("main", cfg, data, D.DistInfo(), multiplicities=m)
+    assert ph.copies[:7].tolist() == [False, False, True, True, False, False, True]
+    assert int(ph.copies.sum()) == (m - 1).sum()

@@ -278,3 +278,75 @@ def test_invalid_inputs_raise_naming_the_field(call, field):
         call()
     assert isinstance(info.value, ConfigError)
     assert info.value.field == field and field in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# EIIL and class-balanced upsampling.
+
+
+def _eiil_penalty(w, g):
+    q = 1 / (1 + np.exp(-w))
+    g1, g0 = (q * g).sum() / len(g), ((1 - q) * g).sum() / len(g)
+    return 0.5 * (g1**2 + g0**2)
+
+
+def test_eiil_scale_gradient_matches_finite_differences():
+    from theory.useful import _ce_scale_gradients
+
+    rng = np.random.default_rng(1)
+    z, y = rng.normal(size=(7, 4)), rng.integers(0, 4, 7)
+
+    def ce(s):
+        a = s * z
+        return np.log(np.exp(a).sum(1)) - a[np.arange(7), y]
+
+    h = 1e-6
+    np.testing.assert_allclose(_ce_scale_gradients(z, y), (ce(1 + h) - ce(1 - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+    f, yb = rng.normal(size=7), rng.choice([-1, 1], 7)
+    fd = (np.log1p(np.exp(-(1 + h) * yb * f)) - np.log1p(np.exp(-(1 - h) * yb * f))) / (2 * h)
+    np.testing.assert_allclose(_ce_scale_gradients(f, yb), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_eiil_increases_the_penalty_and_finds_the_planted_environments():
+    """Examples the reference model fits well (an easy feature) and those it does not form EIIL's two
+    environments, and the inferred assignment has a larger IRM penalty than the random start."""
+    from theory.useful import _ce_scale_gradients, eiil_environments, eiil_partition
+
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 3, n)
+    easy = rng.random(n) < 0.7
+    z = rng.normal(size=(n, 3))
+    z[np.arange(n), y] += np.where(easy, 6.0, 0.0)
+    env = eiil_environments(z, y, steps=3000, seed=2)
+    agree = max(np.mean(env == easy), np.mean(env == ~easy))
+    assert agree > 0.85
+    g = _ce_scale_gradients(z, y)
+    start = np.random.default_rng(2).standard_normal(n)
+    assert _eiil_penalty(np.where(env, 20.0, -20.0), g) > _eiil_penalty(start, g)
+    losses = np.log(np.exp(z).sum(1)) - z[np.arange(n), y]
+    part = eiil_partition(z, y, losses, k=3, seed=2, steps=3000)
+    assert part.method == "eiil" and set(np.unique(part.multiplicities)) <= {1, 3}
+    # It upsamples hard examples only (precision 1 here) and most of them (recall 0.63 here: the
+    # hard examples the model happens to fit well stay with the easy ones).
+    assert np.mean(~easy[part.upsample]) > 0.95 and np.mean(part.upsample[~easy]) > 0.5
+    for c in part.classes:  # per class, the upsampled environment has the higher mean loss
+        if c.chosen >= 0:
+            assert c.mean_losses[c.chosen] >= c.mean_losses[1 - c.chosen]
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=200))
+def test_class_balanced_multiplicities_balance_the_classes(labels):
+    from theory.useful import class_balanced_partition
+
+    y = np.array(labels)
+    part = class_balanced_partition(y)
+    counts = np.bincount(y)
+    present = counts > 0
+    per_class = np.bincount(y, weights=part.multiplicities)[present]
+    for c in np.flatnonzero(present):  # one multiplicity per class: round(n_max / n_c), at least 1
+        m = part.multiplicities[y == c]
+        assert np.all(m == m[0]) and m[0] == max(1, round(counts.max() / counts[c]))
+    # each class's weighted count is within a factor of 1.5 of the largest class's
+    assert per_class.max() <= counts.max() * 1.5 + 1 and per_class.min() >= counts.max() / 1.5 - 1
+    assert np.array_equal(part.upsample, part.multiplicities > 1) and part.k == part.multiplicities.max()

@@ -31,6 +31,9 @@ __all__ = [
     "random_partition",
     "loss_quantile_partition",
     "misclassified_partition",
+    "eiil_environments",
+    "eiil_partition",
+    "class_balanced_partition",
     "multiplicities_from_mask",
     "two_means",
 ]
@@ -227,3 +230,101 @@ def misclassified_partition(outputs: np.ndarray, labels: np.ndarray, *, k: int =
     else:
         mask = np.argmax(out, axis=1) != labels
     return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="misclassified")
+
+
+# ----------------------------------------------------------------------------------------------
+# EIIL: environment inference for invariant learning (Creager, Jacobsen and Zemel, ICML 2021).
+
+
+def _ce_scale_gradients(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``g_i = d/ds CE(s z_i, y_i)`` at ``s = 1``: ``sum_j p_ij z_ij - z_{i,y_i}`` (``p = softmax(z)``);
+    for 1-d outputs with labels in {-1, +1}, the logistic loss ``log(1 + exp(-s y f))``:
+    ``-y f sigmoid(-y f)``."""
+    raw = np.asarray(outputs, dtype=np.float64)
+    if raw.ndim == 1:
+        margin = labels.astype(np.float64) * raw
+        return -margin / (1.0 + np.exp(margin))
+    z = raw - raw.max(axis=1, keepdims=True)  # shift-invariant: g does not change
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    index = np.searchsorted(np.unique(labels), labels)  # labels as column indices 0..C-1
+    return (p * z).sum(axis=1) - z[np.arange(len(z)), index]
+
+
+def eiil_environments(outputs: np.ndarray, labels: np.ndarray, *, steps: int = 10000, lr: float = 1e-3,
+                      seed: int = 0) -> np.ndarray:
+    """EIIL's inferred environment of each example (bool: environment 1), from a reference model's outputs.
+
+    EIIL assigns each example a soft membership ``q_i = sigmoid(w_i)`` in environment 1 (``1 - q_i`` in
+    environment 0) that *maximizes* the IRMv1 penalty of the reference model,
+
+        P(q) = 1/2 sum_e (dR_e/ds at s = 1)^2,   R_e(s) = (1/n) sum_i q_i^e l(s z_i, y_i),
+
+    with ``q^1 = q``, ``q^0 = 1 - q`` and ``l`` the cross-entropy (the soft risk of an environment,
+    divided by the number of examples ``n`` as in the EIIL paper and the authors' code).  With
+    ``g_i = dl(s z_i)/ds`` at ``s = 1`` (:func:`_ce_scale_gradients`), ``dR_e/ds = G_e = sum_i q_i^e g_i / n``,
+    so the gradient is exact and cheap: ``dP/dq_i = g_i (G_1 - G_0) / n``.  As in the authors' code:
+    ``w ~ N(0, 1)`` (from ``seed``), Adam with step ``lr`` for ``steps`` steps, hard environments
+    ``q_i > 1/2``.  (Dividing by an environment's mass instead of ``n`` lets a handful of extreme
+    examples form an environment of their own: the penalty then grows without finding groups.)
+    """
+    check_int("steps", steps, low=1)
+    check_number("lr", lr, low=0.0, low_open=True)
+    labels = np.asarray(labels)
+    g = _ce_scale_gradients(outputs, labels)
+    check(bool(np.all(np.isfinite(g))), "outputs", "non-finite values", "finite outputs")
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(len(g))
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8  # Adam's defaults (torch.optim.Adam)
+    n, total = len(g), g.sum()
+    for t in range(1, steps + 1):
+        q = 1.0 / (1.0 + np.exp(-w))
+        g1 = (q * g).sum() / n
+        g0 = total / n - g1
+        grad_w = -(g * (g1 - g0) / n) * q * (1.0 - q)  # descend on -P: dP/dq_i = g_i (G_1 - G_0) / n
+        m = beta1 * m + (1 - beta1) * grad_w
+        v = beta2 * v + (1 - beta2) * grad_w**2
+        w -= lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+    return w > 0.0
+
+
+def eiil_partition(outputs: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, k: int = 2, seed: int = 0,
+                   steps: int = 10000, lr: float = 1e-3) -> Partition:
+    """Baseline: EIIL's environments (:func:`eiil_environments`, inferred over the whole training set),
+    then USEFUL's upsampling: per class, the environment with the higher mean loss gets multiplicity k.
+
+    Per-class diagnostics are recorded as for USEFUL (``sizes``/``mean_losses`` of environments 0 and 1)."""
+    labels, losses = _validate_common(labels, losses, k)
+    check(losses is not None, "losses", None, "per-example losses")
+    env = eiil_environments(outputs, labels, steps=steps, lr=lr, seed=seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    diagnostics = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        assign = env[idx].astype(np.int64)
+        sizes = (int(np.sum(assign == 0)), int(np.sum(assign == 1)))
+        if min(sizes) == 0:
+            diagnostics.append(ClassSplit(label=label.item(), size=len(idx), sizes=sizes,
+                                          reason="one environment holds the whole class"))
+            continue
+        mean_losses = (float(losses[idx][assign == 0].mean()), float(losses[idx][assign == 1].mean()))
+        chosen = int(np.argmax(mean_losses)) if mean_losses[0] != mean_losses[1] else int(np.argmin(sizes))
+        mask[idx[assign == chosen]] = True
+        diagnostics.append(ClassSplit(label=label.item(), size=len(idx), sizes=sizes, mean_losses=mean_losses,
+                                      chosen=chosen))
+    return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="eiil",
+                     classes=tuple(diagnostics))
+
+
+def class_balanced_partition(labels: np.ndarray) -> Partition:
+    """Baseline for long-tailed data: class-balanced upsampling.  Every example of class ``c`` gets
+    multiplicity ``m_c = round(n_max / n_c)`` (at least 1), so that each class appears about
+    ``n_max`` times per epoch; it needs no model.  ``upsample`` marks the examples with ``m_c > 1``
+    and ``k`` is the largest multiplicity."""
+    labels, _ = _validate_common(labels, None, 1)
+    classes, counts = np.unique(labels, return_counts=True)
+    per_class = np.maximum(1, np.rint(counts.max() / counts)).astype(np.int64)
+    m = per_class[np.searchsorted(classes, labels)]
+    return Partition(upsample=m > 1, multiplicities=m, k=int(per_class.max()), method="class-balanced")

@@ -21,12 +21,10 @@ import argparse
 import dataclasses
 import math
 import os
-import re
-import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
