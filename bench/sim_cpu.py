@@ -9,7 +9,7 @@ passes), at the same dtype; it is timed with torch's default threads and with on
 faster of the two is used.  Baseline and backend are timed in alternating repeats (the machine is
 shared and noisy) and compared by medians.
 
-FLOP rate: the backend's matrix products per step (``sims.backend_numba.flops_per_step``: Gram
+FLOP rate: the backend's matrix products per step (``sims.backend_contract.flops_per_step``: Gram
 ``2 Mb^2 J`` per product, direct ``4 Mb d J`` per gradient; SAM doubles; elementwise work not
 counted) over its measured step time, as a fraction of numpy's rate on the same products (timed
 in the same alternating repeats, with the backend's BLAS thread policy: ``B @ W^T`` and
@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from sims.backend import RunSpec  # noqa: E402
+from sims.backend_contract import RunSpec  # noqa: E402
 from sims.backend_numba import SMALL_PRODUCT_FLOPS, NumbaBackend  # noqa: E402
 from theory.data import DataConfig, sample  # noqa: E402
 from theory.model import init_weights  # noqa: E402

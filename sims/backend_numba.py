@@ -1,4 +1,4 @@
-"""Numba backend: the structured simulator (see :mod:`sims.structured`), many steps per call.
+"""The numba backend: the structured simulator (see :mod:`sims.structured`) on CPU, many steps per call.
 
 State and cost per step (``Mb = M + 2`` basis rows: the noise patches plus ``v_e``, ``v_d``):
 
@@ -36,29 +36,13 @@ from numba import njit
 
 from theory.plumbing.config import check, check_choice
 
-from .backend import RunSpec, SimulationDiverged, check_compatible
+from .backend_contract import RunSpec, SimulationDiverged, check_compatible, choose_path, flops_per_step
 from .structured import outputs_from_projections, stack, structure
 
-__all__ = ["NumbaBackend", "choose_path", "flops_per_step"]
+__all__ = ["NumbaBackend"]
 
 _FM = {"nsz", "arcp", "contract", "reassoc"}  # no nnan/ninf: divergence checks rely on them
 _MODES = {"gd": 0, "sgd": 0, "sam": 1, "usam": 2}
-
-
-def choose_path(Mb: int, d: int) -> str:
-    """Gram space (``2 Mb^2 J`` flops per product) when cheaper than direct (``4 Mb d J``)."""
-    return "gram" if Mb < 2 * d else "direct"
-
-
-def flops_per_step(path: str, Mb: int, d: int, J: int, rule: str, active: int | None = None) -> int:
-    """Floating-point operations of the matrix products of one step (elementwise work not counted).
-
-    gram: ``2 Mb A J`` per product (``A`` = active rows, ``Mb`` when full batch), one product for
-    GD/SGD, two for SAM/USAM; direct: ``4 A d J`` per gradient, one or two gradients.
-    """
-    A = Mb if active is None else active
-    per = 2 * Mb * A * J if path == "gram" else 4 * A * d * J
-    return per * (2 if rule in ("sam", "usam") else 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Torch backend: the structured simulator of :mod:`sims.backend_numba`, all R runs batched.
+"""The torch backend: the structured simulator, all R runs as one batched computation (CPU or CUDA).
 
 The same math (see :mod:`sims.structured`): Gram space ``Z <- Z - eta G S`` (``torch.bmm`` over
 runs) when ``Mb < 2 d``, else explicit ``W^T`` with ``Z = B W^T`` and ``g^T = B^T S``.  Runs are
@@ -6,21 +6,24 @@ padded to a common number of noise rows with zero rows (exactly inert), so one b
 serves all runs.  No autograd: the gradient is explicit.  CPU or CUDA, float32 or float64.
 
 No host synchronization inside the step loop: feature outputs and per-step finiteness flags go to
-device buffers that are read once per :meth:`TorchBackend.advance` call.  SAM/USAM runs with
+device buffers that are read once per :meth:`TorchBackend.advance` call.  float32 products run in
+full float32: TF32 (which another part of a program may have switched on, e.g. the trainer's
+``torch.set_float32_matmul_precision("high")``) is switched off while stepping and restored after.
+Running out of device memory raises ``MemoryError`` (one line on the command line, exit 1).  SAM/USAM runs with
 ``rho = 0`` get ``c = 0``: ``Z + 0 T`` is ``Z`` bit for bit, so they equal GD bitwise.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from theory.plumbing.config import check, check_choice
 
-from .backend import RunSpec, SimulationDiverged, check_compatible
-from .backend_numba import choose_path, flops_per_step
+from .backend_contract import RunSpec, SimulationDiverged, check_compatible, choose_path, flops_per_step
 from .structured import outputs_from_projections, stack, structure
 
 __all__ = ["TorchBackend"]
@@ -31,11 +34,37 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 SMALL_STATE = 1 << 22
 
 
+@contextlib.contextmanager
+def _device_errors() -> Iterator[None]:
+    """torch's out-of-memory error (a RuntimeError) as ``MemoryError``."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        raise MemoryError(f"the torch backend ran out of device memory ({str(err).splitlines()[0]})") from None
+
+
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """float32 matrix products in full precision (no TF32) for the duration; the setting is restored."""
+    old = torch.get_float32_matmul_precision()
+    if old != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if old != "highest":
+            torch.set_float32_matmul_precision(old)
+
+
 class TorchBackend:
     """R runs as one batched computation; ``path`` in auto/gram/direct."""
 
     def __init__(self, specs: Sequence[RunSpec], *, dtype: str = "float64", device: str = "cpu",
                  path: str = "auto", threads: int | None = None):
+        with _device_errors():
+            self._setup(specs, dtype, device, path, threads)
+
+    def _setup(self, specs: Sequence[RunSpec], dtype: str, device: str, path: str, threads: int | None) -> None:
         check_compatible(specs)
         check_choice("dtype", dtype, tuple(_DTYPES))
         check(device == "cpu" or str(device).startswith("cuda"), "device", device, "'cpu' or 'cuda[:N]'")
@@ -164,8 +193,12 @@ class TorchBackend:
 
     # -- the protocol --------------------------------------------------------------------------
 
-    @torch.no_grad()
     def advance(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        with _device_errors(), _full_float32():
+            return self._advance(steps)
+
+    @torch.no_grad()
+    def _advance(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         steps = int(steps)
         check(steps >= 0, "steps", steps, "a non-negative integer")
         R, dev = self.n_runs, self.device

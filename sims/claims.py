@@ -1,33 +1,24 @@
-"""The claims report: ``useful-sim reproduce`` (SPEC section 3).
+"""The claims of SPEC section 3, each judged by an explicit rule on the results of the experiments.
 
-Every seed gives one paired experiment: the same training data, test data and initialization are
-trained with GD, SAM, GD+USEFUL, SAM+USEFUL and GD with random upsampling; the beta_d sweep and the
-USEFUL ablation (separating iteration, factor k) reuse the same seeds.  Each claim is judged by an
-explicit rule on the per-seed numbers, and reported with those numbers (mean, std, per seed) whether
-it holds or not.
+:func:`judge` reads a :class:`sims.experiments.ReproduceResults` and returns the report (the content
+of ``claims.json`` but its ``seconds``): each claim with the per-seed numbers it was judged on (mean,
+std, per seed), whether it holds or not.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
-from theory.plumbing.atomic import atomic_write_json
 from theory.predictions import learning_time, sam_learning_times
 
-from .config import SimConfig
-from .simulate import make_problem, simulate_many
+from .experiments import ReproduceResults
+from .files import CLAIMS_FORMAT
 from .trajectory import Trajectory
-from .useful import split_many, useful_many
 
-__all__ = ["ReproduceSettings", "reproduce", "progress_ratio", "summarize", "REQUIRED_IDS"]
-
-log = logging.getLogger(__name__)
+__all__ = ["judge", "progress_ratio", "summarize", "REQUIRED_IDS"]
 
 REQUIRED_IDS = (
     "gd_fast_first",
@@ -39,21 +30,6 @@ REQUIRED_IDS = (
     "useful_moves_gd_toward_sam",
     "beta_d_sweep",
 )
-
-
-@dataclass(frozen=True)
-class ReproduceSettings:
-    """What ``reproduce`` runs besides the base configuration."""
-
-    seeds: int = 10
-    beta_d_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
-    ablation_separate: tuple[int, ...] = (5, 10, 20, 40, 120, 480)
-    ablation_k: tuple[int, ...] = (2, 3, 4)
-    sweep_tolerance: float = 0.005
-
-    @classmethod
-    def quick(cls, seeds: int = 3) -> "ReproduceSettings":
-        return cls(seeds=seeds, beta_d_grid=(0.2, 0.3, 0.4, 0.5, 0.6), ablation_separate=(5, 20, 120), ablation_k=(2, 4))
 
 
 def summarize(values) -> dict[str, Any]:
@@ -88,78 +64,20 @@ def _paired_better(a: np.ndarray, b: np.ndarray) -> tuple[bool, dict[str, Any]]:
     return bool(diff.mean() > 0 and diff.mean() > se), {"mean_difference": float(diff.mean()), "standard_error": se}
 
 
-def reproduce(
-    base: SimConfig,
-    out_dir: str | Path,
-    settings: ReproduceSettings,
-    *,
-    progress: bool | None = None,
-    on_stage: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run every experiment, write ``claims.json``, the figures and the main trajectories; return the report."""
-    from . import figures  # matplotlib only when figures are drawn
-
-    out = Path(out_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    stage = on_stage or (lambda s: log.info("%s", s))
-    S = settings.seeds
-    gd_cfgs = [base.with_(optimizer="gd", seed=s, useful=False) for s in range(S)]
-    sam_cfgs = [c.with_(optimizer="sam") for c in gd_cfgs]
-    problems = [make_problem(c) for c in gd_cfgs]
-
-    stage(f"GD and SAM, {S} seeds")
-    gd, sam = _pairs(simulate_many(gd_cfgs + sam_cfgs, problems=problems + problems, progress=progress), S)
-
-    stage("USEFUL: split at the separating iteration")
-    gd_splits = split_many(gd_cfgs, problems)
-    sam_splits = split_many(sam_cfgs, problems)
-    stage("USEFUL and random upsampling: retrain")
-    gd_useful = useful_many(gd_cfgs, problems, gd_splits)
-    sam_useful = useful_many(sam_cfgs, problems, sam_splits)
-    gd_random = useful_many(gd_cfgs, problems, gd_splits, baseline="random")
-
-    stage("beta_d sweep")
-    # Sweep and ablation use only final values: record at the start and the end (learned times stay exact).
-    sweep_cfgs = [c.with_(beta_d=b, optimizer=o, record_every=base.iterations)
-                  for b in settings.beta_d_grid for o in ("gd", "sam") for c in gd_cfgs]
-    sweep = simulate_many(sweep_cfgs, progress=progress)
-
-    stage("USEFUL ablation: separating iteration and k")
-    abl_cfgs = [
-        c.with_(separate_at=min(t, base.iterations), upsample_factor=k, record_every=base.iterations)
-        for t in settings.ablation_separate for k in settings.ablation_k for c in gd_cfgs
-    ]
-    abl_problems = problems * (len(abl_cfgs) // S)
-    abl_splits = split_many(abl_cfgs, abl_problems)
-    ablation = useful_many(abl_cfgs, abl_problems, abl_splits)
-
-    stage("claims")
-    report = _judge(base, settings, problems, gd, sam, gd_useful, sam_useful, gd_random, gd_splits, sam_splits,
-                    sweep_cfgs, sweep, abl_cfgs, ablation)
-    for name, trajs in (("gd", gd), ("sam", sam), ("gd_useful", gd_useful), ("sam_useful", sam_useful),
-                        ("gd_random", gd_random)):
-        for s, traj in enumerate(trajs):
-            traj.save(out / "runs" / f"{name}_seed{s}")
-
-    stage("figures")
-    figures.draw_all(out, base, problems, gd, sam, gd_useful, sam_useful, gd_random, gd_splits, sweep_cfgs, sweep,
-                     abl_cfgs, ablation, settings)
-    report["seconds"] = round(time.perf_counter() - t_start, 2)
-    atomic_write_json(out / "claims.json", report)
-    return report
-
-
-def _pairs(trajs: list[Trajectory], S: int) -> tuple[list[Trajectory], list[Trajectory]]:
-    return trajs[:S], trajs[S:]
-
-
 def _learned(t: int | None) -> float:
     return float("inf") if t is None else float(t)
 
 
-def _judge(base, settings, problems, gd, sam, gd_useful, sam_useful, gd_random, gd_splits, sam_splits,
-           sweep_cfgs, sweep, abl_cfgs, ablation) -> dict[str, Any]:
+def judge(results: ReproduceResults) -> dict[str, Any]:
+    """The report: every claim of SPEC section 3 judged by its rule on ``results``, with its numbers.
+
+    Returns ``{"format", "configuration", "seeds", "claims", "ablation_slow_only_test_acc"}``.
+    """
+    r = results
+    base, settings, problems = r.base, r.settings, r.problems
+    gd, sam, gd_useful, sam_useful, gd_random = r.gd, r.sam, r.gd_useful, r.sam_useful, r.gd_random
+    gd_splits, sam_splits, sweep_cfgs, sweep, abl_cfgs, ablation = (
+        r.gd_splits, r.sam_splits, r.sweep_cfgs, r.sweep, r.abl_cfgs, r.ablation)
     S = settings.seeds
     T = base.iterations
     claims = []
@@ -317,6 +235,7 @@ def _judge(base, settings, problems, gd, sam, gd_useful, sam_useful, gd_random, 
         key = f"separate_at={c.separate_at},k={c.upsample_factor}"
         abl.setdefault(key, []).append(t.test_acc_slow[-1])
     return {
+        "format": CLAIMS_FORMAT,
         "configuration": asdict(base),
         "seeds": S,
         "claims": claims,

@@ -1,17 +1,19 @@
-"""``useful-sim`` (and ``python -m sims``): run | sweep | reproduce.
+"""``useful-sim`` (and ``python -m sims``): the command line of run | sweep | reproduce.
 
     useful-sim run --optimizer sam --beta-d 0.4 --out runs/sam          # one run -> runs/sam.npz/.json
     useful-sim sweep --out sweeps/b --grid beta_d=0.2,0.4,0.6 --grid optimizer=gd,sam --seeds 10
-    useful-sim reproduce --out results [--quick] [--seeds S]
+    useful-sim reproduce --out results [--quick] [--seeds S] [--overwrite]
 
 Every configuration field is a flag (``--beta-d``, ``--sigma-p``, ``--lr``, ...) and may come from a
-TOML file given with ``--config`` (the command line wins).  A bad value ends the command with exit
-status 2 and one line naming it.
+TOML file given with ``--config`` (the command line wins).  Every failure is one line on stderr
+(through :func:`theory.plumbing.cli.cli_entry`): bad input, a file in ``--out`` that is not ours or
+holds another configuration's runs, a size that cannot fit in memory: exit 2; a divergence, a file
+system error, running out of memory: exit 1; Ctrl-C: exit 130.  What is printed on stdout as JSON is
+strict JSON (a non-finite number is ``null``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -19,17 +21,14 @@ from typing import Sequence
 
 import numpy as np
 
-from theory.plumbing.atomic import atomic_save_npz
-from theory.plumbing.config import (
-    ConfigError,
-    add_config_arguments,
-    check_int,
-    resolve_config,
-)
+from theory.plumbing.atomic import to_json
+from theory.plumbing.config import ConfigError, add_config_arguments, check_int, resolve_config
 from theory.plumbing.cli import OneLineArgumentParser, cli_entry
+from theory.plumbing.lock import RunLock, RunLockError
 
-from .backend import SimulationDiverged
-from .config import SimConfig
+from .backend_contract import SimulationDiverged
+from .config import SimConfig, check_memory
+from .files import require_folder
 
 log = logging.getLogger("sims")
 
@@ -39,7 +38,9 @@ def _parser() -> OneLineArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
 
     run = sub.add_parser("run", help="one configuration: trajectory to OUT.npz + OUT.json")
-    run.add_argument("--out", required=True, help="output path stem (OUT.npz and OUT.json are written)")
+    run.add_argument("--out", required=True,
+                     help="output path stem (OUT.npz and OUT.json are written, with --useful also OUT_partition.npz; "
+                          "earlier files of useful-sim there are replaced, other files never)")
     run.add_argument("--config", help="TOML file with configuration fields")
     add_config_arguments(run, SimConfig)
 
@@ -49,6 +50,8 @@ def _parser() -> OneLineArgumentParser:
     sw.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2", help="a field and its values (repeatable)")
     sw.add_argument("--seeds", default="1", help="number of seeds per grid point (seeds 0..S-1)")
     sw.add_argument("--chunk", default="64", help="runs simulated together (and saved) per batch")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="replace runs of another configuration found under the same names (default: refuse)")
     add_config_arguments(sw, SimConfig, exclude=("seed",))
 
     rep = sub.add_parser("reproduce", help="the claims report and figures")
@@ -56,6 +59,8 @@ def _parser() -> OneLineArgumentParser:
     rep.add_argument("--config", help="TOML file with the base configuration")
     rep.add_argument("--quick", action="store_true", help="3 seeds and a smaller ablation (under a minute)")
     rep.add_argument("--seeds", default=None, help="number of seeds (default 10, or 3 with --quick)")
+    rep.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier report in --out (only files useful-sim wrote; default: refuse)")
     add_config_arguments(rep, SimConfig, exclude=("seed", "useful"))
     return parser
 
@@ -69,43 +74,58 @@ def _int_flag(name: str, raw: str, low: int) -> int:
     return value
 
 
+def _print_json(obj) -> None:
+    print(to_json(obj, indent=None))
+
+
 def _cmd_run(args) -> int:
-    from .simulate import make_problem, simulate
-    from .useful import split, useful_many
+    from .runs import compute_runs, run_paths, save_run
+    from .files import require_ours
 
     cfg = resolve_config(SimConfig, args, config_path=args.config)
+    check_memory(cfg)
     out = Path(args.out)
-    if cfg.useful:
-        problem = make_problem(cfg)
-        s = split(cfg, problem)
-        traj = useful_many([cfg], [problem], [s])[0]
-        atomic_save_npz(out.with_name(out.name + "_partition.npz"), upsampled=s.partition.indices,
-                        multiplicities=s.partition.multiplicities, outputs=s.outputs, losses=s.losses,
-                        has_fast=problem.train.has_fast)
-    else:
-        traj = simulate(cfg)
-    npz, meta = traj.save(out)
-    print(json.dumps({"npz": str(npz), "json": str(meta), "fast_learned_at": traj.fast_learned_at,
-                      "slow_learned_at": traj.slow_learned_at, "test_acc": float(traj.test_acc[-1]),
-                      "test_acc_slow": float(traj.test_acc_slow[-1])}))
+    npz, part, meta = run_paths(out)
+    require_folder(out.parent)
+    require_ours([npz, part, meta])  # before computing: refuse early
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out.parent, f".{meta.stem}.lock")
+    try:
+        lock.acquire()
+    except RunLockError as err:
+        raise ConfigError("--out", message=f"--out: {err}") from None
+    try:
+        (result,) = compute_runs([cfg])
+        npz, meta = save_run(out, result)
+    finally:
+        lock.release()
+    traj = result.traj
+    _print_json({"npz": str(npz), "json": str(meta), "partition": str(part) if result.split is not None else None,
+                 "fast_learned_at": traj.fast_learned_at, "slow_learned_at": traj.slow_learned_at,
+                 "test_acc": float(traj.test_acc[-1]), "test_acc_slow": float(traj.test_acc_slow[-1])})
     return 0
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import expand_grid, parse_grid, sweep
+    from .sweep import expand_grid, grid_flags_given, parse_grid, sweep
 
     base = resolve_config(SimConfig, args, config_path=args.config)
     seeds = _int_flag("--seeds", args.seeds, 1)
     chunk = _int_flag("--chunk", args.chunk, 1)
-    runs = expand_grid(base, parse_grid(args.grid), seeds)
-    index = sweep(runs, args.out, chunk=chunk)
-    print(json.dumps({"out": args.out, "finished": index["finished"], "total": index["total"],
-                      "skipped_as_done": index["skipped_as_done"]}))
+    grid = parse_grid(args.grid)
+    both = grid_flags_given(grid, vars(args))
+    if both:
+        raise ConfigError("--grid", message=f"--grid: {both[0]} is given both as a flag and in --grid; give it once")
+    runs = expand_grid(base, grid, seeds)
+    index = sweep(runs, args.out, chunk=chunk, overwrite=args.overwrite)
+    _print_json({"out": args.out, "finished": index["finished"], "total": index["total"],
+                 "skipped_as_done": index["skipped_as_done"], "replaced": index["replaced"]})
     return 0
 
 
 def _cmd_reproduce(args) -> int:
-    from .claims import ReproduceSettings, reproduce
+    from .experiments import ReproduceSettings
+    from .reproduce import reproduce
 
     base = resolve_config(SimConfig, args, config_path=args.config)
     if args.seeds is not None:
@@ -113,7 +133,8 @@ def _cmd_reproduce(args) -> int:
     else:
         seeds = 3 if args.quick else 10
     settings = ReproduceSettings.quick(seeds) if args.quick else ReproduceSettings(seeds=seeds)
-    report = reproduce(base, args.out, settings, on_stage=lambda s: log.info("reproduce: %s", s))
+    report = reproduce(base, args.out, settings, overwrite=args.overwrite,
+                       on_stage=lambda s: log.info("reproduce: %s", s))
     width = max(len(c["id"]) for c in report["claims"])
     for c in report["claims"]:
         print(f"{c['id']:<{width}}  {'holds' if c['holds'] else 'DOES NOT HOLD'}")

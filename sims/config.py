@@ -1,25 +1,47 @@
-"""The simulator's configuration: one frozen, validated dataclass (flags are its field names).
+"""The simulator's configuration: one frozen, validated dataclass (flags are its field names), its identity and size.
 
 The default is the documented configuration of docs/theory.md: d = 200, P = 3, alpha = 0.9,
 beta_e = 1, beta_d = 0.4, sigma_p = 0.06, J = 20, sigma_0 = 0.01, N = 200, full-batch GD with
 eta = 0.5, SAM's rho = 0.015, 3000 iterations, USEFUL's separation at iteration 120 with k = 2.
+
+Besides validation, this module owns
+
+* the configuration's identity, :func:`config_hash`: the SHA-256 of its canonical JSON (sorted keys,
+  every number in its field's type, so ``1`` and ``1.0`` are the same ``beta_d``).  A sweep run is
+  identified by it; :func:`describe_difference` says in flags what separates two configurations;
+* the memory a run needs, :func:`check_memory`: estimated from the sizes before anything is
+  allocated, and refused (``ConfigError`` naming the flag that drives it) above what the machine has.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, replace
-from typing import Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
 
-from theory.plumbing.config import check, check_choice, check_int, check_number
 from theory.data import DataConfig
+from theory.plumbing.config import check, check_allocation, check_choice, check_int, check_number
 from theory.updates import RULES
 
-__all__ = ["SimConfig", "BACKENDS", "DTYPES"]
+from .backends import BACKENDS
 
-BACKENDS = ("numba", "torch", "reference")
+__all__ = ["SimConfig", "BACKENDS", "DTYPES", "config_hash", "describe_difference", "memory_need", "check_memory",
+           "flag"]
+
 DTYPES = ("float64", "float32")
+
+_FLOAT_FIELDS = ("alpha", "beta_e", "beta_d", "sigma_p", "sigma_0", "lr", "rho", "theta")
+_INT_FIELDS = ("d", "P", "J", "iterations", "batch_size", "n_train", "n_test", "record_every", "separate_at",
+               "upsample_factor", "seed")
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a configuration field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,10 @@ class SimConfig:
     feature counts as learned when its feature output reaches ``theta``.  USEFUL (``useful``):
     train to ``separate_at``, split, upsample by ``upsample_factor``, retrain (from the same
     initialization unless ``fresh_init``).  ``seed`` determines data, initialization and minibatches.
+
+    ``separate_at`` must lie in ``[1, iterations]`` whenever USEFUL is run (``useful``; ``reproduce``
+    checks its base configuration as a USEFUL one).  Numbers are stored in their field's type
+    (``beta_d=1`` becomes ``1.0``), so equal configurations compare and hash equal.
     """
 
     d: int = 200
@@ -79,15 +105,27 @@ class SimConfig:
         )
         check_int("record_every", self.record_every, low=1)
         check_number("theta", self.theta, low=0.0, low_open=True)
+        check(isinstance(self.useful, (bool, np.bool_)), "useful", self.useful, "true or false")
+        check(isinstance(self.fresh_init, (bool, np.bool_)), "fresh_init", self.fresh_init, "true or false")
         check_int("separate_at", self.separate_at, low=1, high=self.iterations if self.useful else None)
         check_int("upsample_factor", self.upsample_factor, low=1)
         check_int("seed", self.seed, low=0)
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("backend", self.backend, BACKENDS)
         check(
-            self.device == "cpu" or (self.backend == "torch" and self.device.startswith("cuda")),
+            isinstance(self.device, str) and (
+                self.device == "cpu" or (self.backend == "torch" and self.device.startswith("cuda"))),
             "device", self.device, "'cpu', or 'cuda[:N]' with backend 'torch'",
         )
+        # Canonical types: 1 and 1.0 (or a numpy scalar) are the same value of a float field.
+        for name in _FLOAT_FIELDS:
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, int(value))
+        object.__setattr__(self, "useful", bool(self.useful))
+        object.__setattr__(self, "fresh_init", bool(self.fresh_init))
 
     def data_config(self) -> DataConfig:
         return DataConfig(
@@ -102,3 +140,109 @@ class SimConfig:
         """Independent seed streams for train data, test data, initialization and minibatches."""
         train, test, init, batches = np.random.SeedSequence(self.seed).spawn(4)
         return {"train": train, "test": test, "init": init, "batches": batches}
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity.
+
+
+def _canonical_json(config: Mapping[str, Any]) -> str:
+    return json.dumps(dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_hash(config: SimConfig | Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the configuration's canonical JSON: a run's identity.
+
+    A mapping (e.g. the ``config`` of a saved run) is taken as it is; a :class:`SimConfig` through
+    ``asdict`` (its numbers are already canonical).
+    """
+    mapping = dataclasses.asdict(config) if isinstance(config, SimConfig) else config
+    return hashlib.sha256(_canonical_json(mapping).encode()).hexdigest()
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def describe_difference(current: Mapping[str, Any], stored: Mapping[str, Any], *, limit: int = 3) -> str:
+    """``--lr is 0.3, the folder's runs have 0.5; ...``: the fields where ``stored`` differs (at most ``limit``)."""
+    order = [f.name for f in dataclasses.fields(SimConfig)]
+    keys = order + sorted((set(current) | set(stored)) - set(order))
+    parts = []
+    for key in keys:
+        if key in current and key in stored and current[key] == stored[key] and type(current[key]) is type(stored[key]):
+            continue
+        if key not in current and key not in stored:
+            continue
+        mine = _show(current[key]) if key in current else "not a field"
+        theirs = _show(stored[key]) if key in stored else "no such field"
+        parts.append(f"{flag(key)} is {mine}, the folder's runs have {theirs}")
+    more = f"; and {len(parts) - limit} more" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more if parts else "no field differs"
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory.
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimConfig)}
+_F64 = 8
+
+
+def memory_need(cfg: SimConfig, runs: int = 1) -> tuple[int, list[tuple[str, int, tuple[str, ...]]]]:
+    """Estimated peak bytes of simulating ``runs`` runs of ``cfg`` together (one backend), and its terms.
+
+    Terms are ``(what, bytes, fields that drive it)``; computed in Python integers (nothing is
+    allocated).  The estimate counts the copies the driver keeps (dense patches, structured rows,
+    the stacked batch, recorded weights and outputs, the per-record evaluation products); it is
+    meant to catch sizes that cannot fit, not to budget memory to the byte.
+    """
+    n, nt, P, d, J = cfg.n_train, cfg.n_test, cfg.P, cfg.d, cfg.J
+    K = cfg.iterations // cfg.record_every + 2  # records kept per run
+    rows = n * (P - 1) + 2  # basis rows (an upper bound: patch 1 is always a feature; plus v_e, v_d)
+    per_run = [
+        ("the training patches (3 copies of n_train x P x d)", 3 * n * P * d * _F64, ("n_train", "P", "d")),
+        ("the test patches (2 copies of n_test x P x d)", 2 * nt * P * d * _F64, ("n_test", "P", "d")),
+        ("the recorded weights (2 copies of records x J x d)", 2 * K * J * d * _F64,
+         ("iterations", "record_every", "J", "d")),
+        ("the recorded training outputs (2 copies of records x n_train)", 2 * K * n * _F64,
+         ("iterations", "record_every", "n_train")),
+        ("the backend's state (rows x J, and rows x rows or rows x d)",
+         (2 * min(rows * rows, rows * d) + 4 * rows * J + 4 * J * d) * _F64, ("n_train", "P", "d", "J")),
+    ]
+    if cfg.batch_size is not None:
+        per_run.append(("the minibatch schedule (3 copies of iterations x batch_size)",
+                        3 * cfg.iterations * cfg.batch_size * _F64, ("iterations", "batch_size")))
+    transient = [
+        ("evaluating the test set at every record (n_test x P x records x J)", (nt * (P - 1) + 2) * K * J * _F64,
+         ("n_test", "P", "iterations", "record_every", "J")),
+        ("noise memorization at every record (2 copies of n_train x P x records x J)",
+         2 * n * (P - 1) * K * J * _F64, ("n_train", "P", "iterations", "record_every", "J")),
+    ]
+    terms = [(what, runs * b, fields + (("runs",) if runs > 1 else ())) for what, b, fields in per_run] + transient
+    return sum(b for _, b, _ in terms), terms
+
+
+def _ratio(cfg: SimConfig, field: str, runs: int) -> float:
+    if field == "runs":
+        return float(runs)
+    if field == "record_every":  # fewer iterations between records: more records
+        return _DEFAULTS["record_every"] / cfg.record_every
+    value = getattr(cfg, field)
+    default = _DEFAULTS[field] if _DEFAULTS[field] is not None else _DEFAULTS["n_train"]
+    return value / default
+
+
+def check_memory(cfg: SimConfig, runs: int = 1, *, runs_flag: str | None = None, limit: int | None = None) -> None:
+    """Refuse (``ConfigError``, one line) a configuration whose estimated memory exceeds what is available.
+
+    The error names the flag that drives the largest term most (the field furthest above its default;
+    ``runs_flag``, e.g. ``--chunk`` or ``--seeds``, when the number of runs simulated together does),
+    the estimate and the largest term.  ``limit`` defaults to the memory available now.
+    """
+    total, terms = memory_need(cfg, runs)
+    what, _, fields = max(terms, key=lambda t: t[1])
+    candidates = [f for f in fields if f != "runs" or runs_flag is not None]
+    field = max(candidates, key=lambda f: _ratio(cfg, f, runs))
+    name = runs_flag if field == "runs" else flag(field)
+    where = f"{runs} runs simulated together, above all {what}" if runs > 1 else f"a run, above all {what}"
+    check_allocation(name, total, where, limit=limit)

@@ -1,4 +1,4 @@
-"""Run the simulator: build the problem from a configuration, drive a backend, record a Trajectory.
+"""The simulator's driver: a configuration's problem (data, initialization), a backend stepped, a Trajectory recorded.
 
     traj = simulate(SimConfig(optimizer="sam"))
     trajs = simulate_many([cfg.with_(seed=s) for s in range(10)])   # batched where the backend can
@@ -21,12 +21,13 @@ from theory.data import PatchData, sample
 from theory.model import feature_output, init_weights
 from theory.updates import minibatch_schedule
 
-from .backend import RunSpec, make_backend
-from .config import SimConfig
+from .backend_contract import RunSpec
+from .backends import make_backend
+from .config import SimConfig, check_memory
 from .structured import structure
 from .trajectory import SERIES, Trajectory
 
-__all__ = ["Problem", "make_problem", "simulate", "simulate_many", "record", "run_specs"]
+__all__ = ["Problem", "make_problem", "simulate", "simulate_many", "record"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def record(Ws: np.ndarray, F_train: np.ndarray, problem: Problem, cfg: SimConfig
     }
 
 
-def run_specs(cfg: SimConfig, problem: Problem, multiplicities: np.ndarray | None, W0: np.ndarray | None) -> RunSpec:
+def _run_spec(cfg: SimConfig, problem: Problem, multiplicities: np.ndarray | None, W0: np.ndarray | None) -> RunSpec:
     """The backend's description of the run ``cfg`` on ``problem``."""
     m = np.ones(cfg.n_train) if multiplicities is None else np.asarray(multiplicities, dtype=np.float64)
     schedule = None
@@ -118,7 +119,8 @@ def simulate_many(
     """Simulate several configurations; runs that share shapes and rule go through one backend.
 
     ``multiplicities[i]`` weights run i's examples; ``problems[i]`` overrides its sampled problem;
-    ``W0s[i]`` its initialization.  Raises :class:`sims.backend.SimulationDiverged` on divergence.
+    ``W0s[i]`` its initialization.  Raises :class:`sims.backend_contract.SimulationDiverged` on
+    divergence, and ``ConfigError`` (before allocating) when a group of runs would not fit in memory.
     """
     n = len(cfgs)
     multiplicities = list(multiplicities) if multiplicities is not None else [None] * n
@@ -131,6 +133,8 @@ def simulate_many(
     if progress is None:
         progress = sys.stderr.isatty()
     for members in groups.values():
+        check_memory(cfgs[members[0]], len(members))
+    for members in groups.values():
         for i, traj in zip(members, _simulate_group([cfgs[i] for i in members], [problems[i] for i in members],
                                                      [multiplicities[i] for i in members], [W0s[i] for i in members],
                                                      progress)):
@@ -141,7 +145,7 @@ def simulate_many(
 def _simulate_group(cfgs, problems, multiplicities, W0s, progress) -> list[Trajectory]:
     cfg0 = cfgs[0]
     problems = [p if p is not None else make_problem(c) for p, c in zip(problems, cfgs)]
-    specs = [run_specs(c, p, m, w) for c, p, m, w in zip(cfgs, problems, multiplicities, W0s)]
+    specs = [_run_spec(c, p, m, w) for c, p, m, w in zip(cfgs, problems, multiplicities, W0s)]
     backend = make_backend(cfg0.backend, specs, dtype=cfg0.dtype, device=cfg0.device)
     R, T = len(cfgs), cfg0.iterations
     iterations = [0]

@@ -69,11 +69,6 @@ class StructuredData:
         """Number of noise rows."""
         return int(self.B.shape[0] - 2)
 
-    @property
-    def owner(self) -> np.ndarray:
-        """(M,) the example of each noise row."""
-        return np.repeat(np.arange(self.n), np.diff(self.ptr))
-
     def outputs(self, Z: np.ndarray) -> np.ndarray:
         """``f_i`` from ``Z = B W^T`` (shape (M + 2, J)): the model's outputs on the sample."""
         return outputs_from_projections(Z, self.M, self.ptr, self.E)
@@ -143,11 +138,11 @@ class Stacked:
     M: np.ndarray  # (R,) real noise rows per run
 
 
-def stack(items: Sequence[StructuredData], *, min_rows: int = 0) -> Stacked:
-    """Pad and stack the samples of several runs (same n and d)."""
+def stack(items: Sequence[StructuredData]) -> Stacked:
+    """Pad and stack the samples of several runs (same n and d) to the largest number of noise rows."""
     R = len(items)
     d = items[0].d
-    Mp = max([s.M for s in items] + [min_rows])
+    Mp = max(s.M for s in items)
     B = np.zeros((R, Mp + 2, d))
     for r, s in enumerate(items):
         B[r, : s.M] = s.B[: s.M]

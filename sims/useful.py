@@ -21,10 +21,10 @@ from theory.model import init_weights
 from theory.useful import Partition, random_partition, useful_partition
 
 from .config import SimConfig
-from .simulate import Problem, make_problem, simulate_many
+from .simulate import Problem, simulate_many
 from .trajectory import Trajectory
 
-__all__ = ["Split", "split", "split_many", "separation_quality", "fresh_weights", "useful_many"]
+__all__ = ["Split", "split_many", "separation_quality", "fresh_weights", "useful_many"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Split:
     partition: Partition
     outputs: np.ndarray  # (n,) network outputs at the separating iteration
     losses: np.ndarray  # (n,) per-example losses there
+    has_fast: np.ndarray  # (n,) the training sample's ground truth
     precision: float  # of the upsampled cluster against has_fast == False
     recall: float
 
@@ -67,13 +68,9 @@ def split_many(cfgs: Sequence[SimConfig], problems: Sequence[Problem]) -> list[S
         losses = np.logaddexp(0.0, -y * f)
         part = useful_partition(f, y, losses, k=cfg.upsample_factor, seed=cfg.seed)
         precision, recall = separation_quality(part.upsample, problem.train.has_fast)
-        out.append(Split(partition=part, outputs=f, losses=losses, precision=precision, recall=recall))
+        out.append(Split(partition=part, outputs=f, losses=losses, has_fast=problem.train.has_fast,
+                         precision=precision, recall=recall))
     return out
-
-
-def split(cfg: SimConfig, problem: Problem | None = None) -> Split:
-    """:func:`split_many` for one configuration."""
-    return split_many([cfg], [problem if problem is not None else make_problem(cfg)])[0]
 
 
 def useful_many(

@@ -9,19 +9,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sims.claims import (
-    REQUIRED_IDS,
-    ReproduceSettings,
-    progress_ratio,
-    reproduce,
-    summarize,
-)
+from sims.claims import REQUIRED_IDS, progress_ratio, summarize
+from sims.experiments import ReproduceSettings
+from sims.reproduce import reproduce
 from sims.cli import main
 from sims.config import SimConfig
 from sims.simulate import Problem, make_problem, simulate, simulate_many
 from sims.sweep import expand_grid, parse_grid, sweep
 from sims.trajectory import Trajectory
-from sims.useful import separation_quality, split, useful_many
+from sims.useful import separation_quality, split_many, useful_many
 from theory.data import PatchData
 from theory.model import outputs
 from theory.updates import train
@@ -90,7 +86,7 @@ def test_useful_retrain_equals_training_on_duplicated_data():
     """Training on multiplicities equals training on the dataset with the copies (float64, 1e-10)."""
     cfg = TINY.with_(iterations=40, separate_at=15)
     p = make_problem(cfg)
-    s = split(cfg, p)
+    (s,) = split_many([cfg], [p])
     assert s.partition.upsample.any()
     assert s.partition.multiplicities.sum() == cfg.n_train + (cfg.upsample_factor - 1) * s.partition.upsample.sum()
     via_m = useful_many([cfg], [p], [s])[0]
@@ -103,7 +99,7 @@ def test_useful_retrain_equals_training_on_duplicated_data():
 def test_useful_fresh_init_differs_and_random_baseline_keeps_counts():
     cfg = TINY.with_(iterations=30, separate_at=10)
     p = make_problem(cfg)
-    s = split(cfg, p)
+    (s,) = split_many([cfg], [p])
     same = useful_many([cfg], [p], [s])[0]
     fresh = useful_many([cfg.with_(fresh_init=True)], [p], [s])[0]
     assert not np.allclose(same.final_weights, fresh.final_weights)

@@ -54,12 +54,12 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 
 def _as_flag(err: ConfigError) -> str:
-    """The message with a field name such as ``batch_size`` written as its flag ``--batch-size``.
+    """The message with a field name such as ``batch_size`` (or ``J``) written as its flag ``--batch-size``.
 
     Flags and TOML keys name the same fields, so every command-line error names the field one way.
     """
     msg, field = str(err), err.field or ""
-    if re.fullmatch(r"[a-z][a-z0-9_-]*", field) and msg.startswith(field + ":"):
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", field) and msg.startswith(field + ":"):
         return "--" + field.replace("_", "-") + msg[len(field):]
     return msg
 

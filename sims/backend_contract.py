@@ -1,10 +1,10 @@
-"""The interface every simulator backend implements, and the plain reference backend.
+"""The contract between the simulator's driver and its backends: RunSpec, the Backend protocol, errors.
 
 A backend holds the state of ``R >= 1`` independent runs that share the rule (gd/sgd/sam/usam),
 the shapes ``(n, P, d, J)`` and full-batch vs minibatch, and may differ in everything else: data,
 initialization, multiplicities, learning rate, rho, feature strengths, minibatch schedule.
 
-    backend = make_backend("numba", specs, dtype="float64")
+    backend = make_backend("numba", specs, dtype="float64")   # sims.backends
     F_e, F_d = backend.advance(100)      # (100, R): feature outputs after each step
     W = backend.weights()                # (R, J, d) float64
     f = backend.train_outputs()          # (R, n) float64, at the current weights
@@ -12,9 +12,10 @@ initialization, multiplicities, learning rate, rho, feature strengths, minibatch
 ``advance`` raises :class:`SimulationDiverged` naming the run and the iteration (1-based, counted
 from the start of the run) at which the weights or outputs stopped being finite.
 
-Backends: ``reference`` (this module: theory's dense float64 update, one run at a time; slow, the
-definition), ``numba`` (:mod:`sims.backend_numba`) and ``torch`` (:mod:`sims.backend_torch`, CPU or
-CUDA, all runs in one batched computation).  The fast ones are tested against the reference.
+This module imports no backend: the reference (:mod:`sims.backend_reference`), numba
+(:mod:`sims.backend_numba`) and torch (:mod:`sims.backend_torch`) backends each import it, and
+:func:`sims.backends.make_backend` picks one by name.  The structured backends share the choice of
+computation path (:func:`choose_path`) and its flop count (:func:`flops_per_step`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from theory.plumbing.config import check, check_choice
 from theory.data import PatchData
-from theory.model import check_multiplicities, feature_output, outputs
-from theory.updates import RULES, batch_counts, update
+from theory.model import check_multiplicities
+from theory.plumbing.config import check, check_choice
+from theory.updates import RULES
 
-__all__ = ["RunSpec", "SimulationDiverged", "Backend", "ReferenceBackend", "make_backend"]
+__all__ = ["RunSpec", "SimulationDiverged", "Backend", "check_compatible", "choose_path", "flops_per_step"]
 
 
 class SimulationDiverged(RuntimeError):
@@ -76,6 +77,8 @@ class RunSpec:
 
 
 class Backend(Protocol):
+    """R runs advanced together (see the module docstring)."""
+
     n_runs: int
     iteration: int
 
@@ -100,54 +103,21 @@ def check_compatible(specs: Sequence[RunSpec]) -> None:
         check(same_batch, "batch_size", None, "the same batch size in every run")
 
 
-class ReferenceBackend:
-    """theory's dense float64 updates, one run after the other (the definition; slow)."""
-
-    def __init__(self, specs: Sequence[RunSpec], *, dtype: str = "float64", device: str = "cpu"):
-        check_compatible(specs)
-        check(dtype == "float64", "dtype", dtype, "'float64' for the reference backend")
-        self.specs = list(specs)
-        self.n_runs = len(self.specs)
-        self.iteration = 0
-        self._W = [np.array(s.W0, dtype=np.float64, copy=True) for s in self.specs]
-
-    def advance(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        F_e = np.empty((steps, self.n_runs))
-        F_d = np.empty((steps, self.n_runs))
-        for s in range(steps):
-            t = self.iteration + s
-            for r, spec in enumerate(self.specs):
-                if spec.schedule is not None:
-                    m = batch_counts(spec.schedule[t], spec.train.n)
-                else:
-                    m = spec.multiplicities
-                rule = "gd" if spec.rule == "sgd" else spec.rule
-                with np.errstate(all="ignore"):
-                    W = update(self._W[r], spec.train.X, spec.train.y, m, rule=rule, lr=spec.lr, rho=spec.rho)
-                if not np.all(np.isfinite(W)):
-                    raise SimulationDiverged(r, t + 1)
-                self._W[r] = W
-                F_e[s, r] = feature_output(W, spec.train.v_e, spec.beta_e)
-                F_d[s, r] = feature_output(W, spec.train.v_d, spec.beta_d)
-        self.iteration += steps
-        return F_e, F_d
-
-    def weights(self) -> np.ndarray:
-        return np.stack(self._W)
-
-    def train_outputs(self) -> np.ndarray:
-        return np.stack([outputs(W, s.train.X) for W, s in zip(self._W, self.specs)])
 
 
-def make_backend(name: str, specs: Sequence[RunSpec], *, dtype: str = "float64", device: str = "cpu") -> Backend:
-    """Build backend ``name`` ("reference", "numba" or "torch") for ``specs``."""
-    check_choice("backend", name, ("reference", "numba", "torch"))
-    if name == "reference":
-        return ReferenceBackend(specs, dtype=dtype, device=device)
-    if name == "numba":
-        from .backend_numba import NumbaBackend
+def choose_path(Mb: int, d: int) -> str:
+    """Gram space (``2 Mb^2 J`` flops per product) when cheaper than direct (``4 Mb d J``).
 
-        return NumbaBackend(specs, dtype=dtype, device=device)
-    from .backend_torch import TorchBackend
+    ``Mb`` is the number of basis rows (noise rows plus the two feature rows), ``d`` the patch dimension.
+    """
+    return "gram" if Mb < 2 * d else "direct"
 
-    return TorchBackend(specs, dtype=dtype, device=device)
+
+def flops_per_step(path: str, Mb: int, d: int, J: int, rule: str) -> int:
+    """Floating-point operations of the matrix products of one full-batch step (elementwise work not counted).
+
+    gram: ``2 Mb^2 J`` per product, one product for GD/SGD, two for SAM/USAM; direct: ``4 Mb d J``
+    per gradient, one or two gradients.
+    """
+    per = 2 * Mb * Mb * J if path == "gram" else 4 * Mb * d * J
+    return per * (2 if rule in ("sam", "usam") else 1)
