@@ -33,14 +33,13 @@ a crafted file cannot run code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import logging
 import os
 import pickle
-import socket
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from theory.plumbing.atomic import (
     to_json,
 )
 from theory.plumbing.config import ConfigError, config_from_mapping, to_jsonable
+from theory.plumbing.lock import RunLock, RunLockError
 from theory.useful import Partition
 
 from . import distributed as D
@@ -238,113 +238,6 @@ def state_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# The lock.
-
-
-class RunLockError(RuntimeError):
-    """The run directory is in use by another live process."""
-
-
-def _process_start_time(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OverflowError:
-        return False
-    try:  # a zombie (killed, not yet reaped) is not a live run
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-    except (OSError, IndexError):
-        pass
-    return True
-
-
-class RunLock:
-    """``DIR/run.lock`` holding ``{"pid", "host", "start"}`` of the process that owns ``DIR``.
-
-    ``acquire`` creates it atomically (content written to a temporary file, then hard-linked to the
-    name: it appears whole or not at all); if it exists and its owner is alive (same host, the PID
-    exists with the recorded start time) it raises :class:`RunLockError`.  A lock whose owner is gone,
-    or whose content is not such an object (garbled), is stale and taken over.  A lock from another
-    host counts as live (it cannot be checked).
-    """
-
-    NAME = "run.lock"
-
-    def __init__(self, directory: str | os.PathLike):
-        self.path = Path(directory) / self.NAME
-        self.held = False
-
-    def owner(self) -> dict | None:
-        """The lock's content if it is a well-formed owner record, else None."""
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
-        if not (isinstance(data, dict) and isinstance(data.get("pid"), int) and isinstance(data.get("host"), str)):
-            return None
-        return data
-
-    def _owner_alive(self, owner: dict) -> bool:
-        if owner["host"] != socket.gethostname():
-            return True
-        pid = owner["pid"]
-        if pid == os.getpid() or not _pid_alive(pid):
-            return False  # our own leftover, or the owner is gone
-        start, now = owner.get("start"), _process_start_time(pid)
-        return start is None or now is None or start == now  # a reused PID is stale
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start_time(os.getpid())}
-        for _ in range(3):
-            fd, tmp = tempfile.mkstemp(prefix=".run.lock.", dir=str(self.path.parent))
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(mine, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.link(tmp, self.path)
-            except FileExistsError:
-                owner = self.owner()
-                if owner is not None and self._owner_alive(owner):
-                    raise RunLockError(f"{self.path.parent} is in use by a live run (pid {owner['pid']} on "
-                                       f"{owner['host']}); wait for it or stop it") from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)  # stale or garbled: take it over
-                continue
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            self.held = True
-            return
-        raise RunLockError(f"could not take {self.path} (another process keeps taking it)")
-
-    def release(self) -> None:
-        if self.held:
-            owner = self.owner()
-            if owner is not None and owner["pid"] == os.getpid():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-            self.held = False
-
-
-# ----------------------------------------------------------------------------------------------
 # What a run carries from epoch to epoch and phase to phase.
 
 
@@ -415,13 +308,24 @@ class Run:
         self.state = RunState()
         self.done = False
         self._checkpoint: dict | None = None  # the payload to restore, until it is used
+        self._fresh = False  # this session started the run (nothing was there to resume)
+        self._saved = False  # this session wrote a checkpoint
 
     def __enter__(self) -> "Run":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.lock is not None:
-            self.lock.release()
+    def __exit__(self, exc_type=None, *exc: object) -> None:
+        """Release the lock.  A fresh run that ends in an error (or Ctrl-C) before its first
+        checkpoint leaves no files behind: its config.json would otherwise make the next command
+        refuse the folder as an unfinished run, with nothing to resume."""
+        try:
+            if exc_type is not None and self._fresh and not self._saved and self.info.is_main:
+                for name in (CONFIG, METRICS):
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.path / name).unlink()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     # -- the checkpoint: save and restore, side by side -------------------------------------
 
@@ -433,6 +337,7 @@ class Run:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.path / CHECKPOINT, buffer.getvalue())
+        self._saved = True
         self._write_metrics()
 
     def restore(self, ph) -> None:
@@ -503,7 +408,10 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
         return "fresh"
     if not any((path / name).exists() for name in RUN_FILES):
         return "fresh"
-    summary = read_summary(path)
+    try:
+        summary = read_summary(path)
+    except ConfigError as err:
+        raise ConfigError("--out", message="--out: " + str(err).split(": ", 1)[-1]) from None
     status = summary.get("status") if summary else None
     if status == "completed":
         if cfg.resume:
@@ -530,6 +438,11 @@ def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tupl
             if name not in RUN_CONTROL_FIELDS and stored.get(name) != current[name]]
 
 
+# OSErrors that say the folder given as --out cannot be used (bad input, exit 2); the others (a full
+# disk, an I/O error) are the environment's (exit 1, through theory.plumbing.cli.cli_entry).
+_UNUSABLE_OUT = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
+
+
 @contextlib.contextmanager
 def _refusals_as_config_errors():
     try:
@@ -537,6 +450,8 @@ def _refusals_as_config_errors():
     except RunLockError as err:
         raise ConfigError("--out", message=f"--out: {err}") from None
     except OSError as err:
+        if err.errno not in _UNUSABLE_OUT:
+            raise
         from theory.plumbing.cli import os_error_line
 
         raise ConfigError("--out", message=f"--out: {os_error_line(err)}") from None
@@ -563,7 +478,11 @@ def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
         if error is not None:
             raise ConfigError(error[0], message=error[1])
         if decision != "fresh":  # the stored run must be this configuration
-            ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
+            try:
+                ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
+            except ConfigError as err:  # an empty, truncated or foreign checkpoint: nothing to resume from
+                raise ConfigError("--resume", message="--resume: " + str(err).split(": ", 1)[-1]
+                                  + "; pass --overwrite to start over") from None
             diff = config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
             if diff:
                 raise ConfigError(diff[0][0], message="--resume: the configuration differs from the run in "
@@ -575,13 +494,14 @@ def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
             return run
         if decision == "fresh":
             run.state.phase = "separate" if cfg.useful else "main"
+            run._fresh = True
         else:
             run._resume_from(ckpt, n_train)
         if info.is_main:
             with _refusals_as_config_errors():
                 atomic_write_json(path / CONFIG, {"format": FORMAT, **to_jsonable(cfg)})
-    except BaseException:
-        run.__exit__(None, None, None)
+    except BaseException as err:
+        run.__exit__(type(err), err, None)
         raise
     return run
 

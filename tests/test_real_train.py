@@ -296,7 +296,7 @@ def test_live_lock_refused_and_stale_lock_taken(tmp_path):
     out.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from real.rundir import _process_start_time
+        from theory.plumbing.lock import _process_start_time
 
         (out / "run.lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename,
                                                   "start": _process_start_time(sleeper.pid)}))

@@ -257,3 +257,159 @@ def test_device_cuda_without_cuda(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "error: --device: got 'cuda', but CUDA is not available on this machine"
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Trust at the boundaries (issue 13): files not ours, crafted checkpoints, failures before the first
+# checkpoint, file-system errors, wrong-shape state files.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+QUICK = ["run", *flags(**TINY), "--epochs", "1", "--device", "cpu"]
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize("mode", [[], ["--resume"], ["--overwrite"]])
+def test_a_folder_of_someone_elses_files_is_never_touched(tmp_path, capsys, mode):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"experiment": "my own notes"}\n')
+    (out / "metrics.jsonl").write_text('{"accuracy": 0.9}\n')
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*QUICK, "--out", str(out), *mode]) == 2
+    line = _one_line(capsys)
+    assert "--out" in line and "not written by useful-train" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["crafted", "empty", "truncated", "not-a-checkpoint"])
+def test_resume_from_a_bad_checkpoint_is_one_line_and_runs_no_code(tmp_path, capsys, kind):
+    out = tmp_path / "r"
+    assert train(TrainConfig(**TINY, epochs=1, out=str(out)))["status"] == "completed"
+    (out / "summary.json").unlink()  # an unfinished run: --resume reads the checkpoint
+    marker = tmp_path / "pwned"
+    ckpt = out / "checkpoint.pt"
+    if kind == "crafted":
+        torch.save({"format": "useful-sb/run/1", "config": {}, "model": _Payload(marker)}, ckpt)
+    elif kind == "empty":
+        ckpt.write_bytes(b"")
+    elif kind == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: len(ckpt.read_bytes()) // 2])
+    else:
+        ckpt.write_bytes(pickle.dumps({"model": 1}))
+    assert main(["run", "--out", str(out), "--resume"]) == 2
+    line = _one_line(capsys)
+    assert "--resume" in line and "checkpoint.pt" in line
+    assert not marker.exists()
+
+
+def test_a_failure_before_the_first_checkpoint_leaves_no_files(tmp_path, monkeypatch, capsys):
+    """A fresh run that fails (or is interrupted) before its first checkpoint removes its config.json:
+    the next command starts fresh instead of refusing an 'unfinished run' with nothing to resume."""
+    import real.train as T
+
+    out = tmp_path / "f"
+    for error in (RuntimeError("boom"), KeyboardInterrupt()):
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(T, "build_phase", fail)
+        with pytest.raises(type(error)):
+            train(TrainConfig(**TINY, epochs=1, out=str(out)))
+        assert out.is_dir() and not any((out / n).exists() for n in ("config.json", "metrics.jsonl", "run.lock"))
+    monkeypatch.undo()
+    assert main([*QUICK, "--out", str(out)]) == 0
+
+
+def test_ctrl_c_is_130_with_one_line(tmp_path, monkeypatch, capsys):
+    import real.train as T
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "train_epoch", interrupt)
+    assert main([*QUICK, "--out", str(tmp_path / "c")]) == 130
+    assert _one_line(capsys) == "error: interrupted"
+    assert not (tmp_path / "c" / "config.json").exists()
+
+
+def test_out_that_is_a_file_and_a_full_disk(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    assert main([*QUICK, "--out", str(target)]) == 2
+    assert "--out" in _one_line(capsys) and target.read_text() == "keep me"
+    # The disk fills up when the first checkpoint is written: one line, exit 1, no temporary file.
+    import errno
+
+    import theory.plumbing.atomic as A
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "full"
+    real_fsync = os.fsync
+    monkeypatch.setattr(A.os, "fsync", lambda fd: full(fd) if not os.path.isdir(f"/proc/self/fd/{fd}") else real_fsync(fd))
+    assert main([*QUICK, "--out", str(out)]) == 1
+    assert "No space left on device" in _one_line(capsys)
+    assert not _temporaries(out) and not (out / "config.json").exists()
+
+
+def test_an_empty_test_split_is_one_line(tmp_path, monkeypatch, capsys):
+    import real.data as data_module
+    from real.datasets import load_dataset
+
+    def no_test(*args, **kwargs):
+        ds = load_dataset(*args, **kwargs)
+        return type(ds)(**{**ds.__dict__, "test_x": ds.test_x[:0], "test_y": ds.test_y[:0]})
+
+    monkeypatch.setattr(data_module, "load_dataset", no_test)
+    assert main([*QUICK, "--out", str(tmp_path / "e")]) == 2
+    assert "test split is empty" in _one_line(capsys)
+    assert not (tmp_path / "e").exists()
+
+
+_WRONG_SHAPES = st.one_of(st.just("[]"), st.just("null"), st.just("3"), st.just('"text"'), st.just("{"),
+                          st.just("\u00ff\u00fe"), st.lists(st.integers(), max_size=3).map(json.dumps))
+
+
+@settings(max_examples=40, suppress_health_check=list(HealthCheck))
+@given(which=st.sampled_from(["config.json", "summary.json", "metrics.jsonl"]), text=_WRONG_SHAPES)
+def test_wrong_shape_state_files_are_one_line(tmp_path_factory, which, text):
+    """A run folder whose state file is valid JSON of the wrong shape (or not JSON): compare and run
+    --resume end with one line and exit 2 (in process: main() is the command), and leave the file as
+    it was."""
+    import contextlib
+    import io
+
+    from real.rundir import FORMAT
+    from theory.plumbing.config import to_jsonable
+
+    out = tmp_path_factory.mktemp("w") / "run"
+    out.mkdir()
+    cfg = TrainConfig(**TINY, epochs=1, out=str(out))
+    (out / "config.json").write_text(json.dumps({"format": FORMAT, **to_jsonable(cfg)}))
+    (out / "summary.json").write_text(json.dumps({"status": "completed", "final_test_acc": 0.5}))
+    (out / which).write_text(text)
+    for argv in (["compare", str(out)], ["run", "--out", str(out), "--resume"]):
+        err, sink = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(sink):
+            code = main(argv)
+        lines = err.getvalue().strip().splitlines()
+        if which == "metrics.jsonl" and code in (0, 1):
+            continue  # neither command reads metrics.jsonl of a completed run with a summary
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (argv, text, err.getvalue())
+        assert (out / which).read_text() == text
