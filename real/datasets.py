@@ -325,6 +325,14 @@ def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
     return text.encode("latin-1")
 
 
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as Python's pickler uses it for an empty ``bytes`` at protocols 0-2, and nothing more
+    (``bytes(n)`` with a huge ``n`` would be an allocation the file does not pay for)."""
+    if args:
+        raise pickle.UnpicklingError("bytes() with arguments")
+    return b""
+
+
 def _numpy_reconstructors() -> dict[tuple[str, str], object]:
     """The callables numpy's own pickles name, resolved from numpy itself (1.x or 2.x module names)."""
     array = np.zeros(1, dtype=np.uint8)
@@ -332,7 +340,8 @@ def _numpy_reconstructors() -> dict[tuple[str, str], object]:
     frombuffer = array.__reduce_ex__(5)[0]  # numpy(._)core.numeric._frombuffer (protocol 5)
     scalar = np.int64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar (numpy scalars)
     allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                              ("_codecs", "encode"): _latin1_encode}
+                                              ("_codecs", "encode"): _latin1_encode,
+                                              ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes}
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{core}.multiarray", "scalar")] = scalar
@@ -347,8 +356,9 @@ class _DataUnpickler(pickle.Unpickler):
     """Builds dict, list, tuple, str, bytes, numbers, bool, None, numpy arrays and numpy scalars only.
 
     Plain containers and literals need no global; the only globals admitted are the ones numpy's own
-    pickles of arrays, dtypes and scalars name (:data:`_PICKLE_GLOBALS`), and ``_codecs.encode``
-    restricted to the ``(str, 'latin1')`` call Python emits for ``bytes`` at protocols 0-2.  Every
+    pickles of arrays, dtypes and scalars name (:data:`_PICKLE_GLOBALS`), and ``_codecs.encode`` and
+    ``bytes`` restricted to the calls Python emits for ``bytes`` at protocols 0-2 (``encode(str,
+    'latin1')`` and ``bytes()``).  Every
     other global (``posix.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
     :class:`_Refused` before anything is called.
     """
