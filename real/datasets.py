@@ -339,9 +339,10 @@ def _numpy_reconstructors() -> dict[tuple[str, str], object]:
     reconstruct = array.__reduce__()[0]  # numpy(._)core.multiarray._reconstruct
     frombuffer = array.__reduce_ex__(5)[0]  # numpy(._)core.numeric._frombuffer (protocol 5)
     scalar = np.int64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar (numpy scalars)
-    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                              ("_codecs", "encode"): _latin1_encode,
-                                              ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes}
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
+        ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes,
+    }
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{core}.multiarray", "scalar")] = scalar

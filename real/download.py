@@ -500,10 +500,10 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _checksum_error(source: Source, remote: RemoteFile, path: Path, found: str, what: str):
+def _checksum_error(source: Source, remote: RemoteFile, which: str, found: str, what: str):
     from .datasets import DatasetError
 
-    return DatasetError(f"{source.dataset}: checksum mismatch for {path}: its MD5 is {found}, the published MD5 "
+    return DatasetError(f"{source.dataset}: checksum mismatch for {which}: its MD5 is {found}, the published MD5 "
                         f"of {remote.filename} is {remote.md5}; {what}")
 
 
@@ -515,19 +515,19 @@ def _obtain(source: Source, remote: RemoteFile, root: Path, work: Path, base: st
         if remote.md5 is not None:
             found = _md5(user_copy)
             if found != remote.md5:
-                raise _checksum_error(source, remote, user_copy, found,
+                raise _checksum_error(source, remote, str(user_copy), found,
                                       "this file was not downloaded by useful-train, so it is left as is: move it "
                                       "away to download a fresh copy")
-            notes.append(f"{remote.filename}: MD5 {found} verified ({source.checksum_origin})")
+            notes.append(f"{remote.filename}: MD5 {found} ({source.checksum_origin})")
         else:
-            notes.append(f"{remote.filename}: no published checksum; only its structure is checked")
+            notes.append(f"{remote.filename}: nothing (no published checksum); only the unpacked structure is checked")
         log.info("using %s, which is already there", user_copy)
         return user_copy, False
     done = work / remote.filename
     if done.is_file():
         if remote.md5 is None or _md5(done) == remote.md5:
-            notes.append(f"{remote.filename}: MD5 {remote.md5} verified ({source.checksum_origin})" if remote.md5
-                         else f"{remote.filename}: no published checksum; only its structure is checked")
+            notes.append(f"{remote.filename}: MD5 {remote.md5} ({source.checksum_origin})" if remote.md5 else
+                         f"{remote.filename}: nothing (no published checksum); only the unpacked structure is checked")
             return done, True
         log.warning("%s no longer matches its checksum; downloading it again", done)
         done.unlink()
@@ -544,15 +544,15 @@ def _obtain(source: Source, remote: RemoteFile, root: Path, work: Path, base: st
             found = _md5(part)
         if found != remote.md5:
             part.unlink()
-            raise _checksum_error(source, remote, part, found,
-                                  f"the download from {url} was removed (run the command again; if this repeats, "
-                                  f"the server{' (--mirror)' if net.mirror else ''} serves a different file)")
-        notes.append(f"{remote.filename}: MD5 {found} verified ({source.checksum_origin})")
+            raise _checksum_error(source, remote, f"{remote.filename} downloaded from {url}", found,
+                                  f"the download was removed (run the command again; if this repeats, the "
+                                  f"server{' (--mirror)' if net.mirror else ''} serves a different file)")
+        notes.append(f"{remote.filename}: MD5 {found} ({source.checksum_origin})")
     else:
         log.warning("%s: %s has no published checksum; checking only the transfer length and the unpacked "
                     "structure", source.dataset, remote.filename)
-        notes.append(f"{remote.filename}: no published checksum; only the transfer length, the archive's CRCs "
-                     f"and the unpacked structure are checked")
+        notes.append(f"{remote.filename}: no published checksum, so only the transfer length, the archive's "
+                     f"CRCs and the unpacked structure")
     os.replace(part, done)
     return done, True
 
@@ -829,14 +829,9 @@ def _handler(args: argparse.Namespace) -> int:
         log.removeHandler(handler)
         log.setLevel(previous[0])
         log.propagate = previous[1]
+    # What was found or done is already logged above; add what was verified, and how to use it.
     for note in done.notes:
-        print(f"  {note}")
-    if done.status == "installed":
-        print(f"{args.dataset}: downloaded, verified and unpacked into {done.path}")
-    elif done.status == "present":
-        print(f"{args.dataset}: already present in {done.path} (installed by useful-train, unchanged); nothing to do")
-    else:
-        print(f"{args.dataset}: already present in {done.path} (the loader accepts it); nothing to do")
+        print(f"verified: {note}")
     print(f"use it with: useful-train run --dataset {args.dataset} --data-dir {Path(args.data_dir).expanduser()}")
     return 0
 

@@ -243,36 +243,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             status, headers = 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
         body = data[start:]
+        entry = Served(path, rng, status, 0)
+        with b.lock:  # logged before the client sees anything (see _reply)
+            b.log.append(entry)
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
-        sent = 0
         limit = len(body) if cut is None else min(cut, len(body))
         step = 4096
-        while sent < limit:
-            piece = body[sent:min(limit, sent + step)]
+        while entry.sent < limit:
+            piece = body[entry.sent:min(limit, entry.sent + step)]
+            entry.sent += len(piece)  # counted before the client can have it
             self.wfile.write(piece)
             self.wfile.flush()
-            sent += len(piece)
             if b.chunk_delay:
                 time.sleep(b.chunk_delay)
         if cut is not None:
             self.close_connection = True
-        with b.lock:
-            b.log.append(Served(path, rng, status, sent))
 
     def _reply(self, path, rng, status, body, headers):
+        b = self.server.behaviour  # type: ignore[attr-defined]
+        with b.lock:  # logged before the client can see the answer, so the log keeps the requests' order
+            b.log.append(Served(path, rng, status, len(body)))
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
-        b = self.server.behaviour  # type: ignore[attr-defined]
-        with b.lock:
-            b.log.append(Served(path, rng, status, len(body)))
 
 
 class Server:
