@@ -60,15 +60,16 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import ConfigError, check_int, check_number
 
-__all__ = ["RemoteFile", "Source", "SOURCES", "MARKER", "ensure_dataset", "register_commands"]
+__all__ = ["MARKER", "SOURCES", "RemoteFile", "Source", "ensure_dataset", "register_commands"]
 
 log = logging.getLogger(__name__)
 

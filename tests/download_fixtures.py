@@ -218,7 +218,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         b = self.server.behaviour  # type: ignore[attr-defined]
         path = self.path
         rng = self.headers.get("Range")
@@ -281,7 +281,7 @@ class Server:
     def __init__(self, files: dict[str, bytes], **behaviour):
         self.behaviour = Behaviour(files=dict(files), **behaviour)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.behaviour = self.behaviour  # type: ignore[attr-defined]
@@ -315,7 +315,7 @@ def _install_main(argv: list[str]) -> int:
     parser.add_argument("data_dir")
     parser.add_argument("--slow", type=float, default=0.0)
     args = parser.parse_args(argv)
-    import real.download as download
+    from real import download
 
     spec = json.loads(Path(args.registry).read_text())
     spec["files"] = tuple(download.RemoteFile(f, h) for f, h in spec["files"])
@@ -343,4 +343,4 @@ def registry_json(source) -> str:
 if __name__ == "__main__":  # pragma: no cover - run by the tests in a subprocess
     if sys.argv[1:2] == ["install"]:
         sys.exit(_install_main(sys.argv[2:]))
-    sys.exit(f"usage: python -m tests.download_fixtures install REGISTRY NAME DIR [--slow S]")
+    sys.exit("usage: python -m tests.download_fixtures install REGISTRY NAME DIR [--slow S]")

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+import download_fixtures as fx
 import numpy as np
 import pytest
-
-import download_fixtures as fx
-import real.download as download
 from helpers import REPO, env, run_module
+
+from real import download
 from real.cli import main
 from real.datasets import DEBIAN_FASHION_MNIST, DatasetError, load_dataset
 from real.download import MARKER, SOURCES, ensure_dataset
@@ -464,9 +464,9 @@ def test_input_errors_one_line_exit_2(tmp_path, capsys, monkeypatch):
     ]
     for argv, expected in cases:
         try:
-            code, out, err = _cli(capsys, monkeypatch, registry, *argv)
+            code, _out, err = _cli(capsys, monkeypatch, registry, *argv)
         except SystemExit as exit_:  # argparse's usage errors (one line, status 2)
-            code, (out, err) = exit_.code, capsys.readouterr()
+            code, (_out, err) = exit_.code, capsys.readouterr()
         assert code == 2 and len(err.splitlines()) == 1 and expected in err, (argv, err)
     assert _listing(tmp_path) == ["file"]
     with pytest.raises(ConfigError, match="unknown data set 'synthetic'"):
@@ -506,7 +506,7 @@ def test_success_output_and_no_progress_bar_off_a_terminal(tmp_path, capsys, mon
         code, out, err = _cli(capsys, monkeypatch, registry, "download", "cifar10", "--data-dir", str(tmp_path),
                               "--mirror", server.url("/"))
     assert code == 0 and err == ""  # stderr is not a terminal here: no bar, and logs go to stdout
-    assert f"verified" in out and "useful-train run --dataset cifar10 --data-dir" in out
+    assert "verified" in out and "useful-train run --dataset cifar10 --data-dir" in out
     code, out, err = _cli(capsys, monkeypatch, registry, "download", "cifar10", "--data-dir", str(tmp_path))
     assert code == 0 and "is already in" in out and "unchanged" in out
 
