@@ -226,7 +226,7 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, int,
 
 def _check_memory(name: str, nbytes: int, what: str) -> None:
     """Refuse (one line naming ``--data-dir``) to load files needing more memory than is available."""
-    check_allocation("--data-dir", nbytes, f"{what} of {name}")
+    check_allocation("--data-dir", nbytes, f"the {name} data set ({what})")
 
 
 def _describe(value: object) -> str:
