@@ -259,6 +259,8 @@ def _ensure(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None
         if debian is not None:
             return Installed(debian, "debian", ("Debian's dataset-fashion-mnist package",))
         raise ConfigError("--data-dir", message=f"--data-dir: needed to download {key} (the folder to put it in)")
+    if not str(data_dir).strip():
+        raise ConfigError("--data-dir", message="--data-dir: got '', expected a folder")
     root = Path(data_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError("--data-dir", message=f"--data-dir: {root} exists and is not a folder")
@@ -409,7 +411,9 @@ def _install(source: Source, root: Path, base: str, net: _Net) -> Installed:
 
         atomic_write_json(folder / MARKER, {
             "dataset": source.dataset,
-            "sources": [{"url": base + urllib.parse.quote(r.filename), "md5": r.md5} for r in source.files],
+            "sources": [{"file": r.filename, "md5": r.md5,
+                         "from": base + urllib.parse.quote(r.filename) if ours else f"{path} (put there by the user)"}
+                        for (path, ours), r in zip(copies, source.files)],
             "checksum_origin": source.checksum_origin,
             "files": count,
             "bytes": total,

@@ -79,7 +79,7 @@ def test_cifar10_download_verifies_unpacks_and_the_loader_accepts_it(tmp_path):
         assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-batches-py"]
         record = json.loads((done.path / MARKER).read_text())
         assert record["dataset"] == "cifar10" and record["sources"][0]["md5"] == fx.md5(archive)
-        assert record["sources"][0]["url"] == server.url(f"/mirror/{ARCHIVE}")
+        assert record["sources"][0]["from"] == server.url(f"/mirror/{ARCHIVE}")
         assert record["files"] == 8  # six batches, batches.meta, readme.html
         # A second call finds it and asks the server nothing.
         again = download._ensure("cifar10", data_dir, mirror=server.url("/mirror"), sources=registry, progress=False)
@@ -461,6 +461,7 @@ def test_input_errors_one_line_exit_2(tmp_path, capsys, monkeypatch):
         (["download", "cifar10", "--data-dir", str(tmp_path), "--timeout", "0"], "--timeout"),
         (["download", "imagenet", "--data-dir", str(tmp_path)], "invalid choice"),
         (["download", "cifar10"], "--data-dir"),
+        (["download", "cifar10", "--data-dir", ""], "--data-dir"),
     ]
     for argv, expected in cases:
         try:
@@ -509,6 +510,15 @@ def test_success_output_and_no_progress_bar_off_a_terminal(tmp_path, capsys, mon
     assert "verified" in out and "useful-train run --dataset cifar10 --data-dir" in out
     code, out, err = _cli(capsys, monkeypatch, registry, "download", "cifar10", "--data-dir", str(tmp_path))
     assert code == 0 and "is already in" in out and "unchanged" in out
+
+
+def test_progress_bar_when_asked(tmp_path, capsys):
+    archive, _ = _cifar10()
+    registry = fx.registry("cifar10", {ARCHIVE: archive}, split_sizes=(15, 3))
+    with fx.Server({f"/{ARCHIVE}": archive}) as server:
+        ensure_dataset("cifar10", tmp_path, mirror=server.url("/"), sources=registry, progress=True)
+    err = capsys.readouterr().err
+    assert f"{ARCHIVE}.part" in err and "B/s" in err  # tqdm's bar, on stderr
 
 
 def test_download_is_a_subcommand():
