@@ -1,8 +1,19 @@
 """Image-classification data sets read from their distributed formats, held in memory as uint8.
 
-Nothing is ever downloaded: every loader reads the files as the data set's authors distribute them
-and raises :class:`DatasetError` (one line, naming the file or directory, the expected layout and
-where to get the data) when something is missing, truncated or malformed.
+Nothing is downloaded here (``useful-train download`` and :func:`real.download.ensure_dataset` do
+that, only when asked): every loader reads the files as the data set's authors distribute them and
+raises :class:`DatasetError` (one line, naming the file or directory, the expected layout and where
+to get the data) when something is missing, truncated or malformed.
+
+Data files are untrusted input.  The CIFAR pickles are read by a restricted unpickler that builds
+only plain containers, strings, bytes, numbers, ``None`` and numpy arrays/scalars: a pickle that
+asks for anything else (``os.system``, ``builtins.eval``, any class) is refused before it runs,
+with one line naming the file and what it asked for.  Labels must be integers (integral floats such
+as ``3.0`` are refused too, like ``3.7``), in a flat list or 1-d integer array, one per image, in
+``[0, num_classes)``.  Before a large allocation the memory it needs (known from the file sizes,
+an idx header, the number of image files, or the synthetic sizes) is checked against what the
+machine has (:func:`theory.plumbing.config.check_allocation`), so a huge request is one line, not
+an out-of-memory kill.
 
 Supported names (:data:`DATASETS`):
 
@@ -15,15 +26,17 @@ Supported names (:data:`DATASETS`):
 * ``fashion-mnist``: the four idx files, each optionally gzipped;
 * ``synthetic``: generated in memory from the seed (10 classes, 3x32x32).
 
-Every split is checked: images uint8 ``(N, C, H, W)`` of the data set's size, as many labels as
-images, labels in ``[0, num_classes)``.
+Every split is checked: at least one image, images uint8 ``(N, C, H, W)`` of the data set's size,
+as many labels as images, labels in ``[0, num_classes)``.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
+import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from theory.plumbing.config import ConfigError, check_allocation
 
 __all__ = [
     "DATASETS",
@@ -81,8 +96,16 @@ _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
 
 
-class DatasetError(ValueError):
-    """A data set is missing, truncated or malformed; the message is one line naming the file."""
+class DatasetError(ConfigError):
+    """A data set is missing, truncated or malformed; the message is one line naming the file.
+
+    A :class:`~theory.plumbing.config.ConfigError` (so a ``ValueError``) whose field is the flag that
+    chose the files (``--data-dir`` unless told otherwise): the command-line boundary reports it as one
+    line with exit status 2.
+    """
+
+    def __init__(self, message: str, field: str = "--data-dir"):
+        super().__init__(field, message=message)
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no boolean equality
@@ -193,10 +216,56 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, int,
     if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != shape:
         raise _error(name, f"wrong image shape {x.shape} ({x.dtype}), not (N, {shape[0]}, {shape[1]}, "
                      f"{shape[2]}) uint8, in", where)
+    if len(x) == 0:
+        raise _error(name, "no images in", where)
     if y.ndim != 1 or len(y) != len(x):
         raise _error(name, f"{len(x)} images but {y.size} labels in", where)
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise _error(name, f"labels outside [0, {num_classes}) (min {y.min()}, max {y.max()}) in", where)
+
+
+def _check_memory(name: str, nbytes: int, what: str) -> None:
+    """Refuse (one line naming ``--data-dir``) to load files needing more memory than is available."""
+    check_allocation("--data-dir", nbytes, f"the {name} data set ({what})")
+
+
+def _describe(value: object) -> str:
+    """A short description of a value found where labels or images were expected."""
+    if isinstance(value, (bool, np.bool_)):
+        return f"the boolean {bool(value)}"
+    if isinstance(value, (float, np.floating)):
+        return f"the float {float(value)!r}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} (nested labels)"
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    if isinstance(value, (str, bytes)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _integer_labels(name: str, raw: object, path: Path, key: str, num_classes: int) -> np.ndarray:
+    """Labels as int64 from a flat list/tuple of integers or a 1-d integer array, each in range.
+
+    Anything else is refused with one line naming the file: floats (also integral ones such as 3.0,
+    never truncated), booleans, nested lists, arrays of other dtypes or shapes, out-of-range values.
+    """
+    if isinstance(raw, np.ndarray):
+        if raw.ndim != 1:
+            raise _error(name, f"{key!r} is {_describe(raw)}, not a flat list of integer labels, in", path)
+        if raw.dtype.kind not in "iu":
+            raise _error(name, f"{key!r} is {_describe(raw)}, not integer labels, in", path)
+        low, high = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+    elif isinstance(raw, (list, tuple)):
+        for i, value in enumerate(raw):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise _error(name, f"{key!r}[{i}] is {_describe(value)}, not an integer label, in", path)
+        low, high = (int(min(raw)), int(max(raw))) if raw else (0, 0)
+    else:
+        raise _error(name, f"{key!r} is {_describe(raw)}, not a list of integer labels, in", path)
+    if low < 0 or high >= num_classes:
+        raise _error(name, f"labels outside [0, {num_classes}) (min {low}, max {high}) in", path)
+    return np.asarray(raw, dtype=np.int64)
 
 
 def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -241,14 +310,84 @@ def _make(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarra
 # --------------------------------------------------------------------------------------------
 
 
-def _unpickle(name: str, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR pickle: ``data`` uint8 (N, 3072) RGB planes and a label list."""
-    _require_file(name, path)
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for a global that a data file never needs."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.qualname = f"{module}.{name}"
+
+
+def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
+    """``_codecs.encode`` as Python's pickler uses it for ``bytes`` at protocols 0-2, and nothing more."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode with other arguments than (str, 'latin1')")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as Python's pickler uses it for an empty ``bytes`` at protocols 0-2, and nothing more
+    (``bytes(n)`` with a huge ``n`` would be an allocation the file does not pay for)."""
+    if args:
+        raise pickle.UnpicklingError("bytes() with arguments")
+    return b""
+
+
+def _numpy_reconstructors() -> dict[tuple[str, str], object]:
+    """The callables numpy's own pickles name, resolved from numpy itself (1.x or 2.x module names)."""
+    array = np.zeros(1, dtype=np.uint8)
+    reconstruct = array.__reduce__()[0]  # numpy(._)core.multiarray._reconstruct
+    frombuffer = array.__reduce_ex__(5)[0]  # numpy(._)core.numeric._frombuffer (protocol 5)
+    scalar = np.int64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar (numpy scalars)
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
+        ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+_PICKLE_GLOBALS = _numpy_reconstructors()
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Builds dict, list, tuple, str, bytes, numbers, bool, None, numpy arrays and numpy scalars only.
+
+    Plain containers and literals need no global; the only globals admitted are the ones numpy's own
+    pickles of arrays, dtypes and scalars name (:data:`_PICKLE_GLOBALS`), and ``_codecs.encode`` and
+    ``bytes`` restricted to the calls Python emits for ``bytes`` at protocols 0-2 (``encode(str,
+    'latin1')`` and ``bytes()``).  Every
+    other global (``posix.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
+    :class:`_Refused` before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        found = _PICKLE_GLOBALS.get((module, name))
+        if found is None:
+            raise _Refused(module, name)
+        return found
+
+
+def _load_pickle(name: str, path: Path) -> object:
+    """Unpickle a data file with :class:`_DataUnpickler`; refusals and corruption are one line."""
     try:
         with path.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            return _DataUnpickler(f, encoding="bytes").load()
+    except _Refused as refused:
+        raise DatasetError(f"{name}: refusing to load {path}: it asks for {refused.qualname}, which a data "
+                           f"file never needs (only containers, numbers, strings, bytes and numpy arrays "
+                           f"are allowed)") from None
     except Exception as exc:  # any unpickling failure means a truncated or corrupt file
         raise _error(name, f"truncated or corrupt pickle ({type(exc).__name__})", path) from None
+
+
+def _unpickle(name: str, path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR pickle: ``data`` uint8 (N, 3072) RGB planes and a flat list of integer labels."""
+    _require_file(name, path)
+    batch = _load_pickle(name, path)
     if not isinstance(batch, dict):
         raise _error(name, "pickle is not a dict", path)
     found = {}
@@ -257,13 +396,12 @@ def _unpickle(name: str, path: Path, label_key: str) -> tuple[np.ndarray, np.nda
         if value is None:
             raise _error(name, f"pickle lacks key {key!r}", path)
         found[key] = value
-    data = np.asarray(found["data"])
+    data = found["data"]
+    if not isinstance(data, np.ndarray):
+        raise _error(name, f"'data' is {_describe(data)}, not a numpy uint8 array, in", path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
         raise _error(name, f"wrong data shape {data.shape} ({data.dtype}), not (N, 3072) uint8, in", path)
-    try:
-        labels = np.asarray(found[label_key], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise _error(name, f"non-integer {label_key!r} in", path) from None
+    labels = _integer_labels(name, found[label_key], path, label_key, num_classes)
     images = data.reshape(-1, 3, 32, 32)
     return images, labels
 
@@ -272,11 +410,17 @@ def _load_cifar_files(name: str, files: list[Path], label_key: str,
                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for path in files:
-        x, y = _unpickle(name, path, label_key)
+        x, y = _unpickle(name, path, label_key, num_classes)
         _check_split(name, x, y, (3, 32, 32), num_classes, path)
         xs.append(x)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def _check_cifar_memory(name: str, files: list[Path]) -> None:
+    # Unpickling holds the file's bytes and the array built from them; concatenating copies once more.
+    total = sum(path.stat().st_size for path in files)
+    _check_memory(name, 3 * total, f"reading {total} bytes of pickles in {files[0].parent}")
 
 
 def _load_cifar10(data_dir):
@@ -284,6 +428,7 @@ def _load_cifar10(data_dir):
     train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
     for path in train_files + [root / "test_batch"]:
         _require_file("cifar10", path)
+    _check_cifar_memory("cifar10", train_files + [root / "test_batch"])
     train = _load_cifar_files("cifar10", train_files, "labels", 10)
     test = _load_cifar_files("cifar10", [root / "test_batch"], "labels", 10)
     return train, test, 10
@@ -293,6 +438,7 @@ def _load_cifar100(data_dir):
     root = _root("cifar100", data_dir, ("cifar-100-python",))
     for path in (root / "train", root / "test"):
         _require_file("cifar100", path)
+    _check_cifar_memory("cifar100", [root / "train", root / "test"])
     train = _load_cifar_files("cifar100", [root / "train"], "fine_labels", 100)
     test = _load_cifar_files("cifar100", [root / "test"], "fine_labels", 100)
     return train, test, 100
@@ -322,6 +468,10 @@ def _load_stl_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_stl10(data_dir):
     root = _root("stl10", data_dir, ("stl10_binary",))
+    x_files = [_require_file("stl10", root / f"{split}_X.bin") for split in ("train", "test")]
+    total = sum(path.stat().st_size for path in x_files)
+    # The raw bytes, then a contiguous copy with the spatial axes swapped.
+    _check_memory("stl10", 2 * total, f"reading {total} bytes of images in {root}")
     return _load_stl_split(root, "train"), _load_stl_split(root, "test"), 10
 
 
@@ -346,8 +496,9 @@ def _read_image(name: str, path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _read_images(name: str, paths: list[Path], size: int) -> np.ndarray:
+def _read_images(name: str, paths: list[Path], size: int, where: Path) -> np.ndarray:
     """Decode many image files in parallel threads into ``(N, 3, size, size)`` uint8."""
+    _check_memory(name, len(paths) * 3 * size * size, f"decoding {len(paths)} images of 3x{size}x{size} in {where}")
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -372,7 +523,7 @@ def _load_cinic_split(root: Path, split: str, classes: list[str]) -> tuple[np.nd
         labels += [label] * len(files)
     if not paths:
         raise _error("cinic10", "no .png images in", split_dir)
-    return _read_images("cinic10", paths, 32), np.asarray(labels, dtype=np.int64)
+    return _read_images("cinic10", paths, 32, split_dir), np.asarray(labels, dtype=np.int64)
 
 
 def _load_cinic10(data_dir):
@@ -423,8 +574,8 @@ def _load_tinyimagenet(data_dir):
     if not train_paths:
         raise _error("tinyimagenet", "no .JPEG images in", root / "train")
     test_paths, test_labels = _read_val_annotations(root, index)
-    train = _read_images("tinyimagenet", train_paths, 64), np.asarray(train_labels, dtype=np.int64)
-    test = _read_images("tinyimagenet", test_paths, 64), np.asarray(test_labels, dtype=np.int64)
+    train = _read_images("tinyimagenet", train_paths, 64, root / "train"), np.asarray(train_labels, dtype=np.int64)
+    test = _read_images("tinyimagenet", test_paths, 64, root / "val"), np.asarray(test_labels, dtype=np.int64)
     return train, test, len(wnids)
 
 
@@ -434,29 +585,42 @@ def _load_tinyimagenet(data_dir):
 
 
 def _read_idx(root: Path, stem: str, magic: int) -> tuple[np.ndarray, Path]:
-    """Read an idx file ``stem`` or ``stem.gz``; check its magic number, dims and byte count."""
+    """Read an idx file ``stem`` or ``stem.gz``; check its magic number, dims and byte count.
+
+    The header is read first and the size it announces is checked against the available memory
+    before the body is read (a gzip stream is decompressed incrementally, never more than the header
+    announces plus one byte, so a small file cannot expand into an unannounced huge allocation).
+    """
     path = root / stem
     if not path.is_file():
         path = root / f"{stem}.gz"
     if not path.is_file():
         raise _error("fashion-mnist", "missing", root / stem)
+    ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
+    header_len = 4 * (1 + ndim)
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with opener(path, "rb") as f:
+            header = f.read(header_len)
+            if len(header) < header_len:
+                raise _error("fashion-mnist", f"truncated header ({len(header)} bytes)", path)
+            found_magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+            if found_magic != magic:
+                raise _error("fashion-mnist", f"bad idx magic number {found_magic} (want {magic})", path)
+            if ndim == 3 and dims[1:] != [28, 28]:
+                raise _error("fashion-mnist", f"wrong image dims {dims[1]}x{dims[2]}, not 28x28, in", path)
+            body_len = math.prod(dims)  # Python integers: no overflow
+            expected = header_len + body_len
+            _check_memory("fashion-mnist", 2 * body_len, f"reading the {expected} bytes the header of {path} announces")
+            body = f.read(body_len)
+            if len(body) < body_len:
+                raise _error("fashion-mnist", f"{header_len + len(body)} bytes but the header says {expected}; "
+                             f"truncated", path)
+            if f.read(1):  # also makes gzip check its trailer (CRC and length)
+                raise _error("fashion-mnist", f"more bytes than the {expected} the header says in", path)
     except (OSError, EOFError, zlib.error) as exc:
         raise _error("fashion-mnist", f"truncated or corrupt gzip ({type(exc).__name__})", path) from None
-    ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
-    header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise _error("fashion-mnist", f"truncated header ({len(raw)} bytes)", path)
-    found_magic, *dims = (int(v) for v in np.frombuffer(raw, dtype=">u4", count=1 + ndim))
-    if found_magic != magic:
-        raise _error("fashion-mnist", f"bad idx magic number {found_magic} (want {magic})", path)
-    if ndim == 3 and dims[1:] != [28, 28]:
-        raise _error("fashion-mnist", f"wrong image dims {dims[1]}x{dims[2]}, not 28x28, in", path)
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise _error("fashion-mnist", f"{len(raw)} bytes but the header says {expected}; truncated", path)
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy(), path
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy(), path
 
 
 def _load_fashion_split(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -480,22 +644,42 @@ def _load_fashion_mnist(data_dir):
 # --------------------------------------------------------------------------------------------
 
 
+# Memory the synthetic data set holds per image (uint8 pixels, int64 label, the permutation and the
+# colour mask) and the most the float64 temporaries of one chunk of _SYNTHETIC_CHUNK images take.
+_SYNTHETIC_BYTES_PER_IMAGE = 3 * 32 * 32 + 8 + 8 + 8 + 8 + 1
+_SYNTHETIC_CHUNK = 1024
+_SYNTHETIC_CHUNK_BYTES = 5 * 8 * 3 * 32 * 32 * _SYNTHETIC_CHUNK
+
+
 def _synthetic_split(rng: np.random.Generator, n: int, colours: np.ndarray,
                      patterns: np.ndarray, colour_prob: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced labels; every image carries its class's pattern, most also its class's colour."""
+    """Balanced labels; every image carries its class's pattern, most also its class's colour.
+
+    The pixel noise is drawn chunk by chunk (the generator's stream, hence every pixel, is the same
+    as one draw of the whole array), so the float64 temporaries stay small whatever ``n`` is."""
     num_classes = len(colours)
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
     has_colour = rng.random(n) < colour_prob
-    signal = patterns[labels] + has_colour[:, None, None, None] * colours[labels][:, :, None, None]
-    images = 128.0 + signal + rng.normal(0.0, 40.0, size=(n, 3, 32, 32))
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels
+    images = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    for start in range(0, n, _SYNTHETIC_CHUNK):
+        stop = min(n, start + _SYNTHETIC_CHUNK)
+        chunk_labels = labels[start:stop]
+        signal = (patterns[chunk_labels]
+                  + has_colour[start:stop, None, None, None] * colours[chunk_labels][:, :, None, None])
+        block = 128.0 + signal + rng.normal(0.0, 40.0, size=(stop - start, 3, 32, 32))
+        images[start:stop] = np.clip(np.rint(block), 0, 255)
+    return images, labels
 
 
 def _load_synthetic(seed: int, n_train: int, n_test: int):
     """10 classes of 3x32x32 images: a per-class oriented stripe pattern (all images) and a
     per-class colour shift (80% of images, a fast-learnable cue), plus Gaussian pixel noise."""
     if n_train < 1 or n_test < 1:
-        raise DatasetError(f"synthetic: sizes must be >= 1, got train={n_train}, test={n_test}")
+        raise DatasetError(f"synthetic: sizes must be >= 1, got train={n_train}, test={n_test}",
+                           field="--synthetic-train" if n_train < 1 else "--synthetic-test")
+    check_allocation("--synthetic-train" if n_train >= n_test else "--synthetic-test",
+                     (n_train + n_test) * _SYNTHETIC_BYTES_PER_IMAGE + _SYNTHETIC_CHUNK_BYTES,
+                     f"the synthetic data set ({n_train} training + {n_test} test images of 3x32x32)")
     template_rng, train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     num_classes = 10
     colours = template_rng.normal(0.0, 40.0, size=(num_classes, 3))
@@ -546,7 +730,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
     Raises
     ------
     DatasetError
-        Unknown name, or missing, truncated or malformed files (the message names the file).
+        Unknown name, or missing, truncated, malformed or unsafe files (the message is one line naming
+        the file).  A :class:`~theory.plumbing.config.ConfigError` with field ``--data-dir``.
+    ConfigError
+        The data would need more memory than the machine has (field ``--data-dir``, or
+        ``--synthetic-train`` / ``--synthetic-test`` for the synthetic set); checked before allocating.
     """
     key = _canonical(name)
     if key not in DATASETS:

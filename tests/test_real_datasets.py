@@ -5,11 +5,15 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import tempfile
 from pathlib import Path
 
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from real.datasets import (
@@ -21,6 +25,7 @@ from real.datasets import (
     load_dataset,
     long_tailed_indices,
 )
+from theory.plumbing.config import ConfigError
 
 CINIC_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -536,3 +541,396 @@ def test_synthetic_is_learnable():
     centroids = torch.stack([x[ds.train_y == c].mean(0) for c in range(10)])
     accuracy = (torch.cdist(xt, centroids).argmin(1) == ds.test_y).double().mean().item()
     assert accuracy > 0.5  # chance is 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# untrusted pickles: a restricted unpickler
+# --------------------------------------------------------------------------------------------
+
+
+class _Exploit:
+    """Pickles as a call of ``func(*args)``; unpickled by plain pickle it would run it."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _exploits(marker: Path) -> dict[str, object]:
+    import builtins
+    import os
+    import posix
+    import subprocess
+
+    command = f"touch {marker}"
+    return {
+        "posix.system": _Exploit(posix.system, command),
+        "os.system": _Exploit(os.system, command),  # pickled as posix.system on Linux
+        "subprocess.call": _Exploit(subprocess.call, ["touch", str(marker)]),
+        "subprocess.Popen": _Exploit(subprocess.Popen, ["touch", str(marker)]),
+        "builtins.eval": _Exploit(builtins.eval, f"open({str(marker)!r}, 'w')"),
+        "builtins.exec": _Exploit(builtins.exec, f"open({str(marker)!r}, 'w')"),
+    }
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("how", ["posix.system", "os.system", "subprocess.call", "subprocess.Popen",
+                                 "builtins.eval", "builtins.exec"])
+def test_crafted_pickle_never_runs_code(tmp_path, how, protocol):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "marker"
+    exploit = _exploits(marker)[how]
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    # The exploit hides inside an otherwise well-formed batch, as the labels.
+    _pickle_with(path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": exploit}, protocol)
+    with pytest.raises(DatasetError) as exc:
+        load_dataset("cifar10", tmp_path)
+    message = _one_line(exc)
+    assert not marker.exists()
+    assert f"refusing to load {path}: it asks for " in message
+    module, name = {"os.system": "posix.system"}.get(how, how).split(".")
+    if protocol < 3:  # pickle writes Python 2 names at these protocols (builtins -> __builtin__, ...)
+        import _compat_pickle
+
+        module, name = _compat_pickle.REVERSE_NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.REVERSE_IMPORT_MAPPING.get(module, module)
+    assert f"it asks for {module}.{name}," in message
+
+
+def _pickle_with(path: Path, obj, protocol: int) -> None:
+    with path.open("wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def test_crafted_pickle_through_the_command_line(tmp_path, capsys):
+    from real.cli import main
+
+    write_cifar10(tmp_path)
+    marker = tmp_path / "marker"
+    _pickle_with(tmp_path / "cifar-10-batches-py" / "test_batch", _exploits(marker)["builtins.eval"], 4)
+    code = main(["run", "--dataset", "cifar10", "--model", "cnn-small", "--epochs", "1", "--data-dir",
+                 str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and not marker.exists()
+    assert err.startswith("error: --data-dir: cifar10: refusing to load") and "test_batch" in err
+    assert "builtins.eval" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_real_format_batches_load_at_every_protocol(tmp_path, protocol):
+    train_x, train_y, test_x, test_y = write_cifar10(tmp_path)
+    root = tmp_path / "cifar-10-batches-py"
+    rng = _rng(9)
+    data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+    labels = np.asarray([3, 0, 9, 1], dtype=np.int64)  # numpy labels and numpy scalars are admitted
+    batch = {b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": [labels[0], int(labels[1]), 9, 1],
+             b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"], "coarse": np.arange(4)}
+    _pickle_with(root / "test_batch", batch, protocol)
+    _pickle_with(root / "data_batch_5", {"data": train_x[12:], "labels": np.asarray(train_y[12:], np.uint8)}, protocol)
+    ds = load_dataset("cifar10", tmp_path)
+    assert np.array_equal(ds.test_x.numpy(), data.reshape(-1, 3, 32, 32)) and ds.test_y.tolist() == [3, 0, 9, 1]
+    assert np.array_equal(ds.train_y.numpy(), train_y)
+
+
+def test_numpy_1_module_names_are_admitted(tmp_path):
+    """Pickles written by numpy 1.x (and the distributed CIFAR files) name numpy.core.multiarray."""
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 251
+    raw = pickle.dumps({b"data": data, b"labels": [1, 2]}, protocol=2)
+    assert b"numpy._core.multiarray" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    ds = load_dataset("cifar10", tmp_path)
+    assert np.array_equal(ds.test_x.numpy(), data.reshape(-1, 3, 32, 32)) and ds.test_y.tolist() == [1, 2]
+
+
+def test_codecs_encode_and_bytes_only_as_pickle_emits_them(tmp_path):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    import _codecs
+
+    _pickle_with(path, {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0],
+                        b"x": _Exploit(_codecs.encode, "abc", "rot13")}, 2)
+    with pytest.raises(DatasetError, match="truncated or corrupt pickle.*test_batch"):
+        load_dataset("cifar10", tmp_path)
+    _pickle_with(path, {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": _Exploit(bytes, 10 ** 12)}, 2)
+    with pytest.raises(DatasetError, match="truncated or corrupt pickle.*test_batch"):  # no 1 TB allocation
+        load_dataset("cifar10", tmp_path)
+    _pickle_with(path, {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"empty": b""}, 2)
+    assert load_dataset("cifar10", tmp_path).test_y.tolist() == [0]  # what Python itself writes for b""
+
+
+# --------------------------------------------------------------------------------------------
+# labels and images of CIFAR batches: refused unless exactly right
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "labels, problem",
+    [
+        ([0, 3.7], "'labels'[1] is the float 3.7, not an integer label"),
+        ([0, 3.0], "'labels'[1] is the float 3.0, not an integer label"),  # integral floats are refused too
+        ([0, [1]], "'labels'[1] is a list (nested labels)"),
+        ([[0], [1]], "'labels'[0] is a list (nested labels)"),
+        ([True, False], "'labels'[0] is the boolean True"),
+        ([0, "1"], "'labels'[1] is a str"),
+        (np.asarray([0.0, 1.0]), "float64 array of shape (2,), not integer labels"),
+        (np.asarray([[0], [1]]), "int64 array of shape (2, 1), not a flat list"),
+        (np.asarray([True, False]), "bool array"),
+        ([0, 2 ** 70], "labels outside [0, 10) (min 0, max 1180591620717411303424)"),
+        (np.asarray([0, 2 ** 64 - 1], np.uint64), "labels outside [0, 10) (min 0, max 18446744073709551615)"),
+        ([0, -1], "labels outside"),
+        ([0, 1, 2], "2 images but 3 labels"),
+        (b"\x00\x01", "'labels' is a bytes of length 2"),
+        ({0: 1}, "'labels' is a dict"),
+    ],
+)
+def test_cifar_label_problems_one_line_naming_file(tmp_path, labels, problem):
+    write_cifar10(tmp_path)
+    _pickle(tmp_path / "cifar-10-batches-py" / "data_batch_4", {b"data": np.zeros((2, 3072), np.uint8),
+                                                               b"labels": labels})
+    with pytest.raises(DatasetError) as exc:
+        load_dataset("cifar10", tmp_path)
+    message = _one_line(exc)
+    assert problem in message and "data_batch_4" in message
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (np.zeros((2, 3072), np.float32), "float32"),
+        (np.zeros((2, 3072), np.int16), "int16"),
+        (np.zeros((2, 32, 32, 3), np.uint8), "(2, 32, 32, 3)"),
+        (np.zeros(3072, np.uint8), "(3072,)"),
+        (np.zeros((0, 3072), np.uint8), "no images"),
+        ([[0] * 3072] * 2, "'data' is a list"),
+        (b"\x00" * 6144, "'data' is a bytes"),
+        (np.asarray([None, None], dtype=object), "object"),
+    ],
+)
+def test_cifar_image_problems_one_line_naming_file(tmp_path, data, problem):
+    write_cifar10(tmp_path)
+    _pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": data, b"labels": []})
+    with pytest.raises(DatasetError) as exc:
+        load_dataset("cifar10", tmp_path)
+    assert problem in _one_line(exc) and "test_batch" in str(exc.value)
+
+
+def test_dataset_error_is_a_config_error():
+    from theory.plumbing.config import ConfigError
+
+    err = DatasetError("cifar10: missing x")
+    assert isinstance(err, ConfigError) and isinstance(err, ValueError)
+    assert err.field == "--data-dir" and str(err) == "cifar10: missing x"
+
+
+# Hypothesis: whatever the labels or images are, the loader returns them exactly or refuses with one
+# DatasetError line naming the file; never another exception, never silently changed labels.
+
+_label_values = st.one_of(
+    st.integers(-3, 12), st.integers(-(2 ** 80), 2 ** 80), st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(), st.none(), st.text(max_size=3), st.binary(max_size=3),
+    st.lists(st.integers(0, 9), max_size=2), st.tuples(st.integers(0, 9)),
+)
+def _label_strategy():
+    def array(draw_dtype_shape):
+        dtype, shape = draw_dtype_shape
+        return hnp.arrays(dtype=dtype, shape=shape)
+
+    dtypes = st.sampled_from([np.int8, np.uint8, np.int32, np.int64, np.uint64, np.float32, np.float64, np.bool_,
+                              np.complex64])
+    shapes = hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4)
+    return st.one_of(
+        st.lists(_label_values, max_size=5),
+        st.lists(st.integers(0, 9), min_size=3, max_size=3),  # valid when there are 3 images
+        st.tuples(st.integers(0, 9), st.integers(0, 9), st.integers(0, 9)),
+        st.tuples(dtypes, shapes).flatmap(array),
+        hnp.arrays(np.int64, 3, elements=st.integers(-2, 11)),
+        _label_values,
+    )
+
+
+def _expected_labels(labels, n: int):
+    """The labels the loader must return, or None when it must refuse them."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            return None
+        values = [int(v) for v in labels]
+    elif isinstance(labels, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+            return None
+        values = list(labels)
+    else:
+        return None
+    if len(values) != n or not all(0 <= v < 10 for v in values):
+        return None
+    return values
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(labels=_label_strategy())
+def test_hypothesis_cifar_labels(labels):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_cifar10(root, per_batch=1)
+        path = root / "cifar-10-batches-py" / "test_batch"
+        _pickle(path, {b"data": np.full((3, 3072), 7, np.uint8), b"labels": labels})
+        expected = _expected_labels(labels, 3)
+        if expected is None:
+            with pytest.raises(DatasetError) as exc:
+                load_dataset("cifar10", root)
+            assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+        else:
+            assert load_dataset("cifar10", root).test_y.tolist() == expected
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(
+    hnp.arrays(dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.float32, np.bool_]),
+               shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=3)),
+    hnp.arrays(np.uint8, st.tuples(st.integers(0, 3), st.sampled_from([3071, 3072, 3073]))),
+))
+def test_hypothesis_cifar_images(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_cifar10(root, per_batch=1)
+        path = root / "cifar-10-batches-py" / "data_batch_1"
+        n = data.shape[0] if data.ndim else 0
+        _pickle(path, {b"data": data, b"labels": [0] * n})
+        valid = data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072 and n > 0
+        if valid:
+            ds = load_dataset("cifar10", root)
+            assert np.array_equal(ds.train_x.numpy()[:n], data.reshape(-1, 3, 32, 32))
+        else:
+            with pytest.raises(DatasetError) as exc:
+                load_dataset("cifar10", root)
+            assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.binary(max_size=300))
+def test_hypothesis_random_bytes_as_a_pickle(payload):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_cifar10(root, per_batch=1)
+        path = root / "cifar-10-batches-py" / "data_batch_3"
+        path.write_bytes(payload)
+        with pytest.raises(DatasetError) as exc:
+            load_dataset("cifar10", root)
+        assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@given(magic=st.sampled_from([2049, 2051, 0, 2 ** 32 - 1]),
+       dims=st.lists(st.integers(0, 2 ** 32 - 1), min_size=1, max_size=3),
+       body=st.binary(max_size=64), gz=st.booleans())
+def test_hypothesis_idx_headers(magic, dims, body, gz):
+    """Random idx headers (up to 2**96 announced bytes) and bodies: one line, no allocation of what
+    the header announces."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_fashion(root, gz=False)
+        payload = struct.pack(f">{1 + len(dims)}I", magic, *dims) + body
+        target = root / "t10k-labels-idx1-ubyte"
+        target.unlink()
+        (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(payload)) if gz else target.write_bytes(payload)
+        try:
+            ds = load_dataset("fashion-mnist", root)
+        except ConfigError as err:  # DatasetError, or the memory check (also a ConfigError)
+            assert "\n" not in str(err) and ("t10k-labels-idx1-ubyte" in str(err) or err.field == "--data-dir")
+        else:
+            assert magic == 2049 and len(dims) == 1 and dims[0] == len(body) == 3
+            assert ds.test_y.tolist() == list(body)
+
+
+# --------------------------------------------------------------------------------------------
+# memory: checked before allocating
+# --------------------------------------------------------------------------------------------
+
+
+def test_synthetic_huge_sizes_refused_before_allocating():
+    from theory.plumbing.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        load_dataset("synthetic", synthetic_train=10 ** 12, synthetic_test=5)
+    assert exc.value.field == "--synthetic-train" and "synthetic data set" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_dataset("synthetic", synthetic_train=5, synthetic_test=10 ** 12)
+    assert exc.value.field == "--synthetic-test"
+
+
+def test_synthetic_huge_sizes_through_the_command_line(tmp_path, capsys):
+    from real.cli import main
+
+    code = main(["run", "--dataset", "synthetic", "--model", "cnn-small", "--epochs", "1", "--synthetic-train",
+                 str(10 ** 12), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: --synthetic-train:"), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("writer, name", [
+    (lambda p: write_cifar10(p), "cifar10"),
+    (lambda p: write_stl10(p), "stl10"),
+    (lambda p: write_fashion(p, gz=True), "fashion-mnist"),
+    (lambda p: write_cinic10(p), "cinic10"),
+    (lambda p: write_tinyimagenet(p), "tinyimagenet"),
+])
+def test_loaded_data_sets_check_memory_first(tmp_path, monkeypatch, writer, name):
+    import theory.plumbing.config as config
+
+    writer(tmp_path)
+    monkeypatch.setattr(config, "available_memory", lambda: 1000)
+    with pytest.raises(config.ConfigError) as exc:
+        load_dataset(name, tmp_path)
+    assert exc.value.field == "--data-dir" and "1000 bytes is available" in _one_line(exc) and name in str(exc.value)
+
+
+def test_idx_header_announcing_more_than_memory(tmp_path):
+    write_fashion(tmp_path, gz=True)
+    huge = struct.pack(">4I", 2051, 2 ** 31, 28, 28) + b"\0" * 100
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(huge))
+    from theory.plumbing.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--data-dir: .*train-images-idx3-ubyte.gz"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_idx_with_more_bytes_than_the_header_says(tmp_path):
+    write_fashion(tmp_path, gz=True)
+    payload = _idx_bytes(np.zeros(5, np.uint8), 2049) + b"extra"
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(payload))
+    with pytest.raises(DatasetError, match="more bytes than the 13 the header says.*train-labels"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_gzip_with_a_bad_crc_is_refused(tmp_path):
+    write_fashion(tmp_path, gz=True)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[-8] ^= 0xFF  # the CRC32 in the trailer
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="corrupt gzip.*t10k-labels-idx1-ubyte.gz"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def _reference_synthetic_split(rng, n, colours, patterns, colour_prob=0.8):
+    """The synthetic generator drawn in one piece (as it was before chunking)."""
+    labels = rng.permutation(np.arange(n) % len(colours)).astype(np.int64)
+    has_colour = rng.random(n) < colour_prob
+    signal = patterns[labels] + has_colour[:, None, None, None] * colours[labels][:, :, None, None]
+    images = 128.0 + signal + rng.normal(0.0, 40.0, size=(n, 3, 32, 32))
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels
+
+
+def test_chunked_synthetic_equals_one_piece():
+    import real.datasets as datasets
+
+    rng = _rng(11)
+    colours, patterns = rng.normal(0, 40, (10, 3)), rng.normal(0, 30, (10, 3, 32, 32))
+    n = 2 * datasets._SYNTHETIC_CHUNK + 17
+    x, y = datasets._synthetic_split(np.random.default_rng(4), n, colours, patterns)
+    rx, ry = _reference_synthetic_split(np.random.default_rng(4), n, colours, patterns)
+    assert np.array_equal(x, rx) and np.array_equal(y, ry)
