@@ -7,6 +7,8 @@ Subcommands::
     useful-train presets                                                        list the presets
     useful-train sharpness RUN_DIR [RUN_DIR ...]                                Hessian sharpness of runs
     useful-train grid FILE                                                      a grid of runs, here or on Slurm
+    useful-train download DATASET --data-dir DIR                                fetch and verify a data set
+    useful-train config [--preset NAME] [--FIELD VALUE ...]                     the resolved configuration
 
 ``run``'s flags are :class:`~real.config.TrainConfig`'s fields with dashes; values merge as
 defaults < preset < ``--config`` TOML < command line.  ``--resume`` with an ``--out`` holding a run
@@ -54,7 +56,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules that add subcommands (each must exist and define register_commands).
-COMMAND_MODULES = ("real.compare", "real.sharpness", "real.grid")
+COMMAND_MODULES = ("real.compare", "real.sharpness", "real.grid", "real.download")
 
 
 def register_command(

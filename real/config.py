@@ -66,7 +66,8 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto: channels_last 
 FLOAT32_MAX = 3.4028234663852886e38  # values that go into float32 tensors must fit
 
 # Fields that say how to run, not what to compute: they may differ between a run and its resume.
-RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir", "preset")
+RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir", "preset",
+                      "download", "mirror")
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,9 @@ class TrainConfig:
     plain duplicates).
 
     Run control: ``seed``, ``deterministic``, ``compile``, ``device``, ``out``, ``resume``,
-    ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded).
+    ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded),
+    ``download`` (fetch and verify the data set into ``data_dir`` first, real/download.py) and
+    ``mirror`` (its base address instead of the authors').
 
     Numerics: ``precision`` (``auto``: bf16 autocast on CUDA, float32 on the CPU), ``memory_format``
     (``auto``: channels_last on CUDA).
@@ -137,6 +140,8 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     overwrite: bool = False
+    download: bool = False
+    mirror: str | None = None
     synthetic_train: int = 512
     synthetic_test: int = 256
     eval_batch_size: int = 1024
@@ -147,7 +152,7 @@ class TrainConfig:
         check_choice("--dataset", self.dataset, DATASETS)
         if self.data_dir is not None:
             check(isinstance(self.data_dir, str) and self.data_dir != "", "--data-dir", self.data_dir, "a directory")
-            if self.dataset != "synthetic":
+            if self.dataset != "synthetic" and not self.download:  # --download creates it
                 check(Path(self.data_dir).expanduser().is_dir(), "--data-dir", self.data_dir, "an existing directory")
         check_int("--synthetic-train", self.synthetic_train, low=2)
         check_int("--synthetic-test", self.synthetic_test, low=1)
@@ -211,6 +216,15 @@ class TrainConfig:
         if self.out is not None:
             check(isinstance(self.out, str) and self.out != "", "--out", self.out, "a directory path")
         check_int("--eval-batch-size", self.eval_batch_size, low=1)
+        check(isinstance(self.download, bool), "--download", self.download, "true or false")
+        if self.download:
+            check(self.dataset != "synthetic", "--download", self.download, "false for the synthetic data set (it is generated)")
+            check(self.data_dir is not None or self.dataset == "fashion-mnist", "--download", self.download,
+                  "a --data-dir to download into")
+        if self.mirror is not None:
+            check(self.download, "--mirror", self.mirror, "no value unless --download is given")
+            check(isinstance(self.mirror, str) and self.mirror.startswith(("http://", "https://")), "--mirror",
+                  self.mirror, "an http:// or https:// address")
         if self.preset is not None:
             check(isinstance(self.preset, str) and self.preset in preset_names(), "--preset", self.preset,
                   "one of " + ", ".join(preset_names()))

@@ -53,7 +53,11 @@ class TrainData:
 
 def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainData:
     """Load the data set (a :class:`~real.datasets.DatasetError` if missing or malformed, before
-    anything is written), add label noise, move it to ``device`` once."""
+    anything is written; fetched first with ``--download``), add label noise, move it to ``device``."""
+    if cfg.download:
+        from .download import ensure_dataset
+
+        ensure_dataset(cfg.dataset, cfg.data_dir, mirror=cfg.mirror)
     ds = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, synthetic_train=cfg.synthetic_train,
                       synthetic_test=cfg.synthetic_test, long_tail_ratio=cfg.long_tail_ratio)
     for split, y in (("training", ds.train_y), ("test", ds.test_y)):

@@ -540,3 +540,26 @@ def test_gzip_payloads_in_fixtures_are_real_idx():
     files, _ = fx.fashion_files()
     header = gzip.decompress(files["train-images-idx3-ubyte.gz"])[:16]
     assert header[:4] == (2051).to_bytes(4, "big") and header[8:16] == (28).to_bytes(4, "big") * 2
+
+
+def test_run_with_download_fetches_then_trains(tmp_path, capsys, monkeypatch):
+    """``useful-train run --download --mirror URL``: the data set is fetched and verified into
+    --data-dir, then trained on; a wrong checksum stops the run before anything is written."""
+    archive, _ = _cifar10(per_batch=8)
+    registry = fx.registry("cifar10", {ARCHIVE: archive}, split_sizes=(40, 8))
+    data_dir, out = tmp_path / "data", tmp_path / "run"
+    run = ["run", "--dataset", "cifar10", "--data-dir", str(data_dir), "--model", "cnn-small", "--epochs", "1",
+           "--batch-size", "8", "--device", "cpu", "--download"]
+    with fx.Server({f"/{ARCHIVE}": archive}) as server:
+        bad = dict(registry)
+        bad["cifar10"] = dataclasses.replace(registry["cifar10"], files=(download.RemoteFile(ARCHIVE, "0" * 32),))
+        code, _, err = _cli(capsys, monkeypatch, bad, *run, "--mirror", server.url("/"), "--out", str(out))
+        assert code == 2 and "checksum" in err and len(err.splitlines()) == 1 and not out.exists()
+        code, _, err = _cli(capsys, monkeypatch, registry, *run, "--mirror", server.url("/"), "--out", str(out))
+    assert code == 0, err
+    assert (data_dir / "cifar-10-batches-py").is_dir() and (out / "summary.json").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["download"] is True and config["mirror"] == server.url("/")
+    code, _, err = _cli(capsys, monkeypatch, registry, "run", "--dataset", "synthetic", "--download", "--out",
+                        str(tmp_path / "s"))
+    assert code == 2 and "--download" in err
