@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from theory.plumbing.atomic import atomic_write_json
 from theory.plumbing.config import ConfigError
-from theory.plumbing.lock import RunLock, RunLockError
+from theory.plumbing.lock import holding
 
 from . import figures
 from .claims import judge
@@ -92,12 +92,7 @@ def reproduce(
     check_settings(base, settings)
     out = require_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out, LOCK_NAME)
-    try:
-        lock.acquire()
-    except RunLockError as err:
-        raise ConfigError("--out", message=f"--out: {err}") from None
-    try:
+    with holding(out, LOCK_NAME):
         _prepare(out, settings.seeds, overwrite)
         results = run_experiments(base, settings, progress=progress, on_stage=on_stage)
         (on_stage or log.info)("claims")
@@ -110,5 +105,3 @@ def reproduce(
         report["seconds"] = round(time.perf_counter() - t_start, 2)
         atomic_write_json(out / "claims.json", report)
         return report
-    finally:
-        lock.release()

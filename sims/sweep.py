@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from theory.plumbing.atomic import atomic_write_json
 from theory.plumbing.config import ConfigError, check_allocation, config_from_mapping
-from theory.plumbing.lock import RunLock, RunLockError
+from theory.plumbing.lock import holding
 
 from .config import SimConfig, check_memory, config_hash, describe_difference, flag, memory_need
 from .files import SWEEP_FORMAT, StateFileError, read_json_object, require_folder, require_ours
@@ -130,15 +130,8 @@ def sweep(runs: list[tuple[str, SimConfig]], out_dir: str | Path, *, chunk: int 
     if runs:
         check_memory(_heaviest([c for _, c in runs]), min(chunk, len(runs)), runs_flag="--chunk")
     out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out, LOCK_NAME)
-    try:
-        lock.acquire()
-    except RunLockError as err:
-        raise ConfigError("--out", message=f"--out: {err}") from None
-    try:
+    with holding(out, LOCK_NAME):
         return _sweep_locked(runs, out, chunk, overwrite, progress)
-    finally:
-        lock.release()
 
 
 def _sweep_locked(runs, out: Path, chunk: int, overwrite: bool, progress) -> dict[str, Any]:

@@ -12,17 +12,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import download_fixtures as fx
 import numpy as np
 import pytest
-from helpers import REPO, env, run_module
+from helpers import kill_when, run_module
 
 from real import download
 from real.cli import main
@@ -352,21 +347,7 @@ def test_unsafe_zip_member_refused(tmp_path, member, kind, why):
 
 def _kill_when(args: list[str], ready, timeout: float = 60.0) -> None:
     """Run ``python -m tests.download_fixtures ARGS`` and SIGKILL it once ``ready()`` holds."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.download_fixtures", *args], env=env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + timeout
-        while not ready():
-            assert proc.poll() is None, "ended before it could be killed: " + proc.stderr.read().decode()
-            assert time.time() < deadline, "the condition to kill never came"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when("tests.download_fixtures", args, ready, timeout=timeout, poll=0.005)
 
 
 def test_killed_unpack_leaves_no_data_set_and_the_next_run_cleans_up(tmp_path):

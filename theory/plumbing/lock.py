@@ -30,7 +30,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["RunLock", "RunLockError"]
+__all__ = ["RunLock", "RunLockError", "holding"]
 
 
 class RunLockError(RuntimeError):
@@ -154,3 +154,20 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def holding(directory: str | os.PathLike, name: str | None = None, *, flag: str = "--out"):
+    """Hold ``directory``'s lock for the block; a live owner is a ConfigError on ``flag`` (one line,
+    exit 2: the folder the flag names is in use)."""
+    from .config import ConfigError
+
+    lock = RunLock(directory, name)
+    try:
+        lock.acquire()
+    except RunLockError as err:
+        raise ConfigError(flag, message=f"{flag}: {err}") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
