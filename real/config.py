@@ -34,6 +34,7 @@ from .distributed import DEVICES
 from .models import MODELS
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
+from .tensorboard import check_installed
 
 __all__ = [
     "TrainConfig",
@@ -59,7 +60,8 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto: channels_last 
 FLOAT32_MAX = 3.4028234663852886e38  # values that go into float32 tensors must fit
 
 # Fields that say how to run, not what to compute: they may differ between a run and its resume.
-RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir", "preset")
+RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir", "preset",
+                      "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ class TrainConfig:
     ``upweight`` (loss weight k instead of k copies).
 
     Run control: ``seed``, ``deterministic``, ``compile``, ``device``, ``out``, ``resume``,
-    ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded).
+    ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded),
+    ``tensorboard`` (event files in ``OUT/tensorboard``; needs the optional tensorboard package).
 
     Numerics: ``precision`` (``auto``: bf16 autocast on CUDA, float32 on the CPU), ``memory_format``
     (``auto``: channels_last on CUDA).
@@ -131,6 +134,7 @@ class TrainConfig:
     synthetic_test: int = 256
     eval_batch_size: int = 1024
     preset: str | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         # Data.
@@ -193,6 +197,9 @@ class TrainConfig:
         if self.out is not None:
             check(isinstance(self.out, str) and self.out != "", "--out", self.out, "a directory path")
         check_int("--eval-batch-size", self.eval_batch_size, low=1)
+        check(isinstance(self.tensorboard, bool), "--tensorboard", self.tensorboard, "true or false")
+        if self.tensorboard:
+            check_installed()  # a flag that is accepted must act
         if self.preset is not None:
             check(isinstance(self.preset, str) and self.preset in preset_names(), "--preset", self.preset,
                   "one of " + ", ".join(preset_names()))
