@@ -2,7 +2,7 @@
 
 Runs are grouped by their ``config.json`` ignoring the seed and the run-control fields
 (:data:`GROUP_IGNORE`: out, resume, overwrite, device, compile, eval_batch_size, data_dir, preset,
-deterministic), so the seeds of one configuration form one group.  Per group:
+deterministic, tensorboard), so the seeds of one configuration form one group.  Per group:
 
 * test error ``1 - final_test_acc`` (summary.json), mean and sample standard deviation (``ddof = 1``,
   0 for one seed) over seeds, in %;
@@ -33,7 +33,7 @@ __all__ = ["GROUP_IGNORE", "group_key", "RunRecord", "Group", "load_runs", "grou
            "register_commands"]
 
 GROUP_IGNORE = ("seed", "out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir",
-                "preset", "deterministic")
+                "preset", "deterministic", "tensorboard")
 # Fields the label names by itself (the others appear as "field=value" when they differ between groups).
 _LABELLED = ("optimizer", "useful", "partition", "upweight", "trivial_augment")
 _OPTIMIZER_ORDER = {"sgd": 0, "sam": 1, "asam": 2}

@@ -35,6 +35,7 @@ from .distributed import DEVICES
 from .models import MODELS
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
+from .tensorboard import check_installed
 
 __all__ = [
     "TrainConfig",
@@ -67,7 +68,7 @@ FLOAT32_MAX = 3.4028234663852886e38  # values that go into float32 tensors must 
 
 # Fields that say how to run, not what to compute: they may differ between a run and its resume.
 RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir", "preset",
-                      "download", "mirror")
+                      "download", "mirror", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ class TrainConfig:
 
     Run control: ``seed``, ``deterministic``, ``compile``, ``device``, ``out``, ``resume``,
     ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded),
-    ``download`` (fetch and verify the data set into ``data_dir`` first, real/download.py) and
-    ``mirror`` (its base address instead of the authors').
+    ``download`` (fetch and verify the data set into ``data_dir`` first, real/download.py),
+    ``mirror`` (its base address instead of the authors'),
+    ``tensorboard`` (event files in ``OUT/tensorboard``; needs the optional tensorboard package).
 
     Numerics: ``precision`` (``auto``: bf16 autocast on CUDA, float32 on the CPU), ``memory_format``
     (``auto``: channels_last on CUDA).
@@ -146,6 +148,7 @@ class TrainConfig:
     synthetic_test: int = 256
     eval_batch_size: int = 1024
     preset: str | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         # Data.
@@ -225,6 +228,9 @@ class TrainConfig:
             check(self.download, "--mirror", self.mirror, "no value unless --download is given")
             check(isinstance(self.mirror, str) and self.mirror.startswith(("http://", "https://")), "--mirror",
                   self.mirror, "an http:// or https:// address")
+        check(isinstance(self.tensorboard, bool), "--tensorboard", self.tensorboard, "true or false")
+        if self.tensorboard:
+            check_installed()  # a flag that is accepted must act
         if self.preset is not None:
             check(isinstance(self.preset, str) and self.preset in preset_names(), "--preset", self.preset,
                   "one of " + ", ".join(preset_names()))

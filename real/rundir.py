@@ -11,6 +11,7 @@ This module is the one owner of the run-directory format; no other module names 
     DIR/curves.png          loss and accuracy per epoch
     DIR/run.lock            the live process that owns DIR
     DIR/sharpness.json      useful-train sharpness's report (written later, on request)
+    DIR/tensorboard/        TensorBoard event files (--tensorboard; real/tensorboard.py writes them)
 
 Every file is written atomically by rank 0 (:mod:`theory.plumbing.atomic`): a reader, or a run
 resumed after ``kill -9``, sees the old file or the new one.  The checkpoint is written before
@@ -40,6 +41,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -63,6 +65,7 @@ from theory.useful import Partition
 from . import distributed as D
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 from .learning_stats import LearningStats
+from .tensorboard import event_files, open_board
 
 __all__ = [
     "FORMAT",
@@ -92,7 +95,8 @@ FORMAT = "useful-sb/run/1"  # config.json's marker: this folder was written by u
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 PARTITION, LEARNING_STATS, CLUSTERS, CURVES = "partition.npz", "learning_stats.npz", "clusters.md", "curves.png"
 SHARPNESS = "sharpness.json"  # written by useful-train sharpness (not by the run; --overwrite keeps it)
-# Files a run writes (--overwrite removes exactly these; nothing else in the folder is touched).
+TENSORBOARD = "tensorboard"  # a folder: the run's event files (--overwrite removes them, nothing else in it)
+# Files a run writes (--overwrite removes exactly these and TENSORBOARD's event files; nothing else is touched).
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, PARTITION, LEARNING_STATS, CLUSTERS, CURVES)
 
 
@@ -148,9 +152,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 def load_run_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The :class:`TrainConfig` stored in a run directory, with ``overrides`` (e.g. ``data_dir``).
 
-    Fields unknown to this version are refused (one line naming the key), not dropped."""
+    Fields unknown to this version are refused (one line naming the key), not dropped.  ``tensorboard``
+    is off unless overridden: reading a run writes no event files, and needs no tensorboard installed."""
     stored = read_config(path)
-    return config_from_mapping(TrainConfig, {**stored, **overrides}, source=str(Path(path) / CONFIG))
+    return config_from_mapping(TrainConfig, {**stored, "tensorboard": False, **overrides},
+                               source=str(Path(path) / CONFIG))
 
 
 def read_summary(path: str | os.PathLike) -> dict | None:
@@ -310,19 +316,24 @@ class Run:
         self._checkpoint: dict | None = None  # the payload to restore, until it is used
         self._fresh = False  # this session started the run (nothing was there to resume)
         self._saved = False  # this session wrote a checkpoint
+        self.board = None  # rank 0's TensorBoard writer (--tensorboard), opened by open_run
 
     def __enter__(self) -> "Run":
         return self
 
     def __exit__(self, exc_type=None, *exc: object) -> None:
-        """Release the lock.  A fresh run that ends in an error (or Ctrl-C) before its first
-        checkpoint leaves no files behind: its config.json would otherwise make the next command
-        refuse the folder as an unfinished run, with nothing to resume."""
+        """Close the TensorBoard writer and release the lock.  A fresh run that ends in an error (or
+        Ctrl-C) before its first checkpoint leaves no files behind: its config.json would otherwise make
+        the next command refuse the folder as an unfinished run, with nothing to resume."""
         try:
+            if self.board is not None:
+                self.board.close()
+                self.board = None
             if exc_type is not None and self._fresh and not self._saved and self.info.is_main:
                 for name in (CONFIG, METRICS):
                     with contextlib.suppress(FileNotFoundError):
                         (self.path / name).unlink()
+                shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -359,9 +370,17 @@ class Run:
     def _write_metrics(self) -> None:
         atomic_write_text(self.path / METRICS, "".join(to_json(r, indent=None) + "\n" for r in self.state.metrics))
 
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        """The epoch's row to TensorBoard (``--tensorboard``, rank 0), before its checkpoint."""
+        if self.board is not None:
+            self.board.epoch(row)
+
     def write_partition(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """partition.npz and, with ``--tensorboard``, the split's scalars (rank 0)."""
         if self.info.is_main:
             atomic_save_npz(self.path / PARTITION, **arrays)
+        if self.board is not None:
+            self.board.split(arrays)
 
     def summary(self) -> dict | None:
         return read_summary(self.path)
@@ -384,9 +403,17 @@ class Run:
 def _foreign_files(path: Path) -> list[str]:
     """Run-file names in ``path`` when its config.json is not ours (or absent): not ours to touch."""
     present = [name for name in RUN_FILES if (path / name).exists()]
+    present += [f"{TENSORBOARD}/{p.name}" for p in event_files(path / TENSORBOARD)][:1]
     if not present or is_run_dir(path):
         return []
     return present
+
+
+def _remove_run_files(path: Path) -> None:
+    """The files a run writes (RUN_FILES and the event files), nothing else."""
+    for file in [path / name for name in RUN_FILES] + event_files(path / TENSORBOARD):
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()
 
 
 def _decide(cfg: TrainConfig, path: Path) -> str:
@@ -402,9 +429,7 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     if cfg.overwrite:
-        for name in RUN_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                (path / name).unlink()
+        _remove_run_files(path)
         return "fresh"
     if not any((path / name).exists() for name in RUN_FILES):
         return "fresh"
@@ -423,9 +448,7 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
         raise ConfigError("--out", message=f"--out: {path} holds {what}; pass --resume to continue it or "
                                            "--overwrite to start over")
     if not (path / CHECKPOINT).exists():  # died before its first checkpoint: nothing to resume
-        for name in RUN_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                (path / name).unlink()
+        _remove_run_files(path)
         return "fresh"
     return "resume"
 
@@ -500,6 +523,10 @@ def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
         if info.is_main:
             with _refusals_as_config_errors():
                 atomic_write_json(path / CONFIG, {"format": FORMAT, **to_jsonable(cfg)})
+                if cfg.tensorboard:  # continues the event files from the checkpointed record
+                    split = run.state.partition is not None and (path / PARTITION).exists()
+                    run.board = open_board(path / TENSORBOARD, epochs=cfg.epochs, rows=run.state.metrics,
+                                           split=read_partition(path) if split else None, fresh=decision == "fresh")
     except BaseException as err:
         run.__exit__(type(err), err, None)
         raise

@@ -41,6 +41,7 @@ from .phase import (
 )
 from .plots import curves_png
 from .rundir import Run, open_run
+from .sampler import epoch_shard
 
 __all__ = ["train", "run_epochs", "train_epoch", "evaluate", "Diverged"]
 
@@ -131,6 +132,7 @@ def run_epochs(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, r
                "lr": stats["lr"],  # the learning rate of the epoch's last iteration
                "seconds": time.perf_counter() - start, "images_per_second": stats["images"] / max(train_time, 1e-9)}
         state.metrics.append(row)
+        run.log_epoch(row)  # TensorBoard (--tensorboard): before the checkpoint, so a resume can purge it
         state.train_seconds += train_time
         state.train_images += stats["images"]
         log.info("%s epoch %d/%s  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1fs", ph.name,
@@ -186,8 +188,8 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     """One epoch of ``ph`` (or its first ``steps`` iterations); returns the train loss and accuracy
     (summed over ranks), the images seen, the steps taken and the last learning rate."""
     device, rank, world = info.device, info.rank, info.world_size
-    perm = torch.randperm(len(ph.index_list), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, ph.epoch)))
-    perm = perm.to(device)[rank : (len(perm) // world) * world : world]  # one permutation, one shard per rank
+    # One seeded permutation of the list, one shard per rank (the order UpsampleSampler gives a plain loop).
+    perm = epoch_shard(len(ph.index_list), seed=cfg.seed, epoch=ph.epoch, rank=rank, num_replicas=world).to(device)
     shard = ph.index_list[perm]
     copies = None if ph.copies is None else ph.copies[perm]
     per_rank, n_steps = cfg.batch_size // world, ph.steps if steps is None else steps

@@ -9,7 +9,11 @@ the baseline partitions are :mod:`theory.useful`'s; this module
 * computes the logits and per-example losses on the un-augmented training set (eval mode,
   :func:`compute_outputs`) and picks the partition named by ``--partition`` (:func:`make_partition`),
   on rank 0, the mask broadcast to the other ranks (:func:`split`);
-* says what the partition file holds (:func:`partition_arrays`; real/rundir.py writes it).
+* says what the partition file holds (:func:`partition_arrays`; real/rundir.py writes it);
+* offers the same split to any PyTorch loop, without the trainer's data format:
+  :func:`loader_outputs` (logits and losses of a model over a plain, un-augmented DataLoader) and
+  :func:`partition_outputs` (the partition from them); :class:`real.sampler.UpsampleSampler` then
+  yields the upsampled list (docs/training.md, "USEFUL in your own training loop").
 
 The automatic rule
 ------------------
@@ -30,7 +34,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +45,7 @@ from theory.plumbing.config import (
     ConfigError,
     check,
     check_allocation,
+    check_choice,
     check_int,
     check_number,
 )
@@ -56,7 +61,7 @@ from theory.useful import (
 
 from . import distributed as D
 from .augment import normalize
-from .config import TrainConfig
+from .config import PARTITIONS, TrainConfig
 from .data import TrainData
 
 __all__ = [
@@ -69,8 +74,10 @@ __all__ = [
     "split_point",
     "check_feasible",
     "compute_outputs",
+    "loader_outputs",
     "make_partition",
     "partition_from_multiplicities",
+    "partition_outputs",
     "partition_arrays",
     "split",
 ]
@@ -146,19 +153,65 @@ def compute_outputs(
 
     The model's train/eval mode is restored afterwards.
     """
+    batches = ((normalize(x_uint8[start : start + batch_size], mean, std).contiguous(memory_format=memory_format),
+                labels[start : start + batch_size]) for start in range(0, x_uint8.shape[0], batch_size))
+    logits, losses, _ = _eval_outputs(model, batches)
+    return logits, losses
+
+
+@torch.no_grad()
+def _eval_outputs(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (float64), per-example cross-entropy losses (float64) and labels of ``model`` in eval
+    mode over ``batches`` of ``(x, y)``, in float32 (the split's one definition of its outputs)."""
     was_training = model.training
     model.eval()
-    logits_all, losses_all = [], []
+    logits_all, losses_all, labels_all = [], [], []
     try:
-        for start in range(0, x_uint8.shape[0], batch_size):
-            x = normalize(x_uint8[start : start + batch_size], mean, std)
-            logits = model(x.contiguous(memory_format=memory_format)).float()
-            y = labels[start : start + batch_size]
+        for x, y in batches:
+            logits = model(x).float()
             losses_all.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
             logits_all.append(logits.double().cpu())
+            labels_all.append(y.cpu())
     finally:
         model.train(was_training)
-    return torch.cat(logits_all).numpy(), torch.cat(losses_all).numpy()
+    check(len(logits_all) > 0, "loader", "no batches", "at least one batch")
+    return torch.cat(logits_all).numpy(), torch.cat(losses_all).numpy(), torch.cat(labels_all).numpy()
+
+
+@torch.no_grad()
+def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (N, C), labels (N,) and per-example cross-entropy losses (N,) of ``model`` over a plain
+    ``DataLoader``, as numpy arrays in the loader's order: :func:`partition_outputs`'s arguments.
+
+    ``loader`` yields ``(inputs, labels, ...)`` batches of the **un-augmented** training set in a
+    fixed order (``shuffle=False``), so row i is example i; a ``DataLoader`` with a random sampler is
+    refused.  The model runs in eval mode (its mode is restored), without autocast, batches moved to
+    ``device`` (default: the device of the model's first parameter).
+    """
+    sampler = getattr(loader, "sampler", None)
+    check(not isinstance(sampler, torch.utils.data.RandomSampler), "loader", "shuffle=True",
+          "a loader in the data set's order (shuffle=False): row i of the outputs must be example i")
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    batches = ((batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)) for batch in loader)
+    logits, losses, labels = _eval_outputs(model, batches)
+    return logits, labels, losses
+
+
+def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, method: str = "useful",
+                      quantile: float = 0.5) -> Partition:
+    """USEFUL's partition from a model's logits (N, C), labels (N,) and per-example losses (N,) at the
+    separating epoch (numpy arrays or tensors, e.g. from :func:`loader_outputs`): exactly the
+    trainer's rule, :func:`make_partition` (``method`` is ``--partition``; ``useful``: per class,
+    2-means on the logits, the higher-loss cluster upsampled by ``k``).  Its ``multiplicities`` go to
+    :class:`real.sampler.UpsampleSampler`."""
+    def as_numpy(a):
+        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+    check_choice("method", method, PARTITIONS)
+    return make_partition(method, as_numpy(logits), as_numpy(labels), as_numpy(losses), k=k, seed=seed,
+                          quantile=quantile)
 
 
 def make_partition(
