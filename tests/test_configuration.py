@@ -472,3 +472,31 @@ def test_atomic_writes_are_readable_by_others(tmp_path):
     """mkstemp creates 0600 files; results and checkpoints must be readable by collaborators (0644)."""
     atomic_write_json(tmp_path / "r.json", {"a": 1})
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("argv", [["run", "--ba", "1", "--out", "x"], ["run", "--ep", "3", "--out", "x"],
+                                  ["run", "--separate", "2", "--out", "x"], ["config", "--opt", "sam"]])
+def test_abbreviated_trainer_flags_are_refused(argv, capsys, tmp_path, monkeypatch):
+    """argparse's default takes any unique prefix (--ba would set --batch-size): a mistyped flag could
+    silently set another field.  Flags must match exactly, in every command."""
+    from real.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments" in err[0] and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "--out", "s", "--al", "0.5"], ["sweep", "--out", "s", "--see", "2"],
+                                  ["reproduce", "--out", "s", "--qu"]])
+def test_abbreviated_simulator_flags_are_refused(argv, capsys, tmp_path, monkeypatch):
+    from sims.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments" in err[0] and not (tmp_path / "s").exists()
