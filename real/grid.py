@@ -207,6 +207,11 @@ def slurm_options(options: Mapping[str, Any], source: str | None = None) -> dict
         if name == "array_parallelism" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(name, message=f"{label}: got {value!r}, expected an integer >= 1")
         out[name] = value
+    try:
+        _gpus(out)
+    except ConfigError as err:
+        label = f"{source}: slurm option {err.field!r}" if source else "--" + err.field.replace("_", "-")
+        raise ConfigError(err.field, message=f"{label}: got {err.value!r}, expected {err.expected}") from None
     return out
 
 

@@ -409,7 +409,8 @@ def test_slurm_options_names_and_values():
     for bad, words in [({"partition": ""}, "non-empty"), ({"cpus_per_task": -1}, ">= 0"), ({"ntasks": 4}, "expected 1"),
                        ({"array_parallelism": 0}, ">= 1"), ({"mem": 1.5}, "a string, an integer"),
                        ({"Partition": "a"}, "not an sbatch option name"), ({"part\nition": "a"}, "not an sbatch"),
-                       ({"wrap": "ls"}, "unknown"), ({"signal": "B:USR1"}, "submitit sets it")]:
+                       ({"wrap": "ls"}, "unknown"), ({"signal": "B:USR1"}, "submitit sets it"),
+                       ({"gpus_per_node": "a100"}, "a GPU count"), ({"gpus": "x:y:2"}, "a GPU count")]:
         with pytest.raises(ConfigError, match=words):
             slurm_options(bad, "f")
     with pytest.raises(ConfigError) as err:
