@@ -774,6 +774,9 @@ def _grid_handler(args) -> int:
     if args.launcher == "local" and flags:
         flag = "--" + next(iter(flags)).replace("_", "-")
         raise ConfigError(flag, message=f"{flag}: a Slurm option needs --launcher submitit")
+    if args.launcher != "local" and args.stop_on_error:
+        raise ConfigError("--stop-on-error", message="--stop-on-error: only for --launcher local (Slurm runs the "
+                                                     "tasks of a job array side by side)")
     flags = slurm_options(flags)  # the command line's options, checked here (the file's by GridSpec)
     spec = load_grid(args.grid)
     if args.launcher == "local":

@@ -704,6 +704,8 @@ def test_grid_cli_dry_run(tmp_path, capsys, monkeypatch):
     assert job["job_id"] is None and job["dry_run"] is True
     proc = cli(capsys, "grid", str(path), "--partition", "gpu")  # a Slurm option without Slurm
     assert proc.returncode == 2 and "--partition: a Slurm option needs --launcher submitit" in proc.stderr
+    proc = cli(capsys, "grid", str(path), "--launcher", "submitit", "--stop-on-error", "--dry-run")
+    assert proc.returncode == 2 and "--stop-on-error: only for --launcher local" in proc.stderr
     with pytest.raises(SystemExit) as exit_:
         cli(capsys, "grid", str(path), "--launcher", "sbatch")  # the hand-written sbatch launcher is gone
     assert exit_.value.code == 2 and "invalid choice: 'sbatch'" in capsys.readouterr().err
