@@ -27,6 +27,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -117,12 +118,20 @@ def resolve_run_config(args: argparse.Namespace | dict[str, Any], *, with_source
     return (cfg, sources) if with_sources else cfg
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
     from .datasets import DatasetError
 
     cfg = resolve_run_config(args)
     _setup_logging()
     from .train import train
+
+    # SIGTERM (scancel, a preemption, torchrun stopping its workers) ends the run like Ctrl-C: the
+    # last checkpoint stays and the run lock is released, so a requeued job on another node can resume.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     try:
         summary = train(cfg)

@@ -20,7 +20,8 @@ A grid file is TOML::
     gpus_per_node = 1
 
 The grid above has ``2 x 2`` settings ``x 3`` seeds = 12 runs.  A run's configuration is, lowest
-precedence first: the preset (from ``[base]`` or an axis named ``preset``), ``[base]``, the axis
+precedence first: the preset (from ``[base]`` or an axis named ``preset``; with its values for the
+run's optimizer, e.g. SAM's radius of the setting), ``[base]``, the axis
 values, the seed.  Two runs whose resolved :class:`~real.config.TrainConfig` is the same (``lr = [1,
 1.0]``) are refused, and so is a run directory that holds a run of another configuration.  Each run gets
 
@@ -379,13 +380,14 @@ def expand_runs(spec: GridSpec) -> list[GridRun]:
         (e.g. ``lr = [1, 1.0]`` or ``useful = [true, "true"]``) or the same directory name.
     """
     from .config import TrainConfig, load_preset
+    from .optim import OPTIMIZERS
 
     base, axes, seeds = _check_spec(spec)
     out_root = Path(spec.out_root)
     runs: list[GridRun] = []
     names: dict[str, str] = {}
     identities: dict[str, str] = {}
-    presets: dict[str, dict] = {}
+    presets: dict[tuple, dict] = {}
     for seed in seeds:
         for values in itertools.product(*axes.values()):
             combo = dict(zip(axes, values))
@@ -394,9 +396,13 @@ def expand_runs(spec: GridSpec) -> list[GridRun]:
             if preset is not None:
                 if not isinstance(preset, str):
                     raise ConfigError("preset", message=f"{spec.source}: preset must be a preset name, got {preset!r}")
-                if preset not in presets:
-                    presets[preset] = load_preset(preset)  # ConfigError naming --preset if unknown
-                layer = dict(presets[preset])
+                # The preset's values for the run's optimizer (an axis or [base] may set it): a grid
+                # over optimizers on an -sgd preset runs SAM at the setting's radius, not the default.
+                optimizer = combo.get("optimizer", base.get("optimizer"))
+                key = (preset, optimizer if isinstance(optimizer, str) else None)
+                if key not in presets:
+                    presets[key] = load_preset(preset, optimizer=key[1] if key[1] in OPTIMIZERS else None)
+                layer = dict(presets[key])
             config = {**layer, **{k: v for k, v in base.items() if k != "preset"}, **combo, "seed": seed}
             if preset is not None:
                 config["preset"] = preset

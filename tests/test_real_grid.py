@@ -143,6 +143,17 @@ preset = ["cifar10-resnet18-sgd", "cifar10-resnet18-sam"]
     assert [c["optimizer"] for c in configs] == ["sgd", "sam"]
     assert all(c["epochs"] == 3 for c in configs)
     assert [c["preset"] for c in configs] == ["cifar10-resnet18-sgd", "cifar10-resnet18-sam"]
+    # An optimizer axis on an -sgd preset takes the setting's radius for each optimizer (the Figure 4
+    # grid: SAM at CIFAR10's rho 0.1, ASAM at its own), not the default 0.05.
+    spec3 = load_grid(write_grid(tmp_path, """
+[base]
+preset = "cifar10-resnet18-sgd"
+[axes]
+optimizer = ["sgd", "sam", "asam"]
+""", name="o.toml"))
+    runs3 = expand_runs(spec3)
+    assert [r.config.get("rho") for r in runs3] == [None, 0.1, 0.5]
+    assert [r.resolved.rho for r in runs3][1:] == [0.1, 0.5]
 
 
 @pytest.mark.parametrize(

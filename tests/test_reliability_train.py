@@ -413,3 +413,27 @@ def test_wrong_shape_state_files_are_one_line(tmp_path_factory, which, text):
             continue  # neither command reads metrics.jsonl of a completed run with a summary
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (argv, text, err.getvalue())
         assert (out / which).read_text() == text
+
+
+def test_sigterm_keeps_the_checkpoint_and_releases_the_lock(tmp_path):
+    """SIGTERM (scancel, preemption, torchrun stopping its workers) ends a run like Ctrl-C: exit 130,
+    the last checkpoint kept, run.lock released, so a requeued job (on any node) resumes."""
+    out = tmp_path / "t"
+    args = ["-m", "real", "run", *flags(**TINY), "--epochs", "20", "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, *args], env=env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 90
+        while not (out / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted"
+    assert not (out / "run.lock").exists() and load_checkpoint(out)["epoch"] >= 1
+    resumed = subprocess.run([sys.executable, "-m", "real", "run", "--out", str(out), "--resume", "--epochs", "20"],
+                             env=env(), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "resuming" in resumed.stderr or resumed.returncode == 0
