@@ -305,6 +305,11 @@ def run_pytest(name: str, args: tuple[str, ...], report: Report, timeout_s: floa
             rc = proc.wait(timeout=max(timeout_s, 1.0))
         except subprocess.TimeoutExpired:
             timed_out = True
+            proc.send_signal(signal.SIGINT)  # pytest stops and still writes the JUnit file of what ran
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
         finally:  # the whole group: killed-run subprocesses, compile workers
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
