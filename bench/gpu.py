@@ -44,6 +44,13 @@ images/s; SAM >= 0.45 of SGD's rate; real/ >= 3x the plain loop with SGD at batc
 
 ``--smoke``: the same code on the CPU with cnn-small, 300 images, batch 32 and 64, mlp as the other
 model, the sims' smoke size, the compile section without compiling: under a minute, for CI.
+``--cpu-dry-run`` (not in --help): the GPU plan's code paths at full model sizes on the CPU with
+1-2 steps, to catch on a CPU what would otherwise kill the GPU run.  ``--sections a,b`` reruns a
+subset (e.g. after a fix), ``--budget S`` changes the whole command's time.
+
+Reuse: the throughput and split pieces are bench/train_throughput.py's; the sims section imports
+bench/sim_sweep.py's timers and bench/sim_cpu.py's problems (sim_sweep's main() builds its runs
+inline and prints one configuration, so :func:`sims_case` rebuilds the same runs: an adapter).
 """
 
 from __future__ import annotations
