@@ -192,14 +192,16 @@ def test_cuda_sigkill_resume_equals_uninterrupted(tmp_path):
 CURVE_RUN = dict(dataset="synthetic", model="cnn-small", synthetic_train=4096, synthetic_test=1024, batch_size=128,
                  epochs=6, lr=0.05)
 CURVE_FLOOR = 0.05  # nats
-CURVES = ("train_loss", "test_loss")  # test_loss: eval mode, so BatchNorm's running statistics count too
+# test_loss: eval mode, so BatchNorm's running statistics count too.  Compared from epoch 2 on: after
+# one epoch the test loss still swings with the seed (0.91 vs 1.25 on the CPU), later by < 0.07.
+CURVES = {"train_loss": 0, "test_loss": 1}  # metric -> epochs left out at the start
 
 
 def _curve(tmp_path: Path, name: str, **kw) -> dict[str, list[float]]:
     summary = train(TrainConfig(**{**CURVE_RUN, **kw}, out=str(tmp_path / name)))
     assert summary["status"] == "completed", summary
     rows = read_metrics(tmp_path / name)
-    return {key: [r[key] for r in rows] for key in CURVES}
+    return {key: [r[key] for r in rows][skip:] for key, skip in CURVES.items()}
 
 
 def _distance(a: list[float], b: list[float]) -> float:
@@ -211,15 +213,16 @@ def curves_follow_float32(tmp_path: Path, device: str, optimizer: str, *, compil
     """Train float32 (contiguous) with seeds 0 and 1, bf16 + channels_last with seed 0, and (with
     ``compile_``) the same under torch.compile; assert, and return the curves and distances.
 
-    Tolerance, per curve (the per-epoch training loss, and the test loss in eval mode): the bf16 run
+    Tolerance, per curve (the per-epoch training loss, the test loss in eval mode from epoch 2): the bf16 run
     stays within ``max(0.05, 1.5 s)`` of the float32 run of the same seed, where ``s`` is the largest
     per-epoch gap between the float32 runs of seeds 0 and 1.  bf16 keeps 8 significant bits (relative
     rounding 2^-9 per operation), which perturbs the trajectory; a correct bf16 path must stay within
     the band two correct float32 runs (other initialization, other batch order) keep from each
     other, and a broken one leaves it: a loss computed in bf16, a mis-laid-out input, a compiled graph
     that drops BatchNorm's running statistics (the test loss).  The floor of 0.05 nats covers seeds
-    whose curves happen to coincide.  (Measured on the CPU, SGD: seed gap 0.023, bf16 and compiled
-    bf16 within 0.0005 of float32.)"""
+    whose curves happen to coincide.  (Measured on the CPU: seed gap 0.023 (SGD) and 0.019 (SAM) in the
+    training loss, 0.06 in the test loss; bf16 and compiled bf16 within 0.0005 of float32 in the
+    training loss and 0.003 in the test loss.)"""
     common = dict(optimizer=optimizer, device=device)
     fp32 = _curve(tmp_path, "fp32-s0", **common, precision="float32", memory_format="contiguous", seed=0)
     other = _curve(tmp_path, "fp32-s1", **common, precision="float32", memory_format="contiguous", seed=1)
