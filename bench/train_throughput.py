@@ -1,8 +1,8 @@
 """Training throughput of real/ (images/s) against a plain DataLoader reference loop.
 
 What is measured, per (optimizer, batch size) case, on CIFAR-shaped generated data (``--n`` uint8
-images 3x32x32, 10 classes, uniform random pixels and labels; throughput does not depend on the
-pixel values):
+images 3x32x32, 10 classes, uniform random pixels and labels made on the device, with a CPU copy for
+the reference loop; throughput does not depend on the pixel values):
 
 * **real/**: :func:`real.train.train_epoch` itself, on a :class:`real.phase.Phase` built by
   :func:`real.phase.build_phase` from a :class:`real.config.TrainConfig` (data as uint8 tensors on
@@ -25,14 +25,21 @@ pixel values):
   ``reset_peak_memory_stats``; null on CPU).
 * **host syncs** (CUDA only): the host-synchronizing CUDA calls of a 4-step ``train_epoch`` call and
   where they happen (``torch.cuda.set_sync_debug_mode("warn")``); null on CPU.
-* **USEFUL split**: :func:`real.useful.compute_outputs` on the un-augmented training set (all ``n``
-  images, as real/train.py calls it) + :func:`theory.useful.useful_partition` (k = 2), once per
-  batch size after the SGD case's timing (it does not depend on the optimizer); reported relative
-  to each case's epoch time.
+* **USEFUL split**: :func:`real.useful.split` as real/train.py calls it (the outputs on all ``n``
+  un-augmented training images, USEFUL's per-class 2-means with k = 2, partition.npz's arrays), once
+  per batch size after the SGD case's timing (it does not depend on the optimizer); reported
+  relative to each case's epoch time and to a 200-epoch budget.
 
-GPU targets (issue 5 item 4): SGD >= 3x the reference and >= 15,000 images/s on an H100; the split
-< 1 % of an epoch (checked against the shortest epoch measured, the most demanding case).  On a CPU
-the targets are not meaningful and ``targets_met`` says they were not measured.
+GPU targets (issue 10, superseding issue 5's 15,000 images/s and split < 1 % of an epoch), on one
+H100/H200 (:func:`check_targets`): ResNet18 SGD with bf16 at batch 512 >= 20,000 images/s; SAM >= 0.45
+of SGD's rate at the same batch size; real/ >= 3x the reference with SGD at batch 128 (the paper's);
+the split < 0.1 % of a 200-epoch budget of SGD epochs at the smallest batch size measured (the
+paper's 128).  On a CPU, or with another model, the targets are not meaningful and ``targets_met``
+says they were not measured.
+
+bench/gpu.py imports this module's pieces (:func:`make_data`, :func:`bench_config`, :func:`real_case`,
+:func:`reference_case`, :func:`split_time`, :func:`case_row`, :func:`check_targets`); this command
+line stays the way to measure one configuration by hand (``--compile`` too).
 
 Timing noise: ``--repeats R`` times each path R times and keeps the fastest; the 1-minute load
 average is recorded (a shared CPU machine can vary 2-3x between runs).
@@ -58,20 +65,32 @@ from real import distributed as D
 from real.config import TrainConfig
 from real.data import TrainData
 from real.datasets import Dataset
-from real.phase import Phase, build_phase, memory_format
-from real.train import train_epoch
+from real.learning_stats import LearningStats
 from real.models import build_model
 from real.optim import SAM, build_optimizer, disable_running_stats, enable_running_stats
-from real.useful import compute_outputs
-from theory.useful import useful_partition
+from real.phase import Phase, build_phase, memory_format
+from real.train import train_epoch
+from real.useful import (
+    SplitPoint,
+    compute_outputs,
+    make_partition,
+    partition_arrays,
+    split,
+)
 
 # CIFAR-10's channel statistics (the generated pixels are uniform; these only set the normalization).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 NUM_CLASSES = 10
-TARGET_RATIO = 3.0
-TARGET_SGD_IMG_S = 15_000.0
-TARGET_SPLIT_FRACTION = 0.01
+TARGET_MODEL = "resnet18"
+TARGET_GPUS = ("H100", "H200")
+TARGET_RATIO = 3.0  # real/ over the reference, SGD, batch TARGET_RATIO_BATCH
+TARGET_RATIO_BATCH = 128
+TARGET_SGD_IMG_S = 20_000.0  # SGD with bf16 at batch TARGET_SGD_BATCH
+TARGET_SGD_BATCH = 512
+TARGET_SAM_OVER_SGD = 0.45
+TARGET_SPLIT_OVER_BUDGET = 0.001  # of BUDGET_EPOCHS SGD epochs
+BUDGET_EPOCHS = 200
 
 
 def sync(device: torch.device) -> None:
@@ -80,16 +99,28 @@ def sync(device: torch.device) -> None:
 
 
 def make_data(n: int, n_test: int, device: torch.device, seed: int = 0) -> TrainData:
-    """CIFAR-shaped uint8 data (random pixels and labels) as real/'s TrainData on ``device``."""
-    g = torch.Generator().manual_seed(seed)
-    train_x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    train_y = torch.randint(0, NUM_CLASSES, (n,), dtype=torch.int64, generator=g)
-    test_x = torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g)
-    test_y = torch.randint(0, NUM_CLASSES, (n_test,), dtype=torch.int64, generator=g)
-    ds = Dataset(name="synthetic", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                 num_classes=NUM_CLASSES, mean=CIFAR_MEAN, std=CIFAR_STD)
-    return TrainData(dataset=ds, train_x=train_x.to(device), train_y=train_y.to(device),
-                       test_x=test_x.to(device), test_y=test_y.to(device))
+    """CIFAR-shaped uint8 data (random pixels and labels) made on ``device``, as real/'s TrainData;
+    its ``dataset`` holds CPU copies (what the reference loop's Dataset reads)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(high: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.randint(0, high, shape, dtype=dtype, generator=g, device=device)
+
+    train_x, train_y = draw(256, (n, 3, 32, 32), torch.uint8), draw(NUM_CLASSES, (n,), torch.int64)
+    test_x, test_y = draw(256, (n_test, 3, 32, 32), torch.uint8), draw(NUM_CLASSES, (n_test,), torch.int64)
+    ds = Dataset(name="synthetic", train_x=train_x.cpu(), train_y=train_y.cpu(), test_x=test_x.cpu(),
+                 test_y=test_y.cpu(), num_classes=NUM_CLASSES, mean=CIFAR_MEAN, std=CIFAR_STD)
+    return TrainData(dataset=ds, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+
+
+def bench_config(model: str, optimizer: str, batch_size: int, n: int, device: str, *, bf16: bool,
+                 channels_last: bool, compile: bool = False) -> TrainConfig:
+    """The trainer configuration of one case: one epoch of the synthetic-shaped data, seed 0,
+    precision and memory format explicit (as a run's ``--precision`` / ``--memory-format``)."""
+    return TrainConfig(dataset="synthetic", model=model, optimizer=optimizer, batch_size=batch_size, epochs=1,
+                       synthetic_train=n, synthetic_test=256, device=device, seed=0, compile=compile,
+                       precision="bf16" if bf16 else "float32",
+                       memory_format="channels_last" if channels_last else "contiguous")
 
 
 # -- real/'s path -------------------------------------------------------------------------------
@@ -101,6 +132,7 @@ def real_case(cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, steps: int
     ``memory_format``, exactly as in a run."""
     device = info.device
     ph = build_phase("bench", cfg, data, info)
+    ph.observers.append(LearningStats(data.n_train, device=device))  # as a run's phase has (real/train.py)
     full_steps = ph.steps
     full_list = ph.index_list
     per = cfg.batch_size
@@ -179,19 +211,32 @@ def sync_sites(run, device: torch.device, nsteps: int) -> dict | None:
     return {"steps": nsteps, "count": sum(sites.values()), "sites": sites}
 
 
-def split_time(ph: Phase, data: TrainData, info: D.DistInfo, cfg: TrainConfig) -> dict:
-    """compute_outputs on the un-augmented training set + useful_partition, as real/train.py."""
+def split_time(ph: Phase, data: TrainData, info: D.DistInfo, cfg: TrainConfig, *, warm: bool = True) -> dict:
+    """:func:`real.useful.split` exactly as real/train.py calls it (the outputs on the un-augmented
+    training set, the partition, partition.npz's arrays), timed; then the outputs alone, for the
+    breakdown.  ``warm``: one untimed batch at the evaluation batch size first (in a run, evaluate()
+    has run at that size after every epoch, so cuDNN has tuned it when the split comes)."""
+    layout = memory_format(cfg, info.device)
+    if warm:
+        k = cfg.eval_batch_size
+        compute_outputs(ph.raw_model, data.train_x[:k], data.train_y[:k], mean=data.mean, std=data.std,
+                        batch_size=k, memory_format=layout)
     sync(info.device)
     t = time.perf_counter()
+    partition, _ = split(ph.raw_model, cfg, data, info, at=SplitPoint(1), memory_format=layout)
+    split_s = time.perf_counter() - t
+    # The breakdown, timed again part by part: the outputs, then the partition and its arrays.
+    t = time.perf_counter()
     logits, losses = compute_outputs(ph.raw_model, data.train_x, data.train_y, mean=data.mean, std=data.std,
-                                     batch_size=cfg.eval_batch_size, memory_format=memory_format(cfg, info.device))
+                                     batch_size=cfg.eval_batch_size, memory_format=layout)
     t_out = time.perf_counter() - t
     labels = data.train_y.cpu().numpy()
-    t2 = time.perf_counter()
-    part = useful_partition(logits, labels, losses, k=2, seed=cfg.seed)
-    t_part = time.perf_counter() - t2
-    return {"split_s": t_out + t_part, "compute_outputs_s": t_out, "useful_partition_s": t_part,
-            "upsampled": int(np.asarray(part.upsample).sum())}
+    t = time.perf_counter()
+    part = make_partition(cfg.partition, logits, labels, losses, k=cfg.upsample_factor, seed=cfg.seed)
+    partition_arrays(part, labels, losses, num_classes=data.num_classes, separated_at=SplitPoint(1), upweight=False)
+    t_part = time.perf_counter() - t
+    return {"split_s": split_s, "compute_outputs_s": t_out, "partition_s": t_part,
+            "upsampled": int(np.asarray(partition.upsample).sum()), "n": data.n_train}
 
 
 # -- the reference loop -------------------------------------------------------------------------
@@ -285,6 +330,92 @@ def reference_case(cfg: TrainConfig, data: TrainData, device: torch.device, *, s
             "data_ms_per_step": load / measured * 1e3, "data_share": load / elapsed}
 
 
+# -- summary and targets -------------------------------------------------------------------------
+
+
+def case_row(case: dict) -> dict:
+    """One measured case as the flat row of the JSON summary."""
+    real, ref = case["real"], case["reference"]
+    return {"optimizer": case["optimizer"], "batch_size": case["batch_size"],
+            "real_img_s": real["img_s"],
+            "reference_img_s": None if ref is None else ref["img_s"],
+            "ratio": case["ratio"],
+            "data_prep_share": real["data_prep_share"],
+            "data_prep_ms_per_step_real": real["data_prep_ms_per_step"],
+            "data_ms_per_step_reference": None if ref is None else ref["data_ms_per_step"],
+            "real_step_ms": real["step_ms"],
+            "real_epoch_s": real["epoch_s"],
+            "real_epoch_s_extrapolated": real["epoch_s_extrapolated"],
+            "split_over_epoch": case.get("split_over_epoch"),
+            "split_over_budget": case.get("split_over_budget"),
+            "peak_mem_bytes_real": real["peak_mem_bytes"],
+            "host_syncs_real": real["host_syncs"],
+            "peak_mem_bytes_reference": None if ref is None else ref["peak_mem_bytes"]}
+
+
+def target_figures(rows: list[dict], split_s: float | None) -> dict:
+    """The figures the targets are about, from :func:`case_row` rows (None where not measured)."""
+    def find(opt: str, bs: int) -> dict | None:
+        return next((r for r in rows if r["optimizer"] == opt and r["batch_size"] == bs), None)
+
+    sgd_big, ratio_row = find("sgd", TARGET_SGD_BATCH), find("sgd", TARGET_RATIO_BATCH)
+    sam_over_sgd = {str(r["batch_size"]): r["real_img_s"] / find("sgd", r["batch_size"])["real_img_s"]
+                    for r in rows if r["optimizer"] == "sam" and find("sgd", r["batch_size"])}
+    sgd_rows = [r for r in rows if r["optimizer"] == "sgd"]
+    budget_row = min(sgd_rows, key=lambda r: r["batch_size"]) if sgd_rows else None
+    return {
+        "sgd_img_s_at_target_batch": None if sgd_big is None else sgd_big["real_img_s"],
+        "sam_over_sgd": sam_over_sgd,
+        "min_sam_over_sgd": min(sam_over_sgd.values()) if sam_over_sgd else None,
+        "sgd_ratio_at_target_batch": None if ratio_row is None else ratio_row["ratio"],
+        "split_over_budget": None if (budget_row is None or split_s is None)
+        else split_s / (BUDGET_EPOCHS * budget_row["real_epoch_s"]),
+        "split_budget": None if budget_row is None else
+        f"{BUDGET_EPOCHS} SGD epochs at batch {budget_row['batch_size']}",
+    }
+
+
+# key of target_figures -> (comparison, value, what it says)
+TARGETS = {
+    "sgd_img_s_at_target_batch": (">=", TARGET_SGD_IMG_S,
+                                  f"{TARGET_MODEL} SGD bf16 batch {TARGET_SGD_BATCH} >= {TARGET_SGD_IMG_S:,.0f} img/s"),
+    "min_sam_over_sgd": (">=", TARGET_SAM_OVER_SGD, f"SAM >= {TARGET_SAM_OVER_SGD} of SGD's img/s at each batch size"),
+    "sgd_ratio_at_target_batch": (">=", TARGET_RATIO,
+                                  f"real/ >= {TARGET_RATIO:g}x the reference loop, SGD batch {TARGET_RATIO_BATCH}"),
+    "split_over_budget": ("<", TARGET_SPLIT_OVER_BUDGET,
+                          f"USEFUL split < {100 * TARGET_SPLIT_OVER_BUDGET:g} % of a {BUDGET_EPOCHS}-epoch SGD budget"),
+}
+
+
+def targets_not_applicable(*, device_type: str, smoke: bool, model: str, bf16: bool) -> str | None:
+    """Why the GPU targets say nothing about this run (None when they apply)."""
+    if device_type != "cuda":
+        return "the targets are for a GPU (H100/H200); this run is on the CPU"
+    if smoke:
+        return "the targets are for full sizes; this run is a smoke run"
+    if model != TARGET_MODEL or not bf16:
+        return f"the targets are for {TARGET_MODEL} with bf16; this run is {model}, bf16={bf16}"
+    return None
+
+
+def check_targets(figures: dict, targets: dict, *, device_name: str, not_applicable: str | None) -> dict | str:
+    """Each target of ``targets`` (key -> (comparison, value, text)): True/False on an H100/H200; on
+    another GPU a string with the figure; ``"not measured: <why>"`` when the targets do not apply."""
+    if not_applicable:
+        return f"not measured: {not_applicable}"
+    on_target_gpu = any(g in device_name for g in TARGET_GPUS)
+    met: dict[str, Any] = {}
+    for key, (op, target, _) in targets.items():
+        value = figures.get(key)
+        if value is None:
+            met[key] = "not measured in this run"
+        elif not on_target_gpu:
+            met[key] = f"not an H100/H200 ({device_name}): {value:.4g}"
+        else:
+            met[key] = bool(value < target) if op == "<" else bool(value >= target)
+    return met
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -307,6 +438,8 @@ def main(argv=None) -> dict:
                         help="real/'s model and batches in channels_last (default: on for CUDA, as real/)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="real/'s bf16 autocast (default: on for CUDA, as real/)")
+    parser.add_argument("--compile", action="store_true",
+                        help="real/'s model under torch.compile (--compile of a run); warm-up includes compiling")
     parser.add_argument("--smoke", action="store_true", help="n=512, cnn-small, batch 64, 2 steps: seconds, for CI")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -329,16 +462,15 @@ def main(argv=None) -> dict:
     data = make_data(args.n, 256, device)
     dev_name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
     print(f"device {dev_name} ({device}), torch {torch.__version__}, n={args.n}, model {args.model}, "
-          f"channels_last={channels_last}, bf16={bf16}, steps={args.steps or 'full epochs'}", flush=True)
+          f"channels_last={channels_last}, bf16={bf16}, compile={args.compile}, "
+          f"steps={args.steps or 'full epochs'}", flush=True)
 
     cases: list[dict[str, Any]] = []
     splits: dict[int, dict] = {}
     for bs in batch_sizes:
         for opt in optimizers:
-            cfg = TrainConfig(dataset="synthetic", model=args.model, optimizer=opt, batch_size=bs, epochs=1,
-                              synthetic_train=args.n, synthetic_test=256, device=args.device, seed=0,
-                              precision="bf16" if bf16 else "float32",
-                              memory_format="channels_last" if channels_last else "contiguous")
+            cfg = bench_config(args.model, opt, bs, args.n, args.device, bf16=bf16, channels_last=channels_last,
+                               compile=args.compile)
             real, ph = real_case(cfg, data, info, steps=args.steps, warmup=warmup, repeats=args.repeats)
             if not args.no_split and bs not in splits:
                 splits[bs] = split_time(ph, data, info, cfg)
@@ -349,6 +481,7 @@ def main(argv=None) -> dict:
                     "ratio": None if ref is None else real["img_s"] / ref["img_s"]}
             if bs in splits:
                 case["split_over_epoch"] = splits[bs]["split_s"] / real["epoch_s"]
+                case["split_over_budget"] = case["split_over_epoch"] / BUDGET_EPOCHS
             cases.append(case)
             print(f"{opt:4s} b={bs:4d}  real {real['img_s']:9.1f} img/s  "
                   + (f"reference {ref['img_s']:9.1f} img/s  x{case['ratio']:5.2f}  " if ref else "")
@@ -359,6 +492,9 @@ def main(argv=None) -> dict:
             if cuda:
                 torch.cuda.empty_cache()
 
+    rows = [case_row(c) for c in cases]
+    split_s = splits[min(splits)]["split_s"] if splits else None
+    figures = target_figures(rows, split_s)
     summary: dict[str, Any] = {
         "bench": "train_throughput",
         "smoke": args.smoke,
@@ -372,6 +508,7 @@ def main(argv=None) -> dict:
         "model": args.model,
         "channels_last": channels_last,
         "bf16": bf16,
+        "compile": args.compile,
         "steps": args.steps,
         "warmup": warmup,
         "repeats": args.repeats,
@@ -379,41 +516,15 @@ def main(argv=None) -> dict:
         "reference": None if args.no_reference else {
             "loader": "DataLoader, per-sample CPU crop(pad 4)+flip+normalize", "workers": workers,
             "dtype": "float32", "layout": "NCHW", "autocast": False, "compile": False},
-        "cases": [{"optimizer": c["optimizer"], "batch_size": c["batch_size"],
-                   "real_img_s": c["real"]["img_s"],
-                   "reference_img_s": None if c["reference"] is None else c["reference"]["img_s"],
-                   "ratio": c["ratio"],
-                   "data_prep_share": c["real"]["data_prep_share"],
-                   "data_prep_ms_per_step_real": c["real"]["data_prep_ms_per_step"],
-                   "data_ms_per_step_reference": None if c["reference"] is None else c["reference"]["data_ms_per_step"],
-                   "real_step_ms": c["real"]["step_ms"],
-                   "real_epoch_s": c["real"]["epoch_s"],
-                   "split_over_epoch": c.get("split_over_epoch"),
-                   "peak_mem_bytes_real": c["real"]["peak_mem_bytes"],
-                   "host_syncs_real": c["real"]["host_syncs"],
-                   "peak_mem_bytes_reference": None if c["reference"] is None else c["reference"]["peak_mem_bytes"]}
-                  for c in cases],
+        "cases": rows,
         "split": {str(k): v for k, v in splits.items()},
         "max_split_over_epoch": max((c["split_over_epoch"] for c in cases if "split_over_epoch" in c), default=None),
         "peak_mem_bytes": max((c["real"]["peak_mem_bytes"] for c in cases if c["real"]["peak_mem_bytes"]), default=None),
-        "targets": {"sgd_ratio": TARGET_RATIO, "sgd_img_s_h100": TARGET_SGD_IMG_S,
-                    "split_over_epoch": TARGET_SPLIT_FRACTION},
+        "figures": figures,
+        "targets": {key: {"value": value, "what": text} for key, (_, value, text) in TARGETS.items()},
+        "targets_met": check_targets(figures, TARGETS, device_name=dev_name, not_applicable=targets_not_applicable(
+            device_type=device.type, smoke=args.smoke, model=args.model, bf16=bf16)),
     }
-    sgd = [c for c in cases if c["optimizer"] == "sgd"]
-    if cuda and not args.smoke:
-        met: dict[str, Any] = {}
-        if sgd and not args.no_reference:
-            met["sgd_ratio"] = bool(min(c["ratio"] for c in sgd) >= TARGET_RATIO)
-        if sgd:
-            best = max(c["real"]["img_s"] for c in sgd)
-            met["sgd_img_s"] = bool(best >= TARGET_SGD_IMG_S) if "H100" in dev_name else (
-                f"not an H100 ({dev_name}): best SGD {best:.0f} img/s")
-        if summary["max_split_over_epoch"] is not None:
-            met["split_over_epoch"] = bool(summary["max_split_over_epoch"] < TARGET_SPLIT_FRACTION)
-        summary["targets_met"] = met
-    else:
-        summary["targets_met"] = ("not measured: the targets are for a GPU (H100), this run is on "
-                                  f"{'CUDA in smoke mode' if cuda else 'the CPU'}")
     print(json.dumps(summary))
     return summary
 

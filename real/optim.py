@@ -103,6 +103,7 @@ class SAM(torch.optim.Optimizer):
             e = torch._foreach_mul(grads, torch._foreach_mul(params, params)) if group["adaptive"] else grads
             torch._foreach_add_(params, torch._foreach_mul(e, scale))
             self._perturbed.append((params, old))
+        _weights_changed_in_place()
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -113,6 +114,7 @@ class SAM(torch.optim.Optimizer):
             torch._foreach_copy_(params, old)
         self._perturbed = []
         self.base_optimizer.step()
+        _weights_changed_in_place()
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -132,6 +134,18 @@ class SAM(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups  # load_state_dict rebuilds the list
+
+
+def _weights_changed_in_place() -> None:
+    """Drop autocast's cached low-precision copies of the weights.
+
+    Inside an autocast region (``--precision bf16``, the default on CUDA) torch casts each weight
+    once and reuses the copy until the outermost region ends.  The trainer runs a whole SAM step in
+    one region, and the perturbation changes the weights in place: without this, the second pass
+    "at w + e" would use the cached copies of w, i.e. SAM would silently be SGD evaluated twice.
+    Outside autocast this is a no-op.
+    """
+    torch.clear_autocast_cache()
 
 
 def build_optimizer(

@@ -1,5 +1,6 @@
 """Smoke runs of the benchmarks (SPEC.md section 5): each script runs with ``--smoke`` in a subprocess,
-finishes quickly, and prints as its last line one JSON object with its expected keys."""
+finishes quickly, and prints as its last line one JSON object with its expected keys.  bench/gpu.py's
+smoke run also writes gpu.json and gpu.log and runs every section (on the CPU)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ CASE_KEYS = {
 }
 
 
-def run_smoke(script: str) -> dict:
+def run_smoke(script: str, *extra: str, timeout: float = TIMEOUT_S) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--smoke"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -58,3 +59,55 @@ def test_bench_smoke_last_line_is_json(script: str) -> None:
         if result["device_type"] == "cpu":
             assert result["peak_mem_bytes"] is None
             assert isinstance(result["targets_met"], str) and "not measured" in result["targets_met"]
+
+
+GPU_SECTIONS = {"correctness", "throughput", "split", "sims", "compile"}
+GPU_FIGURES = {
+    "sgd_b512_img_s", "min_sam_over_sgd", "real_over_plain_sgd_b128", "split_over_200_epochs",
+    "min_sims_over_numba_sequential", "sam_over_sgd", "real_over_plain", "img_s", "split_over_sgd_epoch",
+    "sims_over_numba_sequential", "sims_over_numba_all_cores", "models_sgd_img_s", "models_peak_gib",
+}
+
+
+def test_gpu_bench_smoke_runs_every_section(tmp_path):
+    import torch
+
+    out = tmp_path / "gpu"
+    result = run_smoke("gpu.py", "--out", str(out), timeout=600)
+    assert result["bench"] == "gpu" and result["mode"] == "smoke" and result["device_type"] == "cpu"
+    assert set(result["sections"]) == GPU_SECTIONS
+    assert all(status == "ok" for status in result["sections"].values()), result["sections"]
+    assert result["ok"] is True and result["errors"] == {}
+    assert GPU_FIGURES <= result["figures"].keys()
+    assert set(result["targets"]) == {"sgd_b512_img_s", "min_sam_over_sgd", "real_over_plain_sgd_b128",
+                                      "split_over_200_epochs", "min_sims_over_numba_sequential"}
+    assert isinstance(result["targets_met"], str) and result["targets_met"].startswith("not measured")
+    # Section 1 ran pytest -m cuda (and the sims CUDA test): every test collected, none failed; on a
+    # machine without CUDA they are all skipped.
+    pytest_counts = result["pytest"]
+    assert pytest_counts["tests"] > 0 and pytest_counts["failures"] == pytest_counts["errors"] == 0
+    if not torch.cuda.is_available():
+        assert pytest_counts["skipped"] == pytest_counts["tests"]
+    # The files: gpu.json holds the sections in full and the same summary; gpu.log the progress.
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["summary"] == result
+    tp = report["sections"]["throughput"]
+    assert {(c["optimizer"], c["batch_size"]) for c in tp["cases"]} == {("sgd", 32), ("sam", 32), ("sgd", 64), ("sam", 64)}
+    for case in tp["cases"]:
+        assert CASE_KEYS <= case.keys() and case["real_img_s"] > 0 and case["reference_img_s"] > 0
+        assert case["real_epoch_s_extrapolated"] is False  # full epochs, their last smaller batch included
+    assert [m["model"] for m in tp["models"]] == ["mlp"]
+    split = report["sections"]["split"]
+    assert split["split_s"] > 0 and set(split["by_batch"]) == {"32", "64"}
+    sims = report["sections"]["sims"]["cases"]
+    assert [(c["rule"], c["dtype"]) for c in sims] == [("gd", "float64"), ("sam", "float32")]
+    assert sims[0]["max_rel_diff_torch_vs_numba"] < 1e-9  # the torch and numba backends ran the same runs
+    assert report["sections"]["compile"]["img_s"] > 0
+    log = (out / "gpu.log").read_text()
+    assert "== correctness" in log and "== sims" in log and "pytest" in log
+    # A second run into the same folder is refused (one line, exit 2), the files untouched.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--out", str(out)], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert json.loads((out / "gpu.json").read_text()) == report
