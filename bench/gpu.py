@@ -10,10 +10,9 @@ section that fails is recorded in gpu.json with its error while the next one sti
    SAM/ASAM on CUDA in float32 against theory's float64 step, kill -9 and resume on CUDA bitwise equal
    to the uninterrupted run, bf16 + channels_last (+ torch.compile) against the float32 loss curve,
    the USEFUL split of CUDA logits against the CPU split; tests/test_real_augment.py: crop/flip and
-   TrivialAugmentWide on CUDA equal to the CPU), then tests/test_sim_backends.py's
-   ``test_torch_cuda_matches_reference`` (the sims torch backend on CUDA against the reference; that
-   test carries no ``cuda`` mark, so ``-m cuda`` would not select it).  Counts and the failures'
-   names from the JUnit files.
+   TrivialAugmentWide on CUDA equal to the CPU; tests/test_sim_backends.py: the sims torch backend on
+   CUDA against the float64 reference, batched against one by one).  Counts and the failures' names
+   from the JUnit file.
 2. ``throughput`` (85 s): ResNet18 on 50,000 CIFAR-shaped uint8 images made on the device, batch 128
    and 512, SGD and SAM: real/'s loop (:func:`real.train.train_epoch`, bf16 + channels_last as a run
    on CUDA does by default), full epochs, against the plain loop of bench/train_throughput.py (torch
@@ -32,7 +31,7 @@ section that fails is recorded in gpu.json with its error while the next one sti
 The whole command keeps to ``--budget`` seconds (285 by default): each section's deadline leaves
 the later sections their budgets, cases past a deadline are skipped and named.  Files in DIR:
 gpu.json (everything; rewritten after each section), gpu.log (progress, the pytest output),
-pytest_cuda.xml and pytest_sims_cuda.xml (JUnit).  The last line printed is one JSON object:
+pytest_cuda.xml (JUnit).  The last line printed is one JSON object:
 each section's status, the pytest counts, the headline figures and the targets (issue 10) with
 whether each is met (only on an H100/H200, else "not measured: ...").  Exit status 0 when every
 section ran without error or failed test (a target missed is a figure, not a failure), 1 otherwise,
@@ -90,7 +89,7 @@ from sims.backend_torch import TorchBackend  # noqa: E402
 from theory.plumbing.atomic import atomic_write_json, to_json  # noqa: E402
 
 SECTIONS = ("correctness", "throughput", "split", "sims", "compile")
-FILES = ("gpu.json", "gpu.log", "pytest_cuda.xml", "pytest_sims_cuda.xml")
+FILES = ("gpu.json", "gpu.log", "pytest_cuda.xml")
 SIMS_TARGET = 50.0  # torch on CUDA over numba running the runs one after another
 
 
@@ -106,7 +105,6 @@ class Plan:
     budgets: dict[str, float]  # per section (compile: the least time left for it to start)
     # 1. correctness
     pytest_cuda: tuple[str, ...]  # what `pytest -m cuda` is given
-    pytest_sims: tuple[str, ...]  # the sims CUDA test (not marked `cuda`)
     # 2. throughput
     n: int
     model: str
@@ -141,7 +139,7 @@ def make_plan(mode: str, cpus: int) -> Plan:
         return Plan(
             mode=mode, device="cuda", budget_s=285.0,
             budgets={"correctness": 170.0, "throughput": 85.0, "split": 10.0, "sims": 20.0, "compile": 90.0},
-            pytest_cuda=("tests",), pytest_sims=("tests/test_sim_backends.py", "-k", "test_torch_cuda_matches_reference"),
+            pytest_cuda=("tests",),
             n=50_000, model="resnet18", batch_sizes=(128, 512), optimizers=("sgd", "sam"),
             real_steps=None, real_warmup=3, ref_steps={128: 100, 512: 30}, ref_warmup=5, workers=min(8, cpus),
             models=("resnet34", "vgg19", "densenet121", "vit-s"), model_batch=128, model_steps=50, model_warmup=3,
@@ -154,7 +152,7 @@ def make_plan(mode: str, cpus: int) -> Plan:
             mode=mode, device="cpu", budget_s=600.0,
             budgets={"correctness": 240.0, "throughput": 120.0, "split": 60.0, "sims": 60.0, "compile": 5.0},
             pytest_cuda=("tests/test_cuda.py",),
-            pytest_sims=("tests/test_sim_backends.py", "-k", "test_torch_cuda_matches_reference"),
+           
             n=300, model="cnn-small", batch_sizes=(32, 64), optimizers=("sgd", "sam"),  # last batches 12, 44
             real_steps=None, real_warmup=1, ref_steps={32: 2, 64: 2}, ref_warmup=1, workers=0,
             models=("mlp",), model_batch=32, model_steps=2, model_warmup=1,
@@ -353,13 +351,7 @@ def parse_junit(path: Path) -> dict:
 
 def section_correctness(ctx: Context, deadline: float) -> dict:
     plan, report = ctx.plan, ctx.report
-    keep = min(30.0, 0.2 * plan.budgets["correctness"])  # for the second, short run (3 sims tests)
-    runs = [run_pytest("cuda", ("-m", "cuda", *plan.pytest_cuda), report, deadline - time.monotonic() - keep)]
-    left = deadline - time.monotonic()
-    if left > 5:
-        runs.append(run_pytest("sims_cuda", plan.pytest_sims, report, left))
-    else:
-        runs.append({"args": list(plan.pytest_sims), "skipped": "no time left in the section's budget"})
+    runs = [run_pytest("cuda", ("-m", "cuda", *plan.pytest_cuda), report, deadline - time.monotonic())]
     total = {k: 0 for k in ("tests", "passed", "failures", "errors", "skipped")}
     failures: list[dict] = []
     problems = []
