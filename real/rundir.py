@@ -315,7 +315,6 @@ class Run:
         self.done = False
         self._checkpoint: dict | None = None  # the payload to restore, until it is used
         self._fresh = False  # this session started the run (nothing was there to resume)
-        self._saved = False  # this session wrote a checkpoint
         self.board = None  # rank 0's TensorBoard writer (--tensorboard), opened by open_run
 
     def __enter__(self) -> "Run":
@@ -329,7 +328,9 @@ class Run:
             if self.board is not None:
                 self.board.close()
                 self.board = None
-            if exc_type is not None and self._fresh and not self._saved and self.info.is_main:
+            # (the checkpoint on disk decides, not a flag: a signal can land between its rename and
+            # any bookkeeping after it)
+            if exc_type is not None and self._fresh and self.info.is_main and not (self.path / CHECKPOINT).exists():
                 for name in (CONFIG, METRICS):
                     with contextlib.suppress(FileNotFoundError):
                         (self.path / name).unlink()
@@ -348,7 +349,6 @@ class Run:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.path / CHECKPOINT, buffer.getvalue())
-        self._saved = True
         self._write_metrics()
 
     def restore(self, ph) -> None:
