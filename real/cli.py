@@ -9,6 +9,7 @@ Subcommands::
     useful-train grid FILE                                                      a grid of runs, here or on Slurm
     useful-train download DATASET --data-dir DIR                                fetch and verify a data set
     useful-train config [--preset NAME] [--FIELD VALUE ...]                     the resolved configuration
+    useful-train reproduce --out DIR [--quick] [--seeds S]                      the real-data claims report
 
 ``run``'s flags are :class:`~real.config.TrainConfig`'s fields with dashes; values merge as
 defaults < preset < ``--config`` TOML < command line.  ``--resume`` with an ``--out`` holding a run
@@ -18,7 +19,7 @@ with exit status 2 and one line on stderr; a run that diverges exits 1.
 
 The other subcommands live with what they do: each module named in :data:`COMMAND_MODULES` has a
 ``register_commands(register_command)`` that adds its subcommands (``compare`` from real/compare.py,
-``sharpness`` from real/sharpness.py, ``grid`` from real/grid.py).
+``sharpness`` from real/sharpness.py, ``grid`` from real/grid.py, ``reproduce`` from real/reproduce.py).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules that add subcommands (each must exist and define register_commands).
-COMMAND_MODULES = ("real.compare", "real.sharpness", "real.grid", "real.download")
+COMMAND_MODULES = ("real.compare", "real.sharpness", "real.grid", "real.download", "real.reproduce")
 
 
 def register_command(

@@ -12,6 +12,18 @@ deterministic, tensorboard), so the seeds of one configuration form one group.  
   --baseline-optimizer`` (default sgd) and without USEFUL; among several, the one whose configuration
   differs from the group in the fewest fields.
 
+Paired statistics: groups that differ only in the method (:data:`METHOD_FIELDS`: optimizer, rho,
+USEFUL and its settings) and share seeds are paired, seed by seed.  Each group is compared with
+
+* its reference: the group of the same setting trained with ``--baseline-optimizer`` without USEFUL
+  (``vs SGD``), and, for a USEFUL group,
+* its compute-matched baseline: the same USEFUL settings with ``partition = random`` (random
+  upsampling of as many examples per class, as many steps);
+
+by the mean over shared seeds of the paired difference of test error (group minus other, in
+points; negative is better) with its 95 % t-interval (:func:`paired_difference`).  Fewer than 3
+pairs give the mean without an interval, and the table says so.
+
 Runs whose summary.json is missing or whose status is not ``completed`` are listed as skipped with
 the reason.  With ``--out PLOT.png`` a bar plot (one panel per data set and model) shows the test error
 with standard-deviation error bars and the relative training time under each bar.
@@ -27,16 +39,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from theory.plumbing.config import ConfigError
 
-__all__ = ["GROUP_IGNORE", "group_key", "RunRecord", "Group", "load_runs", "group_runs", "compare_markdown", "plot_compare",
-           "register_commands"]
+__all__ = ["GROUP_IGNORE", "METHOD_FIELDS", "group_key", "RunRecord", "Group", "load_runs", "group_runs",
+           "paired_difference", "pair_groups", "compare_markdown", "plot_compare", "register_commands"]
 
 GROUP_IGNORE = ("seed", "out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir",
                 "preset", "deterministic", "tensorboard")
 # Fields the label names by itself (the others appear as "field=value" when they differ between groups).
 _LABELLED = ("optimizer", "useful", "partition", "upweight", "trivial_augment")
 _OPTIMIZER_ORDER = {"sgd": 0, "sam": 1, "asam": 2}
+# What makes a "method": groups equal in every other field are paired seed by seed.
+METHOD_FIELDS = ("optimizer", "rho", "useful", "separate_epoch", "separate_iteration", "upsample_factor", "partition",
+                 "quantile", "upweight")
+MIN_PAIRS = 3  # fewer pairs: the mean paired difference without an interval
 
 
 @dataclass
@@ -53,6 +71,8 @@ class Group:
     runs: list[RunRecord] = field(default_factory=list)
     label: str = ""
     baseline: "Group | None" = None
+    reference: "Group | None" = None  # the same setting with the baseline optimizer, no USEFUL (paired)
+    matched: "Group | None" = None  # USEFUL's compute-matched baseline: partition = random (paired)
 
     @property
     def errors(self) -> list[float]:
@@ -70,6 +90,9 @@ class Group:
             return 0.0 if e else math.nan
         m = sum(e) / len(e)
         return math.sqrt(sum((x - m) ** 2 for x in e) / (len(e) - 1))
+
+    def errors_by_seed(self) -> dict[int, float]:
+        return {r.config.get("seed"): 100.0 * (1.0 - r.summary["final_test_acc"]) for r in self.runs}
 
     @property
     def seconds(self) -> float:
@@ -181,6 +204,14 @@ def group_runs(runs: Sequence[RunRecord], *, baseline_optimizer: str = "sgd") ->
     for g in result:
         extra = ", ".join(f"{f}={_fmt_value(g.key[f])}" for f in varying if f in g.key)
         g.label = _method_label(g.key) + (f" ({extra})" if extra else "")
+    for g in result:  # paired references: the same setting, another method
+        same = [b for b in result if b is not g and _setting(b.key) == _setting(g.key)]
+        if g.key.get("optimizer") != baseline_optimizer or g.key.get("useful"):
+            g.reference = next((b for b in same if b.key.get("optimizer") == baseline_optimizer
+                                and not b.key.get("useful")), None)
+        if g.key.get("useful") and g.key.get("partition") != "random":
+            want = {**g.key, "partition": "random"}
+            g.matched = next((b for b in same if b.key == want), None)
     for g in result:
         candidates = [b for b in result
                       if b.key.get("dataset") == g.key.get("dataset") and b.key.get("model") == g.key.get("model")
@@ -194,6 +225,38 @@ def group_runs(runs: Sequence[RunRecord], *, baseline_optimizer: str = "sgd") ->
     return result
 
 
+def paired_difference(a, b, *, confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of the paired differences ``a_i - b_i`` with its ``confidence`` t-interval.
+
+    Returns ``mean``, ``std`` (ddof = 1), ``n``, ``low``, ``high`` (``mean -/+ t_{n-1} std / sqrt(n)``,
+    scipy.stats.t; None for fewer than 2 pairs) and the per-pair differences ``per_seed``."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = int(d.size)
+    out = {"mean": float(d.mean()) if n else None, "std": float(d.std(ddof=1)) if n > 1 else None, "n": n,
+           "low": None, "high": None, "confidence": confidence, "per_seed": [float(x) for x in d]}
+    if n > 1:
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * out["std"] / math.sqrt(n)
+        out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+def _setting(key: dict) -> str:
+    return json.dumps({k: v for k, v in key.items() if k not in METHOD_FIELDS}, sort_keys=True)
+
+
+def pair_groups(g: Group, other: Group | None) -> dict[str, Any] | None:
+    """Test error of ``g`` minus ``other`` (points), paired over their shared seeds (None without ``other``)."""
+    if other is None:
+        return None
+    mine, theirs = g.errors_by_seed(), other.errors_by_seed()
+    seeds = sorted(set(mine) & set(theirs), key=str)
+    out = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+    out["seeds"] = seeds
+    return out
+
+
 def _num(v: float, digits: int = 2) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
@@ -202,16 +265,31 @@ def compare_markdown(groups: Sequence[Group], skipped: Sequence[tuple[str, str]]
                      baseline_optimizer: str = "sgd") -> str:
     """The markdown table (and the list of skipped runs)."""
     base = baseline_optimizer.upper()
-    lines = [f"| configuration | seeds | test error (%) mean | std | time (s) | time vs {base} |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| configuration | seeds | test error (%) mean | std | time (s) | time vs {base} | "
+             f"error vs {base} (paired) | error vs random upsampling (paired) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for g in groups:
         rel = g.relative_time
         lines.append(f"| {g.label} | {len(g.runs)} | {_num(g.error_mean)} | {_num(g.error_std)} | "
-                     f"{_num(g.seconds, 1)} | {_num(rel) + 'x' if math.isfinite(rel) else 'n/a'} |")
+                     f"{_num(g.seconds, 1)} | {_num(rel) + 'x' if math.isfinite(rel) else 'n/a'} | "
+                     f"{_paired_cell(pair_groups(g, g.reference))} | {_paired_cell(pair_groups(g, g.matched))} |")
+    lines += ["", "Paired: mean over shared seeds of (this group's test error - the other's), in points, with its "
+              f"95% t-interval; groups differing only in the method ({', '.join(METHOD_FIELDS)}) are paired."]
     if skipped:
         lines += ["", f"Skipped {len(skipped)} run(s):"]
         lines += [f"- {path}: {reason}" for path, reason in skipped]
     return "\n".join(lines)
+
+
+def _paired_cell(d: dict | None) -> str:
+    if d is None:
+        return "-"
+    n = d["n"]
+    if n == 0:
+        return "no shared seeds"
+    if n < MIN_PAIRS:
+        return f"{d['mean']:+.2f} ({n} pair{'s' if n > 1 else ''}: fewer than {MIN_PAIRS}, no interval)"
+    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] ({n} pairs)"
 
 
 def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimizer: str = "sgd") -> None:

@@ -34,6 +34,7 @@ from .datasets import DATASETS
 from .distributed import DEVICES
 from .models import MODELS
 from .optim import OPTIMIZERS
+from .planted import EASY_FEATURES
 from .schedules import SCHEDULES
 from .tensorboard import check_installed
 
@@ -86,6 +87,12 @@ class TrainConfig:
     Augmentation: ``augment`` (``crop-flip`` or ``none``), ``trivial_augment``, ``mixup_alpha``
     (0 = off).
 
+    Planted easy feature (real/planted.py): ``train_subset`` / ``test_subset`` (train / evaluate on
+    this many examples, drawn per class with the seed), ``contrast`` (pixel values times c: the slow feature's strength),
+    ``easy_feature`` (``patch``: a label-placed white square in a fraction ``easy_fraction`` of the
+    training and test images, ``easy_size`` pixels a side), ``group_window`` (iterations per row of
+    the per-group training accuracy, recorded with the feature).
+
     USEFUL: ``useful``, ``separate_epoch`` (an epoch or ``"auto"``), ``upsample_factor`` (k),
     ``partition`` (``useful`` or a baseline), ``quantile`` (for the ``quantile`` baseline),
     ``upweight`` (loss weight k instead of k copies), ``copy_augment`` (``trivial-augment``: the extra
@@ -125,6 +132,13 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     label_noise: float = 0.0
     long_tail_ratio: float | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    contrast: float = 1.0
+    easy_feature: Literal[EASY_FEATURES] = "none"
+    easy_fraction: float = 0.9
+    easy_size: int = 4
+    group_window: int = 10
     useful: bool = False
     separate_epoch: int | Literal["auto"] = "auto"
     separate_iteration: int | None = None
@@ -162,6 +176,25 @@ class TrainConfig:
         if self.long_tail_ratio is not None:
             check_number("--long-tail-ratio", self.long_tail_ratio, low=1.0, high=FLOAT32_MAX)
         check_number("--label-noise", self.label_noise, low=0.0, high=1.0, high_open=True)
+        # Planted easy feature (the flags that only act with it are refused without it).
+        if self.train_subset is not None:
+            check_int("--train-subset", self.train_subset, low=2)
+        if self.test_subset is not None:
+            check_int("--test-subset", self.test_subset, low=1)
+        check_number("--contrast", self.contrast, low=0.0, high=1.0, low_open=True)
+        check_choice("--easy-feature", self.easy_feature, EASY_FEATURES)
+        check_number("--easy-fraction", self.easy_fraction, low=0.0, high=1.0, low_open=True)
+        check_int("--easy-size", self.easy_size, low=1, high=64)
+        check_int("--group-window", self.group_window, low=1)
+        if self.easy_feature == "none":
+            for name, default in (("easy_fraction", 0.9), ("easy_size", 4), ("group_window", 10)):
+                check(getattr(self, name) == default, "--" + name.replace("_", "-"), getattr(self, name),
+                      f"{default} (the default) unless --easy-feature is given")
+        else:  # the square's position codes the label: crops, flips and TrivialAugment would move it
+            check(self.augment == "none", "--augment", self.augment, "'none' with --easy-feature (crops and flips "
+                  "move the label-placed square)")
+            check(not self.trivial_augment, "--trivial-augment", self.trivial_augment,
+                  "false with --easy-feature (it would move or erase the label-placed square)")
         # Model and optimization.
         check_choice("--model", self.model, MODELS)
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)

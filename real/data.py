@@ -1,5 +1,6 @@
 """The training data on the device: uint8 images and int64 labels, moved there once (airbench
-style), with the run's label noise applied.  The files and their formats are real/datasets.py's."""
+style), with the run's training subset, contrast and planted easy feature (real/planted.py) and its
+label noise applied.  The files and their formats are real/datasets.py's."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import torch
 from .augment import symmetric_label_noise
 from .config import TrainConfig
 from .datasets import Dataset, DatasetError, load_dataset
+from .planted import EasyFeature, prepare_dataset
 
 __all__ = ["TrainData", "load_training_data"]
 
 
 @dataclass
 class TrainData:
-    """The data set on the device; ``flipped`` is the label-noise mask (None without noise)."""
+    """The data set on the device; ``flipped`` is the label-noise mask (None without noise);
+    ``easy`` what real/planted.py planted (None without ``--easy-feature``), with
+    ``test_has_easy`` its test mask on the device."""
 
     dataset: Dataset
     train_x: torch.Tensor
@@ -25,6 +29,8 @@ class TrainData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     flipped: np.ndarray | None = None
+    easy: EasyFeature | None = None
+    test_has_easy: torch.Tensor | None = None
 
     @property
     def n_train(self) -> int:
@@ -63,10 +69,14 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainData:
     for split, y in (("training", ds.train_y), ("test", ds.test_y)):
         if y.numel() == 0:
             raise DatasetError(f"{cfg.dataset}: the {split} split is empty")
+    ds, easy = prepare_dataset(ds, seed=cfg.seed, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                               contrast=cfg.contrast, easy_feature=cfg.easy_feature, easy_fraction=cfg.easy_fraction,
+                               easy_size=cfg.easy_size)
     train_y, flipped = ds.train_y, None
     if cfg.label_noise > 0:
         noisy, flipped = symmetric_label_noise(ds.train_y.numpy(), rate=cfg.label_noise,
                                                num_classes=ds.num_classes, seed=cfg.seed)
         train_y = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.int64))
     return TrainData(dataset=ds, train_x=ds.train_x.to(device), train_y=train_y.to(device),
-                     test_x=ds.test_x.to(device), test_y=ds.test_y.to(device), flipped=flipped)
+                     test_x=ds.test_x.to(device), test_y=ds.test_y.to(device), flipped=flipped, easy=easy,
+                     test_has_easy=None if easy is None else torch.from_numpy(easy.has_easy_test).to(device))

@@ -8,6 +8,8 @@ This module is the one owner of the run-directory format; no other module names 
     DIR/checkpoint.pt       the state after the last finished epoch (loads with weights_only=True)
     DIR/partition.npz       USEFUL's split (real/useful.py decides its content)
     DIR/learning_stats.npz  per-example learning statistics; DIR/clusters.md their table by cluster
+    DIR/easy_feature.npz    with --easy-feature: has_easy per training and test example, the positions
+    DIR/group_accuracy.npz  with --easy-feature: training accuracy per group and window of iterations
     DIR/curves.png          loss and accuracy per epoch
     DIR/run.lock            the live process that owns DIR
     DIR/sharpness.json      useful-train sharpness's report (written later, on request)
@@ -64,6 +66,7 @@ from theory.useful import Partition
 
 from . import distributed as D
 from .config import RUN_CONTROL_FIELDS, TrainConfig
+from .group_accuracy import GroupAccuracy
 from .learning_stats import LearningStats
 from .tensorboard import event_files, open_board
 
@@ -84,6 +87,8 @@ __all__ = [
     "read_metrics",
     "read_partition",
     "read_learning_stats",
+    "read_easy_feature",
+    "read_group_accuracy",
     "load_checkpoint",
     "checkpoint_path",
     "state_digest",
@@ -94,10 +99,12 @@ log = logging.getLogger("real.rundir")
 FORMAT = "useful-sb/run/1"  # config.json's marker: this folder was written by useful-train
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 PARTITION, LEARNING_STATS, CLUSTERS, CURVES = "partition.npz", "learning_stats.npz", "clusters.md", "curves.png"
+EASY_FEATURE, GROUP_ACCURACY = "easy_feature.npz", "group_accuracy.npz"
 SHARPNESS = "sharpness.json"  # written by useful-train sharpness (not by the run; --overwrite keeps it)
 TENSORBOARD = "tensorboard"  # a folder: the run's event files (--overwrite removes them, nothing else in it)
 # Files a run writes (--overwrite removes exactly these and TENSORBOARD's event files; nothing else is touched).
-RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, PARTITION, LEARNING_STATS, CLUSTERS, CURVES)
+RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, PARTITION, LEARNING_STATS, CLUSTERS, CURVES, EASY_FEATURE,
+             GROUP_ACCURACY)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +210,18 @@ def read_learning_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+def read_easy_feature(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """easy_feature.npz (``has_easy_train``, ``has_easy_test``, ``positions``, ...) as a dict of arrays."""
+    with np.load(Path(path) / EASY_FEATURE, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def read_group_accuracy(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """group_accuracy.npz as a dict of arrays (the pre-split phase's with the prefix ``separate_``)."""
+    with np.load(Path(path) / GROUP_ACCURACY, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
 def checkpoint_path(path: str | os.PathLike) -> Path:
     """The checkpoint of a run directory (or ``path`` itself if it is a file)."""
     path = Path(path)
@@ -260,6 +279,7 @@ class RunState:
     train_images: float = 0.0
     wall_before: float = 0.0  # wall seconds of earlier sessions (before a resume)
     learning: dict[str, LearningStats] = field(default_factory=dict)  # per phase
+    groups: dict[str, GroupAccuracy] = field(default_factory=dict)  # per phase (with --easy-feature)
     session_start: float = field(default_factory=time.perf_counter)
 
     def wall_seconds(self) -> float:
@@ -281,6 +301,7 @@ class RunState:
             "totals": {"train_seconds": self.train_seconds, "train_images": self.train_images,
                        "wall_seconds": self.wall_seconds()},
             "learning": {name: stats.state_dict() for name, stats in self.learning.items()},
+            "groups": {name: acc.state_dict() for name, acc in self.groups.items()},
         }
 
     def load_state_dict(self, state: Mapping, n_train: int, device: torch.device) -> None:
@@ -298,6 +319,8 @@ class RunState:
         for name, stats_state in state["learning"].items():
             self.learning[name] = LearningStats(n_train, device=device)
             self.learning[name].load_state_dict(stats_state)
+        for name, acc_state in state.get("groups", {}).items():
+            self.groups[name] = GroupAccuracy.from_state_dict(acc_state, device=device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,9 +408,18 @@ class Run:
     def summary(self) -> dict | None:
         return read_summary(self.path)
 
-    def finish(self, summary: dict, *, learning: tuple[dict, str | None] | None, curves_png: bytes | None) -> dict:
-        """Write learning statistics, metrics, the summary and the curves (rank 0); return the summary."""
+    def finish(self, summary: dict, *, learning: tuple[dict, str | None] | None, curves_png: bytes | None,
+               easy_feature: Mapping[str, np.ndarray] | None = None) -> dict:
+        """Write learning statistics, the planted feature and the per-group accuracy (with
+        ``--easy-feature``), metrics, the summary and the curves (rank 0); return the summary."""
         if self.info.is_main:
+            if easy_feature is not None:
+                atomic_save_npz(self.path / EASY_FEATURE, **easy_feature)
+                arrays = {}
+                for name, acc in self.state.groups.items():
+                    prefix = "" if name == "main" else f"{name}_"
+                    arrays.update({prefix + key: value for key, value in acc.result().items()})
+                atomic_save_npz(self.path / GROUP_ACCURACY, **arrays)
             if learning is not None:
                 arrays, table = learning
                 atomic_save_npz(self.path / LEARNING_STATS, **arrays)
@@ -455,10 +487,12 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
 
 def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
     """``(field, stored value, current value)`` where a stored configuration differs from ``cfg``
-    in a field that changes what is computed (run-control fields aside)."""
+    in a field that changes what is computed (run-control fields aside).  A field missing from the
+    stored configuration (written before the field existed) counts as its default."""
     current = to_jsonable(cfg)
-    return [(name, stored.get(name), current[name]) for name in current
-            if name not in RUN_CONTROL_FIELDS and stored.get(name) != current[name]]
+    defaults = to_jsonable(TrainConfig())
+    return [(name, stored.get(name, defaults[name]), current[name]) for name in current
+            if name not in RUN_CONTROL_FIELDS and stored.get(name, defaults[name]) != current[name]]
 
 
 # OSErrors that say the folder given as --out cannot be used (bad input, exit 2); the others (a full

@@ -29,6 +29,7 @@ from . import useful
 from .augment import mixup, normalize
 from .config import TrainConfig, default_out
 from .data import TrainData, load_training_data
+from .group_accuracy import GROUP_NAMES, GroupAccuracy
 from .learning_stats import LearningStats, learning_report
 from .optim import sam_step
 from .phase import (
@@ -109,6 +110,9 @@ def start_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     run.state.init_digest[name] = ph.init_digest
     run.restore(ph)
     ph.observers.append(run.state.learning.setdefault(name, LearningStats(data.n_train, device=info.device)))
+    if data.easy is not None:  # training accuracy with / without the planted feature, per window of iterations
+        ph.observers.append(run.state.groups.setdefault(name, GroupAccuracy(
+            data.easy.has_easy_train, window=cfg.group_window, device=info.device)))
     return ph
 
 
@@ -126,9 +130,10 @@ def run_epochs(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, r
         ph.epoch += 1
         for obs in ph.observers:  # one host transfer of 2 n int32 (summed over ranks)
             obs.end_epoch(ph.epoch, all_reduce=D.all_reduce_sum if info.distributed else None)
-        test_loss, test_acc = evaluate(ph.raw_model, data.test_x, data.test_y, cfg, data, info)
+        test_loss, test_acc, by_group = evaluate(ph.raw_model, data.test_x, data.test_y, cfg, data, info,
+                                                 groups=data.test_has_easy)
         row = {"phase": ph.name, "epoch": ph.epoch, "steps": stats["steps"], "train_loss": stats["train_loss"],
-               "train_acc": stats["train_acc"], "test_loss": test_loss, "test_acc": test_acc,
+               "train_acc": stats["train_acc"], "test_loss": test_loss, "test_acc": test_acc, **by_group,
                "lr": stats["lr"],  # the learning rate of the epoch's last iteration
                "seconds": time.perf_counter() - start, "images_per_second": stats["images"] / max(train_time, 1e-9)}
         state.metrics.append(row)
@@ -159,6 +164,7 @@ def finish(cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, *, sta
         "final_test_acc": final.get("test_acc"), "final_test_loss": final.get("test_loss"),
         "final_train_acc": final.get("train_acc"), "final_train_loss": final.get("train_loss"),
         "best_test_acc": best.get("test_acc"), "best_epoch": best.get("epoch"),
+        **{f"final_{key}": final[key] for key in final if key.startswith("test_acc_")},  # per group
         "epochs": len(main_rows), "epochs_planned": cfg.epochs,
         "epochs_before_split": sum(1 for m in state.metrics if m["phase"] == "separate"),
         "separated_at": state.separated_at, "n_train": data.n_train, "n_upsampled": n_up,
@@ -172,7 +178,8 @@ def finish(cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, *, sta
     learning = learning_report(state.learning, None if part is None else part.upsample,
                                method=getattr(part, "method", ""), k=getattr(part, "k", 1),
                                separated_at=state.separated_at) if state.learning else None
-    run.finish(summary, learning=learning, curves_png=curves_png(state.metrics, title=f"{cfg.run_name} ({status})"))
+    run.finish(summary, learning=learning, curves_png=curves_png(state.metrics, title=f"{cfg.run_name} ({status})"),
+               easy_feature=None if data.easy is None else data.easy.arrays())
     if status == "completed":
         log.info("done: final test acc %.4f (best %.4f at epoch %s), %.0f images/s, %.1f s; files in %s",
                  summary["final_test_acc"], summary["best_test_acc"], summary["best_epoch"],
@@ -248,14 +255,17 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, cfg: TrainConfig, data: TrainData,
-             info: D.DistInfo) -> tuple[float, float]:
+             info: D.DistInfo, groups: torch.Tensor | None = None) -> tuple[float, float, dict]:
     """Loss and accuracy of ``model`` on ``(x_all, y_all)`` (un-augmented; each rank evaluates its
-    shard, sums all-reduced).  ``model`` is the unwrapped module: DDP's forward would broadcast
-    buffers, a collective the ranks' unequal shards would call unequally often."""
+    shard, sums all-reduced), and with ``groups`` (a bool mask: has the planted feature) the accuracy
+    of each group, ``{"test_acc_without_easy": .., "test_acc_with_easy": ..}`` (None if empty).
+    ``model`` is the unwrapped module: DDP's forward would broadcast buffers, a collective the ranks'
+    unequal shards would call unequally often."""
     was_training = model.training
     model.eval()
     x_all, y_all = x_all[info.rank :: info.world_size], y_all[info.rank :: info.world_size]
-    sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+    groups = None if groups is None else groups[info.rank :: info.world_size].long()
+    sums = torch.zeros(7, dtype=torch.float64, device=info.device)  # loss, correct, n, then per group: correct, n
     layout = memory_format(cfg, info.device)
     for start in range(0, x_all.shape[0], cfg.eval_batch_size):
         x = normalize(x_all[start : start + cfg.eval_batch_size], data.mean, data.std)
@@ -263,8 +273,15 @@ def evaluate(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, c
         with autocast(cfg, info.device):
             logits = model(x.contiguous(memory_format=layout)).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-        sums[1] += (logits.argmax(1) == y).sum()
+        hit = logits.argmax(1) == y
+        sums[1] += hit.sum()
         sums[2] += len(y)
+        if groups is not None:
+            g = groups[start : start + cfg.eval_batch_size]
+            sums[3:].index_add_(0, 2 * g, hit.double()).index_add_(0, 2 * g + 1, torch.ones_like(g, dtype=sums.dtype))
     model.train(was_training)
-    loss, correct, n = D.all_reduce_sum(sums).tolist()
-    return loss / n, correct / n
+    loss, correct, n, *per_group = D.all_reduce_sum(sums).tolist()
+    hits, counts = per_group[0::2], per_group[1::2]
+    by_group = {} if groups is None else {f"test_acc_{name}": hits[i] / counts[i] if counts[i] else None
+                                          for i, name in enumerate(GROUP_NAMES)}
+    return loss / n, correct / n, by_group

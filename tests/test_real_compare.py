@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from real.cli import COMMANDS, main
@@ -123,3 +124,45 @@ def test_real_runs_match_the_format(tmp_path, capsys):
     assert math.isfinite(groups[1].relative_time)
     with pytest.raises(ConfigError):
         load_runs([tmp_path / "nothing"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired statistics.
+
+
+def test_paired_differences_over_shared_seeds(tmp_path):
+    """SGD, SGD+USEFUL and SGD+random on seeds 0-3 (USEFUL misses seed 3): USEFUL is paired with SGD
+    and with random upsampling over the shared seeds, with the t-interval of the mean difference."""
+    from scipy import stats
+
+    from real.compare import pair_groups, paired_difference
+
+    errs = {"sgd": [10.0, 12.0, 11.0, 13.0], "useful": [8.0, 11.0, 9.5], "random": [9.5, 12.5, 10.0, 12.0]}
+    runs = []
+    for name, values in errs.items():
+        extra = {} if name == "sgd" else dict(useful=True, separate_epoch=1, partition=name)
+        for seed, e in enumerate(values):
+            runs.append(fake_run(tmp_path / f"{name}{seed}", seed=seed, acc=1 - e / 100, wall=1.0, **extra))
+    runs.append(fake_run(tmp_path / "other-lr", seed=0, acc=0.5, wall=1.0, lr=0.3, useful=True, separate_epoch=1))
+    table, groups, _ = compare(runs)
+    by = {g.label: g for g in groups}
+    useful = by["SGD+USEFUL (lr=0.1)"]
+    assert useful.reference is by["SGD (lr=0.1)"] and useful.matched is by["SGD+random (lr=0.1)"]
+    assert by["SGD+random (lr=0.1)"].reference is by["SGD (lr=0.1)"] and by["SGD+random (lr=0.1)"].matched is None
+    # Another learning rate is another setting: no reference there (it differs in more than the method).
+    assert by["SGD+USEFUL (lr=0.3)"].reference is None
+    d = pair_groups(useful, useful.reference)
+    diffs = np.array([8.0 - 10.0, 11.0 - 12.0, 9.5 - 11.0])
+    assert d["n"] == 3 and d["seeds"] == [0, 1, 2] and d["per_seed"] == pytest.approx(diffs)
+    lo, hi = stats.t.interval(0.95, 2, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert (d["mean"], d["low"], d["high"]) == pytest.approx((diffs.mean(), lo, hi))
+    row = next(line for line in table.splitlines() if line.startswith("| SGD+USEFUL (lr=0.1) |"))
+    assert f"{diffs.mean():+.2f} [{lo:+.2f}, {hi:+.2f}] (3 pairs)" in row
+    m = pair_groups(useful, useful.matched)
+    assert m["per_seed"] == pytest.approx([-1.5, -1.5, -0.5])
+    assert paired_difference([1.0, 2.0], [1.0, 1.0])["low"] is not None  # 2 pairs: an interval, but ...
+    # ... the table says when fewer than 3 pairs exist, and gives no interval then.
+    table2, _, _ = compare([runs[0], runs[1], runs[4], runs[5]])
+    assert "2 pairs: fewer than 3, no interval" in table2
+    table3, _, _ = compare([runs[0], runs[5]])
+    assert "no shared seeds" in table3
