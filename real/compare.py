@@ -294,7 +294,8 @@ def _paired_cell(d: dict | None) -> str:
 
 def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimizer: str = "sgd") -> None:
     """Bars of test error (std error bars), one panel per data set and model, the training time
-    relative to the baseline written under each bar; written atomically as PNG."""
+    relative to the baseline written under each bar; written atomically in the format of ``path``'s
+    suffix (PNG, PDF or SVG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,15 +337,33 @@ def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimize
                  fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    fig.savefig(buffer, format=plot_format(path), dpi=120)
     plt.close(fig)
     with atomic_open(path, "wb") as fh:
         fh.write(buffer.getvalue())
 
 
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def plot_format(path: str | Path) -> str:
+    """The figure's format from ``path``'s suffix (a ``plot.pdf`` gets PDF bytes, not PNG); a suffix
+    that is not one of :data:`PLOT_FORMATS`, or a path that is a folder, is a ConfigError on ``--out``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError("--out", message=f"--out: {path} is a folder; give a file name such as fig4.png")
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise ConfigError("--out", str(path), "a file name ending in " + ", ".join("." + f for f in PLOT_FORMATS))
+    return suffix
+
+
 def compare(run_dirs: Sequence[str | Path], *, out: str | Path | None = None,
             baseline_optimizer: str = "sgd") -> tuple[str, list[Group], list[tuple[str, str]]]:
-    """Load, group, tabulate (and plot to ``out``); returns ``(markdown, groups, skipped)``."""
+    """Load, group, tabulate (and plot to ``out``); returns ``(markdown, groups, skipped)``.  Where the
+    plot goes is checked before anything is read."""
+    if out is not None:
+        plot_format(out)
     runs, skipped = load_runs(run_dirs)
     groups = group_runs(runs, baseline_optimizer=baseline_optimizer)
     table = compare_markdown(groups, skipped, baseline_optimizer=baseline_optimizer)
@@ -359,7 +378,8 @@ def compare(run_dirs: Sequence[str | Path], *, out: str | Path | None = None,
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of useful-train run")
-    parser.add_argument("--out", metavar="PLOT.png", default=None, help="also draw the bar plot (Figure 4 style)")
+    parser.add_argument("--out", metavar="PLOT.png", default=None,
+                        help="also draw the bar plot (Figure 4 style): .png, .pdf or .svg")
     parser.add_argument("--baseline-optimizer", choices=("sgd", "sam", "asam"), default="sgd",
                         help="training time is relative to this optimizer's group without USEFUL (default sgd)")
 

@@ -166,3 +166,48 @@ def test_paired_differences_over_shared_seeds(tmp_path):
     assert "2 pairs: fewer than 3, no interval" in table2
     table3, _, _ = compare([runs[0], runs[5]])
     assert "no shared seeds" in table3
+
+
+def test_a_run_counts_once_and_twins_are_refused(tmp_path, capsys):
+    """A folder given twice (or by two spellings) counts once; two folders of one configuration and
+    seed (e.g. a grid's ``lr = [1, 1.0]``) are refused instead of counting as two seeds."""
+    a = fake_run(tmp_path / "a", seed=0, acc=0.9, wall=1.0)
+    b = fake_run(tmp_path / "b", seed=1, acc=0.8, wall=1.0)
+    _, groups, _ = compare([a, a, tmp_path / "." / "a", b])
+    assert [len(g.runs) for g in groups] == [2]
+    twin = fake_run(tmp_path / "twin", seed=0, acc=0.7, wall=1.0)
+    with pytest.raises(ConfigError, match="same configuration"):
+        compare([a, b, twin])
+    assert main(["compare", str(a), str(twin)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "twin" in err[0]
+
+
+def test_plot_format_follows_the_suffix_and_bad_outs_are_refused(runs, tmp_path, capsys):
+    compare(runs, out=tmp_path / "fig.pdf")
+    assert (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+    compare(runs, out=tmp_path / "fig.svg")
+    assert b"<svg" in (tmp_path / "fig.svg").read_bytes()[:500]
+    compare(runs, out=tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "folder").mkdir()
+    for bad in (tmp_path / "folder", tmp_path / "fig.jpeg", tmp_path / "noext"):
+        assert main(["compare", *map(str, runs), "--out", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--out" in err[0]
+    assert not (tmp_path / "fig.jpeg").exists() and not (tmp_path / "noext").exists()
+
+
+def test_a_summary_that_is_not_an_accuracy_is_skipped(tmp_path):
+    """``final_test_acc: true`` used to read as 1.0 (0 % error): anything but a number in [0, 1] skips."""
+    good = fake_run(tmp_path / "g", seed=0, acc=0.9, wall=1.0)
+    runs = []
+    for i, bad in enumerate((True, "0.9", 1.5, -0.1, None)):
+        path = fake_run(tmp_path / f"b{i}", seed=i + 1, acc=0.5, wall=1.0)
+        summary = json.loads((path / "summary.json").read_text())
+        summary["final_test_acc"] = bad
+        (path / "summary.json").write_text(json.dumps(summary))
+        runs.append(path)
+    loaded, skipped = load_runs([good, *runs])
+    assert [r.path.name for r in loaded] == ["g"] and len(skipped) == 5
+    assert all("final_test_acc" in reason for _, reason in skipped)
