@@ -160,7 +160,7 @@ def test_compare_groups_by_config_ignoring_seed(tmp_path, capsys):
         _fake_run(tmp_path / "b0", 0, 0.95, useful=True, separate_epoch=8),
     ]
     table = real.compare.compare(runs)[0]
-    lines = table.splitlines()
+    lines = [line for line in table.splitlines() if line.startswith("|")]
     assert len(lines) == 4
     row_a = next(line for line in lines if line.startswith("| SGD |"))
     row_b = next(line for line in lines if line.startswith("| SGD+USEFUL |"))
