@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from real.config import TrainConfig
@@ -316,3 +316,46 @@ def test_runs_written_before_the_new_fields_still_resume(tmp_path):
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
     planted = TrainConfig(**kw, epochs=2, easy_feature="patch", augment="none")
     assert [d[0] for d in config_differences(ckpt["config"], planted)] == ["augment", "easy_feature"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input through the command line: exit 2, one line naming the flag, nothing trained.
+
+_BAD = {
+    "train-subset": st.one_of(st.integers(-10**6, 1).map(str), st.sampled_from(["2.5", "abc", "1e9x"])),
+    "test-subset": st.one_of(st.integers(-10**6, 0).map(str), st.sampled_from(["0.5", "x"])),
+    "contrast": st.one_of(st.floats(-1e6, 0.0).map(repr), st.floats(1.0, 1e6, exclude_min=True).map(repr),
+                          st.sampled_from(["nan", "inf", "abc"])),
+    "easy-feature": st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8).filter(
+        lambda s: s not in ("none", "patch")),
+    "easy-fraction": st.one_of(st.floats(-1e6, 0.0).map(repr), st.floats(1.0, 1e6, exclude_min=True).map(repr),
+                               st.sampled_from(["nan", "x"])),
+    "easy-size": st.one_of(st.integers(-100, 0).map(str), st.integers(65, 10**6).map(str), st.just("2.5")),
+    "group-window": st.one_of(st.integers(-100, 0).map(str), st.just("w")),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag=st.sampled_from(sorted(_BAD)), data=st.data(), via_toml=st.booleans())
+def test_invalid_planted_flags_exit_2_naming_them(flag, data, via_toml, tmp_path_factory, capsys, monkeypatch):
+    import real.train
+    from real.cli import main
+
+    monkeypatch.setattr(real.train, "train", lambda cfg: pytest.fail(f"training started: {cfg}"))
+    raw = data.draw(_BAD[flag])
+    tmp = tmp_path_factory.mktemp("cli")
+    argv = ["run", "--out", str(tmp / "o"), "--augment", "none"]
+    if flag in ("easy-fraction", "easy-size", "group-window"):
+        argv += ["--easy-feature", "patch"]
+    if via_toml:
+        (tmp / "c.toml").write_text(f'{flag.replace("-", "_")} = "{raw}"\n')
+        argv += ["--config", str(tmp / "c.toml")]
+    else:
+        argv += [f"--{flag}={raw}"]
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and f"--{flag}" in err[0], (flag, raw, err)
+    assert not (tmp / "o").exists()
