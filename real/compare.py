@@ -1,8 +1,8 @@
 """``useful-train compare``: test error and training time over run directories (the paper's Figure 4).
 
-Runs are grouped by their ``config.json`` ignoring the seed and the run-control fields
-(:data:`GROUP_IGNORE`: out, resume, overwrite, device, compile, eval_batch_size, data_dir, preset,
-deterministic, tensorboard), so the seeds of one configuration form one group.  Per group:
+Runs are grouped by their ``config.json`` ignoring the seed, ``deterministic``, ``group_window`` and the
+run-control fields of :data:`real.config.RUN_CONTROL_FIELDS` (:data:`GROUP_IGNORE`), so the seeds of
+one configuration form one group.  Per group:
 
 * test error ``1 - final_test_acc`` (summary.json), mean and sample standard deviation (``ddof = 1``,
   0 for one seed) over seeds, in %;
@@ -43,11 +43,13 @@ import numpy as np
 
 from theory.plumbing.config import ConfigError
 
+from .config import RUN_CONTROL_FIELDS
+
 __all__ = ["GROUP_IGNORE", "METHOD_FIELDS", "group_key", "RunRecord", "Group", "load_runs", "group_runs",
            "paired_difference", "pair_groups", "compare_markdown", "plot_compare", "register_commands"]
 
-GROUP_IGNORE = ("seed", "out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir",
-                "preset", "deterministic", "tensorboard")
+# The seed, the fields that say how to run rather than what to compute, and what is only recorded.
+GROUP_IGNORE = ("seed", "deterministic", "group_window", *RUN_CONTROL_FIELDS)
 # Fields the label names by itself (the others appear as "field=value" when they differ between groups).
 _LABELLED = ("optimizer", "useful", "partition", "upweight", "trivial_augment")
 _OPTIMIZER_ORDER = {"sgd": 0, "sam": 1, "asam": 2}
@@ -146,7 +148,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunRecord], list[tup
     return runs, skipped
 
 
-_USEFUL_FIELDS = ("separate_epoch", "upsample_factor", "partition", "quantile", "upweight")
+_USEFUL_FIELDS = ("separate_epoch", "separate_iteration", "upsample_factor", "partition", "quantile", "upweight")
 
 
 def group_key(config: dict) -> dict:

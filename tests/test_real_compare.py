@@ -211,3 +211,16 @@ def test_a_summary_that_is_not_an_accuracy_is_skipped(tmp_path):
     loaded, skipped = load_runs([good, *runs])
     assert [r.path.name for r in loaded] == ["g"] and len(skipped) == 5
     assert all("final_test_acc" in reason for _, reason in skipped)
+
+
+def test_method_fields_do_not_label_runs_without_useful(tmp_path):
+    """A USEFUL run split by --separate-iteration is "SGD+USEFUL" beside a plain "SGD" (the split's
+    fields do not label runs without USEFUL), and --group-window (what is recorded) groups nothing apart."""
+    runs = [fake_run(tmp_path / "s0", seed=0, acc=0.9, wall=1.0),
+            fake_run(tmp_path / "u0", seed=0, acc=0.9, wall=1.0, useful=True, separate_iteration=7),
+            fake_run(tmp_path / "p1", seed=1, acc=0.9, wall=1.0, augment="none", easy_feature="patch", group_window=5),
+            fake_run(tmp_path / "p2", seed=2, acc=0.8, wall=1.0, augment="none", easy_feature="patch")]
+    _, groups, _ = compare(runs[:2])
+    assert [g.label for g in groups] == ["SGD", "SGD+USEFUL"]
+    _, groups, _ = compare(runs[2:])
+    assert len(groups) == 1 and len(groups[0].runs) == 2
