@@ -51,6 +51,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from theory.plumbing.atomic import atomic_write_json, atomic_write_text
+from theory.plumbing.claims import claim, claims_lines, summarize
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import (
     ConfigError,
@@ -371,14 +372,6 @@ def load_result(job: Job) -> RunResult:
 # The numbers behind the claims.
 
 
-def summarize(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and std (ddof=0) over the finite per-seed values, and the per-seed values (None kept)."""
-    vals = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
-    finite = np.array([v for v in vals if v is not None], dtype=float)
-    return {"mean": float(finite.mean()) if finite.size else None, "std": float(finite.std()) if finite.size else None,
-            "per_seed": vals, "missing": int(sum(v is None for v in vals))}
-
-
 def merge_short_windows(groups: dict, prefix: str = "") -> dict:
     """group_accuracy.npz's windows with each window shorter than half the window length (the end of
     an epoch) merged into the window before it, accuracies recomputed from the counts."""
@@ -431,14 +424,6 @@ def split_quality(upsample: np.ndarray, has_easy: np.ndarray) -> tuple[float, fl
     return hits / max(int(up.sum()), 1), hits / max(int(without.sum()), 1)
 
 
-def _claim(cid: str, statement: str, holds: bool, values: dict, rule: str, figure: str | None,
-           note: str | None = None) -> dict[str, Any]:
-    out = {"id": cid, "statement": statement, "holds": bool(holds), "values": values, "rule": rule, "figure": figure}
-    if note:
-        out["note"] = note
-    return out
-
-
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:+.2f}"
 
@@ -459,7 +444,7 @@ def judge(s: ReproduceSettings, results: dict[tuple[str, str, int], RunResult]) 
     ratio = [None if e is None else (r if r is not None else math.inf) / e for e, r in zip(t_easy, t_rest)]
     ok = all(e is not None and (r is None or r / e >= s.easy_first_ratio) for e, r in zip(t_easy, t_rest))
     at_split = [_window_acc(R("sgd", i).groups, s.separate_iteration) for i in seeds]
-    claims.append(_claim(
+    claims.append(claim(
         "real_easy_first",
         "Under SGD the training examples with the easy feature are fit long before the rest.",
         ok,
@@ -484,7 +469,7 @@ def judge(s: ReproduceSettings, results: dict[tuple[str, str, int], RunResult]) 
     gap_use = [early_gap(R("useful", i).groups, s.early_iterations) for i in seeds]
     ok = all(a < b for a, b in zip(gap_sam, gap_sgd))
     t_easy_sam = [fit_iteration(R("sam", i).groups, 1, s.fit_threshold) for i in seeds]
-    claims.append(_claim(
+    claims.append(claim(
         "real_sam_more_uniform",
         "Early in training SAM's gap between the training accuracy of the examples with and without the easy "
         "feature is smaller than SGD's.",
@@ -524,7 +509,7 @@ def judge(s: ReproduceSettings, results: dict[tuple[str, str, int], RunResult]) 
         if min(rec) < s.split_threshold:
             note = (f"recall {min(rec):.2f} < {s.split_threshold:g}: some examples without the square are in the "
                     f"low-loss cluster (fit already by their clothing); precision {min(prec):.2f}-{max(prec):.2f}")
-    claims.append(_claim(
+    claims.append(claim(
         "real_early_outputs_separate",
         "At the separating iteration, USEFUL's high-loss 2-means cluster of each class is the examples without the "
         "easy feature.",
@@ -546,7 +531,7 @@ def judge(s: ReproduceSettings, results: dict[tuple[str, str, int], RunResult]) 
     vs_sgd = paired_difference(acc["useful"], acc["sgd"])
     vs_rand = paired_difference(acc["useful"], acc["random"])
     ok = _above_zero(vs_sgd) and _above_zero(vs_rand)
-    claims.append(_claim(
+    claims.append(claim(
         "real_useful_helps",
         "SGD+USEFUL's test accuracy on the test examples without the easy feature exceeds SGD's and that of random "
         "upsampling of as many examples.",
@@ -573,7 +558,7 @@ def judge(s: ReproduceSettings, results: dict[tuple[str, str, int], RunResult]) 
     plain = {m: [R(m, i, "plain").final["test_acc"] for i in seeds] for m in ("sgd", "useful", "random")}
     p_sgd, p_rand = paired_difference(plain["useful"], plain["sgd"]), paired_difference(plain["useful"], plain["random"])
     ok = _above_zero(p_sgd) and _above_zero(p_rand)
-    claims.append(_claim(
+    claims.append(claim(
         "real_useful_plain",
         "On the unmodified images, SGD+USEFUL's test accuracy exceeds SGD's and that of random upsampling of as many "
         "examples.",
@@ -614,7 +599,7 @@ def judge(s: ReproduceSettings, results: dict[tuple[str, str, int], RunResult]) 
     if not falls:
         notes.append("the split's precision does not fall with the contrast: "
                      + ", ".join(f"{c:g}: {m:.3f}" for c, m in zip(grid, prec_means)))
-    claims.append(_claim(
+    claims.append(claim(
         "real_contrast_sweep",
         "As the clothing's contrast (the analog of beta_d) grows, SGD's test accuracy on the examples without the "
         "easy feature rises and the early split separates them less well.",
@@ -799,9 +784,7 @@ def _handler(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     report = reproduce(settings, args.out, overwrite=args.overwrite, resume=args.resume,
                        on_stage=lambda text: log.info("reproduce: %s", text))
-    width = max(len(c["id"]) for c in report["claims"])
-    for c in report["claims"]:
-        print(f"{c['id']:<{width}}  {'holds' if c['holds'] else 'DOES NOT HOLD'}")
+    print("\n".join(claims_lines(report)))
     print(f"claims.json, claims.md and figures in {args.out} ({report['seconds']:.1f} s)")
     return 0
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from theory.plumbing.claims import claim, summarize
 from theory.predictions import learning_time, sam_learning_times
 
 from .experiments import ReproduceResults
@@ -32,29 +33,9 @@ REQUIRED_IDS = (
 )
 
 
-def summarize(values) -> dict[str, Any]:
-    """Mean and std (ddof=0) over the finite per-seed values, and the per-seed values.
-
-    ``None`` (e.g. a feature never learned) and infinite values (a ratio to a time never reached) are
-    kept in ``per_seed`` as None (strict JSON) and counted in ``missing``.
-    """
-    vals = [None if v is None or not np.isfinite(float(v)) else float(v) for v in values]
-    finite = np.array([v for v in vals if v is not None], dtype=float)
-    return {
-        "mean": float(finite.mean()) if finite.size else None,
-        "std": float(finite.std()) if finite.size else None,
-        "per_seed": vals,
-        "missing": int(sum(v is None for v in vals)),
-    }
-
-
 def progress_ratio(traj: Trajectory, iteration: int) -> float:
     """Slow-to-fast progress at ``iteration``: ``align_slow / align_fast`` (alignments ``max_j <w_j, v>``)."""
     return traj.at("align_slow", iteration) / traj.at("align_fast", iteration)
-
-
-def _claim(cid: str, statement: str, holds: bool, values: dict, rule: str, figure: str | None) -> dict[str, Any]:
-    return {"id": cid, "statement": statement, "holds": bool(holds), "values": values, "rule": rule, "figure": figure}
 
 
 def _paired_better(a: np.ndarray, b: np.ndarray) -> tuple[bool, dict[str, Any]]:
@@ -87,7 +68,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
     Td = [t.slow_learned_at for t in gd]
     ratio = [(_learned(d) / e) if e else None for e, d in zip(Te, Td)]
     ok = all(e is not None and (d is None or d / e >= 10) for e, d in zip(Te, Td))
-    claims.append(_claim(
+    claims.append(claim(
         "gd_fast_first",
         "Under GD the fast feature is learned well before the slow one.",
         ok,
@@ -102,7 +83,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
     Te_sam = [t.fast_learned_at for t in sam]
     delay = [_learned(s) / _learned(g) if g else None for s, g in zip(Te_sam, Te)]
     ok = all(_learned(s) > _learned(g) for s, g in zip(Te_sam, Te))
-    claims.append(_claim(
+    claims.append(claim(
         "sam_delays_fast",
         "SAM learns the fast feature later than GD from the same data and initialization.",
         ok,
@@ -116,7 +97,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
     r_gd = [progress_ratio(g, t) for g, t in zip(gd, t_star)]
     r_sam = [progress_ratio(s, t) for s, t in zip(sam, t_star)]
     ok = all(a > b for a, b in zip(r_sam, r_gd))
-    claims.append(_claim(
+    claims.append(claim(
         "sam_more_uniform",
         "Early in training SAM's slow-to-fast progress ratio is higher than GD's.",
         ok,
@@ -132,7 +113,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
     prec_sam = [s.precision for s in sam_splits]
     rec_sam = [s.recall for s in sam_splits]
     ok = min(prec) >= 0.9 and min(rec) >= 0.9
-    claims.append(_claim(
+    claims.append(claim(
         "early_outputs_separate",
         "At the separating iteration, the high-loss 2-means cluster of each class is the examples without the fast feature.",
         ok,
@@ -155,7 +136,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
                                            beta_d=base.beta_d, iterations=T, theta=base.theta)[0])
     ok = all(r is not None and r <= 0.10 for r in rel)
     rel_sam = [abs(_learned(s) - p) / _learned(s) if (p is not None and s) else None for s, p in zip(Te_sam, pred_sam)]
-    claims.append(_claim(
+    claims.append(claim(
         "theory_matches_simulation",
         "The recurrence's predicted GD learning time of the fast feature is within 10% of the simulated one.",
         ok,
@@ -171,7 +152,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
     acc_gd = np.array([t.test_acc_slow[-1] for t in gd])
     acc_sam = np.array([t.test_acc_slow[-1] for t in sam])
     ok, stats = _paired_better(acc_sam, acc_gd)
-    claims.append(_claim(
+    claims.append(claim(
         "sam_generalizes_better",
         "SAM's slow-only test accuracy is higher than GD's.",
         ok,
@@ -190,7 +171,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
     better, stats = _paired_better(acc_use, acc_gd)
     r_use = [progress_ratio(u, t) for u, t in zip(gd_useful, t_star)]
     between = float(np.mean(r_gd)) < float(np.mean(r_use)) < float(np.mean(r_sam))
-    claims.append(_claim(
+    claims.append(claim(
         "useful_moves_gd_toward_sam",
         "GD on USEFUL-upsampled data has higher slow-only test accuracy than GD, and a slow-to-fast ratio between GD's and SAM's.",
         better and between,
@@ -216,7 +197,7 @@ def judge(results: ReproduceResults) -> dict[str, Any]:
     rises = {o: all(b2 >= b1 - tol for b1, b2 in zip(means[o], means[o][1:])) and means[o][-1] > means[o][0]
              for o in means}
     sam_above = all(s >= g - tol for s, g in zip(means["sam"], means["gd"]))
-    claims.append(_claim(
+    claims.append(claim(
         "beta_d_sweep",
         "As beta_d grows, test accuracy rises for GD and SAM, with SAM at or above GD.",
         rises["gd"] and rises["sam"] and sam_above,

@@ -22,8 +22,14 @@ from typing import Sequence
 import numpy as np
 
 from theory.plumbing.atomic import to_json
-from theory.plumbing.config import ConfigError, add_config_arguments, check_int, resolve_config
+from theory.plumbing.claims import claims_lines
 from theory.plumbing.cli import OneLineArgumentParser, cli_entry
+from theory.plumbing.config import (
+    ConfigError,
+    add_config_arguments,
+    check_int,
+    resolve_config,
+)
 from theory.plumbing.lock import RunLock, RunLockError
 
 from .backend_contract import SimulationDiverged
@@ -79,8 +85,8 @@ def _print_json(obj) -> None:
 
 
 def _cmd_run(args) -> int:
-    from .runs import compute_runs, run_paths, save_run
     from .files import require_ours
+    from .runs import compute_runs, run_paths, save_run
 
     cfg = resolve_config(SimConfig, args, config_path=args.config)
     check_memory(cfg)
@@ -135,9 +141,7 @@ def _cmd_reproduce(args) -> int:
     settings = ReproduceSettings.quick(seeds) if args.quick else ReproduceSettings(seeds=seeds)
     report = reproduce(base, args.out, settings, overwrite=args.overwrite,
                        on_stage=lambda s: log.info("reproduce: %s", s))
-    width = max(len(c["id"]) for c in report["claims"])
-    for c in report["claims"]:
-        print(f"{c['id']:<{width}}  {'holds' if c['holds'] else 'DOES NOT HOLD'}")
+    print("\n".join(claims_lines(report)))
     print(f"claims.json and figures in {args.out} ({report['seconds']:.1f} s)")
     return 0
 

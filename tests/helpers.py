@@ -59,3 +59,22 @@ def kill_when(module: str, args: list[str], ready, *, timeout: float = 90, poll:
             proc.kill()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+
+
+def unfinish(out: Path, epochs: int = 2) -> None:
+    """Make a finished run in ``out`` look like an ``epochs``-epoch run stopped where it ended:
+    ``epochs`` in its configuration and checkpoint, no summary (the resume tests' starting point)."""
+    import json
+
+    import torch
+
+    from real.rundir import load_checkpoint
+    from theory.plumbing.atomic import atomic_write_json
+
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["epochs"] = epochs
+    atomic_write_json(out / "config.json", cfg)
+    ckpt = load_checkpoint(out)
+    ckpt["config"]["epochs"] = epochs
+    torch.save(ckpt, out / "checkpoint.pt")
+    (out / "summary.json").unlink()

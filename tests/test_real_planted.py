@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import unfinish
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -239,27 +240,13 @@ def test_trainer_records_groups_writes_files_and_resumes(tmp_path):
     assert train(TrainConfig(**kw1, out=str(ref)))["status"] == "completed"
     part = tmp_path / "part"
     assert train(TrainConfig(**dict(kw1, epochs=1), out=str(part)))["status"] == "completed"
-    _unfinish(part, epochs=2)
+    unfinish(part, epochs=2)
     assert train(TrainConfig(**kw1, out=str(part), resume=True))["status"] == "completed"
     a, b = read_group_accuracy(part), read_group_accuracy(ref)
     assert sorted(a) == sorted(b)
     for key in a:
         assert np.array_equal(a[key], b[key], equal_nan=a[key].dtype.kind == "f"), key
     assert read_summary(part)["final_test_acc_without_easy"] == read_summary(ref)["final_test_acc_without_easy"]
-
-
-def _unfinish(out, epochs):
-    import json
-
-    from theory.plumbing.atomic import atomic_write_json
-
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["epochs"] = epochs
-    atomic_write_json(out / "config.json", cfg)
-    ckpt = load_checkpoint(out)
-    ckpt["config"]["epochs"] = epochs
-    torch.save(ckpt, out / "checkpoint.pt")
-    (out / "summary.json").unlink()
 
 
 def test_counting_changes_no_numerics(tmp_path):
@@ -305,7 +292,7 @@ def test_runs_written_before_the_new_fields_still_resume(tmp_path):
               schedule="constant")
     out = tmp_path / "old"
     assert train(TrainConfig(**kw, epochs=1, out=str(out)))["status"] == "completed"
-    _unfinish(out, epochs=2)
+    unfinish(out, epochs=2)
     new = ("train_subset", "test_subset", "contrast", "easy_feature", "easy_fraction", "easy_size", "group_window")
     cfg = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in new}))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, env, flags, kill_when, run_module
+from helpers import REPO, env, flags, kill_when, run_module, unfinish
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -240,22 +240,11 @@ def test_sigkill_resume_is_exact(tmp_path):
                           read_partition(tmp_path / "ref")["indices"])
 
 
-def _unfinish(out: Path, epochs: int = 2) -> None:
-    """Make a finished 1-epoch run look like an ``epochs``-epoch run stopped after epoch 1."""
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["epochs"] = epochs
-    atomic_write_json(out / "config.json", cfg)
-    ckpt = load_checkpoint(out)
-    ckpt["config"]["epochs"] = epochs
-    torch.save(ckpt, out / "checkpoint.pt")
-    (out / "summary.json").unlink()
-
-
 def test_resume_with_only_out_and_config_mismatch(tmp_path):
     out = tmp_path / "r"
     first = train(TrainConfig(**TINY, epochs=1, out=str(out)))
     assert first["status"] == "completed"
-    _unfinish(out)  # pretend it stopped after epoch 1 of 2
+    unfinish(out)  # pretend it stopped after epoch 1 of 2
     bad = cli("run", "--out", str(out), "--resume", "--lr", "0.5")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--lr" in bad.stderr
     ok = cli("run", "--out", str(out), "--resume")
@@ -431,7 +420,7 @@ def test_learning_stats_survive_a_resume(tmp_path):
     kw = dict(TINY, schedule="constant", deterministic=True)
     out = tmp_path / "r"
     assert train(TrainConfig(**kw, epochs=1, out=str(out)))["status"] == "completed"
-    _unfinish(out)
+    unfinish(out)
     assert train(TrainConfig(**kw, epochs=2, out=str(out), resume=True))["status"] == "completed"
     assert train(TrainConfig(**kw, epochs=2, out=str(tmp_path / "ref")))["status"] == "completed"
     a, b = read_learning_stats(out), read_learning_stats(tmp_path / "ref")
@@ -482,9 +471,9 @@ def test_copy_augment_gives_the_copies_trivial_augment(tmp_path):
     b = Augmenter(mean=(0.5,) * 3, std=(0.25,) * 3, seed=5)(x, copies)
     assert torch.equal(a[~copies], b[~copies]) and not torch.equal(a[copies], b[copies])
     # The phase marks every entry but the first of each example's run of copies.
+    from real import distributed as D
     from real.data import load_training_data
     from real.phase import build_phase
-    from real import distributed as D
 
     cfg = tiny(tmp_path, "x", copy_augment="trivial-augment", **base)
     data = load_training_data(cfg, torch.device("cpu"))
