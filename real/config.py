@@ -21,7 +21,10 @@ from typing import Any, Literal, Mapping
 
 from theory.plumbing.config import (
     ConfigError,
+    canonical_numbers,
+    config_file_values,
     config_from_mapping,
+    given_values,
     check,
     check_choice,
     check_int,
@@ -55,6 +58,7 @@ __all__ = [
     "split_preset_name",
     "resolve_train_config",
     "config_to_dict",
+    "computed_config",
     "default_out",
 ]
 
@@ -267,6 +271,7 @@ class TrainConfig:
         if self.preset is not None:
             check(isinstance(self.preset, str) and self.preset in preset_names(), "--preset", self.preset,
                   "one of " + ", ".join(preset_names()))
+        canonical_numbers(self)  # lr=1 and lr=1.0 are one configuration
 
     @property
     def run_name(self) -> str:
@@ -278,6 +283,14 @@ class TrainConfig:
                 parts.append("upweight")
         parts.append(f"s{self.seed}")
         return "-".join(parts)
+
+
+def computed_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """What a run computes: its configuration as JSON data without :data:`RUN_CONTROL_FIELDS` (where
+    it lives, how it is run).  Two runs compute the same thing iff these are equal: the one identity
+    that resuming (real/rundir.py), grids (real/grid.py) and the reproduce report key runs by."""
+    data = to_jsonable(config) if isinstance(config, TrainConfig) else dict(config)
+    return {k: v for k, v in data.items() if k not in RUN_CONTROL_FIELDS}
 
 
 def default_out(cfg: TrainConfig) -> str:
@@ -421,15 +434,8 @@ def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = 
     the run), and the source of each value: ``default``, ``preset NAME (paper)``, ``preset NAME
     (chosen: why)``, ``stored run``, ``--config FILE`` or ``command line``."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    toml: dict[str, Any] = {}
-    if config_path is not None:
-        for key, value in load_toml(config_path).items():
-            name = key.replace("-", "_")
-            if name not in fields:
-                allowed = ", ".join(sorted(k.replace("_", "-") for k in fields))
-                raise ConfigError(key, message=f"{config_path}: unknown key {key!r}; allowed keys: {allowed}")
-            toml[name] = value
-    flags = {k: v for k, v in given.items() if k in fields and v is not None}
+    toml = config_file_values(TrainConfig, config_path) if config_path is not None else {}
+    flags = given_values(TrainConfig, given)
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if stored is not None:

@@ -67,10 +67,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import (
+    config_digest,
     ConfigError,
     config_from_mapping,
     load_toml,
-    to_jsonable,
 )
 
 from .rundir import (
@@ -364,8 +364,11 @@ def _run_name(axis_values: Mapping[str, Any], seed: int) -> str:
 
 
 def _identity(cfg) -> str:
-    """Canonical JSON of a resolved configuration, its run directory aside: what a run computes."""
-    return json.dumps({k: v for k, v in to_jsonable(cfg).items() if k != "out"}, sort_keys=True)
+    """What a resolved run computes (:func:`real.config.computed_config`), as its digest: two runs
+    that differ only in how they run (``eval_batch_size``, ``device``, ``tensorboard``) are one."""
+    from .config import computed_config
+
+    return config_digest(computed_config(cfg))
 
 
 def expand_runs(spec: GridSpec) -> list[GridRun]:

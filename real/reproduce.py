@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import time
@@ -60,12 +58,13 @@ from theory.plumbing.config import (
     check_choice,
     check_int,
     check_number,
+    config_digest,
     resolve_config,
     to_jsonable,
 )
 
 from .compare import paired_difference
-from .config import TrainConfig
+from .config import TrainConfig, computed_config
 from .distributed import DEVICES
 
 __all__ = ["REQUIRED_IDS", "ReproduceSettings", "Job", "plan", "reproduce", "judge", "summarize", "fit_iteration",
@@ -182,17 +181,16 @@ class Job:
 
     @property
     def name(self) -> str:
-        return f"{self.data}-{self.method}-seed{self.seed}-{config_digest(self.config)[:10]}"
+        return f"{self.data}-{self.method}-seed{self.seed}-{run_digest(self.config)[:10]}"
 
     @property
     def cost(self) -> float:  # relative work, for scheduling the longest first
         return {"sam": 2.0, "useful": 1.3, "random": 1.3, "sgd_split": 1.1}.get(self.method, 1.0)
 
 
-def config_digest(cfg: TrainConfig) -> str:
-    """SHA-256 of the configuration (all fields but where the run lives): the run's identity."""
-    fields = {k: v for k, v in to_jsonable(cfg).items() if k not in ("out", "resume", "overwrite", "data_dir")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+def run_digest(cfg: TrainConfig) -> str:
+    """The run's identity: the digest of what it computes (:func:`real.config.computed_config`)."""
+    return config_digest(computed_config(cfg))
 
 
 def data_label(contrast: float | None) -> str:

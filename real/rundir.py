@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from theory.plumbing.lock import RunLock, RunLockError
 from theory.useful import Partition
 
 from . import distributed as D
-from .config import RUN_CONTROL_FIELDS, TrainConfig
+from .config import TrainConfig, computed_config
 from .group_accuracy import GroupAccuracy
 from .learning_stats import LearningStats
 from .tensorboard import event_files, open_board
@@ -79,6 +78,7 @@ __all__ = [
     "RunLockError",
     "open_run",
     "is_run_dir",
+    "remove_run_files",
     "has_run_files",
     "run_status",
     "read_config",
@@ -309,8 +309,7 @@ class RunState:
         self.metrics = list(state["metrics"])
         p = state["partition"]
         if p is not None:
-            m = p["multiplicities"].numpy().astype(np.int64)
-            self.partition = Partition(upsample=m > 1, multiplicities=m, k=int(p["k"]), method=p["method"])
+            self.partition = Partition.from_multiplicities(p["multiplicities"].numpy(), k=p["k"], method=p["method"])
         self.separated_at = state["separated_at"]
         self.init_digest = dict(state["init_digest"])
         totals = state["totals"]
@@ -354,10 +353,7 @@ class Run:
             # (the checkpoint on disk decides, not a flag: a signal can land between its rename and
             # any bookkeeping after it)
             if exc_type is not None and self._fresh and self.info.is_main and not (self.path / CHECKPOINT).exists():
-                for name in (CONFIG, METRICS):
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.path / name).unlink()
-                shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
+                remove_run_files(self.path)  # all ours: a fresh run started in a folder without run files
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -441,8 +437,9 @@ def _foreign_files(path: Path) -> list[str]:
     return present
 
 
-def _remove_run_files(path: Path) -> None:
-    """The files a run writes (RUN_FILES and the event files), nothing else."""
+def remove_run_files(path: str | os.PathLike) -> None:
+    """Remove the files a run writes (RUN_FILES and the event files) from ``path``, nothing else."""
+    path = Path(path)
     for file in [path / name for name in RUN_FILES] + event_files(path / TENSORBOARD):
         with contextlib.suppress(FileNotFoundError):
             file.unlink()
@@ -461,7 +458,7 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     if cfg.overwrite:
-        _remove_run_files(path)
+        remove_run_files(path)
         return "fresh"
     if not any((path / name).exists() for name in RUN_FILES):
         return "fresh"
@@ -480,7 +477,7 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
         raise ConfigError("--out", message=f"--out: {path} holds {what}; pass --resume to continue it or "
                                            "--overwrite to start over")
     if not (path / CHECKPOINT).exists():  # died before its first checkpoint: nothing to resume
-        _remove_run_files(path)
+        remove_run_files(path)
         return "fresh"
     return "resume"
 
@@ -489,10 +486,9 @@ def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tupl
     """``(field, stored value, current value)`` where a stored configuration differs from ``cfg``
     in a field that changes what is computed (run-control fields aside).  A field missing from the
     stored configuration (written before the field existed) counts as its default."""
-    current = to_jsonable(cfg)
-    defaults = to_jsonable(TrainConfig())
+    current, defaults = computed_config(cfg), computed_config(TrainConfig())
     return [(name, stored.get(name, defaults[name]), current[name]) for name in current
-            if name not in RUN_CONTROL_FIELDS and stored.get(name, defaults[name]) != current[name]]
+            if stored.get(name, defaults[name]) != current[name]]
 
 
 # OSErrors that say the folder given as --out cannot be used (bad input, exit 2); the others (a full

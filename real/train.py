@@ -229,12 +229,13 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
         with autocast(cfg, device):
             loss, logits = sam_step(ph.model, ph.optimizer, loss_fn, x.contiguous(memory_format=layout), target)
         ph.scheduler.step()
+        pred = logits.argmax(1)
         hard = target.argmax(1) if target.ndim == 2 else target
         loss_sum += loss.double() * len(idx)
-        correct += (logits.argmax(1) == hard).sum()
+        correct += (pred == hard).sum()
         seen += len(idx)
         for obs in ph.observers:  # per-example correctness on the example's own (training) label
-            obs.update(idx, logits.argmax(1) == y, ph.epoch + 1)
+            obs.update(idx, pred == y, ph.epoch + 1)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
         if device.type != "cuda" or (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == n_steps:
             bad_step = int(D.all_reduce_max(first_bad.clone()).item())  # one host sync

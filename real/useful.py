@@ -76,7 +76,6 @@ __all__ = [
     "compute_outputs",
     "loader_outputs",
     "make_partition",
-    "partition_from_multiplicities",
     "partition_outputs",
     "partition_arrays",
     "split",
@@ -256,13 +255,6 @@ def make_partition(
     raise ValueError(f"unknown partition {method!r}")  # unreachable: the configuration allows PARTITIONS
 
 
-def partition_from_multiplicities(multiplicities: np.ndarray, *, k: int, method: str) -> Partition:
-    """A :class:`Partition` from its multiplicities (a checkpoint; ranks other than 0 in distributed
-    runs, which receive rank 0's by broadcast)."""
-    m = np.asarray(multiplicities, dtype=np.int64)
-    return Partition(upsample=m > 1, multiplicities=m, k=k, method=method)
-
-
 def partition_arrays(
     partition: Partition,
     labels: np.ndarray,
@@ -402,5 +394,5 @@ def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo,
                  " (as loss weights)" if cfg.upweight else "")
     multiplicities = D.broadcast_array(multiplicities, shape=(n,), dtype=np.int64, device=info.device)
     if partition is None:
-        partition = partition_from_multiplicities(multiplicities, k=k, method=cfg.partition)
+        partition = Partition.from_multiplicities(multiplicities, k=k, method=cfg.partition)
     return partition, arrays

@@ -16,15 +16,21 @@ Besides validation, this module owns
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
 
 from theory.data import DataConfig
-from theory.plumbing.config import check, check_allocation, check_choice, check_int, check_number
+from theory.plumbing.config import (
+    canonical_numbers,
+    check,
+    check_allocation,
+    check_choice,
+    check_int,
+    check_number,
+    config_digest,
+)
 from theory.updates import RULES
 
 from .backends import BACKENDS
@@ -33,10 +39,6 @@ __all__ = ["SimConfig", "BACKENDS", "DTYPES", "config_hash", "describe_differenc
            "flag"]
 
 DTYPES = ("float64", "float32")
-
-_FLOAT_FIELDS = ("alpha", "beta_e", "beta_d", "sigma_p", "sigma_0", "lr", "rho", "theta")
-_INT_FIELDS = ("d", "P", "J", "iterations", "batch_size", "n_train", "n_test", "record_every", "separate_at",
-               "upsample_factor", "seed")
 
 
 def flag(field: str) -> str:
@@ -117,15 +119,7 @@ class SimConfig:
                 self.device == "cpu" or (self.backend == "torch" and self.device.startswith("cuda"))),
             "device", self.device, "'cpu', or 'cuda[:N]' with backend 'torch'",
         )
-        # Canonical types: 1 and 1.0 (or a numpy scalar) are the same value of a float field.
-        for name in _FLOAT_FIELDS:
-            object.__setattr__(self, name, float(getattr(self, name)))
-        for name in _INT_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, int(value))
-        object.__setattr__(self, "useful", bool(self.useful))
-        object.__setattr__(self, "fresh_init", bool(self.fresh_init))
+        canonical_numbers(self)  # 1 and 1.0 (or a numpy scalar) are the same value of a float field
 
     def data_config(self) -> DataConfig:
         return DataConfig(
@@ -146,18 +140,13 @@ class SimConfig:
 # Identity.
 
 
-def _canonical_json(config: Mapping[str, Any]) -> str:
-    return json.dumps(dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def config_hash(config: SimConfig | Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the configuration's canonical JSON: a run's identity.
 
     A mapping (e.g. the ``config`` of a saved run) is taken as it is; a :class:`SimConfig` through
     ``asdict`` (its numbers are already canonical).
     """
-    mapping = dataclasses.asdict(config) if isinstance(config, SimConfig) else config
-    return hashlib.sha256(_canonical_json(mapping).encode()).hexdigest()
+    return config_digest(dataclasses.asdict(config) if isinstance(config, SimConfig) else config)
 
 
 def _show(value: Any) -> str:

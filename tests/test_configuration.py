@@ -500,3 +500,16 @@ def test_abbreviated_simulator_flags_are_refused(argv, capsys, tmp_path, monkeyp
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unrecognized arguments" in err[0] and not (tmp_path / "s").exists()
+
+
+def test_numbers_are_stored_in_their_fields_type():
+    """lr=1 and lr=1.0 (or a numpy scalar) are one configuration: the same JSON, the same digest."""
+    from real.config import TrainConfig, computed_config
+    from sims.config import SimConfig, config_hash
+    from theory.plumbing.config import config_digest
+
+    a, b = TrainConfig(dataset="synthetic", lr=1, seed=np.int64(3)), TrainConfig(dataset="synthetic", lr=1.0, seed=3)
+    assert a == b and type(a.lr) is float and type(a.seed) is int
+    assert to_jsonable(a) == to_jsonable(b) and config_digest(computed_config(a)) == config_digest(computed_config(b))
+    assert config_hash(SimConfig(lr=1)) == config_hash(SimConfig(lr=np.float32(1.0)))
+    assert TrainConfig(dataset="synthetic", lr=0.5) != TrainConfig(dataset="synthetic", lr=0.25)

@@ -180,7 +180,7 @@ def test_unknown_keys_name_the_key_and_the_file(tmp_path, body, key):
         (GOOD + "lr = [0.1, -1.0]\n", ["run optimizer=sgd,useful=false,lr=-1.0,seed=0", "--lr"]),
         (GOOD + "lr = 0.1\n", ["axes.lr", "non-empty list"]),
         (GOOD + "lr = [0.1, 0.1]\n", ["lr=0.1,seed=0 and", "same configuration"]),
-        (GOOD + "data_dir = ['a/b', 'a_b']\n", ["same directory name"]),
+        (GOOD + "data_dir = ['a/b', 'a_b']\n", ["same configuration"]),  # data_dir says where, not what
         ("seeds = [0, 0]\n" + GOOD, ["duplicates"]),
         ("seeds = [-1]\n" + GOOD, ["seeds"]),
         (GOOD.replace("[base]", "[base]\npreset = 'nope'"), ["--preset", "nope"]),
@@ -824,3 +824,11 @@ time = 10
 def test_slurm_up_script_is_valid_bash():
     proc = subprocess.run(["bash", "-n", str(REPO / ".ci" / "slurm-up")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_runs_that_differ_only_in_how_they_run_are_one_run(tmp_path):
+    """An axis over a run-control field (eval_batch_size, device, tensorboard: how a run is run, not
+    what it computes) gives runs that resume, compare and reproduce treat as one: refused here too."""
+    with pytest.raises(ConfigError, match="same configuration"):
+        load_grid(write_grid(tmp_path, '[base]\ndataset = "synthetic"\n[axes]\neval_batch_size = [256, 512]\n',
+                             name="e.toml"))

@@ -21,7 +21,7 @@ from real.reproduce import (
     FIGURES,
     REQUIRED_IDS,
     ReproduceSettings,
-    config_digest,
+    run_digest,
     early_gap,
     fit_iteration,
     merge_short_windows,
@@ -115,7 +115,7 @@ def test_plan_keys_runs_by_their_full_configuration(tmp_path):
     assert len(jobs) == 2 * (4 + 1 + 3)  # main contrast, the other contrast (SGD recording its split), plain
     assert len({j.config.out for j in jobs}) == len(jobs)
     for j in jobs:
-        assert Path(j.config.out).name.endswith(config_digest(j.config)[:10])
+        assert Path(j.config.out).name.endswith(run_digest(j.config)[:10])
         assert j.config.deterministic and j.config.augment == "none"
     other = plan(ReproduceSettings(**{**TINY, "contrast_grid": (0.25, 1.0), "epochs": 3}), tmp_path)
     assert not {j.config.out for j in jobs} & {j.config.out for j in other}  # another budget: other runs
@@ -180,7 +180,7 @@ def test_reproduce_end_to_end(idx_dir, tmp_path, capsys):
     assert len(report["runs"]) == 16
     for rel in report["runs"].values():
         cfg = load_run_config(out / rel)
-        assert rel.endswith(config_digest(cfg)[:10]) and cfg.data_dir == str(idx_dir)
+        assert rel.endswith(run_digest(cfg)[:10]) and cfg.data_dir == str(idx_dir)
     # The numbers come from those runs: the paired difference is recomputed from their summaries.
     acc = {m: [json.loads((out / report["runs"][f"c0.25/{m}/seed{i}"] / "summary.json").read_text())
                ["final_test_acc_without_easy"] for i in range(2)] for m in ("useful", "random")}

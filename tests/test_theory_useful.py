@@ -350,3 +350,17 @@ def test_class_balanced_multiplicities_balance_the_classes(labels):
     # each class's weighted count is within a factor of 1.5 of the largest class's
     assert per_class.max() <= counts.max() * 1.5 + 1 and per_class.min() >= counts.max() / 1.5 - 1
     assert np.array_equal(part.upsample, part.multiplicities > 1) and part.k == part.multiplicities.max()
+
+
+def test_eiil_uses_the_labels_as_logit_columns_when_a_class_is_absent():
+    """A label is its logit's column: with class 1 absent from the labels, class 2's gradient must use
+    column 2 (a ranking of the present classes used column 1 instead)."""
+    from theory.useful import _ce_scale_gradients
+
+    z = np.array([[0.0, 1.0, 5.0], [0.0, 1.0, 5.0]])
+    y = np.array([2, 0])
+    p = np.exp(z[0]) / np.exp(z[0]).sum()
+    want = np.array([(p * z[0]).sum() - 5.0, (p * z[0]).sum() - 0.0])
+    np.testing.assert_allclose(_ce_scale_gradients(z, y), want, rtol=1e-12)
+    with pytest.raises(ConfigError):
+        _ce_scale_gradients(z, np.array([3, 0]))  # no logit column 3

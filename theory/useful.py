@@ -74,6 +74,13 @@ class Partition:
     method: str
     classes: tuple[ClassSplit, ...] = field(default_factory=tuple)
 
+    @classmethod
+    def from_multiplicities(cls, multiplicities: np.ndarray, *, k: int, method: str) -> "Partition":
+        """A partition known only by its multiplicities (read back from a checkpoint, or received
+        by broadcast): the examples with multiplicity > 1 are the upsampled ones."""
+        m = np.asarray(multiplicities, dtype=np.int64)
+        return cls(upsample=m > 1, multiplicities=m, k=int(k), method=method)
+
     @property
     def indices(self) -> np.ndarray:
         """Indices of the upsampled examples."""
@@ -132,6 +139,23 @@ def two_means(points: np.ndarray, seed: int | np.random.Generator, n_init: int =
     return best_labels.astype(np.int64)
 
 
+def _upsample_higher_loss(mask: np.ndarray, idx: np.ndarray, assign: np.ndarray, losses: np.ndarray, label,
+                          one_group: str) -> ClassSplit:
+    """One class's rule, shared by USEFUL and EIIL: of its two groups (``assign`` 0/1 over the class's
+    examples ``idx``), set ``mask`` on the one with the higher mean loss (equal losses: the smaller
+    group); nothing when one group is empty (``one_group`` says why).  Returns the class's diagnostics."""
+    sizes = (int(np.sum(assign == 0)), int(np.sum(assign == 1)))
+    if min(sizes) == 0:
+        return ClassSplit(label=label.item(), size=len(idx), reason=one_group)
+    mean_losses = (float(losses[idx][assign == 0].mean()), float(losses[idx][assign == 1].mean()))
+    if not np.isclose(mean_losses[0], mean_losses[1], rtol=1e-12, atol=0.0):
+        chosen = int(np.argmax(mean_losses))
+    else:  # equal losses: the smaller group
+        chosen = int(np.argmin(sizes))
+    mask[idx[assign == chosen]] = True
+    return ClassSplit(label=label.item(), size=len(idx), sizes=sizes, mean_losses=mean_losses, chosen=chosen)
+
+
 def useful_partition(
     outputs: np.ndarray,
     labels: np.ndarray,
@@ -172,19 +196,7 @@ def useful_partition(
         order = np.lexsort(pts.T[::-1])  # canonical order: independent of the input order
         assign = np.empty(len(idx), dtype=np.int64)
         assign[order] = two_means(pts[order], rng, n_init=n_init)
-        sizes = (int(np.sum(assign == 0)), int(np.sum(assign == 1)))
-        if min(sizes) == 0:
-            diagnostics.append(ClassSplit(label=label.item(), size=len(idx), reason="2-means found one cluster"))
-            continue
-        mean_losses = (float(losses[idx][assign == 0].mean()), float(losses[idx][assign == 1].mean()))
-        if not np.isclose(mean_losses[0], mean_losses[1], rtol=1e-12, atol=0.0):
-            chosen = int(np.argmax(mean_losses))
-        else:  # equal losses: the smaller cluster
-            chosen = int(np.argmin(sizes))
-        mask[idx[assign == chosen]] = True
-        diagnostics.append(
-            ClassSplit(label=label.item(), size=len(idx), sizes=sizes, mean_losses=mean_losses, chosen=chosen)
-        )
+        diagnostics.append(_upsample_higher_loss(mask, idx, assign, losses, label, "2-means found one cluster"))
     return Partition(
         upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="useful", classes=tuple(diagnostics)
     )
@@ -241,14 +253,19 @@ def _ce_scale_gradients(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     for 1-d outputs with labels in {-1, +1}, the logistic loss ``log(1 + exp(-s y f))``:
     ``-y f sigmoid(-y f)``."""
     raw = np.asarray(outputs, dtype=np.float64)
+    out = _as_2d_outputs(raw, len(labels))
     if raw.ndim == 1:
-        margin = labels.astype(np.float64) * raw
+        check(bool(np.all(np.isin(labels, (-1, 1)))), "labels", np.unique(labels)[:5].tolist(),
+              "labels in {-1, +1} for 1-d outputs")
+        margin = labels.astype(np.float64) * out[:, 0]
         return -margin / (1.0 + np.exp(margin))
-    z = raw - raw.max(axis=1, keepdims=True)  # shift-invariant: g does not change
+    # (n, C) outputs: a label is its logit's column (a class absent from the labels changes nothing)
+    check(np.issubdtype(labels.dtype, np.integer) and bool(np.all((labels >= 0) & (labels < out.shape[1]))),
+          "labels", np.unique(labels)[:5].tolist(), f"class indices in [0, {out.shape[1]}) for (n, C) outputs")
+    z = out - out.max(axis=1, keepdims=True)  # shift-invariant: g does not change
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
-    index = np.searchsorted(np.unique(labels), labels)  # labels as column indices 0..C-1
-    return (p * z).sum(axis=1) - z[np.arange(len(z)), index]
+    return (p * z).sum(axis=1) - z[np.arange(len(z)), labels]
 
 
 def eiil_environments(outputs: np.ndarray, labels: np.ndarray, *, steps: int = 10000, lr: float = 1e-3,
@@ -303,17 +320,8 @@ def eiil_partition(outputs: np.ndarray, labels: np.ndarray, losses: np.ndarray, 
     diagnostics = []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
-        assign = env[idx].astype(np.int64)
-        sizes = (int(np.sum(assign == 0)), int(np.sum(assign == 1)))
-        if min(sizes) == 0:
-            diagnostics.append(ClassSplit(label=label.item(), size=len(idx), sizes=sizes,
-                                          reason="one environment holds the whole class"))
-            continue
-        mean_losses = (float(losses[idx][assign == 0].mean()), float(losses[idx][assign == 1].mean()))
-        chosen = int(np.argmax(mean_losses)) if mean_losses[0] != mean_losses[1] else int(np.argmin(sizes))
-        mask[idx[assign == chosen]] = True
-        diagnostics.append(ClassSplit(label=label.item(), size=len(idx), sizes=sizes, mean_losses=mean_losses,
-                                      chosen=chosen))
+        diagnostics.append(_upsample_higher_loss(mask, idx, env[idx].astype(np.int64), losses, label,
+                                                 "one environment holds the whole class"))
     return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="eiil",
                      classes=tuple(diagnostics))
 

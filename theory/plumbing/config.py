@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import types
@@ -45,6 +47,11 @@ __all__ = [
     "load_toml",
     "add_config_arguments",
     "resolve_config",
+    "config_file_values",
+    "canonical_json",
+    "config_digest",
+    "canonical_numbers",
+    "given_values",
     "to_jsonable",
 ]
 
@@ -308,6 +315,27 @@ def add_config_arguments(
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
 
 
+def config_file_values(cls: type, config_path: str | Path, *, section: str | None = None) -> dict[str, Any]:
+    """The fields a ``--config`` TOML file sets (optionally one ``section`` of it), names with
+    underscores; an unknown key raises :class:`ConfigError` naming it, the file and the allowed keys."""
+    data = load_toml(config_path)
+    if section is not None and isinstance(data.get(section), dict):
+        data = data[section]
+    types_ = _field_types(cls)
+    for key in data:
+        if key.replace("-", "_") not in types_:
+            allowed = ", ".join(sorted(k.replace("_", "-") for k in types_))
+            raise ConfigError(key, message=f"{config_path}: unknown key {key!r}; allowed keys: {allowed}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def given_values(cls: type, args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+    """The fields given on the command line (flags left out are None and are not included)."""
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    types_ = _field_types(cls)
+    return {name: value for name, value in given.items() if name in types_ and value is not None}
+
+
 def resolve_config(
     cls: type,
     args: argparse.Namespace | Mapping[str, Any],
@@ -322,21 +350,33 @@ def resolve_config(
     """
     merged: dict[str, Any] = dict(base or {})
     if config_path is not None:
-        data = load_toml(config_path)
-        if section is not None and isinstance(data.get(section), dict):
-            data = data[section]
-        types_ = _field_types(cls)
-        for key in data:
-            if key.replace("-", "_") not in types_:
-                allowed = ", ".join(sorted(k.replace("_", "-") for k in types_))
-                raise ConfigError(key, message=f"{config_path}: unknown key {key!r}; allowed keys: {allowed}")
-        merged.update({k.replace("-", "_"): v for k, v in data.items()})
-    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    types_ = _field_types(cls)
-    for name, value in given.items():
-        if name in types_ and value is not None:
-            merged[name] = value
+        merged.update(config_file_values(cls, config_path, section=section))
+    merged.update(given_values(cls, args))
     return config_from_mapping(cls, merged, source=str(config_path) if config_path else "command line")
+
+
+def canonical_json(mapping: Mapping[str, Any]) -> str:
+    """A configuration as canonical JSON (sorted keys, no spaces, strict: no NaN)."""
+    return json.dumps(dict(mapping), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_digest(mapping: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of :func:`canonical_json`: the identity of a run's configuration (both
+    ``useful-sim`` and ``useful-train`` key their runs by it)."""
+    return hashlib.sha256(canonical_json(mapping).encode()).hexdigest()
+
+
+def canonical_numbers(obj: Any) -> None:
+    """Store every value of a validated (frozen) configuration dataclass in its field's plain type:
+    ``float``, ``int`` and ``bool`` fields (optional ones too) hold Python floats, ints and bools, so
+    ``lr=1``, ``lr=1.0`` and ``lr=np.float32(1)`` are one configuration, in its JSON and its digest.
+    Call it last in ``__post_init__``, after the checks (an invalid value is reported as given)."""
+    plain = {float: float, int: int, bool: bool}
+    for name, annotation in _field_types(type(obj)).items():
+        base, _ = _strip_optional(annotation)
+        value = getattr(obj, name)
+        if base in plain and value is not None:
+            object.__setattr__(obj, name, plain[base](value))
 
 
 def to_jsonable(obj: Any) -> Any:
