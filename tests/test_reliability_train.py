@@ -437,3 +437,20 @@ def test_sigterm_keeps_the_checkpoint_and_releases_the_lock(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "real", "run", "--out", str(out), "--resume", "--epochs", "20"],
                              env=env(), cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "resuming" in resumed.stderr or resumed.returncode == 0
+
+
+def test_a_huge_upsample_factor_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """The upsampled index list's worst case (every example upsampled) is checked once the data set's
+    size is known and before the pre-split phase trains: one line naming --upsample-factor, exit 2,
+    nothing written."""
+    import real.train as T
+
+    def never(*args, **kwargs):  # pragma: no cover - reached only if the check came too late
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(T, "run_epochs", never)
+    out = tmp_path / "u"
+    assert main([*QUICK, "--useful", "--separate-epoch", "1", "--upsample-factor", str(10**15), "--out", str(out)]) == 2
+    line = _one_line(capsys)
+    assert line.startswith("error: --upsample-factor:") and "available" in line
+    assert not out.exists()

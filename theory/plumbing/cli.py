@@ -76,14 +76,14 @@ def cli_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence
         except KeyboardInterrupt:
             message, status = "interrupted", 130
         except EnvironmentFailure as err:
-            message, status = str(err), 1
+            message, status = str(err) or "the environment failed", 1
         except MemoryError:
             message, status = "out of memory (the machine could not give what the command needed)", 1
         except BrokenPipeError:  # e.g. piped into head: not an error of ours
             return 0
         except OSError as err:
             message, status = os_error_line(err), 1
-        sys.stderr.write(f"error: {message.splitlines()[0] if message else type(message).__name__}\n")
+        sys.stderr.write(f"error: {message.splitlines()[0]}\n")
         return status
 
     wrapped.__name__ = getattr(main, "__name__", "main")
