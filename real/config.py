@@ -22,13 +22,13 @@ from typing import Any, Literal, Mapping
 from theory.plumbing.config import (
     ConfigError,
     canonical_numbers,
-    config_file_values,
-    config_from_mapping,
-    given_values,
     check,
     check_choice,
     check_int,
     check_number,
+    config_file_values,
+    config_from_mapping,
+    given_values,
     load_toml,
     to_jsonable,
 )

@@ -67,8 +67,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import (
-    config_digest,
     ConfigError,
+    config_digest,
     config_from_mapping,
     load_toml,
 )

@@ -29,6 +29,7 @@ from .data import TrainData
 from .learning_stats import LearningStats
 from .models import build_model
 from .optim import build_optimizer
+from .rundir import state_digest
 from .schedules import build_schedule
 
 __all__ = ["Phase", "build_phase", "init_model", "epoch_seed", "steps_per_epoch", "process_settings",
@@ -138,8 +139,6 @@ def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     index list: ``arange(N)``, or ``repeat(arange(N), multiplicities)`` for USEFUL's main phase (with
     ``--upweight`` the list stays ``arange(N)`` and the multiplicities become loss weights).  The
     configuration was validated once (:class:`~real.config.TrainConfig`); nothing here re-checks it."""
-    from .rundir import state_digest
-
     device = info.device
     raw = init_model(cfg, data)
     digest = state_digest(raw.state_dict())

@@ -63,6 +63,7 @@ from . import distributed as D
 from .augment import normalize
 from .config import PARTITIONS, TrainConfig
 from .data import TrainData
+from .phase import steps_per_epoch
 
 __all__ = [
     "AUTO_WARMUP",
@@ -359,8 +360,6 @@ def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
     """What can only be checked once the data set's size is known, checked before anything is
     written: a batch per epoch, a separating iteration inside the schedule, room for the upsampled
     index list (the worst case, every example upsampled)."""
-    from .phase import steps_per_epoch
-
     if cfg.batch_size % world_size:
         raise ConfigError("--batch-size", cfg.batch_size, f"a multiple of the number of processes ({world_size})")
     steps = steps_per_epoch(n_train, cfg.batch_size, world_size)
