@@ -22,11 +22,11 @@ import argparse
 import re
 import sys
 import typing
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from .config import ConfigError
 
-__all__ = ["OneLineArgumentParser", "cli_entry", "EnvironmentFailure", "os_error_line"]
+__all__ = ["OneLineArgumentParser", "Command", "build_parser", "cli_entry", "EnvironmentFailure", "os_error_line"]
 
 
 class EnvironmentFailure(RuntimeError):
@@ -51,6 +51,26 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:  # noqa: D401
         self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+class Command(NamedTuple):
+    """A subcommand: its one-line ``help``, ``add_arguments(parser)`` and ``handler(args) -> exit status``.
+    Both programs list theirs in one plain dict ``COMMANDS`` (name -> Command) in their cli.py."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+def build_parser(prog: str, description: str, commands: dict[str, Command]) -> OneLineArgumentParser:
+    """The program's parser: one subparser per entry of ``commands``; ``args.handler`` is its handler."""
+    parser = OneLineArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineArgumentParser)
+    for name, command in commands.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(handler=command.handler)
+    return parser
 
 
 def _as_flag(err: ConfigError) -> str:

@@ -46,6 +46,8 @@ __all__ = [
     "config_from_mapping",
     "load_toml",
     "add_config_arguments",
+    "doc",
+    "field_help",
     "resolve_config",
     "config_file_values",
     "canonical_json",
@@ -290,25 +292,38 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 # Command-line flags from the same fields.
 
 
-def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (), help_prefix: str = ""
-) -> None:
-    """Add one ``--field-name`` flag per dataclass field (value kept as a raw string, default None).
+def doc(default: Any, help: str) -> Any:
+    """A dataclass field with its one-line help: what it is, its unit or range.  The one source of a
+    flag's ``--help`` text (the default is appended there) and of the field tables in docs/."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text :func:`doc` gave field ``name`` of ``cls`` (empty when it has none)."""
+    return next((f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name), "")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()) -> None:
+    """Add one ``--field-name`` flag per dataclass field (value kept as a raw string, default None),
+    its help the field's :func:`doc` text, the choices of a ``Literal`` and the default.
 
     Values are converted and validated later by :func:`resolve_config`, so that flags and TOML keys
     go through the same code.  Booleans take ``--flag`` / ``--no-flag``.
     """
     types_ = _field_types(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, annotation in types_.items():
         if name in exclude:
             continue
         flag = "--" + name.replace("_", "-")
         base, _ = _strip_optional(annotation)
-        default = defaults.get(name, None)
-        help_text = f"{help_prefix}(default: {default!r})"
+        default = fields[name].default if fields[name].default is not dataclasses.MISSING else None
+        parts = [fields[name].metadata.get("help", "")]
         if typing.get_origin(base) is Literal:
-            help_text = "one of " + ", ".join(map(str, typing.get_args(base))) + " " + help_text
+            parts.append("one of " + ", ".join(map(str, typing.get_args(base))))
+        parts.append(f"(default: {default!r})")
+        help_text = "; ".join(p for p in parts[:-1] if p) + " " + parts[-1]
+        help_text = help_text.strip().replace("%", "%%")  # argparse formats help with %
         if base is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
