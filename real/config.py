@@ -27,6 +27,7 @@ from theory.plumbing.config import (
     check_int,
     check_number,
     config_file_values,
+    doc,
     config_from_mapping,
     given_values,
     load_toml,
@@ -44,6 +45,9 @@ from .tensorboard import check_installed
 __all__ = [
     "TrainConfig",
     "PARTITIONS",
+    "SPLIT_INPUTS",
+    "ASAM_VARIANTS",
+    "UPWEIGHT_NORMALIZATIONS",
     "AUGMENTS",
     "COPY_AUGMENTS",
     "PRECISIONS",
@@ -65,6 +69,10 @@ __all__ = [
 # One tuple of names per choice (the others live with their builders: DATASETS, MODELS, OPTIMIZERS,
 # SCHEDULES, DEVICES); the dataclass's Literal types are built from them.
 PARTITIONS = ("useful", "random", "quantile", "misclassified", "jtt", "eiil", "class-balanced")
+SPLIT_INPUTS = ("logits", "softmax", "loss")  # what USEFUL's 2-means clusters
+ASAM_VARIANTS = ("kwon", "davda54")  # Kwon et al.'s official ASAM; davda54/sam's adaptive mode
+UPWEIGHT_NORMALIZATIONS = ("weights", "batch")  # sum(w l) / sum(w); mean(w l)
+JTT_UPWEIGHT = 20  # JTT's lambda_up, the smallest of the values JTT's paper tunes over ({20, 50, 100})
 COPY_AUGMENTS = ("none", "trivial-augment")  # what the extra copies of upsampled examples receive
 AUGMENTS = ("crop-flip", "none")
 PRECISIONS = ("auto", "bf16", "float32")  # auto: bf16 autocast on CUDA, float32 elsewhere
@@ -78,199 +86,89 @@ RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_b
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run (see docs/training.md for every field's meaning).
+    """One training run.  Each field's one-line help (``doc``) is its flag's ``--help`` text;
+    docs/training.md explains them in context.  This is the one validator: the builders (optimizer,
+    schedule, phase, partition) trust what it accepted; a flag that cannot act is refused."""
 
-    Data: ``dataset``, ``data_dir``, ``synthetic_train``/``synthetic_test`` (sizes of the
-    ``synthetic`` data set), ``long_tail_ratio`` (``n_max / n_min`` of a long-tailed training split),
-    ``label_noise`` (rate of symmetric label noise on the training labels).
-
-    Optimization: ``model``, ``optimizer`` (sgd, sam, asam), ``epochs``, ``batch_size``, ``lr``,
-    ``momentum``, ``nesterov``, ``weight_decay``, ``rho`` (SAM/ASAM radius), ``schedule`` with
-    ``warmup_epochs``, ``milestones``, ``gamma``, ``label_smoothing``.
-
-    Augmentation: ``augment`` (``crop-flip`` or ``none``), ``trivial_augment``, ``mixup_alpha``
-    (0 = off).
-
-    Planted easy feature (real/planted.py): ``train_subset`` / ``test_subset`` (train / evaluate on
-    this many examples, drawn per class with the seed), ``contrast`` (pixel values times c: the slow feature's strength),
-    ``easy_feature`` (``patch``: a label-placed white square in a fraction ``easy_fraction`` of the
-    training and test images, ``easy_size`` pixels a side), ``group_window`` (iterations per row of
-    the per-group training accuracy, recorded with the feature).
-
-    USEFUL: ``useful``, ``separate_epoch`` (an epoch or ``"auto"``), ``upsample_factor`` (k),
-    ``partition`` (``useful`` or a baseline), ``quantile`` (for the ``quantile`` baseline),
-    ``upweight`` (loss weight k instead of k copies), ``copy_augment`` (``trivial-augment``: the extra
-    copies of upsampled examples also receive TrivialAugmentWide, TADA's variant, instead of being
-    plain duplicates).
-
-    Run control: ``seed``, ``deterministic``, ``compile``, ``device``, ``out``, ``resume``,
-    ``overwrite``, ``eval_batch_size``, ``preset`` (the preset it was built from, recorded),
-    ``download`` (fetch and verify the data set into ``data_dir`` first, real/download.py),
-    ``mirror`` (its base address instead of the authors'),
-    ``tensorboard`` (event files in ``OUT/tensorboard``; needs the optional tensorboard package).
-
-    Numerics: ``precision`` (``auto``: bf16 autocast on CUDA, float32 on the CPU), ``memory_format``
-    (``auto``: channels_last on CUDA).
-
-    This is the one validator: the builders (optimizer, schedule, phase) trust what it accepted.
-    """
-
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    model: str = "resnet18"
-    optimizer: Literal[OPTIMIZERS] = "sgd"
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    rho: float = 0.05
-    schedule: Literal[SCHEDULES] = "cosine"
-    warmup_epochs: float = 0.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.2
-    label_smoothing: float = 0.0
-    augment: Literal[AUGMENTS] = "crop-flip"
-    trivial_augment: bool = False
-    mixup_alpha: float = 0.0
-    label_noise: float = 0.0
-    long_tail_ratio: float | None = None
-    train_subset: int | None = None
-    test_subset: int | None = None
-    contrast: float = 1.0
-    easy_feature: Literal[EASY_FEATURES] = "none"
-    easy_fraction: float = 0.9
-    easy_size: int = 4
-    group_window: int = 10
-    useful: bool = False
-    separate_epoch: int | Literal["auto"] = "auto"
-    separate_iteration: int | None = None
-    upsample_factor: int = 2
-    partition: Literal[PARTITIONS] = "useful"
-    quantile: float = 0.5
-    upweight: bool = False
-    copy_augment: Literal[COPY_AUGMENTS] = "none"
-    seed: int = 0
-    deterministic: bool = False
-    compile: bool = False
-    device: Literal[DEVICES] = "auto"
-    precision: Literal[PRECISIONS] = "auto"
-    memory_format: Literal[MEMORY_FORMATS] = "auto"
-    out: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    download: bool = False
-    mirror: str | None = None
-    synthetic_train: int = 512
-    synthetic_test: int = 256
-    eval_batch_size: int = 1024
-    preset: str | None = None
-    tensorboard: bool = False
+    # Data.
+    dataset: Literal[tuple(DATASETS)] = doc("cifar10", "the data set (useful-train download NAME fetches it)")
+    data_dir: str | None = doc(None, "folder holding the data set's files (fashion-mnist: also Debian's copy)")
+    synthetic_train: int = doc(512, "training examples of the synthetic data set, >= 2")
+    synthetic_test: int = doc(256, "test examples of the synthetic data set, >= 1")
+    long_tail_ratio: float | None = doc(None, "n_max / n_min of a long-tailed training split (exponential "
+                                              "class sizes), >= 1; unset: the balanced split")
+    label_noise: float = doc(0.0, "fraction of training labels replaced by a uniformly drawn other class, [0, 1)")
+    # Planted easy feature (real/planted.py).
+    train_subset: int | None = doc(None, "train on this many examples, drawn per class with the seed, >= 2")
+    test_subset: int | None = doc(None, "evaluate on this many test examples, drawn per class, >= 1")
+    contrast: float = doc(1.0, "pixel values times c, (0, 1]: the strength of the slow (original) feature")
+    easy_feature: Literal[EASY_FEATURES] = doc("none", "patch: a white square whose position codes the label, "
+                                                       "planted in a fraction --easy-fraction of the images")
+    easy_fraction: float = doc(0.9, "fraction of training and test images given the planted square, (0, 1]")
+    easy_size: int = doc(4, "side of the planted square in pixels, 1-64")
+    group_window: int = doc(10, "iterations per row of the per-group training accuracy (with the planted feature)")
+    # Model and optimization.
+    model: Literal[tuple(MODELS)] = doc("resnet18", "the network")
+    optimizer: Literal[OPTIMIZERS] = doc("sgd", "sgd; sam (Foret et al.); asam (adaptive SAM, see --asam-variant)")
+    asam_variant: Literal[ASAM_VARIANTS] = doc("kwon", "kwon: Kwon et al.'s official ASAM (T = |w| + 0.01, "
+                                                       "weights only, not biases or norms); davda54: T = |w| on "
+                                                       "every parameter; only with --optimizer asam")
+    epochs: int = doc(200, "epochs of the main phase (the whole budget), >= 1")
+    batch_size: int = doc(128, "global minibatch size (divided over DDP ranks), >= 1")
+    lr: float = doc(0.1, "peak learning rate, > 0")
+    momentum: float = doc(0.9, "SGD momentum, [0, 1)")
+    nesterov: bool = doc(False, "Nesterov momentum (needs --momentum > 0)")
+    weight_decay: float = doc(5e-4, "L2 weight decay of SGD, >= 0")
+    rho: float = doc(0.05, "SAM/ASAM neighbourhood radius, >= 0 (0: both passes at the same point)")
+    schedule: Literal[SCHEDULES] = doc("cosine", "learning-rate schedule over the epochs")
+    warmup_epochs: float = doc(0.0, "linear warm-up from 0 over this many epochs, [0, --epochs]")
+    milestones: tuple[int, ...] = doc((), "epochs where multistep multiplies the rate by --gamma, increasing")
+    gamma: float = doc(0.2, "multistep's factor at each milestone, (0, 1]")
+    label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy, [0, 1)")
+    # Augmentation.
+    augment: Literal[AUGMENTS] = doc("crop-flip", "crop-flip: random crop (padding 4) and horizontal flip")
+    trivial_augment: bool = doc(False, "TrivialAugmentWide (torchvision v1's ops and bins) on every example")
+    mixup_alpha: float = doc(0.0, "MixUp's Beta(alpha, alpha) parameter, >= 0 (0: off)")
+    # USEFUL and its baselines.
+    useful: bool = doc(False, "USEFUL: train briefly, split each class, upsample, retrain from the same init")
+    separate_epoch: int | Literal["auto"] = doc("auto", "epochs before the split, 1-epochs, or auto: where the "
+                                                        "training error's decrease slows (real/useful.py)")
+    separate_iteration: int | None = doc(None, "split after this many iterations instead (may fall inside an epoch)")
+    upsample_factor: int = doc(2, "k: the upsampled cluster's multiplicity (copies, or loss weight), >= 1")
+    partition: Literal[PARTITIONS] = doc("useful", "which examples to upsample: USEFUL's 2-means split or a baseline")
+    split_on: Literal[SPLIT_INPUTS] = doc("logits", "what USEFUL's per-class 2-means clusters: the logits (the "
+                                                    "paper), the softmax outputs or the per-example loss")
+    quantile: float = doc(0.5, "the quantile baseline: upsample the examples above this loss quantile, [0, 1)")
+    jtt_upweight: int = doc(JTT_UPWEIGHT, "JTT's lambda_up: multiplicity of each error-set example, >= 2 "
+                                          "(JTT tunes it in {20, 50, 100}); only with --partition jtt")
+    upweight: bool = doc(False, "give upsampled examples loss weight k instead of k copies")
+    upweight_normalization: Literal[UPWEIGHT_NORMALIZATIONS] = doc(
+        "weights", "a batch's weighted loss: weights = sum(w l) / sum(w) (upsampling's expectation); "
+                   "batch = mean(w l) (doubling the loss); only with --upweight")
+    copy_augment: Literal[COPY_AUGMENTS] = doc("none", "trivial-augment: the extra copies of upsampled examples "
+                                                       "get TrivialAugmentWide (TADA's variant)")
+    # Run control.
+    seed: int = doc(0, "seed of initialization, data order and augmentation, 0 to 2^31-1")
+    deterministic: bool = doc(False, "deterministic kernels (slower on CUDA)")
+    compile: bool = doc(False, "torch.compile the model")
+    device: Literal[DEVICES] = doc("auto", "where to train (auto: CUDA when present)")
+    precision: Literal[PRECISIONS] = doc("auto", "auto: bf16 autocast on CUDA, float32 elsewhere")
+    memory_format: Literal[MEMORY_FORMATS] = doc("auto", "auto: channels_last on CUDA, contiguous elsewhere")
+    out: str | None = doc(None, "run directory (default runs/DATASET-MODEL-OPTIMIZER[-useful]-sSEED)")
+    resume: bool = doc(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = doc(False, "replace a run of useful-train in --out (never other files)")
+    download: bool = doc(False, "fetch and verify the data set into --data-dir first")
+    mirror: str | None = doc(None, "with --download: an http(s) base address used instead of the authors'")
+    eval_batch_size: int = doc(1024, "batch size of evaluation and of the split's outputs, >= 1")
+    preset: str | None = doc(None, "the preset this configuration was built from (recorded)")
+    tensorboard: bool = doc(False, "TensorBoard event files in OUT/tensorboard (needs the tensorboard package)")
 
     def __post_init__(self) -> None:
-        # Data.
-        check_choice("--dataset", self.dataset, DATASETS)
-        if self.data_dir is not None:
-            check(isinstance(self.data_dir, str) and self.data_dir != "", "--data-dir", self.data_dir, "a directory")
-            if self.dataset != "synthetic" and not self.download:  # --download creates it
-                check(Path(self.data_dir).expanduser().is_dir(), "--data-dir", self.data_dir, "an existing directory")
-        check_int("--synthetic-train", self.synthetic_train, low=2)
-        check_int("--synthetic-test", self.synthetic_test, low=1)
-        if self.long_tail_ratio is not None:
-            check_number("--long-tail-ratio", self.long_tail_ratio, low=1.0, high=FLOAT32_MAX)
-        check_number("--label-noise", self.label_noise, low=0.0, high=1.0, high_open=True)
-        # Planted easy feature (the flags that only act with it are refused without it).
-        if self.train_subset is not None:
-            check_int("--train-subset", self.train_subset, low=2)
-        if self.test_subset is not None:
-            check_int("--test-subset", self.test_subset, low=1)
-        check_number("--contrast", self.contrast, low=0.0, high=1.0, low_open=True)
-        check_choice("--easy-feature", self.easy_feature, EASY_FEATURES)
-        check_number("--easy-fraction", self.easy_fraction, low=0.0, high=1.0, low_open=True)
-        check_int("--easy-size", self.easy_size, low=1, high=64)
-        check_int("--group-window", self.group_window, low=1)
-        if self.easy_feature == "none":
-            for name, default in (("easy_fraction", 0.9), ("easy_size", 4), ("group_window", 10)):
-                check(getattr(self, name) == default, "--" + name.replace("_", "-"), getattr(self, name),
-                      f"{default} (the default) unless --easy-feature is given")
-        else:  # the square's position codes the label: crops, flips and TrivialAugment would move it
-            check(self.augment == "none", "--augment", self.augment, "'none' with --easy-feature (crops and flips "
-                  "move the label-placed square)")
-            check(not self.trivial_augment, "--trivial-augment", self.trivial_augment,
-                  "false with --easy-feature (it would move or erase the label-placed square)")
-        # Model and optimization.
-        check_choice("--model", self.model, MODELS)
-        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
-        check_int("--epochs", self.epochs, low=1)
-        check_int("--batch-size", self.batch_size, low=1)
-        check_number("--lr", self.lr, low=0.0, low_open=True, high=FLOAT32_MAX)
-        check_number("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        check(isinstance(self.nesterov, bool), "--nesterov", self.nesterov, "true or false")
-        check(not self.nesterov or self.momentum > 0, "--nesterov", self.nesterov, "false when --momentum is 0")
-        check_number("--weight-decay", self.weight_decay, low=0.0, high=FLOAT32_MAX)
-        check_number("--rho", self.rho, low=0.0, high=FLOAT32_MAX)  # 0: SAM's two passes at the same point
-        check_choice("--schedule", self.schedule, SCHEDULES)
-        check_number("--warmup-epochs", self.warmup_epochs, low=0.0, high=float(self.epochs))
-        check(isinstance(self.milestones, tuple), "--milestones", self.milestones, "a list of epochs")
-        for m in self.milestones:
-            check_int("--milestones", m, low=1, high=self.epochs)
-        check(list(self.milestones) == sorted(set(self.milestones)), "--milestones", self.milestones, "strictly increasing epochs")
-        check_number("--gamma", self.gamma, low=0.0, high=1.0, low_open=True)
-        check_number("--label-smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
-        # Augmentation.
-        check_choice("--augment", self.augment, AUGMENTS)
-        check(isinstance(self.trivial_augment, bool), "--trivial-augment", self.trivial_augment, "true or false")
-        check_number("--mixup-alpha", self.mixup_alpha, low=0.0, high=FLOAT32_MAX)
-        # USEFUL.
-        check(isinstance(self.useful, bool), "--useful", self.useful, "true or false")
-        if self.separate_epoch != "auto":
-            # The pre-split phase runs on the first epochs of the full schedule: it must fit in it.
-            check_int("--separate-epoch", self.separate_epoch, low=1, high=self.epochs if self.useful else None)
-        if self.separate_iteration is not None:
-            check_int("--separate-iteration", self.separate_iteration, low=1)
-            check(self.separate_epoch == "auto", "--separate-iteration", self.separate_iteration,
-                  "no --separate-epoch beside it (give one of the two; --separate-epoch auto clears a preset's)")
-        check_int("--upsample-factor", self.upsample_factor, low=1)
-        check_choice("--partition", self.partition, PARTITIONS)
-        check(self.useful or self.partition == "useful", "--partition", self.partition,
-              "'useful' unless --useful is given (a partition is only used by a USEFUL run)")
-        check_number("--quantile", self.quantile, low=0.0, high=1.0, high_open=True)
-        check(isinstance(self.upweight, bool), "--upweight", self.upweight, "true or false")
-        check(self.useful or not self.upweight, "--upweight", self.upweight, "false unless --useful is given")
-        check(self.partition != "class-balanced" or self.upsample_factor == 2, "--upsample-factor", self.upsample_factor,
-              "2 (its default) with --partition class-balanced, which gives class c the multiplicity n_max / n_c")
-        check_choice("--copy-augment", self.copy_augment, COPY_AUGMENTS)
-        if self.copy_augment != "none":
-            check(self.useful and not self.upweight, "--copy-augment", self.copy_augment,
-                  "'none' unless --useful upsamples with copies (not with --upweight)")
-            check(not self.trivial_augment, "--copy-augment", self.copy_augment,
-                  "'none' with --trivial-augment (every example, copies included, is already TrivialAugment-ed)")
-        # Run control.
-        check_int("--seed", self.seed, low=0, high=2**31 - 1)
-        check(isinstance(self.deterministic, bool), "--deterministic", self.deterministic, "true or false")
-        check(isinstance(self.compile, bool), "--compile", self.compile, "true or false")
-        check_choice("--device", self.device, DEVICES)
-        check_choice("--precision", self.precision, PRECISIONS)
-        check_choice("--memory-format", self.memory_format, MEMORY_FORMATS)
-        if self.out is not None:
-            check(isinstance(self.out, str) and self.out != "", "--out", self.out, "a directory path")
-        check_int("--eval-batch-size", self.eval_batch_size, low=1)
-        check(isinstance(self.download, bool), "--download", self.download, "true or false")
-        if self.download:
-            check(self.dataset != "synthetic", "--download", self.download, "false for the synthetic data set (it is generated)")
-            check(self.data_dir is not None or self.dataset == "fashion-mnist", "--download", self.download,
-                  "a --data-dir to download into")
-        if self.mirror is not None:
-            check(self.download, "--mirror", self.mirror, "no value unless --download is given")
-            check(isinstance(self.mirror, str) and self.mirror.startswith(("http://", "https://")), "--mirror",
-                  self.mirror, "an http:// or https:// address")
-        check(isinstance(self.tensorboard, bool), "--tensorboard", self.tensorboard, "true or false")
-        if self.tensorboard:
-            check_installed()  # a flag that is accepted must act
-        if self.preset is not None:
-            check(isinstance(self.preset, str) and self.preset in preset_names(), "--preset", self.preset,
-                  "one of " + ", ".join(preset_names()))
+        _check_data(self)
+        _check_planted(self)
+        _check_optimization(self)
+        _check_useful(self)
+        _check_run_control(self)
         canonical_numbers(self)  # lr=1 and lr=1.0 are one configuration
 
     @property
@@ -283,6 +181,138 @@ class TrainConfig:
                 parts.append("upweight")
         parts.append(f"s{self.seed}")
         return "-".join(parts)
+
+
+def _default(field: str) -> Any:
+    return TrainConfig.__dataclass_fields__[field].default
+
+
+def _only_with(cfg: TrainConfig, field: str, condition: bool, needs: str) -> None:
+    """A field that only acts under ``condition`` must keep its default otherwise (an accepted flag acts)."""
+    value, default = getattr(cfg, field), _default(field)
+    check(condition or value == default, "--" + field.replace("_", "-"), value, f"{default!r} (the default) unless {needs}")
+
+
+def _check_bool(cfg: TrainConfig, *fields: str) -> None:
+    for field in fields:
+        check(isinstance(getattr(cfg, field), bool), "--" + field.replace("_", "-"), getattr(cfg, field), "true or false")
+
+
+def _check_data(cfg: TrainConfig) -> None:
+    check_choice("--dataset", cfg.dataset, DATASETS)
+    if cfg.data_dir is not None:
+        check(isinstance(cfg.data_dir, str) and cfg.data_dir != "", "--data-dir", cfg.data_dir, "a directory")
+        if cfg.dataset != "synthetic" and not cfg.download:  # --download creates it
+            check(Path(cfg.data_dir).expanduser().is_dir(), "--data-dir", cfg.data_dir, "an existing directory")
+    check_int("--synthetic-train", cfg.synthetic_train, low=2)
+    check_int("--synthetic-test", cfg.synthetic_test, low=1)
+    if cfg.long_tail_ratio is not None:
+        check_number("--long-tail-ratio", cfg.long_tail_ratio, low=1.0, high=FLOAT32_MAX)
+    check_number("--label-noise", cfg.label_noise, low=0.0, high=1.0, high_open=True)
+
+
+def _check_planted(cfg: TrainConfig) -> None:
+    """The planted easy feature; the flags that only act with it are refused without it."""
+    if cfg.train_subset is not None:
+        check_int("--train-subset", cfg.train_subset, low=2)
+    if cfg.test_subset is not None:
+        check_int("--test-subset", cfg.test_subset, low=1)
+    check_number("--contrast", cfg.contrast, low=0.0, high=1.0, low_open=True)
+    check_choice("--easy-feature", cfg.easy_feature, EASY_FEATURES)
+    check_number("--easy-fraction", cfg.easy_fraction, low=0.0, high=1.0, low_open=True)
+    check_int("--easy-size", cfg.easy_size, low=1, high=64)
+    check_int("--group-window", cfg.group_window, low=1)
+    for field in ("easy_fraction", "easy_size", "group_window"):
+        _only_with(cfg, field, cfg.easy_feature != "none", "--easy-feature is given")
+    if cfg.easy_feature != "none":  # the square's position codes the label: crops, flips and TrivialAugment would move it
+        check(cfg.augment == "none", "--augment", cfg.augment, "'none' with --easy-feature (crops and flips "
+              "move the label-placed square)")
+        check(not cfg.trivial_augment, "--trivial-augment", cfg.trivial_augment,
+              "false with --easy-feature (it would move or erase the label-placed square)")
+
+
+def _check_optimization(cfg: TrainConfig) -> None:
+    check_choice("--model", cfg.model, MODELS)
+    check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
+    check_choice("--asam-variant", cfg.asam_variant, ASAM_VARIANTS)
+    _only_with(cfg, "asam_variant", cfg.optimizer == "asam", "--optimizer asam")
+    check_int("--epochs", cfg.epochs, low=1)
+    check_int("--batch-size", cfg.batch_size, low=1)
+    check_number("--lr", cfg.lr, low=0.0, low_open=True, high=FLOAT32_MAX)
+    check_number("--momentum", cfg.momentum, low=0.0, high=1.0, high_open=True)
+    _check_bool(cfg, "nesterov", "trivial_augment")
+    check(not cfg.nesterov or cfg.momentum > 0, "--nesterov", cfg.nesterov, "false when --momentum is 0")
+    check_number("--weight-decay", cfg.weight_decay, low=0.0, high=FLOAT32_MAX)
+    check_number("--rho", cfg.rho, low=0.0, high=FLOAT32_MAX)  # 0: SAM's two passes at the same point
+    check_choice("--schedule", cfg.schedule, SCHEDULES)
+    check_number("--warmup-epochs", cfg.warmup_epochs, low=0.0, high=float(cfg.epochs))
+    check(isinstance(cfg.milestones, tuple), "--milestones", cfg.milestones, "a list of epochs")
+    for m in cfg.milestones:
+        check_int("--milestones", m, low=1, high=cfg.epochs)
+    check(list(cfg.milestones) == sorted(set(cfg.milestones)), "--milestones", cfg.milestones, "strictly increasing epochs")
+    check_number("--gamma", cfg.gamma, low=0.0, high=1.0, low_open=True)
+    check_number("--label-smoothing", cfg.label_smoothing, low=0.0, high=1.0, high_open=True)
+    check_choice("--augment", cfg.augment, AUGMENTS)
+    check_number("--mixup-alpha", cfg.mixup_alpha, low=0.0, high=FLOAT32_MAX)
+
+
+def _check_useful(cfg: TrainConfig) -> None:
+    _check_bool(cfg, "useful", "upweight")
+    if cfg.separate_epoch != "auto":
+        # The pre-split phase runs on the first epochs of the full schedule: it must fit in it.
+        check_int("--separate-epoch", cfg.separate_epoch, low=1, high=cfg.epochs if cfg.useful else None)
+    if cfg.separate_iteration is not None:
+        check_int("--separate-iteration", cfg.separate_iteration, low=1)
+        check(cfg.separate_epoch == "auto", "--separate-iteration", cfg.separate_iteration,
+              "no --separate-epoch beside it (give one of the two; --separate-epoch auto clears a preset's)")
+    check_int("--upsample-factor", cfg.upsample_factor, low=1)
+    check_choice("--partition", cfg.partition, PARTITIONS)
+    check(cfg.useful or cfg.partition == "useful", "--partition", cfg.partition,
+          "'useful' unless --useful is given (a partition is only used by a USEFUL run)")
+    check_choice("--split-on", cfg.split_on, SPLIT_INPUTS)
+    _only_with(cfg, "split_on", cfg.useful and cfg.partition in ("useful", "random"),
+               "--useful with --partition useful or random (the partitions that run USEFUL's 2-means)")
+    check_number("--quantile", cfg.quantile, low=0.0, high=1.0, high_open=True)
+    _only_with(cfg, "quantile", cfg.partition == "quantile", "--partition quantile")
+    check_int("--jtt-upweight", cfg.jtt_upweight, low=2)
+    _only_with(cfg, "jtt_upweight", cfg.partition == "jtt", "--partition jtt")
+    check(cfg.partition != "jtt" or cfg.upsample_factor == _default("upsample_factor"), "--upsample-factor",
+          cfg.upsample_factor, "2 (its default) with --partition jtt, whose multiplicity is --jtt-upweight")
+    check(cfg.useful or not cfg.upweight, "--upweight", cfg.upweight, "false unless --useful is given")
+    check_choice("--upweight-normalization", cfg.upweight_normalization, UPWEIGHT_NORMALIZATIONS)
+    _only_with(cfg, "upweight_normalization", cfg.upweight, "--upweight is given")
+    check(cfg.partition != "class-balanced" or cfg.upsample_factor == 2, "--upsample-factor", cfg.upsample_factor,
+          "2 (its default) with --partition class-balanced, which gives class c the multiplicity n_max / n_c")
+    check_choice("--copy-augment", cfg.copy_augment, COPY_AUGMENTS)
+    if cfg.copy_augment != "none":
+        check(cfg.useful and not cfg.upweight, "--copy-augment", cfg.copy_augment,
+              "'none' unless --useful upsamples with copies (not with --upweight)")
+        check(not cfg.trivial_augment, "--copy-augment", cfg.copy_augment,
+              "'none' with --trivial-augment (every example, copies included, is already TrivialAugment-ed)")
+
+
+def _check_run_control(cfg: TrainConfig) -> None:
+    check_int("--seed", cfg.seed, low=0, high=2**31 - 1)
+    _check_bool(cfg, "deterministic", "compile", "download", "tensorboard", "resume", "overwrite")
+    check_choice("--device", cfg.device, DEVICES)
+    check_choice("--precision", cfg.precision, PRECISIONS)
+    check_choice("--memory-format", cfg.memory_format, MEMORY_FORMATS)
+    if cfg.out is not None:
+        check(isinstance(cfg.out, str) and cfg.out != "", "--out", cfg.out, "a directory path")
+    check_int("--eval-batch-size", cfg.eval_batch_size, low=1)
+    if cfg.download:
+        check(cfg.dataset != "synthetic", "--download", cfg.download, "false for the synthetic data set (it is generated)")
+        check(cfg.data_dir is not None or cfg.dataset == "fashion-mnist", "--download", cfg.download,
+              "a --data-dir to download into")
+    if cfg.mirror is not None:
+        check(cfg.download, "--mirror", cfg.mirror, "no value unless --download is given")
+        check(isinstance(cfg.mirror, str) and cfg.mirror.startswith(("http://", "https://")), "--mirror",
+              cfg.mirror, "an http:// or https:// address")
+    if cfg.tensorboard:
+        check_installed()  # a flag that is accepted must act
+    if cfg.preset is not None:
+        check(isinstance(cfg.preset, str) and cfg.preset in preset_names(), "--preset", cfg.preset,
+              "one of " + ", ".join(preset_names()))
 
 
 def computed_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -317,7 +347,7 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 # ``--preset cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius, and an explicit
 # ``--rho`` wins.
 
-PRESET_KEYS = ("description", "chosen")  # top-level keys of a setting file that are not TrainConfig fields
+PRESET_KEYS = ("description", "chosen", "in_paper")  # top-level keys of a setting file that are not TrainConfig fields
 
 
 @dataclass(frozen=True)
@@ -330,12 +360,16 @@ class Setting:
     per_optimizer: Mapping[str, Mapping[str, Any]]
     chosen: Mapping[str, str]
     description: str
+    in_paper: bool = True  # False: a setting of this package's (``in_paper = false``): none of its values is the paper's
 
     def source(self, key: str, optimizer: str | None = None) -> str:
-        """``"chosen: why"`` or ``"paper"`` for a value the setting gives."""
+        """``"chosen: why"`` or ``"paper"`` for a value the setting gives (never "paper" for a setting
+        the paper does not have)."""
         reason = self.chosen.get(f"{optimizer}.{key}") if optimizer else None
         reason = reason or self.chosen.get(key)
-        return f"chosen: {reason}" if reason else "paper"
+        if reason:
+            return f"chosen: {reason}"
+        return "paper" if self.in_paper else "chosen: the paper has no such setting"
 
 
 def _presets_dir():
@@ -399,8 +433,10 @@ def load_setting(setting: str) -> Setting:
         present = field.replace("-", "_") in (per_optimizer.get(opt, {}) if opt else config)
         if not present:
             raise ConfigError(key, message=f"{path}: [chosen] names {key!r}, which the preset does not set")
+    in_paper = data.get("in_paper", True)
+    check(isinstance(in_paper, bool), "in_paper", in_paper, f"true or false in {path}")
     return Setting(name=setting, config=config, per_optimizer=per_optimizer, chosen=chosen,
-                   description=str(data.get("description", "")))
+                   description=str(data.get("description", "")), in_paper=in_paper)
 
 
 def load_preset(name: str, optimizer: str | None = None) -> dict[str, Any]:
@@ -423,6 +459,18 @@ def describe_preset(name: str) -> str:
     return f"{setting.description} [{opt}]" + (f"; {radii}" if radii else "")
 
 
+def legacy_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run configuration with the fields added since it was written set to what that run
+    computed (not to today's defaults, which may compute something else): ASAM was davda54's mode,
+    JTT's multiplicity was ``upsample_factor``."""
+    out = dict(stored)
+    if out.get("optimizer") == "asam":
+        out.setdefault("asam_variant", "davda54")
+    if out.get("partition") == "jtt" and "jtt_upweight" not in out:
+        out["jtt_upweight"], out["upsample_factor"] = out.get("upsample_factor", 2), 2
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Resolution: defaults < preset < --config TOML < flags, each value with its source.
 
@@ -439,7 +487,7 @@ def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = 
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if stored is not None:
-        merged.update(stored)
+        merged.update(legacy_fields(stored))
         sources.update({k: "stored run" for k in stored})
     elif preset is not None:
         optimizer = flags.get("optimizer", toml.get("optimizer"))
