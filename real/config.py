@@ -110,9 +110,9 @@ class TrainConfig:
     # Model and optimization.
     model: Literal[tuple(MODELS)] = doc("resnet18", "the network")
     optimizer: Literal[OPTIMIZERS] = doc("sgd", "sgd; sam (Foret et al.); asam (adaptive SAM, see --asam-variant)")
-    asam_variant: Literal[ASAM_VARIANTS] = doc("kwon", "kwon: Kwon et al.'s official ASAM (T = |w| + 0.01, "
-                                                       "weights only, not biases or norms); davda54: T = |w| on "
-                                                       "every parameter; only with --optimizer asam")
+    asam_variant: Literal[ASAM_VARIANTS] = doc("kwon", "kwon: Kwon et al.'s official ASAM (T = |w| + 0.01 on "
+                                                       "parameters named weight, T = 1 on the others); davda54: "
+                                                       "T = |w| on every parameter; only with --optimizer asam")
     epochs: int = doc(200, "epochs of the main phase (the whole budget), >= 1")
     batch_size: int = doc(128, "global minibatch size (divided over DDP ranks), >= 1")
     lr: float = doc(0.1, "peak learning rate, > 0")
