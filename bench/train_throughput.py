@@ -68,7 +68,7 @@ from real.datasets import Dataset
 from real.learning_stats import LearningStats
 from real.models import build_model
 from real.optim import SAM, build_optimizer, disable_running_stats, enable_running_stats
-from real.phase import Phase, build_phase, memory_format
+from real.phase import Phase, build_phase, resolve_numerics
 from real.train import train_epoch
 from real.useful import (
     SplitPoint,
@@ -167,7 +167,7 @@ def real_case(cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, steps: int
     t = time.perf_counter()
     for step in range(measured):
         idx = order[step * per : (step + 1) * per]
-        x = ph.augmenter(data.train_x[idx]).contiguous(memory_format=memory_format(cfg, device))
+        x = ph.augmenter(data.train_x[idx]).contiguous(memory_format=resolve_numerics(cfg, device).layout)
         y = data.train_y[idx]
     sync(device)
     prep = time.perf_counter() - t
@@ -216,7 +216,7 @@ def split_time(ph: Phase, data: TrainData, info: D.DistInfo, cfg: TrainConfig, *
     training set, the partition, partition.npz's arrays), timed; then the outputs alone, for the
     breakdown.  ``warm``: one untimed batch at the evaluation batch size first (in a run, evaluate()
     has run at that size after every epoch, so cuDNN has tuned it when the split comes)."""
-    layout = memory_format(cfg, info.device)
+    layout = resolve_numerics(cfg, info.device).layout
     if warm:
         k = cfg.eval_batch_size
         compute_outputs(ph.raw_model, data.train_x[:k], data.train_y[:k], mean=data.mean, std=data.std,

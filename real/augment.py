@@ -10,7 +10,7 @@ its operations, magnitudes and exactness.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from theory.plumbing.config import check, check_int, check_number
 
 from .trivial_augment import trivial_augment
 
-__all__ = ["normalize", "random_crop_flip", "trivial_augment", "mixup", "symmetric_label_noise", "Augmenter"]
+__all__ = ["AUGMENTS", "COPY_AUGMENTS", "normalize", "random_crop_flip", "trivial_augment", "mixup",
+           "symmetric_label_noise", "Augmenter"]
 
 
 def _stats(values: Sequence[float] | torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -125,9 +126,22 @@ def symmetric_label_noise(
     return noisy, flipped
 
 
+Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]  # (uint8 batch, generator) -> batch
+
+# The registries (``--augment`` and ``--copy-augment``): name -> the transform of a uint8 batch.
+AUGMENTS: dict[str, Transform] = {
+    "crop-flip": lambda x, generator: random_crop_flip(x, padding=4, generator=generator),  # the paper's
+    "none": lambda x, generator: x,
+}
+COPY_AUGMENTS: dict[str, Transform | None] = {  # what the extra copies of upsampled examples also receive
+    "none": None,
+    "trivial-augment": lambda x, generator: trivial_augment(x, generator=generator),  # TADA's variant
+}
+
+
 class Augmenter:
-    """The per-batch transform of the trainer, in torchvision users' order: crop + flip (optional),
-    then TrivialAugmentWide on uint8 (optional), then normalize; all on ``device`` with its own
+    """The per-batch transform of the trainer, in torchvision users' order: ``augment`` (a key of
+    :data:`AUGMENTS`), then TrivialAugmentWide on uint8 (optional), then normalize; all on ``device`` with its own
     generator seeded by ``seed`` (each batch draws the crop offsets and flips, then the operations,
     bins and signs).
 
@@ -139,16 +153,18 @@ class Augmenter:
         *,
         mean: Sequence[float],
         std: Sequence[float],
-        crop_flip: bool = True,
+        augment: str = "crop-flip",
         trivial_augment: bool = False,
-        padding: int = 4,
+        copy_augment: str = "trivial-augment",
         seed: int = 0,
         device: str | torch.device = "cpu",
     ):
-        check_int("padding", padding, low=0)
+        check(augment in AUGMENTS, "augment", augment, "one of " + ", ".join(AUGMENTS))
+        check(copy_augment in COPY_AUGMENTS, "copy_augment", copy_augment, "one of " + ", ".join(COPY_AUGMENTS))
         check_int("seed", seed, low=0)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.crop_flip, self.trivial_augment, self.padding = crop_flip, trivial_augment, padding
+        self.augment, self.trivial_augment = AUGMENTS[augment], trivial_augment
+        self.copy_augment = COPY_AUGMENTS[copy_augment]
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         # On the device once (not per batch: see _stats).
@@ -160,13 +176,11 @@ class Augmenter:
         TADA's variant) marks extra copies of upsampled examples: they also receive
         TrivialAugmentWide.  It is drawn for the whole batch and kept where ``copies`` is set, so the
         draws do not depend on how many copies a batch holds and nothing waits for the host."""
-        x = x_uint8
-        if self.crop_flip:
-            x = random_crop_flip(x, padding=self.padding, generator=self.generator)
+        x = self.augment(x_uint8, self.generator)
         if self.trivial_augment:
             x = trivial_augment(x, generator=self.generator)
-        elif copies is not None:
-            x = torch.where(copies.view(-1, 1, 1, 1), trivial_augment(x, generator=self.generator), x)
+        elif copies is not None and self.copy_augment is not None:
+            x = torch.where(copies.view(-1, 1, 1, 1), self.copy_augment(x, self.generator), x)
         return normalize(x, self._mean_t, self._std_t)
 
     def state_dict(self) -> dict:

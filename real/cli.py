@@ -58,7 +58,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules that add subcommands (each must exist and define register_commands).
-COMMAND_MODULES = ("real.compare", "real.sharpness", "real.grid", "real.download", "real.reproduce")
+COMMAND_MODULES = ("real.compare", "real.grid", "real.download", "real.reproduce")
 
 
 def register_command(
@@ -193,6 +193,9 @@ register_command("run", "one training run (flags: the configuration's fields)", 
 register_command("config", "print the fully resolved configuration of a run as TOML (trains nothing)",
                  _run_arguments, _config)
 register_command("presets", "list the presets: the paper's settings x optimizers", _presets_arguments, _presets)
+register_command("sharpness", "Hessian top eigenvalue(s), trace (Hutchinson) and L1 norm of runs' checkpoints",
+                 lambda parser: __import__("real.sharpness").sharpness.add_arguments(parser),
+                 lambda args: __import__("real.sharpness").sharpness.command(args))  # temporary: until the merge
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from theory.plumbing.config import (
     to_jsonable,
 )
 
+from .augment import AUGMENTS, COPY_AUGMENTS
 from .datasets import DATASETS
 from .distributed import DEVICES
 from .models import MODELS
@@ -73,8 +74,6 @@ SPLIT_INPUTS = ("logits", "softmax", "loss")  # what USEFUL's 2-means clusters
 ASAM_VARIANTS = ("kwon", "davda54")  # Kwon et al.'s official ASAM; davda54/sam's adaptive mode
 UPWEIGHT_NORMALIZATIONS = ("weights", "batch")  # sum(w l) / sum(w); mean(w l)
 JTT_UPWEIGHT = 20  # JTT's lambda_up, the smallest of the values JTT's paper tunes over ({20, 50, 100})
-COPY_AUGMENTS = ("none", "trivial-augment")  # what the extra copies of upsampled examples receive
-AUGMENTS = ("crop-flip", "none")
 PRECISIONS = ("auto", "bf16", "float32")  # auto: bf16 autocast on CUDA, float32 elsewhere
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto: channels_last on CUDA
 FLOAT32_MAX = 3.4028234663852886e38  # values that go into float32 tensors must fit
@@ -126,7 +125,7 @@ class TrainConfig:
     gamma: float = doc(0.2, "multistep's factor at each milestone, (0, 1]")
     label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy, [0, 1)")
     # Augmentation.
-    augment: Literal[AUGMENTS] = doc("crop-flip", "crop-flip: random crop (padding 4) and horizontal flip")
+    augment: Literal[tuple(AUGMENTS)] = doc("crop-flip", "crop-flip: random crop (padding 4) and horizontal flip")
     trivial_augment: bool = doc(False, "TrivialAugmentWide (torchvision v1's ops and bins) on every example")
     mixup_alpha: float = doc(0.0, "MixUp's Beta(alpha, alpha) parameter, >= 0 (0: off)")
     # USEFUL and its baselines.
@@ -145,7 +144,7 @@ class TrainConfig:
     upweight_normalization: Literal[UPWEIGHT_NORMALIZATIONS] = doc(
         "weights", "a batch's weighted loss: weights = sum(w l) / sum(w) (upsampling's expectation); "
                    "batch = mean(w l) (doubling the loss); only with --upweight")
-    copy_augment: Literal[COPY_AUGMENTS] = doc("none", "trivial-augment: the extra copies of upsampled examples "
+    copy_augment: Literal[tuple(COPY_AUGMENTS)] = doc("none", "trivial-augment: the extra copies of upsampled examples "
                                                        "get TrivialAugmentWide (TADA's variant)")
     # Run control.
     seed: int = doc(0, "seed of initialization, data order and augmentation, 0 to 2^31-1")

@@ -8,6 +8,8 @@ Convolutions get Kaiming-normal initialization (fan-out, ReLU); batch-norm scale
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,9 +25,6 @@ __all__ = [
     "SmallCNN",
     "vit_patch_size",
 ]
-
-MODELS = ("resnet18", "resnet34", "vgg19", "densenet121", "vit-s", "mlp", "cnn-small")
-
 
 def _init_cnn(module: nn.Module) -> None:
     """Kaiming-normal convolutions, unit batch-norm scales, zero biases."""
@@ -317,49 +316,25 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x).flatten(1))
 
 
-# --------------------------------------------------------------------------------------------
-# factory
-# --------------------------------------------------------------------------------------------
+# The registry: name -> builder (in_channels, num_classes, image_size) -> a freshly initialized module.
+MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "resnet18": lambda c, k, size: ResNet((2, 2, 2, 2), in_channels=c, num_classes=k),
+    "resnet34": lambda c, k, size: ResNet((3, 4, 6, 3), in_channels=c, num_classes=k),
+    "vgg19": lambda c, k, size: VGG(VGG19_CFG, in_channels=c, num_classes=k),
+    "densenet121": lambda c, k, size: DenseNet((6, 12, 24, 16), in_channels=c, num_classes=k),
+    "vit-s": lambda c, k, size: VisionTransformer(image_size=size, in_channels=c, num_classes=k),
+    "mlp": lambda c, k, size: MLP(in_features=c * size * size, num_classes=k),
+    "cnn-small": lambda c, k, size: SmallCNN(in_channels=c, num_classes=k),
+}
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Build a freshly initialized model.
-
-    Parameters
-    ----------
-    name : one of :data:`MODELS`.
-    in_channels : input image channels.
-    num_classes : number of output logits.
-    image_size : input image side (square images); the MLP's input size and ViT's patch size
-        depend on it.
-
-    Returns
-    -------
-    torch.nn.Module
-        Maps float ``(N, in_channels, image_size, image_size)`` to logits ``(N, num_classes)``.
-
-    Raises
-    ------
-    ValueError
-        Unknown model name or non-positive sizes.
-    """
+    """A freshly initialized model ``name`` (a key of :data:`MODELS`) mapping float
+    ``(N, in_channels, image_size, image_size)`` to logits ``(N, num_classes)``; the MLP's input size
+    and ViT's patch size depend on ``image_size``.  Unknown names or non-positive sizes: ValueError."""
     for label, value in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    common = {"in_channels": in_channels, "num_classes": num_classes}
-    key = name.strip().lower()
-    if key == "resnet18":
-        return ResNet((2, 2, 2, 2), **common)
-    if key == "resnet34":
-        return ResNet((3, 4, 6, 3), **common)
-    if key == "vgg19":
-        return VGG(VGG19_CFG, **common)
-    if key == "densenet121":
-        return DenseNet((6, 12, 24, 16), **common)
-    if key == "vit-s":
-        return VisionTransformer(image_size=image_size, **common)
-    if key == "mlp":
-        return MLP(in_features=in_channels * image_size * image_size, num_classes=num_classes)
-    if key == "cnn-small":
-        return SmallCNN(**common)
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name](in_channels, num_classes, image_size)

@@ -32,8 +32,8 @@ from .optim import build_optimizer
 from .rundir import state_digest
 from .schedules import build_schedule
 
-__all__ = ["Phase", "build_phase", "init_model", "epoch_seed", "steps_per_epoch", "process_settings",
-           "autocast", "memory_format"]
+__all__ = ["Phase", "Numerics", "build_phase", "init_model", "epoch_seed", "steps_per_epoch", "process_settings",
+           "resolve_numerics"]
 
 
 def init_model(cfg: TrainConfig, data: TrainData) -> torch.nn.Module:
@@ -58,18 +58,25 @@ def steps_per_epoch(list_length: int, batch_size: int, world_size: int = 1) -> i
     return shard // per_rank + (1 if shard % per_rank > 1 else 0)
 
 
-def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
-    """``--memory-format``: ``auto`` is channels_last on CUDA (tensor cores), contiguous elsewhere."""
-    if cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and device.type == "cuda"):
-        return torch.channels_last
-    return torch.contiguous_format
+@dataclass(frozen=True)
+class Numerics:
+    """``--precision`` and ``--memory-format`` resolved for a device (:func:`resolve_numerics`, once
+    per run): ``auto`` is bf16 autocast and channels_last on CUDA, float32 and contiguous elsewhere."""
+
+    device_type: str
+    bf16: bool
+    layout: torch.memory_format
+
+    def autocast(self):
+        """The context the forward passes run in: bf16 autocast, or nothing (float32)."""
+        return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    """``--precision``: ``auto`` is bf16 autocast on CUDA and float32 elsewhere."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def resolve_numerics(cfg: TrainConfig, device: torch.device) -> Numerics:
+    cuda = device.type == "cuda"
+    channels_last = cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and cuda)
+    return Numerics(device_type=device.type, bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and cuda),
+                    layout=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @contextlib.contextmanager
@@ -117,6 +124,7 @@ class Phase:
     weights: torch.Tensor | None  # (N,) per-example loss weights (--upweight), else None
     steps: int  # iterations of a full epoch
     init_digest: str
+    numerics: Numerics  # precision and memory layout
     epoch: int = 0  # completed epochs
     observers: list[LearningStats] = field(default_factory=list)  # per-batch statistics (no numerics)
 
@@ -134,15 +142,16 @@ class Phase:
 
 
 def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *,
-                multiplicities: np.ndarray | None = None) -> Phase:
+                multiplicities: np.ndarray | None = None, numerics: Numerics | None = None) -> Phase:
     """A fresh model (:func:`init_model`), optimizer and schedule for ``cfg.epochs`` epochs over the
     index list: ``arange(N)``, or ``repeat(arange(N), multiplicities)`` for USEFUL's main phase (with
     ``--upweight`` the list stays ``arange(N)`` and the multiplicities become loss weights).  The
     configuration was validated once (:class:`~real.config.TrainConfig`); nothing here re-checks it."""
     device = info.device
+    numerics = numerics or resolve_numerics(cfg, device)
     raw = init_model(cfg, data)
     digest = state_digest(raw.state_dict())
-    raw = raw.to(device=device, memory_format=memory_format(cfg, device))
+    raw = raw.to(device=device, memory_format=numerics.layout)
     model = D.wrap_ddp(raw, info)
     if cfg.compile:
         model = torch.compile(model)
@@ -160,8 +169,8 @@ def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     steps = steps_per_epoch(len(index_list), cfg.batch_size, info.world_size)
     scheduler = build_schedule(optimizer, name=cfg.schedule, epochs=cfg.epochs, steps_per_epoch=steps,
                                warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones, gamma=cfg.gamma)
-    augmenter = Augmenter(mean=data.mean, std=data.std, crop_flip=cfg.augment == "crop-flip",
-                          trivial_augment=cfg.trivial_augment, seed=cfg.seed, device=device)
+    augmenter = Augmenter(mean=data.mean, std=data.std, augment=cfg.augment, trivial_augment=cfg.trivial_augment,
+                          copy_augment=cfg.copy_augment, seed=cfg.seed, device=device)
     return Phase(name=name, raw_model=raw, model=model, optimizer=optimizer, scheduler=scheduler,
                  augmenter=augmenter, index_list=torch.as_tensor(index_list, dtype=torch.int64, device=device),
-                 copies=copies, weights=weights, steps=steps, init_digest=digest)
+                 copies=copies, weights=weights, steps=steps, init_digest=digest, numerics=numerics)

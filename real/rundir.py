@@ -64,7 +64,7 @@ from theory.plumbing.lock import RunLock, RunLockError
 from theory.useful import Partition
 
 from . import distributed as D
-from .config import TrainConfig, computed_config
+from .config import TrainConfig, computed_config, legacy_fields
 from .group_accuracy import GroupAccuracy
 from .learning_stats import LearningStats
 from .tensorboard import event_files, open_board
@@ -485,7 +485,9 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
 def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
     """``(field, stored value, current value)`` where a stored configuration differs from ``cfg``
     in a field that changes what is computed (run-control fields aside).  A field missing from the
-    stored configuration (written before the field existed) counts as its default."""
+    stored configuration (written before the field existed) counts as what that run computed
+    (:func:`real.config.legacy_fields`), else as its default."""
+    stored = legacy_fields(stored)
     current, defaults = computed_config(cfg), computed_config(TrainConfig())
     return [(name, stored.get(name, defaults[name]), current[name]) for name in current
             if stored.get(name, defaults[name]) != current[name]]

@@ -344,7 +344,7 @@ def sharpness_report(path: str | Path, *, batches: int = 10, batch_size: int = 1
 # CLI: useful-train sharpness RUN_DIR...
 
 
-def _sharpness_arguments(parser) -> None:
+def add_arguments(parser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of useful-train run")
     parser.add_argument("--batches", type=int, default=10, help="fixed batches of the training set (default 10)")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per batch (default 128)")
@@ -361,7 +361,7 @@ def _sharpness_arguments(parser) -> None:
                              "when a single RUN_DIR is given")
 
 
-def _sharpness_handler(args) -> int:
+def command(args) -> int:
     from theory.plumbing.atomic import atomic_write_json
     from theory.plumbing.config import ConfigError, check, check_int, check_number
 
@@ -404,8 +404,3 @@ def _sharpness_handler(args) -> int:
               f"loss {report['loss']:.4f}, acc {report['accuracy']:.4f} on {report['examples']} examples "
               f"({report['phase']} epoch {report['epoch']}); {report['seconds']:.1f} s -> {target}")
     return 0
-
-
-def register_commands(register_command) -> None:
-    register_command("sharpness", "Hessian top eigenvalue(s), trace (Hutchinson) and L1 norm of runs' checkpoints",
-                     _sharpness_arguments, _sharpness_handler)

@@ -6,8 +6,9 @@ the pre-split phase until USEFUL says split (real/useful.py), splits, and trains
 the same initialization on the upsampled list; a plain run has only the main phase.  Both phases
 checkpoint after every epoch (real/rundir.py), so a run killed at any point resumes bit for bit.
 
-    train        set up, open the run directory, pre-split phase, split, main phase, finish
-    run_epochs   epoch after epoch: train, evaluate, log, checkpoint
+    train            set up, open the run directory, pre-split phase and split, main phase, finish
+    pre_split_phase  USEFUL's epochs on the original data until the split, and the split
+    run_epoch        one epoch: train, evaluate, log, checkpoint
     train_epoch  the step loop (SGD or SAM steps, real/optim.py)
     evaluate     test loss and accuracy
 """
@@ -18,7 +19,6 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,19 +32,12 @@ from .data import TrainData, load_training_data
 from .group_accuracy import GROUP_NAMES, GroupAccuracy
 from .learning_stats import LearningStats, learning_report
 from .optim import sam_step
-from .phase import (
-    Phase,
-    autocast,
-    build_phase,
-    epoch_seed,
-    memory_format,
-    process_settings,
-)
+from .phase import Numerics, Phase, build_phase, epoch_seed, process_settings, resolve_numerics
 from .plots import curves_png
 from .rundir import Run, open_run
 from .sampler import epoch_shard
 
-__all__ = ["train", "run_epochs", "train_epoch", "evaluate", "Diverged"]
+__all__ = ["train", "pre_split_phase", "run_epoch", "train_epoch", "evaluate", "Diverged"]
 
 log = logging.getLogger("real.train")
 
@@ -78,24 +71,15 @@ def train(cfg: TrainConfig) -> dict:
         with open_run(cfg, info, data.n_train) as run:  # lock; fresh, resume or done; config.json
             if run.done:
                 return run.summary()
-            state = run.state
-            layout = memory_format(cfg, info.device)
+            numerics = resolve_numerics(cfg, info.device)  # precision and memory layout, once
             try:
-                if state.phase == "separate":  # USEFUL: train briefly on the original data, then split
-                    ph = start_phase("separate", cfg, data, info, run)
-                    point = lambda: useful.split_point(cfg, state.metrics, ph.steps, data.num_classes)  # noqa: E731
-                    run_epochs(ph, cfg, data, info, run, until=lambda: (p := point()) is not None and ph.epoch >= p.epochs)
-                    at = point()
-                    if at.steps:  # a split inside an epoch: the first steps of the next one, not checkpointed
-                        run_epochs(ph, cfg, data, info, run, until=lambda: False, steps=at.steps, save=False)
-                    state.partition, arrays = useful.split(ph.raw_model, cfg, data, info, at=at, memory_format=layout)
-                    run.write_partition(arrays)
-                    state.separated_at, state.phase = at.as_dict(), "main"
-                    del ph
-                main = start_phase("main", cfg, data, info, run, multiplicities=state.multiplicities)
-                if main.epoch == 0 and state.separated_at is not None:
+                if run.state.phase == "separate":  # USEFUL: train briefly on the original data, then split
+                    pre_split_phase(cfg, data, info, run, numerics)
+                main = start_phase("main", cfg, data, info, run, numerics, multiplicities=run.state.multiplicities)
+                if main.epoch == 0 and run.state.separated_at is not None:
                     run.save(main)  # the split is never redone
-                run_epochs(main, cfg, data, info, run, until=lambda: main.epoch >= cfg.epochs)
+                while main.epoch < cfg.epochs:
+                    run_epoch(main, cfg, data, info, run)
                 status, message = "completed", ""
             except Diverged as err:
                 log.error("%s; the last good checkpoint is kept in %s", err, run.path)
@@ -103,10 +87,26 @@ def train(cfg: TrainConfig) -> dict:
             return finish(cfg, data, info, run, status=status, message=message)
 
 
-def start_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, **kw) -> Phase:
+def pre_split_phase(cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, numerics: Numerics) -> None:
+    """USEFUL's pre-split phase: epochs on the original list until :func:`real.useful.split_point`
+    decides (and, for a split inside an epoch, the first steps of the next one, not checkpointed);
+    then the split, recorded in partition.npz and the run's state."""
+    state = run.state
+    ph = start_phase("separate", cfg, data, info, run, numerics)
+    while (at := useful.split_point(cfg, state.metrics, ph.steps, data.num_classes)) is None or ph.epoch < at.epochs:
+        run_epoch(ph, cfg, data, info, run)
+    if at.steps:
+        run_epoch(ph, cfg, data, info, run, steps=at.steps, save=False)
+    state.partition, arrays = useful.split(ph.raw_model, cfg, data, info, at=at, memory_format=numerics.layout)
+    run.write_partition(arrays)
+    state.separated_at, state.phase = at.as_dict(), "main"
+
+
+def start_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, numerics: Numerics,
+                **kw) -> Phase:
     """A fresh phase (recorded by its initialization's digest), restored from the checkpoint if the
     run is resumed in it, with its per-example learning statistics (which change no numerics)."""
-    ph = build_phase(name, cfg, data, info, **kw)
+    ph = build_phase(name, cfg, data, info, numerics=numerics, **kw)
     run.state.init_digest[name] = ph.init_digest
     run.restore(ph)
     ph.observers.append(run.state.learning.setdefault(name, LearningStats(data.n_train, device=info.device)))
@@ -116,37 +116,34 @@ def start_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     return ph
 
 
-def run_epochs(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run,
-               until: Callable[[], bool], *, steps: int | None = None, save: bool = True) -> None:
-    """Train ``ph`` epoch by epoch until ``until()``: train, evaluate, record a row of metrics,
-    checkpoint.  ``steps`` ends each epoch early (a split inside an epoch)."""
+def run_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, *,
+              steps: int | None = None, save: bool = True) -> None:
+    """One epoch of ``ph`` (its first ``steps`` iterations if given): train, evaluate, record a row of
+    metrics, checkpoint (unless ``save`` is false)."""
     state = run.state
-    while not until():
-        start = time.perf_counter()
-        stats = train_epoch(ph, cfg, data, info, steps=steps)
-        if info.device.type == "cuda":
-            torch.cuda.synchronize(info.device)
-        train_time = time.perf_counter() - start
-        ph.epoch += 1
-        for obs in ph.observers:  # one host transfer of 2 n int32 (summed over ranks)
-            obs.end_epoch(ph.epoch, all_reduce=D.all_reduce_sum if info.distributed else None)
-        test_loss, test_acc, by_group = evaluate(ph.raw_model, data.test_x, data.test_y, cfg, data, info,
-                                                 groups=data.test_has_easy)
-        row = {"phase": ph.name, "epoch": ph.epoch, "steps": stats["steps"], "train_loss": stats["train_loss"],
-               "train_acc": stats["train_acc"], "test_loss": test_loss, "test_acc": test_acc, **by_group,
-               "lr": stats["lr"],  # the learning rate of the epoch's last iteration
-               "seconds": time.perf_counter() - start, "images_per_second": stats["images"] / max(train_time, 1e-9)}
-        state.metrics.append(row)
-        run.log_epoch(row)  # TensorBoard (--tensorboard): before the checkpoint, so a resume can purge it
-        state.train_seconds += train_time
-        state.train_images += stats["images"]
-        log.info("%s epoch %d/%s  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1fs", ph.name,
-                 ph.epoch, cfg.epochs if ph.name == "main" else "?", row["train_loss"], row["train_acc"], test_loss,
-                 test_acc, row["lr"], row["seconds"])
-        if save:
-            run.save(ph)
-        if steps is not None:
-            return
+    start = time.perf_counter()
+    stats = train_epoch(ph, cfg, data, info, steps=steps)
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    train_time = time.perf_counter() - start
+    ph.epoch += 1
+    for obs in ph.observers:  # one host transfer of 2 n int32 (summed over ranks)
+        obs.end_epoch(ph.epoch, all_reduce=D.all_reduce_sum if info.distributed else None)
+    test_loss, test_acc, by_group = evaluate(ph.raw_model, data.test_x, data.test_y, cfg, data, info,
+                                             groups=data.test_has_easy, numerics=ph.numerics)
+    row = {"phase": ph.name, "epoch": ph.epoch, "steps": stats["steps"], "train_loss": stats["train_loss"],
+           "train_acc": stats["train_acc"], "test_loss": test_loss, "test_acc": test_acc, **by_group,
+           "lr": stats["lr"],  # the learning rate of the epoch's last iteration
+           "seconds": time.perf_counter() - start, "images_per_second": stats["images"] / max(train_time, 1e-9)}
+    state.metrics.append(row)
+    run.log_epoch(row)  # TensorBoard (--tensorboard): before the checkpoint, so a resume can purge it
+    state.train_seconds += train_time
+    state.train_images += stats["images"]
+    log.info("%s epoch %d/%s  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1fs", ph.name,
+             ph.epoch, cfg.epochs if ph.name == "main" else "?", row["train_loss"], row["train_acc"], test_loss,
+             test_acc, row["lr"], row["seconds"])
+    if save:
+        run.save(ph)
 
 
 def finish(cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, *, status: str, message: str) -> dict:
@@ -204,7 +201,7 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     ph.augmenter.generator.manual_seed(seed)
     mix_gen = torch.Generator(device=device).manual_seed(seed + 1) if cfg.mixup_alpha > 0 else None
     torch.manual_seed(seed + 2)  # anything drawing from the global RNG (dropout)
-    layout = memory_format(cfg, device)
+    layout = ph.numerics.layout
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
@@ -223,10 +220,10 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
 
         def loss_fn(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             per_example = F.cross_entropy(logits.float(), t, label_smoothing=cfg.label_smoothing, reduction="none")
-            return per_example.mean() if w is None else (per_example * w).sum() / w.sum()
+            return per_example.mean() if w is None else weighted_mean(per_example, w, cfg.upweight_normalization)
 
         lr = ph.optimizer.param_groups[0]["lr"]
-        with autocast(cfg, device):
+        with ph.numerics.autocast():
             loss, logits = sam_step(ph.model, ph.optimizer, loss_fn, x.contiguous(memory_format=layout), target)
         ph.scheduler.step()
         pred = logits.argmax(1)
@@ -254,9 +251,18 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
             "steps": n_steps, "lr": lr}
 
 
+def weighted_mean(per_example: torch.Tensor, w: torch.Tensor, normalization: str) -> torch.Tensor:
+    """``--upweight``'s batch loss: ``weights``: sum(w l) / sum(w), the expectation of upsampling with
+    copies (an upsampled example's share of the batch's loss is k times another's, the batch's loss
+    stays on the scale of the mean loss); ``batch``: mean(w l), each upsampled example's loss doubled
+    (for k = 2) and the batch's loss larger with more upsampled examples in it."""
+    return (per_example * w).sum() / (w.sum() if normalization == "weights" else per_example.numel())
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, cfg: TrainConfig, data: TrainData,
-             info: D.DistInfo, groups: torch.Tensor | None = None) -> tuple[float, float, dict]:
+             info: D.DistInfo, groups: torch.Tensor | None = None, numerics: Numerics | None = None
+             ) -> tuple[float, float, dict]:
     """Loss and accuracy of ``model`` on ``(x_all, y_all)`` (un-augmented; each rank evaluates its
     shard, sums all-reduced), and with ``groups`` (a bool mask: has the planted feature) the accuracy
     of each group, ``{"test_acc_without_easy": .., "test_acc_with_easy": ..}`` (None if empty).
@@ -267,12 +273,12 @@ def evaluate(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, c
     x_all, y_all = x_all[info.rank :: info.world_size], y_all[info.rank :: info.world_size]
     groups = None if groups is None else groups[info.rank :: info.world_size].long()
     sums = torch.zeros(7, dtype=torch.float64, device=info.device)  # loss, correct, n, then per group: correct, n
-    layout = memory_format(cfg, info.device)
+    numerics = numerics or resolve_numerics(cfg, info.device)
     for start in range(0, x_all.shape[0], cfg.eval_batch_size):
         x = normalize(x_all[start : start + cfg.eval_batch_size], data.mean, data.std)
         y = y_all[start : start + cfg.eval_batch_size]
-        with autocast(cfg, info.device):
-            logits = model(x.contiguous(memory_format=layout)).float()
+        with numerics.autocast():
+            logits = model(x.contiguous(memory_format=numerics.layout)).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         hit = logits.argmax(1) == y
         sums[1] += hit.sum()

@@ -147,3 +147,31 @@ def test_only_the_run_directory_module_names_run_files():
         for line, text in _string_constants(path):
             offenders += [f"{path.relative_to(REPO)}:{line} {f!r}" for f in RUN_FILE_NAMES if f in text]
     assert not offenders, "run-file names outside real/rundir.py: " + "; ".join(offenders)
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(root: Path) -> list[str]:
+    """``path:line name (N lines)`` for every function of ``root``'s Python files longer than the limit."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+@pytest.mark.parametrize("package", ["real", "sims"])
+def test_no_function_is_longer_than_80_lines(package):
+    assert long_functions(REPO / package) == []
+
+
+def test_the_length_check_sees_a_long_function(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (pkg / "m.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
+    assert long_functions(pkg) == [f"pkg/m.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"]

@@ -129,7 +129,7 @@ def test_symmetric_label_noise():
 def test_augmenter_pipeline_and_resume():
     x = _images(20, 8, 8)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    plain = Augmenter(mean=mean, std=std, crop_flip=False)
+    plain = Augmenter(mean=mean, std=std, augment="none")
     torch.testing.assert_close(plain(x), normalize(x, mean, std))
     aug = Augmenter(mean=mean, std=std, trivial_augment=True, seed=3)
     first = aug(x)

@@ -231,3 +231,40 @@ def test_commands_registered_and_module_entry():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     res = subprocess.run([sys.executable, "-m", "real", "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0 and "run" in res.stdout and "compare" in res.stdout
+
+
+def _subparsers(parser):
+    import argparse
+
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    """Each flag's help says what the flag is, beyond its default and its list of choices (one
+    source: the configuration field's doc, for the fields)."""
+    import re
+
+    from real.cli import COMMANDS
+    from theory.plumbing.cli import build_parser
+
+    parser = build_parser("useful-train", "", COMMANDS)
+    missing = []
+    for name, sub in _subparsers(parser).items():
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            text = re.sub(r"\(default: [^)]*\)", "", action.help or "")
+            text = re.sub(r"one of [\w\-, .]+", "", text).strip(" ;")
+            if len(text) < 10:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: {action.help!r}")
+    assert missing == []
+
+
+def test_run_help_shows_a_fields_doc_and_default(capsys):
+    import pytest as _pytest
+
+    with _pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "SAM/ASAM neighbourhood radius, >= 0" in out and "(default: 0.05)" in out
+    assert "JTT's lambda_up" in out

@@ -449,7 +449,7 @@ def test_a_huge_upsample_factor_is_refused_before_training(tmp_path, capsys, mon
     def never(*args, **kwargs):  # pragma: no cover - reached only if the check came too late
         raise AssertionError("training started")
 
-    monkeypatch.setattr(T, "run_epochs", never)
+    monkeypatch.setattr(T, "run_epoch", never)
     out = tmp_path / "u"
     assert main([*QUICK, "--useful", "--separate-epoch", "1", "--upsample-factor", str(10**15), "--out", str(out)]) == 2
     line = _one_line(capsys)
