@@ -603,7 +603,7 @@ def test_submission_passes_what_the_dry_run_wrote(tmp_path, no_scheduler, monkey
 def test_submission_without_submitit_or_slurm(tmp_path, monkeypatch):
     spec = good_spec(tmp_path, slurm=SLURM)
     monkeypatch.setitem(sys.modules, "submitit", None)  # not importable
-    with pytest.raises(ConfigError, match="pip install submitit"):
+    with pytest.raises(ConfigError, match=r"--launcher submitit needs the optional package submitit: pip install .useful-sb\[slurm\]."):
         submit_slurm(spec)
     assert not (tmp_path / "out").exists()  # nothing written before the error
     monkeypatch.setitem(sys.modules, "submitit", FakeSubmitit().module)
@@ -613,6 +613,31 @@ def test_submission_without_submitit_or_slurm(tmp_path, monkeypatch):
     with pytest.raises(EnvironmentFailure, match="sbatch or squeue is not on PATH"):
         submit_slurm(spec)
     assert not (tmp_path / "out").exists()
+
+
+def test_without_submitit_the_local_launcher_works_and_slurm_names_the_extra(tmp_path):
+    """submitit is the optional extra ``slurm``: where it cannot be imported (a sitecustomize blocks it
+    in every process), a grid runs here (a Slurm dry run needs no submitit either: see
+    test_dry_run_writes_the_job_specifications_and_contacts_no_scheduler), and ``--launcher submitit`` is one line naming the extra (exit 2) before anything is written."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['submitit'] = None\n")
+    blocked = {**env(), "PYTHONPATH": f"{site}{os.pathsep}{env()['PYTHONPATH']}"}
+    assert subprocess.run([PY, "-c", "import submitit"], env=blocked, capture_output=True).returncode == 1
+
+    def grid(*args):
+        return subprocess.run([PY, "-m", "real", "grid", *args], capture_output=True, text=True, timeout=300,
+                              env=blocked, cwd=tmp_path)
+
+    path = write_grid(tmp_path, "[slurm]\ntime = 5\n" + BASE.replace("epochs = 2", "epochs = 1"))
+    proc = grid(str(path), "--launcher", "submitit")
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --launcher submitit needs the optional package submitit: "
+                                  "pip install 'useful-sb[slurm]'")
+    assert not (tmp_path / "out").exists()
+    proc = grid(str(path))
+    assert proc.returncode == 0 and "1 run(s): 1 completed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "runs" / "seed=0" / "summary.json").read_text())["status"] == "completed"
 
 
 # ----------------------------------------------------------------------------------------------
