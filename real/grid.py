@@ -25,10 +25,10 @@ submitit writes them into ``#SBATCH`` lines); ``OUT/jobs/<name>.json`` records w
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import getpass
 import hashlib
-import importlib
 import itertools
 import json
 import os
@@ -44,10 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import tomli_w
+
 from theory.plumbing.atomic import atomic_write_json, atomic_write_text
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import ConfigError, config_digest, config_from_mapping, load_toml
 
+from .config import TrainConfig, computed_config, load_preset
+from .optim import OPTIMIZERS
 from .rundir import config_differences, has_run_files, is_run_dir, read_config, read_summary, run_status
 
 __all__ = ["GridSpec", "GridRun", "TrainJob", "load_grid", "expand_runs", "slurm_options", "slurm_minutes",
@@ -61,8 +65,7 @@ GRID_CONTROLLED = ("seed", "out", "resume", "overwrite")  # the grid sets them (
 MAX_NAME = 200  # longer run names are cut and end in a hash (file names are at most 255 bytes)
 MAX_ARRAY = 1000  # tasks per job array (Slurm's default MaxArraySize is 1001)
 
-# sbatch's long options (Slurm 22.05-24.x) a grid may set, "_" for "-".  Left out: what submitit sets
-# (SUBMITIT_SETS) and what is no job directive (wrap, parsable, wait, test-only, input, help, ...).
+# sbatch's long options (Slurm 22.05-24.x), "_" for "-", less SUBMITIT_SETS and non-directives (wrap, ...).
 SBATCH_OPTIONS = frozenset("""
     account acctg_freq batch bb bbf begin chdir cluster_constraint clusters comment constraint container
     contiguous core_spec cores_per_socket cpu_freq cpus_per_gpu cpus_per_task deadline delay_boot dependency
@@ -75,8 +78,8 @@ SBATCH_OPTIONS = frozenset("""
     tmp tres_bind tres_per_task uid use_min_nodes wait_all_nodes wckey array_parallelism
 """.split())  # array_parallelism: submitit's own (how many tasks of the array run at once)
 SUBMITIT_SETS = ("output", "error", "open_mode", "signal", "array")
-# The options SlurmExecutor.update_parameters takes by name (a dry run needs no submitit to ask it);
-# the others go to its ``additional_parameters`` (submitit writes both as ``#SBATCH --name=value``).
+# What SlurmExecutor.update_parameters takes by name (listed: a dry run has no submitit to ask); the
+# others go to its additional_parameters.
 SUBMITIT_NAMED = frozenset("""
     job_name partition time nodes ntasks_per_node cpus_per_task cpus_per_gpu gpus_per_node gpus_per_task qos mem
     mem_per_gpu mem_per_cpu comment constraint exclude account gres mail_type mail_user nodelist dependency
@@ -138,14 +141,8 @@ def _value_problem(name: str, value: Any) -> str | None:
 
 
 def slurm_options(options: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
-    """Check Slurm options; return them with ``_`` names, the ``false`` ones left out.
-
-    ``source`` names where they come from (errors say ``FILE: slurm option 'x'``); None means flags
-    (errors name ``--x``).  A name must be a known sbatch long option (or ``array_parallelism``); a
-    value a non-empty string without control characters, an integer >= 0 or a boolean (true: a bare
-    ``--flag``); ``time`` a Slurm time; ``nodes``, ``ntasks``, ``ntasks_per_node`` 1.  Raises a
-    one-line :class:`ConfigError` naming the option.
-    """
+    """The options with ``_`` names, the ``false`` ones left out (true: a bare ``--flag``), or a one-line
+    :class:`ConfigError` naming the option (``FILE: slurm option 'x'``, or ``--x`` without ``source``)."""
     out: dict[str, Any] = {}
     for key, value in dict(options).items():
         name = str(key).replace("-", "_")
@@ -179,10 +176,8 @@ def _gpus(options: Mapping[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A grid of runs: ``base`` (TrainConfig keys of every run; ``preset`` expands underneath),
-    ``axes`` (field -> values; the settings are their product, in order), ``seeds``, ``out_root``
-    (runs/, configs/, jobs/, grid.json), ``slurm`` (checked by :func:`slurm_options`) and ``source``
-    (for messages)."""
+    """A grid: ``base`` keys of every run, ``axes`` (field -> values: the settings are their product),
+    ``seeds``, ``out_root`` (runs/, configs/, jobs/, grid.json), ``slurm`` options, ``source`` (messages)."""
 
     base: Mapping[str, Any] = field(default_factory=dict)
     axes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
@@ -246,8 +241,6 @@ def _field_key(key: str, where: str, source: str, fields: set[str]) -> str:
 
 def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], tuple[int, ...]]:
     """``base`` and ``axes`` with field names, and the seeds, checked."""
-    from .config import TrainConfig
-
     source, fields = spec.source, {f.name for f in dataclasses.fields(TrainConfig)}
     base = {_field_key(k, "base.", source, fields): v for k, v in dict(spec.base).items()}
     axes: dict[str, list[Any]] = {}
@@ -288,9 +281,6 @@ def _run_name(axis_values: Mapping[str, Any], seed: int) -> str:
 def _preset_keys(source: str, base: Mapping[str, Any], combo: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of the run's preset (from an axis or ``[base]``) for the run's optimizer: a grid over
     optimizers on an -sgd preset runs SAM at the setting's radius, not the default."""
-    from .config import load_preset
-    from .optim import OPTIMIZERS
-
     preset = combo.get("preset", base.get("preset"))
     if preset is None:
         return {}
@@ -301,8 +291,6 @@ def _preset_keys(source: str, base: Mapping[str, Any], combo: Mapping[str, Any])
 
 
 def _make_run(spec: GridSpec, base: Mapping[str, Any], combo: dict[str, Any], seed: int) -> GridRun:
-    from .config import TrainConfig
-
     config = {**_preset_keys(spec.source, base, combo), **base, **combo, "seed": seed}
     name = _run_name(combo, seed)
     run_dir = str(Path(spec.out_root) / "runs" / name)
@@ -315,16 +303,10 @@ def _make_run(spec: GridSpec, base: Mapping[str, Any], combo: dict[str, Any], se
 
 
 def expand_runs(spec: GridSpec) -> list[GridRun]:
-    """Every (setting, seed) as a :class:`GridRun`, seeds outermost (a partly finished grid already
-    covers every setting), each validated as a :class:`~real.config.TrainConfig`.  Two runs that
-    compute the same (:func:`real.config.computed_config`: ``lr = [1, 1.0]``, or runs differing only
-    in ``device``) or get the same directory name are a :class:`ConfigError` naming both."""
-    from .config import computed_config
-
+    """Every (setting, seed) as a validated :class:`GridRun`, seeds outermost; two runs that compute
+    the same (``lr = [1, 1.0]``, or only ``device`` differs) or share a name are refused naming both."""
     base, axes, seeds = _check_spec(spec)
-    runs: list[GridRun] = []
-    by_identity: dict[str, GridRun] = {}
-    by_name: dict[str, GridRun] = {}
+    runs, by_identity, by_name = [], {}, {}
     for seed in seeds:
         for values in itertools.product(*axes.values()):
             run = _make_run(spec, base, dict(zip(axes, values)), seed)
@@ -365,17 +347,16 @@ def run_command(run: GridRun, *, resume: bool, gpus: int = 1) -> list[str]:
 
 def write_run_files(spec: GridSpec, runs: Sequence[GridRun]) -> Path:
     """Write ``OUT/configs/<name>.toml`` per run (tomli-w) and ``OUT/grid.json``; returns the latter."""
-    import tomli_w
-
     for run in runs:
         header = (f"# generated by useful-train grid from {json.dumps(spec.source)}: run {run.name}\n"
                   f"# {shlex.join(run_command(run, resume=False))}\n")
         # TOML has no null: a None value is the field's default (every optional field's default is None).
-        atomic_write_text(run.config_file, header + tomli_w.dumps({k: v for k, v in run.config.items() if v is not None}))
+        toml = tomli_w.dumps({k: v for k, v in run.config.items() if v is not None})
+        atomic_write_text(run.config_file, header + toml)
     manifest = Path(spec.out_root) / "grid.json"
     atomic_write_json(manifest, {
-        "source": spec.source, "out_root": str(Path(spec.out_root)), "axes": {k: list(v) for k, v in dict(spec.axes).items()},
-        "seeds": list(spec.seeds),
+        "source": spec.source, "out_root": str(Path(spec.out_root)),
+        "axes": {k: list(v) for k, v in dict(spec.axes).items()}, "seeds": list(spec.seeds),
         "runs": [{"name": r.name, "run_dir": r.run_dir, "config_file": r.config_file, "axes": r.axes, "seed": r.seed}
                  for r in runs],
     })
@@ -402,16 +383,10 @@ def _outcome(run: GridRun, code: int) -> dict[str, Any]:
 
 def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[str]], Any] | None = None,
               rerun_diverged: bool = False, stop_on_error: bool = False) -> list[dict]:
-    """Run the grid here, one run after another, each ``python -m real run --config CONFIG --out
-    RUN_DIR`` (``--resume`` when the directory holds a run's files).  Completed runs are skipped, and
-    diverged ones unless ``rerun_diverged`` (resuming replays the same computation).
-
-    ``dry_run`` writes and runs nothing; ``runner(command)`` returns the exit status (or an object
-    with ``returncode``; default ``subprocess.run``); ``stop_on_error`` stops at the first run that
-    does not complete.  Returns per run: ``name``, ``run_dir``, ``config_file``, ``command``,
-    ``resume``, ``status`` (``dry-run``, ``skipped``, ``completed``, ``diverged``, ``failed`` or
-    ``not-run``), ``reason``, ``returncode`` and ``seconds``.
-    """
+    """Run the grid here, one run after another (``--resume`` where a folder holds a run's files),
+    skipping completed runs and diverged ones unless ``rerun_diverged``.  ``dry_run`` writes and runs
+    nothing; ``runner(command)`` returns the exit status (or has ``returncode``).  Per run: its entry,
+    ``status`` one of dry-run, skipped, completed, diverged, failed, not-run (after ``stop_on_error``)."""
     runs = expand_runs(spec)
     skips = _left_to_do(spec, runs, rerun_diverged)
     if not dry_run:
@@ -498,10 +473,11 @@ class TrainJob:
 
 def _import_submitit():
     try:
-        return importlib.import_module("submitit")
+        import submitit
     except ImportError:
         raise ConfigError("--launcher", message=f"--launcher submitit needs the optional package submitit: {INSTALL} "
                                                 "(--dry-run writes the job specifications without it)") from None
+    return submitit
 
 
 def _executor_parameters(spec: GridSpec) -> dict[str, Any]:
@@ -526,16 +502,16 @@ def _queued_job_ids() -> set[str]:
     except (OSError, subprocess.TimeoutExpired) as err:
         raise EnvironmentFailure(f"squeue: {err}") from None
     if proc.returncode != 0:
-        raise EnvironmentFailure("squeue: " + (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1])
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise EnvironmentFailure(f"squeue: {last}")
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
 
 
 def _recorded_job_id(job_file: Path) -> str | None:
     try:
-        record = json.loads(job_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        job_id = json.loads(job_file.read_text(encoding="utf-8")).get("job_id")
+    except (OSError, ValueError, AttributeError):  # no record, not JSON (or not UTF-8), not an object
         return None
-    job_id = record.get("job_id") if isinstance(record, dict) else None
     return None if job_id is None else str(job_id)
 
 
@@ -586,18 +562,10 @@ def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> None:
 
 
 def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool = False) -> list[dict]:
-    """Submit the runs left to do as one Slurm job array through submitit; ``dry_run`` writes what
-    would be submitted and needs neither submitit nor Slurm.
-
-    Writes the configs, ``OUT/grid.json`` and per run to submit ``OUT/jobs/<name>.json``: the
-    executor and its folder, ``parameters`` (what ``update_parameters`` gets), ``function``,
-    ``command`` (always ``--resume``; torchrun with several GPUs) and ``cwd`` of its
-    :class:`TrainJob`, ``array`` (index, size), ``job_id`` and ``log``.  Returns per run ``name``,
-    ``run_dir``, ``status`` (``dry-run``, ``submitted``, ``queued`` when its job is still in Slurm's
-    queue, ``skipped`` or ``failed``), ``reason``, ``job_id``, ``job_file``, ``command``.  Nothing is
-    written before a :class:`ConfigError` (no time limit, no submitit, a run directory of another
-    configuration) or an :class:`EnvironmentFailure` (no sbatch, squeue failing).
-    """
+    """Submit the runs left to do as one job array through submitit, recording in ``OUT/jobs/<name>.json``
+    what submitit gets (``dry_run``: only that, with neither submitit nor Slurm).  Per run: its entry,
+    ``status`` one of dry-run, submitted, queued (its job still is), skipped, failed.  Every refusal
+    (no time limit, no submitit or sbatch, a run folder of another configuration) comes first."""
     runs = expand_runs(spec)
     skips = _left_to_do(spec, runs, rerun_diverged)
     _executor_parameters(spec)  # a time limit is needed, dry run or not
@@ -657,9 +625,7 @@ def _print_results(spec: GridSpec, results: Sequence[dict], slurm_dry_run: bool)
             print("           " + shlex.join(entry["command"]))
     if slurm_dry_run:
         print(f"job specifications (what would be passed to submitit): {Path(spec.out_root) / 'jobs'}/*.json")
-    counts: dict[str, int] = {}
-    for entry in results:
-        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    counts = collections.Counter(entry["status"] for entry in results)
     print(f"{len(results)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; results: useful-train compare {shlex.quote(str(Path(spec.out_root) / 'runs'))}/*")
 

@@ -603,7 +603,8 @@ def test_submission_passes_what_the_dry_run_wrote(tmp_path, no_scheduler, monkey
 def test_submission_without_submitit_or_slurm(tmp_path, monkeypatch):
     spec = good_spec(tmp_path, slurm=SLURM)
     monkeypatch.setitem(sys.modules, "submitit", None)  # not importable
-    with pytest.raises(ConfigError, match=r"--launcher submitit needs the optional package submitit: pip install .useful-sb\[slurm\]."):
+    with pytest.raises(ConfigError, match=r"^--launcher submitit needs the optional package submitit: "
+                                          r"pip install 'useful-sb\[slurm\]'"):
         submit_slurm(spec)
     assert not (tmp_path / "out").exists()  # nothing written before the error
     monkeypatch.setitem(sys.modules, "submitit", FakeSubmitit().module)
@@ -617,8 +618,8 @@ def test_submission_without_submitit_or_slurm(tmp_path, monkeypatch):
 
 def test_without_submitit_the_local_launcher_works_and_slurm_names_the_extra(tmp_path):
     """submitit is the optional extra ``slurm``: where it cannot be imported (a sitecustomize blocks it
-    in every process), a grid runs here (a Slurm dry run needs no submitit either: see
-    test_dry_run_writes_the_job_specifications_and_contacts_no_scheduler), and ``--launcher submitit`` is one line naming the extra (exit 2) before anything is written."""
+    in every process), a grid runs here and ``--launcher submitit`` is one line naming the extra (exit 2)
+    before anything is written.  (A Slurm dry run needs no submitit: test_dry_run_writes_the_job_...)"""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import sys\nsys.modules['submitit'] = None\n")
