@@ -442,6 +442,22 @@ def test_slurm_minutes():
             slurm_minutes(bad)
 
 
+@given(st.integers(0, 30), st.integers(0, 23), st.integers(0, 59), st.integers(0, 59))
+def test_slurm_minutes_reads_each_sbatch_format(d, h, m, s):
+    """sbatch's six time formats, each part in its own unit; seconds round up to a minute."""
+    import math
+
+    forms = {f"{m}": m * 60, f"{m}:{s:02d}": m * 60 + s, f"{h}:{m:02d}:{s:02d}": h * 3600 + m * 60 + s,
+             f"{d}-{h}": d * 86400 + h * 3600, f"{d}-{h}:{m:02d}": d * 86400 + h * 3600 + m * 60,
+             f"{d}-{h:02d}:{m:02d}:{s:02d}": d * 86400 + h * 3600 + m * 60 + s}
+    for text, seconds in forms.items():
+        if seconds == 0:
+            with pytest.raises(ConfigError, match="positive"):
+                slurm_minutes(text)
+        else:
+            assert slurm_minutes(text) == math.ceil(seconds / 60), text
+
+
 # ----------------------------------------------------------------------------------------------
 # submit_slurm: dry run and a fake submitit
 
@@ -746,6 +762,20 @@ def test_grid_cli_dry_run(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         cli(capsys, "grid", str(path), "--launcher", "sbatch")  # the hand-written sbatch launcher is gone
     assert exit_.value.code == 2 and "invalid choice: 'sbatch'" in capsys.readouterr().err
+
+
+def test_every_grid_flag_has_one_line_help_with_its_default():
+    """add_arguments is the grid command's whole interface: each flag says what it is and its default."""
+    from real.grid import add_arguments
+    from theory.plumbing.cli import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="grid")
+    add_arguments(parser)
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in flags} >= {"launcher", "dry_run", "partition", "time", "gpus_per_node", "account",
+                                       "rerun_diverged", "stop_on_error"}
+    for action in flags:
+        assert action.help and "\n" not in action.help and "(default: " in action.help, action.option_strings
 
 
 # ----------------------------------------------------------------------------------------------
