@@ -1,55 +1,34 @@
-"""Grids of training runs (settings x seeds), run one after another here or submitted to Slurm.
+"""``useful-train grid FILE``: a grid of training runs (settings x seeds), here or on Slurm.
 
-A grid file is TOML::
+A grid file is TOML (docs/training.md describes it)::
 
-    # runs/useful-cifar10.toml
-    out = "runs/useful-cifar10"          # where everything goes (relative to the working directory)
+    out = "runs/useful-cifar10"          # the grid's folder
     seeds = [0, 1, 2]
-
-    [base]                               # TrainConfig fields shared by every run
-    preset = "cifar10-resnet18-sgd"      # optional: a preset's keys first, then the others here
-    epochs = 200
-
+    [base]                               # TrainConfig keys of every run (a preset's underneath)
+    preset = "cifar10-resnet18-sgd"
     [axes]                               # every combination of these values is a setting
     optimizer = ["sgd", "sam"]
-    useful = [false, true]
-
-    [slurm]                              # optional: sbatch options (long names, "_" or "-")
-    partition = "gpu"
+    [slurm]                              # sbatch options, for --launcher submitit
     time = "12:00:00"
-    gpus_per_node = 1
 
-The grid above has ``2 x 2`` settings ``x 3`` seeds = 12 runs.  A run's configuration is, lowest
-precedence first: the preset (from ``[base]`` or an axis named ``preset``; with its values for the
-run's optimizer, e.g. SAM's radius of the setting), ``[base]``, the axis
-values, the seed.  Two runs whose resolved :class:`~real.config.TrainConfig` is the same (``lr = [1,
-1.0]``) are refused, and so is a run directory that holds a run of another configuration.  Each run gets
+A run's configuration is, lowest first: the preset (its values for the run's optimizer), ``[base]``,
+the axis values, the seed.  Two runs of one resolved configuration (``lr = [1, 1.0]``) are refused
+naming both, as is a run folder holding another configuration.  Each run is ``python -m real run
+--config OUT/configs/<name>.toml --out OUT/runs/<name> [--resume]`` (configs written with tomli-w);
+``OUT/grid.json`` lists them.  Completed runs (and diverged ones, unless asked) are skipped.
 
-* a run directory ``OUT/runs/<name>`` whose name lists the axis values and the seed, e.g.
-  ``optimizer=sam,useful=true,seed=0``;
-* a generated configuration ``OUT/configs/<name>.toml`` (written with tomli-w), so that the run is
-  ``python -m real run --config OUT/configs/<name>.toml --out OUT/runs/<name>`` (plus ``--resume``
-  when the directory already holds a run);
-
-and ``OUT/grid.json`` lists them all (``useful-train compare OUT/runs/*`` tabulates the results).
-Completed runs are skipped (diverged ones too, unless asked), so running a grid again only does what
-is missing.
-
-Slurm goes through submitit (:func:`submit_slurm`): the runs left to do are one job array of
-``submitit.SlurmExecutor`` (one task per run, at most ``array_parallelism`` at once), each task
-running :class:`TrainJob`.  The Slurm options are checked once, when a :class:`GridSpec` is made: known
-sbatch option names only, values without newlines or other control characters (submitit writes them
-into ``#SBATCH`` lines of a bash script).  ``OUT/jobs/<name>.json`` records what was passed to
-submitit for each run (and its job ID once submitted); a dry run writes the same files and contacts no
-scheduler.  There is no hand-written sbatch script: submitit serves every case this module has.
+Slurm goes through submitit, an optional extra imported only to submit: the runs left to do are one
+job array, each task a :class:`TrainJob` that submitit checkpoints and requeues on its warning
+signal.  Slurm options are checked once, in :class:`GridSpec` (sbatch names, no control characters:
+submitit writes them into ``#SBATCH`` lines); ``OUT/jobs/<name>.json`` records what submitit got.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import getpass
 import hashlib
-import importlib
 import itertools
 import json
 import os
@@ -65,45 +44,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import tomli_w
+
+from theory.plumbing.atomic import atomic_write_json, atomic_write_text
 from theory.plumbing.cli import EnvironmentFailure
-from theory.plumbing.config import (
-    ConfigError,
-    config_digest,
-    config_from_mapping,
-    load_toml,
-)
+from theory.plumbing.config import ConfigError, config_digest, config_from_mapping, load_toml
 
-from .rundir import (
-    config_differences,
-    has_run_files,
-    is_run_dir,
-    read_config,
-    read_summary,
-    run_status,
-)
+from .config import TrainConfig, computed_config, load_preset
+from .optim import OPTIMIZERS
+from .rundir import config_differences, has_run_files, is_run_dir, read_config, read_summary, run_status
 
-__all__ = [
-    "GridSpec",
-    "GridRun",
-    "TrainJob",
-    "load_grid",
-    "expand_runs",
-    "slurm_options",
-    "slurm_minutes",
-    "run_local",
-    "submit_slurm",
-    "register_commands",
-]
+__all__ = ["GridSpec", "GridRun", "TrainJob", "load_grid", "expand_runs", "slurm_options", "slurm_minutes",
+           "run_command", "write_run_files", "run_local", "submit_slurm", "HELP", "add_arguments", "command",
+           "register_commands"]
 
+HELP = "run a grid of configurations x seeds here, or submit it to Slurm (submitit)"
+INSTALL = "pip install 'useful-sb[slurm]'"
 GRID_KEYS = ("out", "seeds", "base", "axes", "slurm")
-# Fields the grid sets itself (seed from ``seeds``, the directory from ``out``).
-GRID_CONTROLLED = ("seed", "out", "resume", "overwrite")
+GRID_CONTROLLED = ("seed", "out", "resume", "overwrite")  # the grid sets them (from seeds and out)
 MAX_NAME = 200  # longer run names are cut and end in a hash (file names are at most 255 bytes)
 MAX_ARRAY = 1000  # tasks per job array (Slurm's default MaxArraySize is 1001)
 
-# sbatch's long options (Slurm 22.05-24.x) that a grid may set, with "_" for "-".  Left out: what
-# submitit sets itself (output, error, open-mode, signal, array) and what is not a job directive
-# (wrap, parsable, wait, test-only, input, help, ...).
+# sbatch's long options (Slurm 22.05-24.x), "_" for "-", less SUBMITIT_SETS and non-directives (wrap, ...).
 SBATCH_OPTIONS = frozenset("""
     account acctg_freq batch bb bbf begin chdir cluster_constraint clusters comment constraint container
     contiguous core_spec cores_per_socket cpu_freq cpus_per_gpu cpus_per_task deadline delay_boot dependency
@@ -113,17 +75,17 @@ SBATCH_OPTIONS = frozenset("""
     network nice no_kill no_requeue nodefile nodelist nodes ntasks ntasks_per_core ntasks_per_gpu
     ntasks_per_node ntasks_per_socket overcommit oversubscribe partition power prefer priority profile propagate qos
     reboot requeue reservation sockets_per_node spread_job switches thread_spec threads_per_core time time_min
-    tmp tres_bind tres_per_task uid use_min_nodes wait_all_nodes wckey
+    tmp tres_bind tres_per_task uid use_min_nodes wait_all_nodes wckey array_parallelism
+""".split())  # array_parallelism: submitit's own (how many tasks of the array run at once)
+SUBMITIT_SETS = ("output", "error", "open_mode", "signal", "array")
+# What SlurmExecutor.update_parameters takes by name (listed: a dry run has no submitit to ask); the
+# others go to its additional_parameters.
+SUBMITIT_NAMED = frozenset("""
+    job_name partition time nodes ntasks_per_node cpus_per_task cpus_per_gpu gpus_per_node gpus_per_task qos mem
+    mem_per_gpu mem_per_cpu comment constraint exclude account gres mail_type mail_user nodelist dependency
+    exclusive wckey array_parallelism
 """.split())
-# submitit's own option: how many tasks of the array run at once.
-GRID_SLURM_OPTIONS = frozenset({"array_parallelism"})
-# Options that submitit's SlurmExecutor takes by name; the other sbatch options go to
-# ``additional_parameters`` (submitit writes both as ``#SBATCH --name=value``).
-_SUBMITIT_NAMED = frozenset({
-    "job_name", "partition", "time", "nodes", "ntasks_per_node", "cpus_per_task", "cpus_per_gpu", "gpus_per_node",
-    "gpus_per_task", "qos", "mem", "mem_per_gpu", "mem_per_cpu", "comment", "constraint", "exclude", "account",
-    "gres", "mail_type", "mail_user", "nodelist", "dependency", "exclusive", "wckey", "array_parallelism",
-})
+GPU_COUNT = r"(?:[^:]+:)?(\d+)"  # gpus_per_node / gpus: N or TYPE:N
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,18 +100,12 @@ def slurm_minutes(value: Any) -> int:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip()) if isinstance(value, str) else None
     if not m:
         raise ConfigError("time", value, "minutes or a Slurm time such as 12:00:00 or 1-00:00:00")
-    days, a, b, c = m.groups()
-    if days is not None:  # D-HH[:MM[:SS]]
-        minutes = int(days) * 1440 + int(a) * 60 + int(b or 0) + (1 if c and int(c) else 0)
-    elif c is not None:  # HH:MM:SS
-        minutes = int(a) * 60 + int(b) + (1 if int(c) else 0)
-    elif b is not None:  # MM:SS
-        minutes = int(a) + (1 if int(b) else 0)
-    else:
-        minutes = int(a)
-    if minutes < 1:
+    days, parts = m.group(1), [int(p) for p in m.groups()[1:] if p is not None]
+    units = ([3600, 60, 1] if days or len(parts) == 3 else [60, 1])[: len(parts)]  # seconds per part
+    seconds = int(days or 0) * 86400 + sum(p * u for p, u in zip(parts, units))
+    if seconds < 1:
         raise ConfigError("time", value, "a positive time limit")
-    return minutes
+    return -(-seconds // 60)
 
 
 def _control_character(text: str) -> str | None:
@@ -157,73 +113,59 @@ def _control_character(text: str) -> str | None:
     return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
 
 
+def _value_problem(name: str, value: Any) -> str | None:
+    """What a Slurm option's value was expected to be, or None when it is fine."""
+    if isinstance(value, str):
+        if (bad := _control_character(value)) is not None:
+            return f"a value without a newline or other control character (found {bad!r})"
+        if not value.strip():
+            return "a non-empty value"
+    elif not isinstance(value, int):
+        return "a string, an integer or true/false"
+    elif value is False:
+        return None  # left out
+    elif value < 0:
+        return "an integer >= 0"
+    if name == "time":
+        try:
+            slurm_minutes(value)
+        except ConfigError as err:
+            return err.expected
+    if name in ("nodes", "ntasks", "ntasks_per_node") and value not in (1, "1"):
+        return "1 (a run is one process, or torchrun with one process per GPU of one node: use gpus_per_node)"
+    if name == "array_parallelism" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        return "an integer >= 1"
+    if name in ("gpus_per_node", "gpus") and not re.fullmatch(GPU_COUNT, str(value)):
+        return "a GPU count, N or TYPE:N"
+    return None
+
+
 def slurm_options(options: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
-    """Check Slurm options and return them with ``_`` names, ``false`` ones left out.
-
-    ``source`` names where they come from (a grid file: errors say ``FILE: slurm option 'x'``);
-    None means command-line flags (errors name ``--x``).  A name must be a known sbatch long option
-    (or ``array_parallelism``); a value a non-empty string without control characters, an integer
-    >= 0 or a boolean (true: a bare ``--flag``).  ``time`` must be a Slurm time; ``nodes``,
-    ``ntasks`` and ``ntasks_per_node`` must be 1 (a run is one process, or torchrun on one node).
-
-    Raises
-    ------
-    ConfigError
-        One line naming the option.
-    """
+    """The options with ``_`` names, the ``false`` ones left out (true: a bare ``--flag``), or a one-line
+    :class:`ConfigError` naming the option (``FILE: slurm option 'x'``, or ``--x`` without ``source``)."""
     out: dict[str, Any] = {}
     for key, value in dict(options).items():
         name = str(key).replace("-", "_")
         label = f"{source}: slurm option {str(key)!r}" if source else "--" + name.replace("_", "-")
-        bad = _control_character(str(key))
-        if bad is not None or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise ConfigError(name, message=f"{label}: not an sbatch option name")
-        if name in ("output", "error", "open_mode", "signal", "array"):
+        if name in SUBMITIT_SETS:
             raise ConfigError(name, message=f"{label}: submitit sets it (the logs go to OUT/jobs/submitit/)")
-        if name not in SBATCH_OPTIONS and name not in GRID_SLURM_OPTIONS:
+        if name not in SBATCH_OPTIONS:
             raise ConfigError(name, message=f"{label}: unknown; expected an sbatch long option such as partition, "
                                             "time, gpus_per_node, cpus_per_task, mem, account, qos, constraint")
-        if isinstance(value, str):
-            bad = _control_character(value)
-            if bad is not None:
-                raise ConfigError(name, message=f"{label}: got {value!r}, expected a value without a newline or "
-                                                f"other control character (found {bad!r})")
-            if not value.strip():
-                raise ConfigError(name, message=f"{label}: got {value!r}, expected a non-empty value")
-        elif isinstance(value, int) and not isinstance(value, bool):
-            if value < 0:
-                raise ConfigError(name, message=f"{label}: got {value!r}, expected an integer >= 0")
-        elif not isinstance(value, bool):
-            raise ConfigError(name, message=f"{label}: got {value!r}, expected a string, an integer or true/false")
-        if value is False:
-            continue
-        if name == "time":
-            try:
-                slurm_minutes(value)
-            except ConfigError as err:
-                raise ConfigError(name, message=f"{label}: got {value!r}, expected {err.expected}") from None
-        if name in ("nodes", "ntasks", "ntasks_per_node") and value not in (1, "1"):
-            raise ConfigError(name, message=f"{label}: got {value!r}, expected 1 (a run is one process, or torchrun "
-                                            "with one process per GPU of one node: use gpus_per_node)")
-        if name == "array_parallelism" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(name, message=f"{label}: got {value!r}, expected an integer >= 1")
-        out[name] = value
-    try:
-        _gpus(out)
-    except ConfigError as err:
-        label = f"{source}: slurm option {err.field!r}" if source else "--" + err.field.replace("_", "-")
-        raise ConfigError(err.field, message=f"{label}: got {err.value!r}, expected {err.expected}") from None
+        if (expected := _value_problem(name, value)) is not None:
+            raise ConfigError(name, value, expected, message=f"{label}: got {value!r}, expected {expected}")
+        if value is not False:
+            out[name] = value
     return out
 
 
 def _gpus(options: Mapping[str, Any]) -> int:
-    """GPUs a run gets: ``gpus_per_node`` (or ``gpus``, or ``gres = "gpu[:type]:N"``), as ``[type:]N``."""
+    """GPUs a run gets: ``gpus_per_node`` (or ``gpus``, or ``gres = "gpu[:type]:N"``); default 1."""
     for key in ("gpus_per_node", "gpus"):
         if key in options:
-            m = re.fullmatch(r"(?:[^:]+:)?(\d+)", str(options[key]))
-            if not m:
-                raise ConfigError(key, options[key], "a GPU count, N or TYPE:N")
-            return int(m.group(1))
+            return int(re.fullmatch(GPU_COUNT, str(options[key])).group(1))
     m = re.search(r"(?:^|,)gpu(?::[^:,]+)?:(\d+)(?:,|$)", str(options.get("gres", "")))
     return int(m.group(1)) if m else 1
 
@@ -234,17 +176,8 @@ def _gpus(options: Mapping[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A grid of runs.
-
-    Attributes
-    ----------
-    base : TrainConfig keys shared by all runs (``preset`` names a preset expanded underneath them).
-    axes : field -> list of values; the settings are the Cartesian product, in the given order.
-    seeds : the seeds; every setting runs once per seed.
-    out_root : the grid's folder (runs/, configs/, jobs/, grid.json).
-    slurm : Slurm options for :func:`submit_slurm`, checked by :func:`slurm_options` (names with ``_``).
-    source : where the spec came from (for messages).
-    """
+    """A grid: ``base`` keys of every run, ``axes`` (field -> values: the settings are their product),
+    ``seeds``, ``out_root`` (runs/, configs/, jobs/, grid.json), ``slurm`` options, ``source`` (messages)."""
 
     base: Mapping[str, Any] = field(default_factory=dict)
     axes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
@@ -262,8 +195,8 @@ class GridSpec:
 
 @dataclass(frozen=True)
 class GridRun:
-    """One run of a grid: its name, directory, generated TOML file, configuration mapping (the keys
-    written to that file), axis values, seed and resolved :class:`~real.config.TrainConfig`."""
+    """One run: its name, directory, TOML file, configuration (the keys of that file), axis values,
+    seed and resolved :class:`~real.config.TrainConfig`."""
 
     name: str
     run_dir: str
@@ -274,10 +207,25 @@ class GridRun:
     resolved: Any = field(repr=False, compare=False, default=None)
 
 
-def _train_fields() -> set[str]:
-    from .config import TrainConfig
-
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+def load_grid(path: str | os.PathLike) -> GridSpec:
+    """Read a grid TOML file and check every run's configuration (:func:`expand_runs`); a bad key,
+    value, run or Slurm option is a one-line :class:`ConfigError` naming it and the file."""
+    path, source = Path(path), str(path)
+    data = load_toml(path)
+    for key in data:
+        if key not in GRID_KEYS:
+            raise ConfigError(key, message=f"{source}: unknown key {key!r}; allowed keys: {', '.join(GRID_KEYS)}")
+    for key in ("base", "axes", "slurm"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ConfigError(key, message=f"{source}: {key!r} must be a table ([{key}])")
+    seeds = data.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not isinstance(seeds, list):
+        raise ConfigError("seeds", message=f"{source}: 'seeds' must be a list of integers >= 0, got {seeds!r}")
+    spec = GridSpec(base=data.get("base", {}), axes=data.get("axes", {}), seeds=tuple(seeds),
+                    out_root=data.get("out", str(Path("runs") / path.stem)), slurm=data.get("slurm", {}), source=source)
+    expand_runs(spec)  # every run's configuration is valid, and no two are the same
+    return spec
 
 
 def _field_key(key: str, where: str, source: str, fields: set[str]) -> str:
@@ -291,38 +239,9 @@ def _field_key(key: str, where: str, source: str, fields: set[str]) -> str:
     return name
 
 
-def load_grid(path: str | os.PathLike) -> GridSpec:
-    """Read a grid TOML file (see the module docstring) and check every run's configuration.
-
-    Raises
-    ------
-    ConfigError
-        An unknown key (naming it and the file), a value of the wrong type, a run whose configuration
-        is invalid (naming the run and the field), two runs of one configuration, a bad Slurm option.
-    """
-    path = Path(path)
-    source = str(path)
-    data = load_toml(path)
-    for key in data:
-        if key not in GRID_KEYS:
-            raise ConfigError(key, message=f"{source}: unknown key {key!r}; allowed keys: {', '.join(GRID_KEYS)}")
-    for key in ("base", "axes", "slurm"):
-        if key in data and not isinstance(data[key], dict):
-            raise ConfigError(key, message=f"{source}: {key!r} must be a table ([{key}])")
-    seeds = data.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if not isinstance(seeds, list):
-        raise ConfigError("seeds", message=f"{source}: 'seeds' must be a list of integers >= 0, got {seeds!r}")
-    spec = GridSpec(base=dict(data.get("base", {})), axes=dict(data.get("axes", {})), seeds=tuple(seeds),
-                    out_root=data.get("out", str(Path("runs") / path.stem)), slurm=dict(data.get("slurm", {})),
-                    source=source)
-    expand_runs(spec)  # every run's configuration is valid, and no two are the same
-    return spec
-
-
 def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], tuple[int, ...]]:
-    source, fields = spec.source, _train_fields()
+    """``base`` and ``axes`` with field names, and the seeds, checked."""
+    source, fields = spec.source, {f.name for f in dataclasses.fields(TrainConfig)}
     base = {_field_key(k, "base.", source, fields): v for k, v in dict(spec.base).items()}
     axes: dict[str, list[Any]] = {}
     for key, values in dict(spec.axes).items():
@@ -334,7 +253,8 @@ def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], t
         axes[name] = list(values)
     seeds = tuple(spec.seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ConfigError("seeds", message=f"{source}: 'seeds' must be a non-empty list of integers >= 0, got {list(seeds)!r}")
+        raise ConfigError("seeds", message=f"{source}: 'seeds' must be a non-empty list of integers >= 0, "
+                                           f"got {list(seeds)!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError("seeds", message=f"{source}: 'seeds' has duplicates: {list(seeds)!r}")
     return base, axes, seeds
@@ -342,15 +262,11 @@ def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], t
 
 def _token(value: Any) -> str:
     """A value as it appears in a run name."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
     if isinstance(value, (list, tuple)):
         return "+".join(_token(v) for v in value) or "empty"
-    return str(value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _run_name(axis_values: Mapping[str, Any], seed: int) -> str:
@@ -358,130 +274,89 @@ def _run_name(axis_values: Mapping[str, Any], seed: int) -> str:
     parts = [f"{k.replace('_', '-')}={_token(v)}" for k, v in axis_values.items()] + [f"seed={seed}"]
     name = re.sub(r"[^A-Za-z0-9._+=,-]", "_", ",".join(parts))
     if len(name) > MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-        name = name[: MAX_NAME - 11] + "-" + digest
+        name = name[: MAX_NAME - 11] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
     return name
 
 
-def _identity(cfg) -> str:
-    """What a resolved run computes (:func:`real.config.computed_config`), as its digest: two runs
-    that differ only in how they run (``eval_batch_size``, ``device``, ``tensorboard``) are one."""
-    from .config import computed_config
+def _preset_keys(source: str, base: Mapping[str, Any], combo: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of the run's preset (from an axis or ``[base]``) for the run's optimizer: a grid over
+    optimizers on an -sgd preset runs SAM at the setting's radius, not the default."""
+    preset = combo.get("preset", base.get("preset"))
+    if preset is None:
+        return {}
+    if not isinstance(preset, str):
+        raise ConfigError("preset", message=f"{source}: preset must be a preset name, got {preset!r}")
+    optimizer = combo.get("optimizer", base.get("optimizer"))
+    return load_preset(preset, optimizer=optimizer if isinstance(optimizer, str) and optimizer in OPTIMIZERS else None)
 
-    return config_digest(computed_config(cfg))
+
+def _make_run(spec: GridSpec, base: Mapping[str, Any], combo: dict[str, Any], seed: int) -> GridRun:
+    config = {**_preset_keys(spec.source, base, combo), **base, **combo, "seed": seed}
+    name = _run_name(combo, seed)
+    run_dir = str(Path(spec.out_root) / "runs" / name)
+    try:
+        resolved = config_from_mapping(TrainConfig, {**config, "out": run_dir}, source=f"{spec.source} (run {name})")
+    except ConfigError as err:
+        raise ConfigError(err.field, err.value, err.expected, message=f"{spec.source}: run {name}: {err}") from None
+    return GridRun(name=name, run_dir=run_dir, config_file=str(Path(spec.out_root) / "configs" / f"{name}.toml"),
+                   config=config, axes=combo, seed=seed, resolved=resolved)
 
 
 def expand_runs(spec: GridSpec) -> list[GridRun]:
-    """Every (setting, seed) of ``spec`` as a :class:`GridRun`, seeds outermost (all settings of the
-    first seed come first, so a partly finished grid already covers every setting), each
-    configuration validated as a :class:`~real.config.TrainConfig`.
-
-    Raises
-    ------
-    ConfigError
-        An invalid run (naming it and the field); two runs with the same resolved configuration
-        (e.g. ``lr = [1, 1.0]`` or ``useful = [true, "true"]``) or the same directory name.
-    """
-    from .config import TrainConfig, load_preset
-    from .optim import OPTIMIZERS
-
+    """Every (setting, seed) as a validated :class:`GridRun`, seeds outermost; two runs that compute
+    the same (``lr = [1, 1.0]``, or only ``device`` differs) or share a name are refused naming both."""
     base, axes, seeds = _check_spec(spec)
-    out_root = Path(spec.out_root)
-    runs: list[GridRun] = []
-    names: dict[str, str] = {}
-    identities: dict[str, str] = {}
-    presets: dict[tuple, dict] = {}
+    runs, by_identity, by_name = [], {}, {}
     for seed in seeds:
         for values in itertools.product(*axes.values()):
-            combo = dict(zip(axes, values))
-            preset = combo.get("preset", base.get("preset"))
-            layer: dict[str, Any] = {}
-            if preset is not None:
-                if not isinstance(preset, str):
-                    raise ConfigError("preset", message=f"{spec.source}: preset must be a preset name, got {preset!r}")
-                # The preset's values for the run's optimizer (an axis or [base] may set it): a grid
-                # over optimizers on an -sgd preset runs SAM at the setting's radius, not the default.
-                optimizer = combo.get("optimizer", base.get("optimizer"))
-                key = (preset, optimizer if isinstance(optimizer, str) else None)
-                if key not in presets:
-                    presets[key] = load_preset(preset, optimizer=key[1] if key[1] in OPTIMIZERS else None)
-                layer = dict(presets[key])
-            config = {**layer, **{k: v for k, v in base.items() if k != "preset"}, **combo, "seed": seed}
-            if preset is not None:
-                config["preset"] = preset
-            name = _run_name(combo, seed)
-            run_dir = str(out_root / "runs" / name)
-            try:
-                resolved = config_from_mapping(TrainConfig, {**config, "out": run_dir}, source=f"{spec.source} (run {name})")
-            except ConfigError as err:
-                raise ConfigError(err.field, err.value, err.expected,
-                                  message=f"{spec.source}: run {name}: {err}") from None
-            identity = _identity(resolved)
-            if identity in identities:
-                raise ConfigError("axes", message=f"{spec.source}: runs {identities[identity]} and {name} have the same "
-                                                  "configuration (one value written two ways, such as 1 and 1.0?)")
-            if name in names:
-                raise ConfigError("axes", message=f"{spec.source}: runs {names[name]} and {combo} get the same "
-                                                  f"directory name {name!r}")
-            identities[identity], names[name] = name, str(combo)
-            runs.append(GridRun(name=name, run_dir=run_dir, config_file=str(out_root / "configs" / f"{name}.toml"),
-                                config=config, axes=combo, seed=seed, resolved=resolved))
+            run = _make_run(spec, base, dict(zip(axes, values)), seed)
+            identity = config_digest(computed_config(run.resolved))
+            if identity in by_identity:
+                raise ConfigError("axes", message=f"{spec.source}: runs {by_identity[identity].name} and {run.name} "
+                                                  "have the same configuration (one value written two ways, such as "
+                                                  "1 and 1.0?)")
+            if run.name in by_name:
+                raise ConfigError("axes", message=f"{spec.source}: runs {by_name[run.name].axes} and {run.axes} get "
+                                                  f"the same directory name {run.name!r}")
+            by_identity[identity] = by_name[run.name] = run
+            runs.append(run)
     return runs
 
 
-# ----------------------------------------------------------------------------------------------
-# What is left to do.
-
-
 def _left_to_do(spec: GridSpec, runs: Sequence[GridRun], rerun_diverged: bool) -> list[str | None]:
-    """Per run: why it is skipped (``completed``, ``diverged``) or None (to run).
-
-    Raises
-    ------
-    ConfigError
-        A run directory that holds a run of another configuration (naming the run and the fields):
-        its results are not this grid's, and resuming it would be refused anyway.
-    """
+    """Per run: why it is skipped (``completed``, ``diverged``) or None (to run).  A run directory
+    holding a run of another configuration is a :class:`ConfigError` naming the run and the fields."""
     reasons: list[str | None] = []
     for run in runs:
-        if is_run_dir(run.run_dir):
-            diff = config_differences(read_config(run.run_dir), run.resolved)
-            if diff:
-                fields = ", ".join(f"{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff)
-                raise ConfigError("out", message=f"{spec.source}: run {run.name}: {run.run_dir} holds a run of "
-                                                 f"another configuration ({fields}); change 'out' or remove that folder")
+        if is_run_dir(run.run_dir) and (diff := config_differences(read_config(run.run_dir), run.resolved)):
+            fields = ", ".join(f"{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff)
+            raise ConfigError("out", message=f"{spec.source}: run {run.name}: {run.run_dir} holds a run of another "
+                                             f"configuration ({fields}); change 'out' or remove that folder")
         status = run_status(run.run_dir)
         reasons.append(status if status == "completed" or (status == "diverged" and not rerun_diverged) else None)
     return reasons
 
 
 def run_command(run: GridRun, *, resume: bool, gpus: int = 1) -> list[str]:
-    """``python -m real run --config CONFIG --out RUN_DIR [--resume]``; with ``gpus > 1`` the same
-    through ``python -m torch.distributed.run --standalone --nproc-per-node=GPUS``."""
-    launcher = [sys.executable]
-    if gpus > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
-    return launcher + ["-m", "real", "run", "--config", run.config_file, "--out", run.run_dir] + (["--resume"] if resume else [])
+    """``python -m real run --config CONFIG --out RUN_DIR [--resume]``; with ``gpus > 1`` through
+    ``python -m torch.distributed.run --standalone --nproc-per-node=GPUS``."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"] if gpus > 1 else []
+    return [sys.executable, *torchrun, "-m", "real", "run", "--config", run.config_file, "--out", run.run_dir,
+            *(["--resume"] if resume else [])]
 
 
 def write_run_files(spec: GridSpec, runs: Sequence[GridRun]) -> Path:
-    """Write ``OUT/configs/<name>.toml`` for each run (tomli-w) and ``OUT/grid.json``; returns the manifest."""
-    import tomli_w
-
-    from theory.plumbing.atomic import atomic_write_json, atomic_write_text
-
-    out_root = Path(spec.out_root)
+    """Write ``OUT/configs/<name>.toml`` per run (tomli-w) and ``OUT/grid.json``; returns the latter."""
     for run in runs:
         header = (f"# generated by useful-train grid from {json.dumps(spec.source)}: run {run.name}\n"
                   f"# {shlex.join(run_command(run, resume=False))}\n")
         # TOML has no null: a None value is the field's default (every optional field's default is None).
-        atomic_write_text(run.config_file, header + tomli_w.dumps({k: v for k, v in run.config.items() if v is not None}))
-    manifest = out_root / "grid.json"
+        toml = tomli_w.dumps({k: v for k, v in run.config.items() if v is not None})
+        atomic_write_text(run.config_file, header + toml)
+    manifest = Path(spec.out_root) / "grid.json"
     atomic_write_json(manifest, {
-        "source": spec.source,
-        "out_root": str(out_root),
-        "axes": {k: list(v) for k, v in dict(spec.axes).items()},
-        "seeds": list(spec.seeds),
+        "source": spec.source, "out_root": str(Path(spec.out_root)),
+        "axes": {k: list(v) for k, v in dict(spec.axes).items()}, "seeds": list(spec.seeds),
         "runs": [{"name": r.name, "run_dir": r.run_dir, "config_file": r.config_file, "axes": r.axes, "seed": r.seed}
                  for r in runs],
     })
@@ -496,67 +371,47 @@ def _default_runner(command: Sequence[str]) -> int:
     return subprocess.run(list(command), check=False).returncode
 
 
+def _outcome(run: GridRun, code: int) -> dict[str, Any]:
+    """A finished run's ``status`` and ``reason``, from its exit status and its summary."""
+    status = run_status(run.run_dir)
+    if code == 0 and status == "completed":
+        return {"status": "completed"}
+    if status == "diverged":
+        return {"status": "diverged", "reason": (read_summary(run.run_dir) or {}).get("message") or "diverged"}
+    return {"status": "failed", "reason": f"exit status {code}" + ("" if status else ", no summary")}
+
+
 def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[str]], Any] | None = None,
               rerun_diverged: bool = False, stop_on_error: bool = False) -> list[dict]:
-    """Run the grid here, one run after another.
-
-    Each run is ``python -m real run --config OUT/configs/<name>.toml --out OUT/runs/<name>``, with
-    ``--resume`` when the directory already holds a run's files (a checkpoint to continue; the
-    trainer restarts a run that died before its first checkpoint).  Completed runs are skipped, and
-    so are diverged ones unless ``rerun_diverged`` (resuming replays the same computation, so it
-    diverges again).
-
-    Parameters
-    ----------
-    dry_run : write nothing, run nothing; report the commands.
-    runner : ``runner(command) -> return code`` (or an object with ``returncode``); default
-        ``subprocess.run`` with the output going to this process's stdout/stderr.
-    stop_on_error : stop at the first run that fails (default: go on with the others).
-
-    Returns
-    -------
-    list of dict
-        Per run: ``name``, ``run_dir``, ``config_file``, ``command``, ``resume``, ``status``
-        (``dry-run``, ``skipped``, ``completed``, ``diverged``, ``failed`` or ``not-run``), ``reason``
-        (why skipped or failed), ``returncode`` and ``seconds`` (of the runs that ran).
-    """
+    """Run the grid here, one run after another (``--resume`` where a folder holds a run's files),
+    skipping completed runs and diverged ones unless ``rerun_diverged``.  ``dry_run`` writes and runs
+    nothing; ``runner(command)`` returns the exit status (or has ``returncode``).  Per run: its entry,
+    ``status`` one of dry-run, skipped, completed, diverged, failed, not-run (after ``stop_on_error``)."""
     runs = expand_runs(spec)
     skips = _left_to_do(spec, runs, rerun_diverged)
-    runner = runner or _default_runner
     if not dry_run:
         write_run_files(spec, runs)
     results: list[dict] = []
-    for i, (run, skip) in enumerate(zip(runs, skips)):
+    stopped_after = None
+    for run, skip in zip(runs, skips):
         resume = has_run_files(run.run_dir)
-        command = run_command(run, resume=resume)
-        entry: dict[str, Any] = {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file,
-                                 "command": command, "resume": resume, "status": None, "reason": None,
-                                 "returncode": None, "seconds": None}
+        entry = {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file,
+                 "command": run_command(run, resume=resume), "resume": resume, "status": None, "reason": None,
+                 "returncode": None, "seconds": None}
         results.append(entry)
-        if skip is not None:
+        if stopped_after is not None:
+            entry.update(command=None, resume=None, status="not-run", reason=f"stopped after {stopped_after} failed")
+        elif skip is not None:
             entry.update(status="skipped", reason=skip)
-            continue
-        if dry_run:
+        elif dry_run:
             entry["status"] = "dry-run"
-            continue
-        start = time.perf_counter()
-        outcome = runner(command)
-        entry["seconds"] = time.perf_counter() - start
-        code = int(getattr(outcome, "returncode", outcome) or 0)
-        entry["returncode"] = code
-        status = run_status(run.run_dir)
-        if code == 0 and status == "completed":
-            entry["status"] = "completed"
-        elif status == "diverged":
-            entry.update(status="diverged", reason=(read_summary(run.run_dir) or {}).get("message") or "diverged")
         else:
-            entry.update(status="failed", reason=f"exit status {code}" + ("" if status else ", no summary"))
-        if entry["status"] != "completed" and stop_on_error:
-            for rest in runs[i + 1 :]:
-                results.append({"name": rest.name, "run_dir": rest.run_dir, "config_file": rest.config_file,
-                                "command": None, "resume": None, "status": "not-run",
-                                "reason": f"stopped after {run.name} failed", "returncode": None, "seconds": None})
-            break
+            start = time.perf_counter()
+            outcome = (runner or _default_runner)(entry["command"])
+            code = int(getattr(outcome, "returncode", outcome) or 0)
+            entry.update(returncode=code, seconds=time.perf_counter() - start, **_outcome(run, code))
+            if entry["status"] != "completed" and stop_on_error:
+                stopped_after = run.name
     return results
 
 
@@ -565,14 +420,11 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
 
 
 class TrainJob:
-    """What one Slurm task runs (submitit pickles it): the run's command, in ``cwd``.
+    """What one Slurm task runs (submitit pickles it): the run's command (with ``--resume``) in ``cwd``.
 
-    The command has ``--resume``, so a task that runs again (requeued by Slurm, or the grid
-    submitted again) continues from the run's last checkpoint, and a completed run is not redone.
-    The training process ignores submitit's warning signal (USR2, sent ``signal_delay_s`` before the
-    time limit or on preemption); submitit then calls :meth:`checkpoint`, which stops it with SIGINT
-    (it releases the run's lock; what it computed up to its last epoch is in the checkpoint) and
-    hands submitit this same job to requeue.
+    The training process ignores submitit's warning signal (USR2, before the time limit or on
+    preemption); submitit then calls :meth:`checkpoint`, which stops it with SIGINT (the run keeps
+    its last epoch's checkpoint and releases its lock) and hands this job back to be requeued.
     """
 
     def __init__(self, name: str, command: Sequence[str], cwd: str, run_dir: str, stop_timeout_s: float = 60.0):
@@ -605,157 +457,128 @@ class TrainJob:
         return {"name": self.name, "status": status, "returncode": code}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        """Stop the training process (SIGINT, then SIGKILL after ``stop_timeout_s``) and return this
-        job for submitit to requeue."""
+        """Stop the training process (SIGINT; SIGKILL after ``stop_timeout_s``); return this job for
+        submitit to requeue."""
         import submitit
 
         child = self._child
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + self.stop_timeout_s
-            while child.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if child.poll() is None:
+            try:
+                child.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
                 child.kill()
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def _import_submitit():
     try:
-        return importlib.import_module("submitit")
-    except ModuleNotFoundError:
-        raise ConfigError("--launcher", message="--launcher: submitit is not installed; pip install submitit "
-                          "(or write the job specifications only, with --dry-run)") from None
+        import submitit
+    except ImportError:
+        raise ConfigError("--launcher", message=f"--launcher submitit needs the optional package submitit: {INSTALL} "
+                                                "(--dry-run writes the job specifications without it)") from None
+    return submitit
 
 
-def _executor_parameters(spec: GridSpec, options: Mapping[str, Any]) -> dict[str, Any]:
-    """``submitit.SlurmExecutor.update_parameters`` keywords for ``options`` (checked ones)."""
-    if "time" not in options:
+def _executor_parameters(spec: GridSpec) -> dict[str, Any]:
+    """``submitit.SlurmExecutor.update_parameters`` keywords for the spec's (checked) options."""
+    if "time" not in spec.slurm:
         raise ConfigError("time", message="--time: a Slurm time limit is needed (give [slurm] time or --time; "
                                           "submitit's default would be 5 minutes)")
     params: dict[str, Any] = {"job_name": "useful-grid-" + Path(spec.out_root).name}
-    additional: dict[str, Any] = {}
-    for key, value in options.items():
-        if key == "time":
-            params[key] = slurm_minutes(value)
-        elif key in _SUBMITIT_NAMED:
-            params[key] = value
-        else:
-            additional[key] = value
-    if additional:
-        params["additional_parameters"] = additional
-    return params
-
-
-def _read_job_record(path: Path) -> dict | None:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    params.update({k: slurm_minutes(v) if k == "time" else v for k, v in spec.slurm.items() if k in SUBMITIT_NAMED})
+    additional = {k: v for k, v in spec.slurm.items() if k not in SUBMITIT_NAMED}
+    return {**params, "additional_parameters": additional} if additional else params
 
 
 def _queued_job_ids() -> set[str]:
     """IDs of this user's jobs that Slurm still holds (pending, running, requeued), one per array task."""
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        raise EnvironmentFailure("--launcher submitit: sbatch or squeue is not on PATH (not a Slurm login node?); "
+                                 "--dry-run writes the job specifications without Slurm")
     try:
         proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"],
                               capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise EnvironmentFailure(f"squeue: {err}") from None
     if proc.returncode != 0:
-        raise EnvironmentFailure("squeue: " + (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1])
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise EnvironmentFailure(f"squeue: {last}")
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
 
 
-def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool = False) -> list[dict]:
-    """Submit the runs left to do as one Slurm job array through submitit (or, with ``dry_run``,
-    write what would be submitted and contact no scheduler).
+def _recorded_job_id(job_file: Path) -> str | None:
+    try:
+        job_id = json.loads(job_file.read_text(encoding="utf-8")).get("job_id")
+    except (OSError, ValueError, AttributeError):  # no record, not JSON (or not UTF-8), not an object
+        return None
+    return None if job_id is None else str(job_id)
 
-    Writes ``OUT/configs/<name>.toml``, ``OUT/grid.json`` and, per run to submit,
-    ``OUT/jobs/<name>.json``: ``executor`` and ``folder`` (the submitit executor and its folder),
-    ``parameters`` (exactly what is passed to its ``update_parameters``), ``function``, ``command``
-    and ``cwd`` (the :class:`TrainJob` each task runs), ``array`` (the run's task index and the
-    array's size), ``job_id`` (None until submitted) and ``log``.
-    The command always has ``--resume``: a task that is requeued or submitted again continues from
-    the checkpoint.  With more than one GPU per run the command goes through torchrun
-    (``python -m torch.distributed.run --standalone``), one process per GPU.
 
-    A run whose recorded job is still queued or running is not submitted again (``queued``);
-    completed runs (and diverged ones, unless ``rerun_diverged``) are skipped.
-
-    Returns
-    -------
-    list of dict
-        Per run: ``name``, ``run_dir``, ``status`` (``dry-run``, ``submitted``, ``queued``, ``skipped``
-        or ``failed``), ``reason``, ``job_id``, ``job_file``, ``command``.
-
-    Raises
-    ------
-    ConfigError
-        No time limit; submitit missing (unless ``dry_run``); a run directory of another configuration.
-    EnvironmentFailure
-        squeue fails.
-    """
-    runs = expand_runs(spec)
-    skips = _left_to_do(spec, runs, rerun_diverged)
-    params = _executor_parameters(spec, spec.slurm)
-    submitit = None if dry_run else _import_submitit()
-    if not dry_run and (shutil.which("sbatch") is None or shutil.which("squeue") is None):
-        raise EnvironmentFailure("--launcher submitit: sbatch or squeue is not on PATH (not a Slurm login node?); "
-                                 "--dry-run writes the job specifications without Slurm")
-    queued = set() if dry_run else _queued_job_ids()
-    jobs_dir = Path(spec.out_root).absolute() / "jobs"
-    folder = jobs_dir / "submitit"
-    cwd = os.getcwd()
-    gpus = _gpus(spec.slurm)
-    write_run_files(spec, runs)
-
-    from theory.plumbing.atomic import atomic_write_json
-
-    results: list[dict] = []
-    todo: list[tuple[GridRun, dict, dict]] = []  # (run, result entry, job record)
+def _plan_jobs(spec: GridSpec, runs: Sequence[GridRun], skips: Sequence[str | None],
+               queued: set[str]) -> tuple[list[dict], list[tuple[dict, dict]]]:
+    """Per run its result entry; and per run to submit (entry, job record), with its array index."""
+    jobs_dir, gpus = Path(spec.out_root).absolute() / "jobs", _gpus(spec.slurm)
+    common = {"executor": "submitit.SlurmExecutor", "folder": str(jobs_dir / "submitit"),
+              "parameters": _executor_parameters(spec), "function": f"{TrainJob.__module__}.{TrainJob.__qualname__}",
+              "cwd": os.getcwd(), "job_id": None, "log": None}
+    results, todo = [], []
     for run, skip in zip(runs, skips):
-        command = run_command(run, resume=True, gpus=gpus)
-        job_file = jobs_dir / f"{run.name}.json"
-        entry: dict[str, Any] = {"name": run.name, "run_dir": run.run_dir, "status": None, "reason": None,
-                                 "job_id": None, "job_file": str(job_file), "command": command}
+        command, job_file = run_command(run, resume=True, gpus=gpus), jobs_dir / f"{run.name}.json"
+        entry = {"name": run.name, "run_dir": run.run_dir, "status": None, "reason": None, "job_id": None,
+                 "job_file": str(job_file), "command": command}
         results.append(entry)
-        previous = (_read_job_record(job_file) or {}).get("job_id")
+        previous = _recorded_job_id(job_file)
         if skip is not None:
             entry.update(status="skipped", reason=skip, job_file=None)
-        elif previous is not None and str(previous) in queued:
-            entry.update(status="queued", reason="still in the queue", job_id=str(previous))
+        elif previous is not None and previous in queued:
+            entry.update(status="queued", reason="still in the queue", job_id=previous)
         else:
-            record = {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file,
-                      "executor": "submitit.SlurmExecutor", "folder": str(folder), "parameters": params,
-                      "function": f"{TrainJob.__module__}.{TrainJob.__qualname__}", "command": command,
-                      "cwd": cwd, "job_id": None, "log": None}
-            todo.append((run, entry, record))
-    for i, (_, _, record) in enumerate(todo):  # each MAX_ARRAY runs are one job array (one run: a plain job)
+            todo.append((entry, {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file, **common,
+                                 "command": command}))
+    for i, (_, record) in enumerate(todo):  # each MAX_ARRAY runs are one job array (one run: a plain job)
         size = min(MAX_ARRAY, len(todo) - i // MAX_ARRAY * MAX_ARRAY)
         record["array"] = {"index": i % MAX_ARRAY, "size": size} if size > 1 else None
+    return results, todo
+
+
+def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> None:
+    """Submit one job array (submitit's batch) and record each run's job, or why sbatch refused."""
+    first = chunk[0][1]
+    try:
+        executor = submitit.SlurmExecutor(folder=first["folder"])
+        executor.update_parameters(**first["parameters"])
+        with executor.batch():
+            jobs = [executor.submit(TrainJob(r["name"], r["command"], r["cwd"], r["run_dir"])) for _, r in chunk]
+    except (RuntimeError, OSError) as err:  # sbatch refused (submitit's FailedJobError holds its stderr), ...
+        reason = (str(err).strip().splitlines() or ["sbatch failed"])[-1]
+        for entry, record in chunk:
+            entry.update(status="failed", reason=reason)
+            atomic_write_json(entry["job_file"], {**record, "error": reason})
+        return
+    for job, (entry, record) in zip(jobs, chunk):
+        entry.update(status="submitted", job_id=str(job.job_id))
+        atomic_write_json(entry["job_file"], {**record, "job_id": str(job.job_id), "log": str(job.paths.stdout)})
+
+
+def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool = False) -> list[dict]:
+    """Submit the runs left to do as one job array through submitit, recording in ``OUT/jobs/<name>.json``
+    what submitit gets (``dry_run``: only that, with neither submitit nor Slurm).  Per run: its entry,
+    ``status`` one of dry-run, submitted, queued (its job still is), skipped, failed.  Every refusal
+    (no time limit, no submitit or sbatch, a run folder of another configuration) comes first."""
+    runs = expand_runs(spec)
+    skips = _left_to_do(spec, runs, rerun_diverged)
+    _executor_parameters(spec)  # a time limit is needed, dry run or not
+    submitit = None if dry_run else _import_submitit()
+    results, todo = _plan_jobs(spec, runs, skips, set() if dry_run else _queued_job_ids())
+    write_run_files(spec, runs)
     if dry_run:
-        for _, entry, record in todo:
+        for entry, record in todo:
             atomic_write_json(entry["job_file"], {**record, "dry_run": True})
             entry["status"] = "dry-run"
         return results
     for start in range(0, len(todo), MAX_ARRAY):
-        chunk = todo[start : start + MAX_ARRAY]
-        try:
-            executor = submitit.SlurmExecutor(folder=folder)
-            executor.update_parameters(**params)
-            with executor.batch():
-                submitted = [executor.submit(TrainJob(run.name, record["command"], cwd, run.run_dir))
-                             for run, _, record in chunk]
-        except (RuntimeError, OSError) as err:  # sbatch refused (submitit's FailedJobError holds its stderr), ...
-            reason = (str(err).strip().splitlines() or ["sbatch failed"])[-1]
-            for _, entry, record in chunk:
-                entry.update(status="failed", reason=reason)
-                atomic_write_json(entry["job_file"], {**record, "error": entry["reason"]})
-            continue
-        for job, (_, entry, record) in zip(submitted, chunk):
-            entry.update(status="submitted", job_id=str(job.job_id))
-            atomic_write_json(entry["job_file"], {**record, "job_id": str(job.job_id), "log": str(job.paths.stdout)})
+        _submit_array(submitit, todo[start : start + MAX_ARRAY])
     return results
 
 
@@ -763,23 +586,53 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
 # CLI: useful-train grid FILE
 
 
-def _grid_arguments(parser) -> None:
-    parser.add_argument("grid", metavar="FILE", help="a grid TOML file (see docs/training.md)")
+SLURM_FLAGS = ("partition", "time", "gpus_per_node", "account")
+
+
+def add_arguments(parser) -> None:
+    """The ``grid`` subcommand's flags."""
+    parser.add_argument("grid", metavar="FILE", help="a grid TOML file: out, seeds, [base], [axes], [slurm] "
+                                                     "(see docs/training.md)")
     parser.add_argument("--launcher", choices=("local", "submitit"), default="local",
-                        help="local: run here one after another (default); submitit: a Slurm job array")
+                        help="local: run here, one after another; submitit: one Slurm job array (needs "
+                             f"{INSTALL}) (default: local)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="run and submit nothing: list the commands (submitit: also write OUT/jobs/*.json)")
-    parser.add_argument("--partition", default=None, help="Slurm partition (over the grid file's [slurm])")
-    parser.add_argument("--time", default=None, help="Slurm time limit, e.g. 12:00:00")
-    parser.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per run (> 1: torchrun)")
-    parser.add_argument("--account", default=None, help="Slurm account")
-    parser.add_argument("--rerun-diverged", action="store_true", help="run diverged runs again (default: skip)")
-    parser.add_argument("--stop-on-error", action="store_true", help="local: stop at the first failed run")
+                        help="run and submit nothing: list the commands; submitit: also write OUT/jobs/*.json "
+                             "(default: off)")
+    parser.add_argument("--partition", metavar="NAME", default=None,
+                        help="submitit only: Slurm partition (default: [slurm] partition, else Slurm's default)")
+    parser.add_argument("--time", metavar="LIMIT", default=None,
+                        help="submitit only: time limit per task, minutes or [D-]HH:MM:SS (default: [slurm] time; "
+                             "one of them is required)")
+    parser.add_argument("--gpus-per-node", metavar="N", type=int, default=None,
+                        help="submitit only: GPUs per run, an integer >= 0; > 1 runs torchrun, one process per GPU "
+                             "(default: [slurm] gpus_per_node, else 1)")
+    parser.add_argument("--account", metavar="NAME", default=None,
+                        help="submitit only: Slurm account to charge (default: [slurm] account, else yours)")
+    parser.add_argument("--rerun-diverged", action="store_true",
+                        help="run diverged runs again, resuming them (default: off, skip them)")
+    parser.add_argument("--stop-on-error", action="store_true",
+                        help="local only: stop at the first run that fails (default: off, go on with the others)")
 
 
-def _grid_handler(args) -> int:
-    flags = {k: v for k, v in (("partition", args.partition), ("time", args.time),
-                               ("gpus_per_node", args.gpus_per_node), ("account", args.account)) if v is not None}
+def _print_results(spec: GridSpec, results: Sequence[dict], slurm_dry_run: bool) -> None:
+    for entry in results:
+        line = f"{entry['status']:<10} {entry['name']}"
+        line += f"  ({entry['reason']})" if entry.get("reason") else ""
+        line += f"  job {entry['job_id']}" if entry.get("job_id") else ""
+        print(line)
+        if entry["status"] == "dry-run":
+            print("           " + shlex.join(entry["command"]))
+    if slurm_dry_run:
+        print(f"job specifications (what would be passed to submitit): {Path(spec.out_root) / 'jobs'}/*.json")
+    counts = collections.Counter(entry["status"] for entry in results)
+    print(f"{len(results)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; results: useful-train compare {shlex.quote(str(Path(spec.out_root) / 'runs'))}/*")
+
+
+def command(args) -> int:
+    """``useful-train grid FILE``: exit 0, or 1 when a run failed or diverged."""
+    flags = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
     if args.launcher == "local" and flags:
         flag = "--" + next(iter(flags)).replace("_", "-")
         raise ConfigError(flag, message=f"{flag}: a Slurm option needs --launcher submitit")
@@ -794,25 +647,10 @@ def _grid_handler(args) -> int:
     else:
         spec = dataclasses.replace(spec, slurm={**spec.slurm, **flags})
         results = submit_slurm(spec, dry_run=args.dry_run, rerun_diverged=args.rerun_diverged)
-    counts: dict[str, int] = {}
-    for entry in results:
-        status = entry.get("status") or "?"
-        counts[status] = counts.get(status, 0) + 1
-        line = f"{status:<10} {entry['name']}"
-        if entry.get("reason"):
-            line += f"  ({entry['reason']})"
-        if entry.get("job_id"):
-            line += f"  job {entry['job_id']}"
-        print(line)
-        if status == "dry-run" and entry.get("command"):
-            print("           " + shlex.join(entry["command"]))
-    if args.launcher == "submitit" and args.dry_run:
-        print(f"job specifications (what would be passed to submitit): {Path(spec.out_root) / 'jobs'}/*.json")
-    print(f"{len(results)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f"; results: useful-train compare {shlex.quote(str(Path(spec.out_root) / 'runs'))}/*")
-    return 1 if any(e.get("status") in ("failed", "diverged") for e in results) else 0
+    _print_results(spec, results, slurm_dry_run=args.launcher == "submitit" and args.dry_run)
+    return 1 if any(e["status"] in ("failed", "diverged") for e in results) else 0
 
 
 def register_commands(register_command) -> None:
-    register_command("grid", "run a grid of configurations x seeds here, or submit it to Slurm (submitit)",
-                     _grid_arguments, _grid_handler)
+    """Today's cli.py: add the ``grid`` subcommand."""
+    register_command("grid", HELP, add_arguments, command)

@@ -442,6 +442,22 @@ def test_slurm_minutes():
             slurm_minutes(bad)
 
 
+@given(st.integers(0, 30), st.integers(0, 23), st.integers(0, 59), st.integers(0, 59))
+def test_slurm_minutes_reads_each_sbatch_format(d, h, m, s):
+    """sbatch's six time formats, each part in its own unit; seconds round up to a minute."""
+    import math
+
+    forms = {f"{m}": m * 60, f"{m}:{s:02d}": m * 60 + s, f"{h}:{m:02d}:{s:02d}": h * 3600 + m * 60 + s,
+             f"{d}-{h}": d * 86400 + h * 3600, f"{d}-{h}:{m:02d}": d * 86400 + h * 3600 + m * 60,
+             f"{d}-{h:02d}:{m:02d}:{s:02d}": d * 86400 + h * 3600 + m * 60 + s}
+    for text, seconds in forms.items():
+        if seconds == 0:
+            with pytest.raises(ConfigError, match="positive"):
+                slurm_minutes(text)
+        else:
+            assert slurm_minutes(text) == math.ceil(seconds / 60), text
+
+
 # ----------------------------------------------------------------------------------------------
 # submit_slurm: dry run and a fake submitit
 
@@ -603,7 +619,8 @@ def test_submission_passes_what_the_dry_run_wrote(tmp_path, no_scheduler, monkey
 def test_submission_without_submitit_or_slurm(tmp_path, monkeypatch):
     spec = good_spec(tmp_path, slurm=SLURM)
     monkeypatch.setitem(sys.modules, "submitit", None)  # not importable
-    with pytest.raises(ConfigError, match="pip install submitit"):
+    with pytest.raises(ConfigError, match=r"^--launcher submitit needs the optional package submitit: "
+                                          r"pip install 'useful-sb\[slurm\]'"):
         submit_slurm(spec)
     assert not (tmp_path / "out").exists()  # nothing written before the error
     monkeypatch.setitem(sys.modules, "submitit", FakeSubmitit().module)
@@ -613,6 +630,31 @@ def test_submission_without_submitit_or_slurm(tmp_path, monkeypatch):
     with pytest.raises(EnvironmentFailure, match="sbatch or squeue is not on PATH"):
         submit_slurm(spec)
     assert not (tmp_path / "out").exists()
+
+
+def test_without_submitit_the_local_launcher_works_and_slurm_names_the_extra(tmp_path):
+    """submitit is the optional extra ``slurm``: where it cannot be imported (a sitecustomize blocks it
+    in every process), a grid runs here and ``--launcher submitit`` is one line naming the extra (exit 2)
+    before anything is written.  (A Slurm dry run needs no submitit: test_dry_run_writes_the_job_...)"""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['submitit'] = None\n")
+    blocked = {**env(), "PYTHONPATH": f"{site}{os.pathsep}{env()['PYTHONPATH']}"}
+    assert subprocess.run([PY, "-c", "import submitit"], env=blocked, capture_output=True).returncode == 1
+
+    def grid(*args):
+        return subprocess.run([PY, "-m", "real", "grid", *args], capture_output=True, text=True, timeout=300,
+                              env=blocked, cwd=tmp_path)
+
+    path = write_grid(tmp_path, "[slurm]\ntime = 5\n" + BASE.replace("epochs = 2", "epochs = 1"))
+    proc = grid(str(path), "--launcher", "submitit")
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --launcher submitit needs the optional package submitit: "
+                                  "pip install 'useful-sb[slurm]'")
+    assert not (tmp_path / "out").exists()
+    proc = grid(str(path))
+    assert proc.returncode == 0 and "1 run(s): 1 completed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "runs" / "seed=0" / "summary.json").read_text())["status"] == "completed"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,6 +762,20 @@ def test_grid_cli_dry_run(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         cli(capsys, "grid", str(path), "--launcher", "sbatch")  # the hand-written sbatch launcher is gone
     assert exit_.value.code == 2 and "invalid choice: 'sbatch'" in capsys.readouterr().err
+
+
+def test_every_grid_flag_has_one_line_help_with_its_default():
+    """add_arguments is the grid command's whole interface: each flag says what it is and its default."""
+    from real.grid import add_arguments
+    from theory.plumbing.cli import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="grid")
+    add_arguments(parser)
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in flags} >= {"launcher", "dry_run", "partition", "time", "gpus_per_node", "account",
+                                       "rerun_diverged", "stop_on_error"}
+    for action in flags:
+        assert action.help and "\n" not in action.help and "(default: " in action.help, action.option_strings
 
 
 # ----------------------------------------------------------------------------------------------
