@@ -315,7 +315,7 @@ def compare_markdown(groups: Sequence[Group], skipped: Sequence[tuple[str, str]]
                      f"{_paired_cell(pair_groups(g, g.reference))} | {_paired_cell(pair_groups(g, g.matched))} |")
     lines += ["", "Paired: mean over shared seeds of (this group's test error - the other's), in points, with its "
               f"95% t-interval; groups differing only in the method ({', '.join(METHOD_FIELDS)}) are paired.",
-              f"Train time vs {base}: per shared seed, summary.json's train_seconds (training epochs of the whole "
+              f"Train time vs {base}: per shared seed, each run summary's train_seconds (training epochs of the whole "
               f"run, USEFUL's pre-split phase included) over the {base} run of the same setting and seed; mean ± "
               "std over seeds."]
     if skipped:
