@@ -10,7 +10,12 @@ one configuration form one group.  Per group:
   epochs and split included; the sum of metrics.jsonl's ``seconds`` when summary.json has none),
   relative to the baseline group of the same data set and model: the group with ``optimizer ==
   --baseline-optimizer`` (default sgd) and without USEFUL; among several, the one whose configuration
-  differs from the group in the fewest fields.
+  differs from the group in the fewest fields;
+* training time relative to SGD, paired (the paper's "time to train w.r.t. SGD"): per shared seed,
+  summary.json's ``train_seconds`` (the time in training epochs of the whole run: USEFUL's pre-split
+  epochs included, evaluation and the split's outputs not) over that of the same seed in the
+  reference group (below); mean and sample standard deviation of the ratios over seeds
+  (:func:`paired_time_ratio`).
 
 Paired statistics: groups that differ only in the method (:data:`METHOD_FIELDS`: optimizer, rho,
 USEFUL and its settings) and share seeds are paired, seed by seed.  Each group is compared with
@@ -46,7 +51,8 @@ from theory.plumbing.config import ConfigError
 from .config import RUN_CONTROL_FIELDS
 
 __all__ = ["GROUP_IGNORE", "METHOD_FIELDS", "group_key", "RunRecord", "Group", "load_runs", "group_runs",
-           "paired_difference", "pair_groups", "compare_markdown", "plot_compare", "register_commands"]
+           "paired_difference", "pair_groups", "paired_time_ratio", "compare_markdown", "plot_compare",
+           "register_commands"]
 
 # The seed, the fields that say how to run rather than what to compute, and what is only recorded.
 GROUP_IGNORE = ("seed", "deterministic", "group_window", *RUN_CONTROL_FIELDS)
@@ -95,6 +101,15 @@ class Group:
 
     def errors_by_seed(self) -> dict[int, float]:
         return {r.config.get("seed"): 100.0 * (1.0 - r.summary["final_test_acc"]) for r in self.runs}
+
+    def train_seconds_by_seed(self) -> dict[int, float]:
+        """summary.json's ``train_seconds`` per seed (runs without a positive finite one left out)."""
+        out = {}
+        for r in self.runs:
+            v = r.summary.get("train_seconds")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+                out[r.config.get("seed")] = float(v)
+        return out
 
     @property
     def seconds(self) -> float:
@@ -259,6 +274,29 @@ def pair_groups(g: Group, other: Group | None) -> dict[str, Any] | None:
     return out
 
 
+def paired_time_ratio(g: Group, other: Group | None) -> dict[str, Any] | None:
+    """``train_seconds`` of ``g`` over ``other``'s, seed by seed over their shared seeds: ``mean``,
+    ``std`` (ddof = 1; None for one seed), ``n``, ``seeds``, ``per_seed`` (None without ``other``)."""
+    if other is None:
+        return None
+    mine, theirs = g.train_seconds_by_seed(), other.train_seconds_by_seed()
+    seeds = sorted(set(mine) & set(theirs), key=str)
+    ratios = np.array([mine[s] / theirs[s] for s in seeds], dtype=np.float64)
+    n = int(ratios.size)
+    return {"mean": float(ratios.mean()) if n else None, "std": float(ratios.std(ddof=1)) if n > 1 else None,
+            "n": n, "seeds": seeds, "per_seed": [float(x) for x in ratios]}
+
+
+def _ratio_cell(g: Group, baseline_optimizer: str) -> str:
+    if g.reference is None:
+        return "1 (reference)" if g.key.get("optimizer") == baseline_optimizer and not g.key.get("useful") else "-"
+    d = paired_time_ratio(g, g.reference)
+    if d["n"] == 0:
+        return "no shared seeds"
+    spread = f" ± {d['std']:.2f}" if d["std"] is not None else ""
+    return f"{d['mean']:.2f}x{spread} ({d['n']} seed{'s' if d['n'] > 1 else ''})"
+
+
 def _num(v: float, digits: int = 2) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
@@ -268,15 +306,18 @@ def compare_markdown(groups: Sequence[Group], skipped: Sequence[tuple[str, str]]
     """The markdown table (and the list of skipped runs)."""
     base = baseline_optimizer.upper()
     lines = [f"| configuration | seeds | test error (%) mean | std | time (s) | time vs {base} | "
-             f"error vs {base} (paired) | error vs random upsampling (paired) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"train time vs {base} (paired) | error vs {base} (paired) | error vs random upsampling (paired) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for g in groups:
         rel = g.relative_time
         lines.append(f"| {g.label} | {len(g.runs)} | {_num(g.error_mean)} | {_num(g.error_std)} | "
-                     f"{_num(g.seconds, 1)} | {_num(rel) + 'x' if math.isfinite(rel) else 'n/a'} | "
+                     f"{_num(g.seconds, 1)} | {_num(rel) + 'x' if math.isfinite(rel) else 'n/a'} | {_ratio_cell(g, baseline_optimizer)} | "
                      f"{_paired_cell(pair_groups(g, g.reference))} | {_paired_cell(pair_groups(g, g.matched))} |")
     lines += ["", "Paired: mean over shared seeds of (this group's test error - the other's), in points, with its "
-              f"95% t-interval; groups differing only in the method ({', '.join(METHOD_FIELDS)}) are paired."]
+              f"95% t-interval; groups differing only in the method ({', '.join(METHOD_FIELDS)}) are paired.",
+              f"Train time vs {base}: per shared seed, each run summary's train_seconds (training epochs of the whole "
+              f"run, USEFUL's pre-split phase included) over the {base} run of the same setting and seed; mean ± "
+              "std over seeds."]
     if skipped:
         lines += ["", f"Skipped {len(skipped)} run(s):"]
         lines += [f"- {path}: {reason}" for path, reason in skipped]

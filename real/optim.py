@@ -3,12 +3,21 @@
 SAM (Foret et al., 2021) takes two gradients per step on the same minibatch:
 
     e(w)  = rho g / ||g||_F,               g = grad L_B(w)        (first_step: w <- w + e)
-    ASAM  e(w)  = rho T^2 g / ||T g||_F,   T = diag(|w|)          (Kwon et al., 2021)
-    w    <- w - eta * base_step(grad L_B(w + e))                  (second_step, at the restored w)
+    ASAM  e(w)  = rho T^2 g / ||T g||_F,   T = diag(t)            (Kwon et al., 2021)
+    w    <- w - lr * base_step(grad L_B(w + e))                   (second_step, at the restored w)
 
 ``||.||_F`` is the norm of the whole parameter vector (all tensors jointly), as in
 ``theory.updates.perturbation``; ``g = 0`` gives ``e = 0``.  ``e`` uses the loss gradient only:
 weight decay and momentum belong to the base optimizer's step (as in davda54/sam).
+
+ASAM's ``T`` (``--asam-variant``, :data:`ASAM_VARIANTS`):
+
+* ``kwon``: Kwon et al.'s official code (SamsungLabs/ASAM, ``asam.py``): ``t = |w| + eta``
+  (``eta = 0.01``, :data:`ASAM_ETA`) on the parameters whose name contains ``weight`` (convolution,
+  linear and BatchNorm weights), ``t = 1`` on the others (biases, BatchNorm shifts); the norm
+  ``||T g||`` runs over all of them.  (Their code adds 1e-16 to the norm; here ``g = 0`` gives
+  ``e = 0`` instead, a difference below float64's resolution otherwise.)
+* ``davda54``: davda54/sam's ``adaptive=True``: ``t = |w|`` on every parameter.
 
 Distributed data parallel: both backward passes of :func:`sam_step` are all-reduced by DDP itself,
 so ``e`` is computed from the global-batch gradient (the theory's minibatch SAM on the global
@@ -25,9 +34,11 @@ from torch import nn
 
 from theory.plumbing.config import check
 
-__all__ = ["OPTIMIZERS", "SAM", "build_optimizer", "disable_running_stats", "enable_running_stats", "sam_step"]
+__all__ = ["OPTIMIZERS", "ASAM_VARIANTS", "ASAM_ETA", "SAM", "asam_groups", "build_optimizer",
+           "disable_running_stats", "enable_running_stats", "sam_step"]
 
-OPTIMIZERS = ("sgd", "sam", "asam")
+ASAM_VARIANTS = ("kwon", "davda54")
+ASAM_ETA = 0.01  # Kwon et al.'s eta: t = |w| + eta (SamsungLabs/ASAM's default and the paper's)
 
 
 class SAM(torch.optim.Optimizer):
@@ -40,14 +51,17 @@ class SAM(torch.optim.Optimizer):
         parameter groups with ``base_kwargs``; ``param_groups`` is shared with it, so LR schedulers
         attached to this optimizer drive the base step.
     rho : neighbourhood radius (>= 0; ``rho = 0`` is the base optimizer evaluated twice).
-    adaptive : ASAM, ``e = rho T^2 g / ||T g||`` with ``T = |w|``.
+    adaptive : ASAM, ``e = rho T^2 g / ||T g||`` with ``T = |w| + eta`` on this group's parameters
+        (``T = 1`` on the groups with ``adaptive=False``; the norm is over every group).
+    eta : ASAM's offset of ``T`` (0: davda54/sam's ``T = |w|``; Kwon et al. use 0.01).
 
     Values are not re-validated here: the trainer's configuration (:class:`real.config.TrainConfig`)
     is the one validator.
     """
 
-    def __init__(self, params, base_optimizer_cls, *, rho: float = 0.05, adaptive: bool = False, **base_kwargs):
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
+    def __init__(self, params, base_optimizer_cls, *, rho: float = 0.05, adaptive: bool = False, eta: float = 0.0,
+                 **base_kwargs):
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, eta=eta, **base_kwargs))
         self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
@@ -55,8 +69,16 @@ class SAM(torch.optim.Optimizer):
     def _params_with_grad(self, group: dict) -> list[torch.Tensor]:
         return [p for p in group["params"] if p.grad is not None]
 
+    @staticmethod
+    def _scales(group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """ASAM's ``t = |w| + eta`` of an adaptive group's parameters."""
+        t = torch._foreach_abs(params)
+        if group["eta"]:
+            torch._foreach_add_(t, group["eta"])
+        return t
+
     def _grad_norm(self) -> torch.Tensor:
-        """``||T g||_F`` over every parameter with a gradient (``T = |w|`` for ASAM, else I).
+        """``||T g||_F`` over every parameter with a gradient (``T = |w| + eta`` on adaptive groups, else I).
 
         Fused over each group's tensors (``torch._foreach_*``, as torch.optim's own optimizers do):
         a handful of kernels per step instead of a few per parameter tensor.
@@ -68,7 +90,7 @@ class SAM(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             if group["adaptive"]:
-                grads = torch._foreach_mul(grads, torch._foreach_abs(params))
+                grads = torch._foreach_mul(grads, self._scales(group, params))
             norms.extend(n.to(self._device) for n in torch._foreach_norm(grads, 2))
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self._device)
 
@@ -100,7 +122,11 @@ class SAM(torch.optim.Optimizer):
                 old.append(buf)
             torch._foreach_copy_(old, params)
             grads = [p.grad for p in params]
-            e = torch._foreach_mul(grads, torch._foreach_mul(params, params)) if group["adaptive"] else grads
+            if group["adaptive"]:
+                t = self._scales(group, params)
+                e = torch._foreach_mul(grads, torch._foreach_mul(t, t))
+            else:
+                e = grads
             torch._foreach_add_(params, torch._foreach_mul(e, scale))
             self._perturbed.append((params, old))
         _weights_changed_in_place()
@@ -148,6 +174,44 @@ def _weights_changed_in_place() -> None:
     torch.clear_autocast_cache()
 
 
+def _tensors(params) -> list[torch.Tensor]:
+    return [p[1] if isinstance(p, tuple) else p for p in params]
+
+
+def asam_groups(named_params, variant: str = "kwon") -> list[dict]:
+    """ASAM's parameter groups from ``(name, parameter)`` pairs (``model.named_parameters()``).
+
+    ``kwon``: the parameters whose name contains ``weight`` get ``T = |w| + ASAM_ETA``, the others
+    ``T = 1`` (SamsungLabs/ASAM's test ``'weight' in n``); ``davda54``: one group, ``T = |w|``."""
+    named = list(named_params)
+    check(all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in named), "params",
+          "unnamed parameters", "(name, parameter) pairs, e.g. model.named_parameters(): ASAM's T depends on the name")
+    if variant == "davda54":
+        return [{"params": [p for _, p in named], "adaptive": True, "eta": 0.0}]
+    check(variant == "kwon", "asam_variant", variant, "one of " + ", ".join(ASAM_VARIANTS))
+    groups = [{"params": [p for n, p in named if "weight" in n], "adaptive": True, "eta": ASAM_ETA},
+              {"params": [p for n, p in named if "weight" not in n], "adaptive": False, "eta": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _sgd(params, *, lr, momentum, nesterov, weight_decay, rho, asam_variant):
+    return torch.optim.SGD(_tensors(params), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+def _sam(params, *, lr, momentum, nesterov, weight_decay, rho, asam_variant):
+    return SAM(_tensors(params), torch.optim.SGD, rho=rho, lr=lr, momentum=momentum, nesterov=nesterov,
+               weight_decay=weight_decay)
+
+
+def _asam(params, *, lr, momentum, nesterov, weight_decay, rho, asam_variant):
+    return SAM(asam_groups(params, asam_variant), torch.optim.SGD, rho=rho, adaptive=True, lr=lr, momentum=momentum,
+               nesterov=nesterov, weight_decay=weight_decay)
+
+
+# name -> builder: the accepted names of --optimizer (each an SGD, or SAM/ASAM around it).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": _sgd, "sam": _sam, "asam": _asam}
+
+
 def build_optimizer(
     name: str,
     params,
@@ -157,16 +221,17 @@ def build_optimizer(
     nesterov: bool = False,
     weight_decay: float = 5e-4,
     rho: float = 0.05,
+    asam_variant: str = "kwon",
 ) -> torch.optim.Optimizer:
     """``"sgd"``: ``torch.optim.SGD``; ``"sam"`` / ``"asam"``: :class:`SAM` over that SGD.
 
-    ASAM's radius is on the scale ``|w|``-normalized; Kwon et al. use ``rho`` about 10x SAM's.
-    The values are :class:`real.config.TrainConfig`'s, validated there.
+    ``params``: ``model.named_parameters()`` (ASAM needs the names: :func:`asam_groups`) or, for
+    SGD and SAM, plain parameters.  ASAM's radius is on the scale ``|w|``-normalized; Kwon et al.
+    use ``rho`` about 10x SAM's.  The values are :class:`real.config.TrainConfig`'s, validated there.
     """
-    sgd = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, **sgd)
-    return SAM(params, torch.optim.SGD, rho=rho, adaptive=(name == "asam"), **sgd)
+    check(name in OPTIMIZERS, "optimizer", name, "one of " + ", ".join(OPTIMIZERS))
+    return OPTIMIZERS[name](list(params), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                            rho=rho, asam_variant=asam_variant)
 
 
 def _batch_norms(model: nn.Module):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from real.cli import COMMANDS, main
-from real.compare import compare, group_runs, load_runs
+from real.compare import compare, group_runs, load_runs, paired_time_ratio
 from real.config import TrainConfig, config_to_dict
 from real.rundir import FORMAT
 from real.train import train
@@ -20,12 +20,14 @@ TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=64, syntheti
 
 
 def fake_run(path: Path, *, seed: int, acc: float | None, wall: float, status: str = "completed",
-             metrics: bool = True, **config) -> Path:
+             metrics: bool = True, train_seconds: float | None = None, **config) -> Path:
     path.mkdir(parents=True)
     cfg = config_to_dict(TrainConfig(**{**TINY, "seed": seed, "out": str(path), **config}))
     (path / "config.json").write_text(json.dumps({"format": FORMAT, **cfg}))
     summary = {"status": status, "message": "" if status == "completed" else "training diverged: x",
                "final_test_acc": acc, "best_test_acc": acc, "wall_seconds": wall}
+    if train_seconds is not None:
+        summary["train_seconds"] = train_seconds
     (path / "summary.json").write_text(json.dumps(summary))
     if metrics:
         (path / "metrics.jsonl").write_text(json.dumps({"phase": "main", "epoch": 1, "seconds": wall}) + "\n")
@@ -224,3 +226,53 @@ def test_method_fields_do_not_label_runs_without_useful(tmp_path):
     assert [g.label for g in groups] == ["SGD", "SGD+USEFUL"]
     _, groups, _ = compare(runs[2:])
     assert len(groups) == 1 and len(groups[0].runs) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Training time relative to SGD, paired by seed.
+
+
+def test_train_time_relative_to_sgd_is_paired_by_seed(tmp_path):
+    sgd_times = {0: 10.0, 1: 20.0, 2: 40.0}  # very different seeds: an unpaired ratio of means would not be 1.1
+    useful_times = {0: 11.0, 1: 23.0, 2: 44.0}  # ratios 1.1, 1.15, 1.1
+    runs = [fake_run(tmp_path / f"sgd{s}", seed=s, acc=0.9, wall=100.0, train_seconds=t) for s, t in sgd_times.items()]
+    runs += [fake_run(tmp_path / f"useful{s}", seed=s, acc=0.9, wall=1.0, train_seconds=t, useful=True,
+                      separate_epoch=1) for s, t in useful_times.items()]
+    runs += [fake_run(tmp_path / "useful9", seed=9, acc=0.9, wall=1.0, train_seconds=1.0, useful=True,
+                      separate_epoch=1)]  # no SGD run with seed 9: not paired
+    runs += [fake_run(tmp_path / f"sam{s}", seed=s, acc=0.9, wall=1.0, train_seconds=2 * sgd_times[s],
+                      optimizer="sam") for s in (0, 1)]
+    runs += [fake_run(tmp_path / "nosgd", seed=0, acc=0.9, wall=1.0, train_seconds=5.0, lr=0.3)]  # another setting
+    table, groups, _ = compare(runs)
+    by = {g.label: g for g in groups}
+    useful, sam, sgd = by["SGD+USEFUL (lr=0.1)"], by["SAM (lr=0.1)"], by["SGD (lr=0.1)"]
+    d = paired_time_ratio(useful, useful.reference)
+    assert useful.reference is sgd and d["seeds"] == [0, 1, 2] and d["n"] == 3
+    expected = [useful_times[s] / sgd_times[s] for s in (0, 1, 2)]
+    np.testing.assert_allclose(d["per_seed"], expected)
+    assert d["mean"] == pytest.approx(np.mean(expected)) and d["std"] == pytest.approx(np.std(expected, ddof=1))
+    assert paired_time_ratio(sam, sam.reference)["per_seed"] == pytest.approx([2.0, 2.0])
+    assert paired_time_ratio(sgd, None) is None
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| SGD") or
+            line.startswith("| SAM")}
+    assert f"| {np.mean(expected):.2f}x ± {np.std(expected, ddof=1):.2f} (3 seeds) |" in rows["SGD+USEFUL (lr=0.1)"]
+    assert "| 2.00x ± 0.00 (2 seeds) |" in rows["SAM (lr=0.1)"]
+    assert "| 1 (reference) |" in rows["SGD (lr=0.1)"]
+    assert "train time vs SGD (paired)" in table.splitlines()[0]
+    # a setting without its SGD group has no ratio
+    assert "| 1 (reference) |" in rows["SGD (lr=0.3)"] and paired_time_ratio(by["SGD (lr=0.3)"], sgd)["n"] == 1
+
+
+def test_real_useful_run_counts_its_pre_split_epochs_in_train_seconds(tmp_path):
+    """summary.json's train_seconds (compare's paired time) of a USEFUL run is the training time of
+    both phases' epochs: each row's training time is its images over its images_per_second."""
+    from real.rundir import read_metrics
+
+    # --upweight: both phases go over the 64 examples in 2 full batches, so a row's images are known
+    b = train(TrainConfig(**TINY, epochs=2, useful=True, upweight=True, separate_epoch=1, out=str(tmp_path / "u")))
+    rows = read_metrics(tmp_path / "u")
+    assert [r["phase"] for r in rows] == ["separate", "main", "main"] and b["train_list_length"] == 64
+    assert all(r["steps"] * TINY["batch_size"] == 64 for r in rows)
+    per_row = [64 / r["images_per_second"] for r in rows]
+    assert b["train_seconds"] == pytest.approx(sum(per_row), rel=1e-6)
+    assert b["train_seconds"] > sum(t for t, r in zip(per_row, rows) if r["phase"] == "main")

@@ -108,8 +108,8 @@ def test_asam_perturbation_by_hand():
 
 def test_zero_gradient_gives_no_nan():
     w = nn.Parameter(torch.ones(3))
-    for name in ("sam", "asam"):
-        opt = build_optimizer(name, [w], lr=0.1, rho=0.05, weight_decay=0.0)
+    for name, variant in (("sam", "kwon"), ("asam", "kwon"), ("asam", "davda54")):
+        opt = build_optimizer(name, [("weight", w)], lr=0.1, rho=0.05, weight_decay=0.0, asam_variant=variant)
         sam_step(nn.Identity(), opt, lambda out, t: (0.0 * out).sum() + w.sum() * 0.0, torch.zeros(2), None)
         assert torch.equal(w.detach(), torch.ones(3))
 
@@ -156,9 +156,13 @@ def test_build_optimizer_and_its_one_validator():
     from real.config import TrainConfig
     from real.optim import OPTIMIZERS
 
-    w = [nn.Parameter(torch.ones(1))]
+    w = [("weight", nn.Parameter(torch.ones(1))), ("bias", nn.Parameter(torch.ones(1)))]
     assert type(build_optimizer("sgd", w, lr=0.1)) is torch.optim.SGD
-    assert build_optimizer("asam", w, lr=0.1).param_groups[0]["adaptive"] is True
+    kwon = build_optimizer("asam", w, lr=0.1).param_groups  # the default variant: Kwon et al.'s
+    assert [(g["adaptive"], g["eta"], len(g["params"])) for g in kwon] == [(True, 0.01, 1), (False, 0.0, 1)]
+    davda = build_optimizer("asam", w, lr=0.1, asam_variant="davda54").param_groups
+    assert [(g["adaptive"], g["eta"], len(g["params"])) for g in davda] == [(True, 0.0, 2)]
+    assert isinstance(OPTIMIZERS, dict) and list(OPTIMIZERS) == ["sgd", "sam", "asam"]
     for name in OPTIMIZERS:  # every name the configuration accepts builds
         assert build_optimizer(name, w, lr=0.1) is not None
         assert TrainConfig(dataset="synthetic", optimizer=name).optimizer == name
