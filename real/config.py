@@ -33,12 +33,13 @@ from theory.plumbing.config import (
     load_toml,
     to_jsonable,
 )
+from theory.useful import JTT_UPWEIGHT, PARTITIONS, SPLIT_ON
 
 from .augment import AUGMENTS, COPY_AUGMENTS
 from .datasets import DATASETS
 from .distributed import DEVICES
 from .models import MODELS
-from .optim import OPTIMIZERS
+from .optim import ASAM_VARIANTS, OPTIMIZERS
 from .planted import EASY_FEATURES
 from .schedules import SCHEDULES
 from .tensorboard import check_installed
@@ -46,8 +47,6 @@ from .tensorboard import check_installed
 __all__ = [
     "TrainConfig",
     "PARTITIONS",
-    "SPLIT_INPUTS",
-    "ASAM_VARIANTS",
     "UPWEIGHT_NORMALIZATIONS",
     "AUGMENTS",
     "COPY_AUGMENTS",
@@ -69,11 +68,7 @@ __all__ = [
 
 # One tuple of names per choice (the others live with their builders: DATASETS, MODELS, OPTIMIZERS,
 # SCHEDULES, DEVICES); the dataclass's Literal types are built from them.
-PARTITIONS = ("useful", "random", "quantile", "misclassified", "jtt", "eiil", "class-balanced")
-SPLIT_INPUTS = ("logits", "softmax", "loss")  # what USEFUL's 2-means clusters
-ASAM_VARIANTS = ("kwon", "davda54")  # Kwon et al.'s official ASAM; davda54/sam's adaptive mode
 UPWEIGHT_NORMALIZATIONS = ("weights", "batch")  # sum(w l) / sum(w); mean(w l)
-JTT_UPWEIGHT = 20  # JTT's lambda_up, the smallest of the values JTT's paper tunes over ({20, 50, 100})
 PRECISIONS = ("auto", "bf16", "float32")  # auto: bf16 autocast on CUDA, float32 elsewhere
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto: channels_last on CUDA
 FLOAT32_MAX = 3.4028234663852886e38  # values that go into float32 tensors must fit
@@ -108,7 +103,7 @@ class TrainConfig:
     group_window: int = doc(10, "iterations per row of the per-group training accuracy (with the planted feature)")
     # Model and optimization.
     model: Literal[tuple(MODELS)] = doc("resnet18", "the network")
-    optimizer: Literal[OPTIMIZERS] = doc("sgd", "sgd; sam (Foret et al.); asam (adaptive SAM, see --asam-variant)")
+    optimizer: Literal[tuple(OPTIMIZERS)] = doc("sgd", "sgd; sam (Foret et al.); asam (adaptive SAM, see --asam-variant)")
     asam_variant: Literal[ASAM_VARIANTS] = doc("kwon", "kwon: Kwon et al.'s official ASAM (T = |w| + 0.01 on "
                                                        "parameters named weight, T = 1 on the others); davda54: "
                                                        "T = |w| on every parameter; only with --optimizer asam")
@@ -134,8 +129,8 @@ class TrainConfig:
                                                         "training error's decrease slows (real/useful.py)")
     separate_iteration: int | None = doc(None, "split after this many iterations instead (may fall inside an epoch)")
     upsample_factor: int = doc(2, "k: the upsampled cluster's multiplicity (copies, or loss weight), >= 1")
-    partition: Literal[PARTITIONS] = doc("useful", "which examples to upsample: USEFUL's 2-means split or a baseline")
-    split_on: Literal[SPLIT_INPUTS] = doc("logits", "what USEFUL's per-class 2-means clusters: the logits (the "
+    partition: Literal[tuple(PARTITIONS)] = doc("useful", "which examples to upsample: USEFUL's 2-means split or a baseline")
+    split_on: Literal[SPLIT_ON] = doc("logits", "what USEFUL's per-class 2-means clusters: the logits (the "
                                                     "paper), the softmax outputs or the per-example loss")
     quantile: float = doc(0.5, "the quantile baseline: upsample the examples above this loss quantile, [0, 1)")
     jtt_upweight: int = doc(JTT_UPWEIGHT, "JTT's lambda_up: multiplicity of each error-set example, >= 2 "
@@ -268,7 +263,7 @@ def _check_useful(cfg: TrainConfig) -> None:
     check_choice("--partition", cfg.partition, PARTITIONS)
     check(cfg.useful or cfg.partition == "useful", "--partition", cfg.partition,
           "'useful' unless --useful is given (a partition is only used by a USEFUL run)")
-    check_choice("--split-on", cfg.split_on, SPLIT_INPUTS)
+    check_choice("--split-on", cfg.split_on, SPLIT_ON)
     _only_with(cfg, "split_on", cfg.useful and cfg.partition in ("useful", "random"),
                "--useful with --partition useful or random (the partitions that run USEFUL's 2-means)")
     check_number("--quantile", cfg.quantile, low=0.0, high=1.0, high_open=True)

@@ -155,8 +155,9 @@ def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     model = D.wrap_ddp(raw, info)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = build_optimizer(cfg.optimizer, raw.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, rho=cfg.rho)
+    optimizer = build_optimizer(cfg.optimizer, raw.named_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, rho=cfg.rho,
+                                asam_variant=cfg.asam_variant)
     n, weights, copies = data.n_train, None, None
     if multiplicities is None or cfg.upweight:
         index_list = np.arange(n)

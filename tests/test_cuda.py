@@ -82,7 +82,8 @@ def _theory_steps(W0, X, y, *, optimizer, lr, rho, momentum, weight_decay, steps
 
 def _torch_steps(W0, X, y, *, optimizer, lr, rho, momentum, weight_decay, steps, device, dtype):
     model = CubicCNN(W0).to(device=device, dtype=dtype)
-    opt = build_optimizer(optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, rho=rho)
+    opt = build_optimizer(optimizer, model.named_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, rho=rho,
+                          asam_variant="davda54")
     Xt = torch.tensor(X, dtype=dtype, device=device)
     yt = torch.tensor(y, dtype=dtype, device=device)
     with float32_matmuls():
@@ -135,7 +136,7 @@ def test_sam_under_bf16_autocast_steps_from_the_perturbed_weights(device, optimi
 
     def step(name: str, bf16: bool) -> torch.Tensor:
         model = copy.deepcopy(base)
-        opt = build_optimizer(name, model.parameters(), lr=0.5, momentum=0.0, weight_decay=0.0, rho=2.0)
+        opt = build_optimizer(name, model.named_parameters(), lr=0.5, momentum=0.0, weight_decay=0.0, rho=2.0)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             sam_step(model, opt, torch.nn.functional.cross_entropy, x, y)
         return _flat(model)
@@ -289,10 +290,11 @@ def test_useful_split_equals_cpu_split_of_same_logits(tmp_path, monkeypatch, dev
 
     # The CPU split of the very logits the run computed: every array of partition.npz is equal.
     cpu = useful.make_partition(cfg.partition, seen["logits"], seen["labels"], seen["losses"], k=cfg.upsample_factor,
-                                seed=cfg.seed, quantile=cfg.quantile)
+                                seed=cfg.seed, quantile=cfg.quantile, split_on=cfg.split_on,
+                                jtt_upweight=cfg.jtt_upweight)
     at = useful.SplitPoint(cfg.separate_epoch)
-    arrays = useful.partition_arrays(cpu, seen["labels"], seen["losses"], num_classes=10, separated_at=at,
-                                     upweight=cfg.upweight)
+    arrays = useful.partition_arrays(cpu, seen["labels"], seen["losses"], logits=seen["logits"], num_classes=10,
+                                     separated_at=at, upweight=cfg.upweight, split_on=cfg.split_on)
     assert set(arrays) == set(part)
     for key, value in arrays.items():
         np.testing.assert_array_equal(np.asarray(part[key]), np.asarray(value), err_msg=key)

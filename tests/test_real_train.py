@@ -191,9 +191,9 @@ def test_upweight_and_baselines(tmp_path):
     quant = make_partition("quantile", logits, labels, losses, k=2, seed=0, quantile=0.75)
     assert quant.upsample.sum() == 15
     mis = make_partition("misclassified", logits, labels, losses, k=4, seed=0)
-    jtt = make_partition("jtt", logits, labels, losses, k=4, seed=0)
+    jtt = make_partition("jtt", logits, labels, losses, k=4, seed=0, jtt_upweight=5)
     assert np.array_equal(mis.upsample, logits.argmax(1) != labels) and jtt.method == "jtt"
-    assert np.array_equal(mis.multiplicities, jtt.multiplicities)
+    assert np.array_equal(jtt.upsample, mis.upsample) and np.array_equal(jtt.multiplicities, np.where(mis.upsample, 5, 1))
 
 
 def test_steps_per_epoch():
