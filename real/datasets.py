@@ -110,18 +110,10 @@ class DatasetInfo:
 
 @dataclass(frozen=True, eq=False)  # tensors have no boolean equality
 class Dataset:
-    """A classification data set held in memory.
+    """A classification data set held in memory: uint8 images ``(N, C, H, W)`` (contiguous, CPU), int64
+    labels in ``[0, num_classes)``, and the per-channel mean and std of ``train_x / 255``."""
 
-    Attributes
-    ----------
-    name : the data set's name (one of :data:`DATASETS`).
-    train_x, test_x : uint8 tensors ``(N, C, H, W)``, contiguous, on the CPU.
-    train_y, test_y : int64 tensors ``(N,)`` with values in ``[0, num_classes)``.
-    num_classes : number of classes.
-    mean, std : per-channel mean and standard deviation of ``train_x / 255`` over all pixels.
-    """
-
-    name: str
+    name: str  # one of DATASETS
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -141,9 +133,7 @@ class Dataset:
         return int(self.train_x.shape[2])
 
 
-# --------------------------------------------------------------------------------------------
-# errors, paths and the checks shared by all loaders
-# --------------------------------------------------------------------------------------------
+# --- errors, paths and the checks shared by all loaders ---
 
 
 def _error(name: str, problem: str, path: Path | str) -> DatasetError:
@@ -279,9 +269,7 @@ def _make(name: str, train: Split, test: Split, num_classes: int, long_tail_rati
                    num_classes=num_classes, mean=mean, std=std)
 
 
-# --------------------------------------------------------------------------------------------
-# CIFAR-10 / CIFAR-100 (python pickles, read by a restricted unpickler)
-# --------------------------------------------------------------------------------------------
+# --- CIFAR-10 / CIFAR-100 (python pickles, read by a restricted unpickler) ---
 
 
 class _Refused(pickle.UnpicklingError):
@@ -330,13 +318,9 @@ _PICKLE_GLOBALS = _numpy_reconstructors()
 class _DataUnpickler(pickle.Unpickler):
     """Builds dict, list, tuple, str, bytes, numbers, bool, None, numpy arrays and numpy scalars only.
 
-    Plain containers and literals need no global; the only globals admitted are the ones numpy's own
-    pickles of arrays, dtypes and scalars name (:data:`_PICKLE_GLOBALS`), and ``_codecs.encode`` and
-    ``bytes`` restricted to the calls Python emits for ``bytes`` at protocols 0-2 (``encode(str,
-    'latin1')`` and ``bytes()``).  Every
-    other global (``posix.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
-    :class:`_Refused` before anything is called.
-    """
+    The only globals admitted are those numpy's own pickles name (:data:`_PICKLE_GLOBALS`), and
+    ``_codecs.encode`` / ``bytes`` limited to the calls Python emits for ``bytes`` at protocols 0-2;
+    any other (``posix.system``, ``builtins.eval``, any class) raises :class:`_Refused` before it runs."""
 
     def find_class(self, module: str, name: str) -> object:
         found = _PICKLE_GLOBALS.get((module, name))
@@ -406,9 +390,7 @@ def _load_cifar(info: DatasetInfo, root: Path, train: tuple[str, ...], test: tup
     return splits[0], splits[1], info.num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# STL-10 (raw binaries, column-major images)
-# --------------------------------------------------------------------------------------------
+# --- STL-10 (raw binaries, column-major images) ---
 
 
 def _load_stl_split(info: DatasetInfo, root: Path, split: str) -> Split:
@@ -437,9 +419,7 @@ def _load_stl10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
     return _load_stl_split(info, root, "train"), _load_stl_split(info, root, "test"), info.num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# image folders (CINIC-10, Tiny-ImageNet)
-# --------------------------------------------------------------------------------------------
+# --- image folders (CINIC-10, Tiny-ImageNet) ---
 
 
 def _read_image(name: str, path: Path, size: int) -> np.ndarray:
@@ -471,8 +451,16 @@ def _read_images(info: DatasetInfo, paths: list[Path], labels: list[int], where:
     return out, np.asarray(labels, dtype=np.int64)
 
 
-def _image_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+def _class_folders(info: DatasetInfo, split_dir: Path, classes: list[str], sub: str, suffixes: tuple[str, ...]
+                   ) -> Split:
+    """The images ``split_dir/<class>/<sub>/*<suffix>``, labelled by the class's index in ``classes``."""
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        folder = _require_dir(info.name, split_dir / cls / sub)
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        paths += files
+        labels += [label] * len(files)
+    return _read_images(info, paths, labels, split_dir)
 
 
 def _load_cinic_split(info: DatasetInfo, root: Path, split: str, classes: list[str]) -> Split:
@@ -480,12 +468,7 @@ def _load_cinic_split(info: DatasetInfo, root: Path, split: str, classes: list[s
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if found != classes:
         raise _error("cinic10", f"class folders {found} differ from {classes} in", split_dir)
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        files = _image_files(split_dir / cls, (".png",))
-        paths += files
-        labels += [label] * len(files)
-    return _read_images(info, paths, labels, split_dir)
+    return _class_folders(info, split_dir, classes, "", (".png",))
 
 
 def _load_cinic10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
@@ -526,20 +509,12 @@ def _read_val_annotations(root: Path, index: dict[str, int]) -> tuple[list[Path]
 
 def _load_tinyimagenet(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
     wnids = _read_wnids(root)
-    index = {wnid: i for i, wnid in enumerate(wnids)}
-    train_paths, train_labels = [], []
-    for wnid in wnids:
-        files = _image_files(_require_dir("tinyimagenet", root / "train" / wnid / "images"), (".jpeg", ".jpg"))
-        train_paths += files
-        train_labels += [index[wnid]] * len(files)
-    test_paths, test_labels = _read_val_annotations(root, index)
-    train = _read_images(info, train_paths, train_labels, root / "train")
+    train = _class_folders(info, root / "train", wnids, "images", (".jpeg", ".jpg"))
+    test_paths, test_labels = _read_val_annotations(root, {wnid: i for i, wnid in enumerate(wnids)})
     return train, _read_images(info, test_paths, test_labels, root / "val"), len(wnids)
 
 
-# --------------------------------------------------------------------------------------------
-# Fashion-MNIST (idx files, optionally gzipped)
-# --------------------------------------------------------------------------------------------
+# --- Fashion-MNIST (idx files, optionally gzipped) ---
 
 
 def _read_idx(root: Path, stem: str, magic: int, image_dims: list[int]) -> tuple[np.ndarray, Path]:
@@ -595,9 +570,7 @@ def _load_fashion_mnist(info: DatasetInfo, root: Path) -> tuple[Split, Split, in
     return _load_fashion_split(info, root, "train"), _load_fashion_split(info, root, "t10k"), info.num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# synthetic (generated from the seed)
-# --------------------------------------------------------------------------------------------
+# --- synthetic (generated from the seed) ---
 
 
 _SYNTHETIC_CHUNK = 1024  # images whose float64 temporaries (5 arrays) exist at once
@@ -649,9 +622,7 @@ def _load_synthetic(info: DatasetInfo, seed: int, n_train: int, n_test: int) -> 
     return train, _synthetic_split(test_rng, n_test, colours, patterns), num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# the data sets
-# --------------------------------------------------------------------------------------------
+# --- the data sets ---
 
 _KRIZ = "https://www.cs.toronto.edu/~kriz/"
 
@@ -713,26 +684,14 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({info.name: info for info
 def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0,
                  synthetic_train: int = 512, synthetic_test: int = 256,
                  long_tail_ratio: float | None = None) -> Dataset:
-    """Load a data set into memory as uint8 tensors.
+    """Load the data set ``name`` (one of :data:`DATASETS`; case-insensitive, ``_`` for ``-``) as uint8 tensors.
 
-    Parameters
-    ----------
-    name : one of :data:`DATASETS` (case-insensitive; ``_`` may stand for ``-``).
-    data_dir : the data set's folder or its parent; None uses :func:`default_data_dir`.
-        Ignored for ``synthetic``.
-    seed : seed of the synthetic data and of the long-tailed subsampling.
-    synthetic_train, synthetic_test : sizes of the synthetic splits.
-    long_tail_ratio : if given, keep a CIFAR-LT style long-tailed subset of the training split with
-        this ratio ``n_max / n_min`` (>= 1); see :func:`long_tailed_indices`.
-
-    Raises
-    ------
-    DatasetError
-        Unknown name, or missing, truncated, malformed or unsafe files (one line naming the file).
-    ConfigError
-        The data would need more memory than the machine has (field ``--data-dir``, or
-        ``--synthetic-train`` / ``--synthetic-test`` for the synthetic set); checked before allocating.
-    """
+    ``data_dir`` is its folder or the folder's parent (None: :func:`default_data_dir`; ignored for
+    ``synthetic``); ``seed`` seeds the synthetic data and the long-tailed subset that ``long_tail_ratio``
+    (``n_max / n_min`` >= 1, :func:`long_tailed_indices`) keeps of the training split.  Raises
+    :class:`DatasetError` (one line naming the file) for an unknown name or missing, truncated, malformed
+    or unsafe files, and a ConfigError (``--data-dir``, ``--synthetic-train`` or ``--synthetic-test``)
+    before allocating more memory than the machine has."""
     key = _canonical(name)
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -745,23 +704,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
 
 
 def long_tailed_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -> np.ndarray:
-    """Indices of a CIFAR-LT style long-tailed subset.
+    """Sorted int64 indices into ``labels`` (1-d, integers >= 0) of a CIFAR-LT style long-tailed subset.
 
-    Class ``c`` (of ``C = labels.max() + 1``) keeps ``floor(n_max * ratio ** (-c / (C - 1)))``
-    examples (at least 1, at most the ones it has), where ``n_max`` is the largest class count,
-    chosen uniformly at random without replacement.
-
-    Parameters
-    ----------
-    labels : integer class labels, shape ``(N,)``, values >= 0.
-    imbalance_ratio : ``n_max / n_min``, >= 1 (1 keeps every example).
-    seed : seed of the random choice within each class.
-
-    Returns
-    -------
-    np.ndarray
-        Sorted int64 indices into ``labels``.
-    """
+    Class ``c`` of ``C = labels.max() + 1`` keeps ``floor(n_max * imbalance_ratio ** (-c / (C - 1)))``
+    examples (at least 1, at most the ones it has; ``n_max`` the largest class count; ratio >= 1, 1 keeps
+    all), chosen uniformly at random without replacement with ``seed``."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-d integer array, got {labels.dtype} with shape {labels.shape}")

@@ -87,29 +87,15 @@ class _Net:
 def ensure_dataset(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None = None,
                    sources: Mapping[str, DatasetInfo] | None = None, timeout: float = 60.0, retries: int = 5,
                    backoff: float = 1.0, progress: bool | None = None) -> Path:
-    """Make sure ``data_dir`` holds the data set ``name``, downloading it if needed; return its folder.
+    """Make sure ``data_dir`` (created if missing; the ``--data-dir`` training takes) holds the data set
+    ``name`` of ``sources`` (default :data:`real.datasets.DATASETS`), downloading it if needed; return its folder.
 
-    Parameters
-    ----------
-    name : a data set of ``sources`` that has files to download (not ``synthetic``).
-    data_dir : the folder to put it in (created if missing), the same ``--data-dir`` that training
-        takes.  None is allowed only for ``fashion-mnist`` when Debian's ``dataset-fashion-mnist``
-        package is installed.
-    mirror : base address replacing the record's (``http://`` or ``https://``); file names stay.
-    sources : the records to use (default :data:`real.datasets.DATASETS`; tests pass their own).
-    timeout : seconds a connection or a read may stall.
-    retries : attempts after a network failure, each after ``backoff * 2**k`` seconds.
-    backoff : first waiting time in seconds.
-    progress : show a progress bar on stderr; None: only when stderr is a terminal.
-
-    Raises
-    ------
-    ConfigError
-        Bad input (unknown name, bad ``mirror``, a file that is not a folder), a checksum mismatch, an
-        unsafe archive member, or a data set the loader rejects (a :class:`~real.datasets.DatasetError`).
-    EnvironmentFailure
-        The network or the disk failed (after the retries).
-    """
+    ``data_dir`` None is allowed only for ``fashion-mnist`` with Debian's ``dataset-fashion-mnist``.
+    ``mirror`` (http or https) replaces the record's base address, file names kept; ``timeout`` is the
+    seconds a connection or read may stall; a network failure is retried ``retries`` times, after
+    ``backoff * 2**k`` seconds; ``progress`` shows a bar on stderr (None: when stderr is a terminal).
+    Raises a ConfigError (one line, exit 2) for bad input, a checksum mismatch, an unsafe archive member
+    or files the loader rejects, and EnvironmentFailure (exit 1) when the network or the disk fails."""
     return _ensure(name, data_dir, mirror=mirror, sources=sources, timeout=timeout, retries=retries,
                    backoff=backoff, progress=progress).path
 
@@ -168,8 +154,7 @@ def _locked(root: Path):
         os.close(fd)  # releases the lock
 
 
-# ----------------------------------------------------------------------------------------------
-# what is there already
+# --- what is there already
 
 
 def _probe(folder: Path, info: DatasetInfo) -> bool:
@@ -235,8 +220,7 @@ def _present(info: DatasetInfo, root: Path) -> Installed | None:
     return None
 
 
-# ----------------------------------------------------------------------------------------------
-# installing
+# --- installing
 
 
 def _install(info: DatasetInfo, root: Path, base: str, net: _Net) -> Installed:
@@ -343,8 +327,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-# ----------------------------------------------------------------------------------------------
-# downloading (pooch)
+# --- downloading (pooch)
 
 
 def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base: str, net: _Net,
@@ -422,8 +405,7 @@ def _pooch_quiet():
         logger.setLevel(level)
 
 
-# ----------------------------------------------------------------------------------------------
-# unpacking: by hand, because pooch's Untar/Unzip write whatever the archive holds (links, devices,
+# --- unpacking: by hand, because pooch's Untar/Unzip write whatever the archive holds (links, devices,
 # '..' and absolute paths); every member is checked before it is written
 
 
@@ -500,8 +482,7 @@ def _unpack(info: DatasetInfo, archive: Path, staging: Path, root: Path) -> None
                            f"({type(err).__name__}: {err}); nothing was installed") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# command line
+# --- command line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
