@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import datetime
 import errno
+import itertools
 import json
 import logging
 import os
@@ -228,7 +229,10 @@ def _install(info: DatasetInfo, root: Path, base: str, net: _Net) -> Installed:
     work.mkdir(exist_ok=True)
     for stale in [*work.glob("unpack-*"), *work.glob("tmp*")]:  # a killed run's; we hold the lock
         log.info("removing %s, left by an interrupted run", stale)
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     notes: list[str] = []
     copies: list[tuple[Path, bool]] = []
     tmp = None
@@ -342,8 +346,7 @@ def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base:
         notes.append(f"{remote.filename}: MD5 {remote.md5} ({info.checksum_origin})")
     user_copy = root / remote.filename
     if user_copy.is_file():
-        found = pooch.file_hash(str(user_copy), alg="md5")
-        if remote.md5 is not None and found != remote.md5:
+        if remote.md5 is not None and (found := pooch.file_hash(str(user_copy), alg="md5")) != remote.md5:
             raise DatasetError(f"{info.name}: checksum mismatch for {user_copy}: its MD5 is {found}, the published "
                                f"MD5 of {remote.filename} is {remote.md5}; this file was not downloaded by "
                                f"useful-train, so it is left as is: move it away to download a fresh copy")
@@ -357,7 +360,7 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, net: 
     mismatch, with fixed waits): network failures only, ``net.retries`` times, exponential backoff."""
     known = None if remote.md5 is None else f"md5:{remote.md5}"
     hint = " (check --mirror)" if net.mirror else ""
-    for attempt in range(net.retries + 1):
+    for attempt in itertools.count():
         bar = _progress_bar(net, remote.filename)
         downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=net.timeout,
                                           headers={"Accept-Encoding": "identity"})  # the bytes the MD5 is of
@@ -381,7 +384,6 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, net: 
         finally:
             if bar is not False:
                 bar.close()
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _progress_bar(net: _Net, label: str):
