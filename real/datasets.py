@@ -1,33 +1,18 @@
-"""Image-classification data sets read from their distributed formats, held in memory as uint8.
+"""What each image-classification data set is (:data:`DATASETS`, one record each) and its loader.
 
-Nothing is downloaded here (``useful-train download`` and :func:`real.download.ensure_dataset` do
-that, only when asked): every loader reads the files as the data set's authors distribute them and
-raises :class:`DatasetError` (one line, naming the file or directory, the expected layout and where
-to get the data) when something is missing, truncated or malformed.
+:data:`DATASETS` maps a name to its :class:`DatasetInfo`: image shape, class count, the layout the
+loader reads, where the authors publish it, its files and their MD5s, how it unpacks.  The loaders here
+and ``useful-train download`` (:mod:`real.download`) both read these records; nothing else in real/
+holds those facts.  Nothing is downloaded here.
 
-Data files are untrusted input.  The CIFAR pickles are read by a restricted unpickler that builds
-only plain containers, strings, bytes, numbers, ``None`` and numpy arrays/scalars: a pickle that
-asks for anything else (``os.system``, ``builtins.eval``, any class) is refused before it runs,
-with one line naming the file and what it asked for.  Labels must be integers (integral floats such
-as ``3.0`` are refused too, like ``3.7``), in a flat list or 1-d integer array, one per image, in
-``[0, num_classes)``.  Before a large allocation the memory it needs (known from the file sizes,
-an idx header, the number of image files, or the synthetic sizes) is checked against what the
-machine has (:func:`theory.plumbing.config.check_allocation`), so a huge request is one line, not
-an out-of-memory kill.
-
-Supported names (:data:`DATASETS`):
-
-* ``cifar10``: ``cifar-10-batches-py/`` (pickles ``data_batch_1..5``, ``test_batch``);
-* ``cifar100``: ``cifar-100-python/`` (pickles ``train``, ``test``; fine labels, 100 classes);
-* ``stl10``: ``stl10_binary/`` (``train_X.bin``, ``train_y.bin``, ``test_X.bin``, ``test_y.bin``);
-* ``cinic10``: image folders ``train/<class>/*.png`` and ``test/<class>/*.png`` (``valid/`` unused);
-* ``tinyimagenet``: ``tiny-imagenet-200/`` (``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
-  ``val/images/*.JPEG`` with ``val/val_annotations.txt``; the validation split is the test split);
-* ``fashion-mnist``: the four idx files, each optionally gzipped;
-* ``synthetic``: generated in memory from the seed (10 classes, 3x32x32).
-
-Every split is checked: at least one image, images uint8 ``(N, C, H, W)`` of the data set's size,
-as many labels as images, labels in ``[0, num_classes)``.
+Data files are untrusted input.  Every loader reads the files as the authors distribute them and
+raises :class:`DatasetError` (one line naming the file, the expected layout and where to get it) when
+something is missing, truncated or malformed.  The CIFAR pickles are read by a restricted unpickler
+that builds only plain containers, strings, bytes, numbers, ``None`` and numpy arrays/scalars (any
+other global, ``os.system`` or a class, is refused before it runs).  Labels must be integers (``3.0``
+is refused like ``3.7``) in ``[0, num_classes)``, one per image.  Before a large allocation the
+memory it needs (from file sizes, an idx header, the number of images) is checked against what the
+machine has (:func:`theory.plumbing.config.check_allocation`): one line, not an out-of-memory kill.
 """
 
 from __future__ import annotations
@@ -38,90 +23,97 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
 
 import numpy as np
 import torch
 
 from theory.plumbing.config import ConfigError, check_allocation
 
-__all__ = [
-    "DATASETS",
-    "Dataset",
-    "DatasetError",
-    "default_data_dir",
-    "load_dataset",
-    "long_tailed_indices",
-]
-
-DATASETS = ("cifar10", "cifar100", "stl10", "cinic10", "tinyimagenet", "fashion-mnist", "synthetic")
+__all__ = ["DATASETS", "Dataset", "DatasetError", "DatasetInfo", "RemoteFile", "default_data_dir",
+           "load_dataset", "long_tailed_indices"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
 
-# name -> (expected layout, where to get it); used in every error message.
-_SOURCES = {
-    "cifar10": (
-        "the python version of CIFAR-10: cifar-10-batches-py/data_batch_1..5 and test_batch",
-        "https://www.cs.toronto.edu/~kriz/cifar.html",
-    ),
-    "cifar100": (
-        "the python version of CIFAR-100: cifar-100-python/train and test",
-        "https://www.cs.toronto.edu/~kriz/cifar.html",
-    ),
-    "stl10": (
-        "the binary version of STL-10: stl10_binary/train_X.bin, train_y.bin, test_X.bin, test_y.bin",
-        "https://cs.stanford.edu/~acoates/stl10/",
-    ),
-    "cinic10": (
-        "CINIC-10 image folders: train/<class>/*.png and test/<class>/*.png, 10 classes",
-        "https://github.com/BayesWatch/cinic-10",
-    ),
-    "tinyimagenet": (
-        "tiny-imagenet-200/ with wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG "
-        "and val/val_annotations.txt",
-        "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
-    ),
-    "fashion-mnist": (
-        "Fashion-MNIST idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (optionally .gz)",
-        "https://github.com/zalandoresearch/fashion-mnist or `apt-get install dataset-fashion-mnist`",
-    ),
-}
-
-_CIFAR_PIXELS = 3 * 32 * 32
-_STL_SHAPE = (3, 96, 96)
-_IDX_IMAGES_MAGIC = 2051
-_IDX_LABELS_MAGIC = 2049
+Split = tuple[np.ndarray, np.ndarray]
 
 
 class DatasetError(ConfigError):
     """A data set is missing, truncated or malformed; the message is one line naming the file.
 
-    A :class:`~theory.plumbing.config.ConfigError` (so a ``ValueError``) whose field is the flag that
-    chose the files (``--data-dir`` unless told otherwise): the command-line boundary reports it as one
-    line with exit status 2.
-    """
+    A :class:`~theory.plumbing.config.ConfigError` (a ``ValueError``) whose field is the flag that chose
+    the files (``--data-dir`` unless told otherwise): the command line reports it in one line, exit 2."""
 
     def __init__(self, message: str, field: str = "--data-dir"):
         super().__init__(field, message=message)
 
 
-@dataclass(frozen=True, eq=False)  # tensors have no boolean equality
-class Dataset:
-    """A classification data set held in memory.
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published file: its name (appended to the base address) and its MD5 (None: none published)."""
+
+    filename: str
+    md5: str | None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Everything about one data set, in one place.
 
     Attributes
     ----------
-    name : the data set's name (one of :data:`DATASETS`).
-    train_x, test_x : uint8 tensors ``(N, C, H, W)``, contiguous, on the CPU.
-    train_y, test_y : int64 tensors ``(N,)`` with values in ``[0, num_classes)``.
-    num_classes : number of classes.
-    mean, std : per-channel mean and standard deviation of ``train_x / 255`` over all pixels.
+    name : the name :func:`load_dataset` and ``--dataset`` take.
+    loader : ``loader(info, folder) -> (train, test, num_classes)``; None for the generated set.
+    shape : image shape ``(C, H, W)``.
+    num_classes : number of classes; None where the files list them (Tiny-ImageNet's wnids.txt).
+    layout : what the loader expects in the folder (error messages).
+    where : where the authors publish it (error messages).
+    base_url : address of the folder holding ``files`` (ends with ``/``); ``--mirror`` replaces it.
+    files : the published files and their MD5s (empty: nothing to download).
+    unpack : ``"tar.gz"``, ``"zip"`` (each file is an archive) or ``"none"`` (the files are the data).
+    folder : the folder the data set has in ``--data-dir`` (also looked for by the loader).
+    aliases : other folder names the loader looks for in ``--data-dir``.
+    probe : relative paths the data set's folder must have (``a|b``: either; trailing ``/``: a folder).
+    split_sizes : published ``(training, test)`` image counts a download must have (None: any).
+    checksum_origin : where the MD5s come from.
     """
 
     name: str
+    loader: Callable[..., tuple[Split, Split, int]] | None
+    shape: tuple[int, int, int]
+    num_classes: int | None
+    layout: str
+    where: str
+    base_url: str = ""
+    files: tuple[RemoteFile, ...] = ()
+    unpack: Literal["tar.gz", "zip", "none"] = "none"
+    folder: str = ""
+    aliases: tuple[str, ...] = ()
+    probe: tuple[str, ...] = ()
+    split_sizes: tuple[int, int] | None = None
+    checksum_origin: str = ""
+
+    def __post_init__(self):
+        if len(self.shape) != 3 or min(self.shape) < 1 or self.unpack not in ("tar.gz", "zip", "none"):
+            raise ValueError(f"{self.name}: bad shape {self.shape} or unpack {self.unpack!r}")
+        if self.files and not (self.base_url.endswith("/") and self.folder and self.probe):
+            raise ValueError(f"{self.name}: a downloadable data set needs a base_url ending in '/', a folder "
+                             f"and a probe")
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no boolean equality
+class Dataset:
+    """A classification data set held in memory: uint8 images ``(N, C, H, W)`` (contiguous, CPU), int64
+    labels in ``[0, num_classes)``, and the per-channel mean and std of ``train_x / 255``."""
+
+    name: str  # one of DATASETS
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -141,32 +133,19 @@ class Dataset:
         return int(self.train_x.shape[2])
 
 
-# --------------------------------------------------------------------------------------------
-# errors and paths
-# --------------------------------------------------------------------------------------------
+# --- errors, paths and the checks shared by all loaders ---
 
 
 def _error(name: str, problem: str, path: Path | str) -> DatasetError:
-    """Build the one-line error ``"<name>: <problem> <path> (expected ...; get it from ...)"``."""
-    layout, url = _SOURCES[name]
-    message = f"{name}: {problem} {path} (expected {layout}; get it from {url})"
+    """The one-line error ``"<name>: <problem> <path> (expected ...; get it from ...)"``."""
+    info = DATASETS[name]
+    message = f"{name}: {problem} {path} (expected {info.layout}; get it from {info.where})"
     return DatasetError(" ".join(message.split()))
 
 
 def default_data_dir(name: str) -> Path | None:
-    """Return the default directory of a data set, or None when there is none on this machine.
-
-    Parameters
-    ----------
-    name : data set name.
-
-    Returns
-    -------
-    Path or None
-        ``/usr/share/datasets/fashion-mnist`` (where Debian's ``dataset-fashion-mnist`` package
-        installs the gzipped idx files) for ``fashion-mnist`` when that directory exists;
-        None otherwise.
-    """
+    """``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``) for ``fashion-mnist``
+    when it exists; None otherwise (no other data set has a default location)."""
     if _canonical(name) == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
         return DEBIAN_FASHION_MNIST
     return None
@@ -176,21 +155,18 @@ def _canonical(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def _root(name: str, data_dir: str | Path | None, subdirs: tuple[str, ...]) -> Path:
-    """Resolve the folder holding the files: ``data_dir/<subdir>`` if present, else ``data_dir``."""
+def _root(info: DatasetInfo, data_dir: str | Path | None) -> Path:
+    """The folder holding the files: ``data_dir/<folder or alias>`` if present, else ``data_dir``."""
     if data_dir is None:
-        data_dir = default_data_dir(name)
+        data_dir = default_data_dir(info.name)
     if data_dir is None:
-        raise _error(name, "no data_dir given and no default location; pass the directory holding", subdirs[0])
+        raise _error(info.name, "no data_dir given and no default location; pass the directory holding", info.folder)
     path = Path(data_dir).expanduser()
     if not path.exists():
-        raise _error(name, "missing directory", path)
+        raise _error(info.name, "missing directory", path)
     if not path.is_dir():
-        raise _error(name, "not a directory:", path)
-    for sub in subdirs:
-        if (path / sub).is_dir():
-            return path / sub
-    return path
+        raise _error(info.name, "not a directory:", path)
+    return next((path / sub for sub in (info.folder, *info.aliases) if (path / sub).is_dir()), path)
 
 
 def _require_file(name: str, path: Path) -> Path:
@@ -205,14 +181,9 @@ def _require_dir(name: str, path: Path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------------------------
-# checks shared by all loaders
-# --------------------------------------------------------------------------------------------
-
-
-def _check_split(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int],
-                 num_classes: int, where: Path | str) -> None:
+def _check_split(info: DatasetInfo, x: np.ndarray, y: np.ndarray, num_classes: int, where: Path | str) -> None:
     """Check one split's images and labels; ``where`` names the file(s) in the message."""
+    name, shape = info.name, info.shape
     if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != shape:
         raise _error(name, f"wrong image shape {x.shape} ({x.dtype}), not (N, {shape[0]}, {shape[1]}, "
                      f"{shape[2]}) uint8, in", where)
@@ -281,33 +252,24 @@ def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...],
     if not total.all():
         return (0.0,) * channels, (1.0,) * channels
     mean = counts @ values / total
-    var = counts @ values**2 / total - mean**2
-    std = np.sqrt(np.maximum(var, 0.0))
+    std = np.sqrt(np.maximum(counts @ values**2 / total - mean**2, 0.0))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def _make(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-          num_classes: int, long_tail_ratio: float | None, seed: int) -> Dataset:
+def _make(name: str, train: Split, test: Split, num_classes: int, long_tail_ratio: float | None,
+          seed: int) -> Dataset:
     train_x, train_y = train
     if long_tail_ratio is not None:
         keep = long_tailed_indices(train_y, long_tail_ratio, seed)
         train_x, train_y = train_x[keep], train_y[keep]
     mean, std = _channel_stats(train_x)
-    return Dataset(
-        name=name,
-        train_x=torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.uint8)),
-        train_y=torch.from_numpy(np.ascontiguousarray(train_y, dtype=np.int64)),
-        test_x=torch.from_numpy(np.ascontiguousarray(test[0], dtype=np.uint8)),
-        test_y=torch.from_numpy(np.ascontiguousarray(test[1], dtype=np.int64)),
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
-    )
+    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+    return Dataset(name=name, train_x=as_tensor(train_x, np.uint8), train_y=as_tensor(train_y, np.int64),
+                   test_x=as_tensor(test[0], np.uint8), test_y=as_tensor(test[1], np.int64),
+                   num_classes=num_classes, mean=mean, std=std)
 
 
-# --------------------------------------------------------------------------------------------
-# CIFAR-10 / CIFAR-100 (python pickles)
-# --------------------------------------------------------------------------------------------
+# --- CIFAR-10 / CIFAR-100 (python pickles, read by a restricted unpickler) ---
 
 
 class _Refused(pickle.UnpicklingError):
@@ -356,13 +318,9 @@ _PICKLE_GLOBALS = _numpy_reconstructors()
 class _DataUnpickler(pickle.Unpickler):
     """Builds dict, list, tuple, str, bytes, numbers, bool, None, numpy arrays and numpy scalars only.
 
-    Plain containers and literals need no global; the only globals admitted are the ones numpy's own
-    pickles of arrays, dtypes and scalars name (:data:`_PICKLE_GLOBALS`), and ``_codecs.encode`` and
-    ``bytes`` restricted to the calls Python emits for ``bytes`` at protocols 0-2 (``encode(str,
-    'latin1')`` and ``bytes()``).  Every
-    other global (``posix.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
-    :class:`_Refused` before anything is called.
-    """
+    The only globals admitted are those numpy's own pickles name (:data:`_PICKLE_GLOBALS`), and
+    ``_codecs.encode`` / ``bytes`` limited to the calls Python emits for ``bytes`` at protocols 0-2;
+    any other (``posix.system``, ``builtins.eval``, any class) raises :class:`_Refused` before it runs."""
 
     def find_class(self, module: str, name: str) -> object:
         found = _PICKLE_GLOBALS.get((module, name))
@@ -384,100 +342,84 @@ def _load_pickle(name: str, path: Path) -> object:
         raise _error(name, f"truncated or corrupt pickle ({type(exc).__name__})", path) from None
 
 
-def _unpickle(name: str, path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR pickle: ``data`` uint8 (N, 3072) RGB planes and a flat list of integer labels."""
-    _require_file(name, path)
-    batch = _load_pickle(name, path)
+def _load_pickle(name: str, path: Path) -> object:
+    """Unpickle a data file with :class:`_DataUnpickler`; refusals and corruption are one line."""
+    try:
+        with path.open("rb") as f:
+            return _DataUnpickler(f, encoding="bytes").load()
+    except _Refused as refused:
+        raise DatasetError(f"{name}: refusing to load {path}: it asks for {refused.qualname}, which a data "
+                           f"file never needs (only containers, numbers, strings, bytes and numpy arrays "
+                           f"are allowed)") from None
+    except Exception as exc:  # any unpickling failure means a truncated or corrupt file
+        raise _error(name, f"truncated or corrupt pickle ({type(exc).__name__})", path) from None
+
+
+def _unpickle(info: DatasetInfo, path: Path, label_key: str) -> Split:
+    """Read one CIFAR pickle: ``data`` uint8 ``(N, C*H*W)`` RGB planes and a flat list of integer labels."""
+    name, pixels = info.name, math.prod(info.shape)
+    batch = _load_pickle(name, _require_file(name, path))
     if not isinstance(batch, dict):
         raise _error(name, "pickle is not a dict", path)
     found = {}
     for key in ("data", label_key):
-        value = batch.get(key.encode(), batch.get(key))
-        if value is None:
+        found[key] = batch.get(key.encode(), batch.get(key))
+        if found[key] is None:
             raise _error(name, f"pickle lacks key {key!r}", path)
-        found[key] = value
     data = found["data"]
     if not isinstance(data, np.ndarray):
         raise _error(name, f"'data' is {_describe(data)}, not a numpy uint8 array, in", path)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
-        raise _error(name, f"wrong data shape {data.shape} ({data.dtype}), not (N, 3072) uint8, in", path)
-    labels = _integer_labels(name, found[label_key], path, label_key, num_classes)
-    images = data.reshape(-1, 3, 32, 32)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
+        raise _error(name, f"wrong data shape {data.shape} ({data.dtype}), not (N, {pixels}) uint8, in", path)
+    labels = _integer_labels(name, found[label_key], path, label_key, info.num_classes)
+    images = data.reshape(-1, *info.shape)
+    _check_split(info, images, labels, info.num_classes, path)
     return images, labels
 
 
-def _load_cifar_files(name: str, files: list[Path], label_key: str,
-                      num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
-    for path in files:
-        x, y = _unpickle(name, path, label_key, num_classes)
-        _check_split(name, x, y, (3, 32, 32), num_classes, path)
-        xs.append(x)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _check_cifar_memory(name: str, files: list[Path]) -> None:
+def _load_cifar(info: DatasetInfo, root: Path, train: tuple[str, ...], test: tuple[str, ...],
+                label_key: str) -> tuple[Split, Split, int]:
+    files = [_require_file(info.name, root / f) for f in train + test]
     # Unpickling holds the file's bytes and the array built from them; concatenating copies once more.
     total = sum(path.stat().st_size for path in files)
-    _check_memory(name, 3 * total, f"reading {total} bytes of pickles in {files[0].parent}")
+    _check_memory(info.name, 3 * total, f"reading {total} bytes of pickles in {root}")
+    splits = []
+    for names in (train, test):
+        xs, ys = zip(*(_unpickle(info, root / f, label_key) for f in names))
+        splits.append((np.concatenate(xs), np.concatenate(ys)))
+    return splits[0], splits[1], info.num_classes
 
 
-def _load_cifar10(data_dir):
-    root = _root("cifar10", data_dir, ("cifar-10-batches-py",))
-    train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
-    for path in train_files + [root / "test_batch"]:
-        _require_file("cifar10", path)
-    _check_cifar_memory("cifar10", train_files + [root / "test_batch"])
-    train = _load_cifar_files("cifar10", train_files, "labels", 10)
-    test = _load_cifar_files("cifar10", [root / "test_batch"], "labels", 10)
-    return train, test, 10
+# --- STL-10 (raw binaries, column-major images) ---
 
 
-def _load_cifar100(data_dir):
-    root = _root("cifar100", data_dir, ("cifar-100-python",))
-    for path in (root / "train", root / "test"):
-        _require_file("cifar100", path)
-    _check_cifar_memory("cifar100", [root / "train", root / "test"])
-    train = _load_cifar_files("cifar100", [root / "train"], "fine_labels", 100)
-    test = _load_cifar_files("cifar100", [root / "test"], "fine_labels", 100)
-    return train, test, 100
-
-
-# --------------------------------------------------------------------------------------------
-# STL-10 (raw binaries, column-major images)
-# --------------------------------------------------------------------------------------------
-
-
-def _load_stl_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_stl_split(info: DatasetInfo, root: Path, split: str) -> Split:
     x_path = _require_file("stl10", root / f"{split}_X.bin")
     y_path = _require_file("stl10", root / f"{split}_y.bin")
     raw = np.fromfile(x_path, dtype=np.uint8)
-    per_image = int(np.prod(_STL_SHAPE))
+    per_image = math.prod(info.shape)
     if raw.size == 0 or raw.size % per_image:
         raise _error("stl10", f"truncated file ({raw.size} bytes, not a multiple of {per_image})", x_path)
     # Each channel is stored column-major: reshape then swap the two spatial axes.
-    images = raw.reshape(-1, *_STL_SHAPE).transpose(0, 1, 3, 2)
+    images = raw.reshape(-1, *info.shape).transpose(0, 1, 3, 2)
     labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64)
     if labels.size != len(images):
         raise _error("stl10", f"{labels.size} labels for {len(images)} images in {x_path.name}; truncated", y_path)
-    if labels.size and (labels.min() < 1 or labels.max() > 10):
-        raise _error("stl10", f"labels outside 1..10 (min {labels.min()}, max {labels.max()}) in", y_path)
+    if labels.size and (labels.min() < 1 or labels.max() > info.num_classes):
+        raise _error("stl10", f"labels outside 1..{info.num_classes} (min {labels.min()}, max {labels.max()}) in",
+                     y_path)
     return np.ascontiguousarray(images), labels - 1
 
 
-def _load_stl10(data_dir):
-    root = _root("stl10", data_dir, ("stl10_binary",))
+def _load_stl10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
     x_files = [_require_file("stl10", root / f"{split}_X.bin") for split in ("train", "test")]
     total = sum(path.stat().st_size for path in x_files)
     # The raw bytes, then a contiguous copy with the spatial axes swapped.
     _check_memory("stl10", 2 * total, f"reading {total} bytes of images in {root}")
-    return _load_stl_split(root, "train"), _load_stl_split(root, "test"), 10
+    return _load_stl_split(info, root, "train"), _load_stl_split(info, root, "test"), info.num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# image folders (CINIC-10, Tiny-ImageNet)
-# --------------------------------------------------------------------------------------------
+# --- image folders (CINIC-10, Tiny-ImageNet) ---
 
 
 def _read_image(name: str, path: Path, size: int) -> np.ndarray:
@@ -496,43 +438,46 @@ def _read_image(name: str, path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _read_images(name: str, paths: list[Path], size: int, where: Path) -> np.ndarray:
-    """Decode many image files in parallel threads into ``(N, 3, size, size)`` uint8."""
-    _check_memory(name, len(paths) * 3 * size * size, f"decoding {len(paths)} images of 3x{size}x{size} in {where}")
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, image in enumerate(pool.map(lambda p: _read_image(name, p, size), paths)):
+def _read_images(info: DatasetInfo, paths: list[Path], labels: list[int], where: Path) -> Split:
+    """Decode many image files in parallel threads into ``(N, C, H, W)`` uint8, with their labels."""
+    if not paths:
+        raise _error(info.name, "no images in", where)
+    _check_memory(info.name, len(paths) * math.prod(info.shape),
+                  f"decoding {len(paths)} images of {'x'.join(map(str, info.shape))} in {where}")
+    out = np.empty((len(paths), *info.shape), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        for i, image in enumerate(pool.map(lambda p: _read_image(info.name, p, info.shape[1]), paths)):
             out[i] = image
-    return out
+    return out, np.asarray(labels, dtype=np.int64)
 
 
-def _image_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+def _class_folders(info: DatasetInfo, split_dir: Path, classes: list[str], sub: str, suffixes: tuple[str, ...]
+                   ) -> Split:
+    """The images ``split_dir/<class>/<sub>/*<suffix>``, labelled by the class's index in ``classes``."""
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        folder = _require_dir(info.name, split_dir / cls / sub)
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        paths += files
+        labels += [label] * len(files)
+    return _read_images(info, paths, labels, split_dir)
 
 
-def _load_cinic_split(root: Path, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _load_cinic_split(info: DatasetInfo, root: Path, split: str, classes: list[str]) -> Split:
     split_dir = _require_dir("cinic10", root / split)
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if found != classes:
         raise _error("cinic10", f"class folders {found} differ from {classes} in", split_dir)
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        files = _image_files(split_dir / cls, (".png",))
-        paths += files
-        labels += [label] * len(files)
-    if not paths:
-        raise _error("cinic10", "no .png images in", split_dir)
-    return _read_images("cinic10", paths, 32, split_dir), np.asarray(labels, dtype=np.int64)
+    return _class_folders(info, split_dir, classes, "", (".png",))
 
 
-def _load_cinic10(data_dir):
-    root = _root("cinic10", data_dir, ("CINIC-10", "cinic-10", "cinic10"))
+def _load_cinic10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
     train_dir = _require_dir("cinic10", root / "train")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if len(classes) != 10:
-        raise _error("cinic10", f"found {len(classes)} class folders, not 10, in", train_dir)
-    return _load_cinic_split(root, "train", classes), _load_cinic_split(root, "test", classes), 10
+    if len(classes) != info.num_classes:
+        raise _error("cinic10", f"found {len(classes)} class folders, not {info.num_classes}, in", train_dir)
+    train = _load_cinic_split(info, root, "train", classes)
+    return train, _load_cinic_split(info, root, "test", classes), info.num_classes
 
 
 def _read_wnids(root: Path) -> list[str]:
@@ -562,53 +507,39 @@ def _read_val_annotations(root: Path, index: dict[str, int]) -> tuple[list[Path]
     return paths, labels
 
 
-def _load_tinyimagenet(data_dir):
-    root = _root("tinyimagenet", data_dir, ("tiny-imagenet-200",))
+def _load_tinyimagenet(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
     wnids = _read_wnids(root)
-    index = {wnid: i for i, wnid in enumerate(wnids)}
-    train_paths, train_labels = [], []
-    for wnid in wnids:
-        files = _image_files(_require_dir("tinyimagenet", root / "train" / wnid / "images"), (".jpeg", ".jpg"))
-        train_paths += files
-        train_labels += [index[wnid]] * len(files)
-    if not train_paths:
-        raise _error("tinyimagenet", "no .JPEG images in", root / "train")
-    test_paths, test_labels = _read_val_annotations(root, index)
-    train = _read_images("tinyimagenet", train_paths, 64, root / "train"), np.asarray(train_labels, dtype=np.int64)
-    test = _read_images("tinyimagenet", test_paths, 64, root / "val"), np.asarray(test_labels, dtype=np.int64)
-    return train, test, len(wnids)
+    train = _class_folders(info, root / "train", wnids, "images", (".jpeg", ".jpg"))
+    test_paths, test_labels = _read_val_annotations(root, {wnid: i for i, wnid in enumerate(wnids)})
+    return train, _read_images(info, test_paths, test_labels, root / "val"), len(wnids)
 
 
-# --------------------------------------------------------------------------------------------
-# Fashion-MNIST (idx files, optionally gzipped)
-# --------------------------------------------------------------------------------------------
+# --- Fashion-MNIST (idx files, optionally gzipped) ---
 
 
-def _read_idx(root: Path, stem: str, magic: int) -> tuple[np.ndarray, Path]:
+def _read_idx(root: Path, stem: str, magic: int, image_dims: list[int]) -> tuple[np.ndarray, Path]:
     """Read an idx file ``stem`` or ``stem.gz``; check its magic number, dims and byte count.
 
     The header is read first and the size it announces is checked against the available memory
     before the body is read (a gzip stream is decompressed incrementally, never more than the header
     announces plus one byte, so a small file cannot expand into an unannounced huge allocation).
     """
-    path = root / stem
-    if not path.is_file():
-        path = root / f"{stem}.gz"
+    path = root / stem if (root / stem).is_file() else root / f"{stem}.gz"
     if not path.is_file():
         raise _error("fashion-mnist", "missing", root / stem)
     ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
     header_len = 4 * (1 + ndim)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             header = f.read(header_len)
             if len(header) < header_len:
                 raise _error("fashion-mnist", f"truncated header ({len(header)} bytes)", path)
             found_magic, *dims = struct.unpack(f">{1 + ndim}I", header)
             if found_magic != magic:
                 raise _error("fashion-mnist", f"bad idx magic number {found_magic} (want {magic})", path)
-            if ndim == 3 and dims[1:] != [28, 28]:
-                raise _error("fashion-mnist", f"wrong image dims {dims[1]}x{dims[2]}, not 28x28, in", path)
+            if ndim == 3 and dims[1:] != image_dims:
+                raise _error("fashion-mnist", f"wrong image dims {dims[1]}x{dims[2]}, not "
+                             f"{image_dims[0]}x{image_dims[1]}, in", path)
             body_len = math.prod(dims)  # Python integers: no overflow
             expected = header_len + body_len
             _check_memory("fashion-mnist", 2 * body_len, f"reading the {expected} bytes the header of {path} announces")
@@ -623,147 +554,161 @@ def _read_idx(root: Path, stem: str, magic: int) -> tuple[np.ndarray, Path]:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy(), path
 
 
-def _load_fashion_split(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    images, image_path = _read_idx(root, f"{prefix}-images-idx3-ubyte", _IDX_IMAGES_MAGIC)
-    labels, label_path = _read_idx(root, f"{prefix}-labels-idx1-ubyte", _IDX_LABELS_MAGIC)
+def _load_fashion_split(info: DatasetInfo, root: Path, prefix: str) -> Split:
+    dims = list(info.shape[1:])
+    images, image_path = _read_idx(root, f"{prefix}-images-idx3-ubyte", _IDX_IMAGES_MAGIC, dims)
+    labels, label_path = _read_idx(root, f"{prefix}-labels-idx1-ubyte", _IDX_LABELS_MAGIC, dims)
     if len(labels) != len(images):
         raise _error("fashion-mnist", f"{len(labels)} labels for {len(images)} images in {image_path.name}, in",
                      label_path)
     x, y = images[:, None], labels.astype(np.int64)
-    _check_split("fashion-mnist", x, y, (1, 28, 28), 10, label_path)
+    _check_split(info, x, y, info.num_classes, label_path)
     return x, y
 
 
-def _load_fashion_mnist(data_dir):
-    root = _root("fashion-mnist", data_dir, ("fashion-mnist", "FashionMNIST/raw"))
-    return _load_fashion_split(root, "train"), _load_fashion_split(root, "t10k"), 10
+def _load_fashion_mnist(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
+    return _load_fashion_split(info, root, "train"), _load_fashion_split(info, root, "t10k"), info.num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# synthetic
-# --------------------------------------------------------------------------------------------
+# --- synthetic (generated from the seed) ---
 
 
-# Memory the synthetic data set holds per image (uint8 pixels, int64 label, the permutation and the
-# colour mask) and the most the float64 temporaries of one chunk of _SYNTHETIC_CHUNK images take.
-_SYNTHETIC_BYTES_PER_IMAGE = 3 * 32 * 32 + 8 + 8 + 8 + 8 + 1
-_SYNTHETIC_CHUNK = 1024
-_SYNTHETIC_CHUNK_BYTES = 5 * 8 * 3 * 32 * 32 * _SYNTHETIC_CHUNK
+_SYNTHETIC_CHUNK = 1024  # images whose float64 temporaries (5 arrays) exist at once
 
 
 def _synthetic_split(rng: np.random.Generator, n: int, colours: np.ndarray,
-                     patterns: np.ndarray, colour_prob: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+                     patterns: np.ndarray, colour_prob: float = 0.8) -> Split:
     """Balanced labels; every image carries its class's pattern, most also its class's colour.
 
     The pixel noise is drawn chunk by chunk (the generator's stream, hence every pixel, is the same
     as one draw of the whole array), so the float64 temporaries stay small whatever ``n`` is."""
-    num_classes = len(colours)
-    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+    shape = patterns.shape[1:]
+    labels = rng.permutation(np.arange(n) % len(colours)).astype(np.int64)
     has_colour = rng.random(n) < colour_prob
-    images = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    images = np.empty((n, *shape), dtype=np.uint8)
     for start in range(0, n, _SYNTHETIC_CHUNK):
         stop = min(n, start + _SYNTHETIC_CHUNK)
         chunk_labels = labels[start:stop]
         signal = (patterns[chunk_labels]
                   + has_colour[start:stop, None, None, None] * colours[chunk_labels][:, :, None, None])
-        block = 128.0 + signal + rng.normal(0.0, 40.0, size=(stop - start, 3, 32, 32))
+        block = 128.0 + signal + rng.normal(0.0, 40.0, size=(stop - start, *shape))
         images[start:stop] = np.clip(np.rint(block), 0, 255)
     return images, labels
 
 
-def _load_synthetic(seed: int, n_train: int, n_test: int):
-    """10 classes of 3x32x32 images: a per-class oriented stripe pattern (all images) and a
+def _load_synthetic(info: DatasetInfo, seed: int, n_train: int, n_test: int) -> tuple[Split, Split, int]:
+    """``num_classes`` classes of images: a per-class oriented stripe pattern (all images) and a
     per-class colour shift (80% of images, a fast-learnable cue), plus Gaussian pixel noise."""
     if n_train < 1 or n_test < 1:
         raise DatasetError(f"synthetic: sizes must be >= 1, got train={n_train}, test={n_test}",
                            field="--synthetic-train" if n_train < 1 else "--synthetic-test")
+    (channels, height, width), num_classes = info.shape, info.num_classes
+    pixels = channels * height * width
+    # Per image: the pixels, the label, the permutation, the colour mask; plus one chunk of temporaries.
     check_allocation("--synthetic-train" if n_train >= n_test else "--synthetic-test",
-                     (n_train + n_test) * _SYNTHETIC_BYTES_PER_IMAGE + _SYNTHETIC_CHUNK_BYTES,
-                     f"the synthetic data set ({n_train} training + {n_test} test images of 3x32x32)")
+                     (n_train + n_test) * (pixels + 33) + 5 * 8 * pixels * _SYNTHETIC_CHUNK,
+                     f"the synthetic data set ({n_train} training + {n_test} test images of "
+                     f"{channels}x{height}x{width})")
     template_rng, train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    num_classes = 10
-    colours = template_rng.normal(0.0, 40.0, size=(num_classes, 3))
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float64)
+    colours = template_rng.normal(0.0, 40.0, size=(num_classes, channels))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     angles = np.arange(num_classes) * np.pi / num_classes + template_rng.uniform(0, np.pi / num_classes)
     freqs = template_rng.uniform(0.3, 0.8, size=num_classes)
     phases = template_rng.uniform(0, 2 * np.pi, size=num_classes)
     waves = np.sin(freqs[:, None, None] * (np.cos(angles)[:, None, None] * xx + np.sin(angles)[:, None, None] * yy)
                    + phases[:, None, None])
-    patterns = 30.0 * waves[:, None] * np.ones((1, 3, 1, 1))
+    patterns = 30.0 * waves[:, None] * np.ones((1, channels, 1, 1))
     train = _synthetic_split(train_rng, n_train, colours, patterns)
-    test = _synthetic_split(test_rng, n_test, colours, patterns)
-    return train, test, num_classes
+    return train, _synthetic_split(test_rng, n_test, colours, patterns), num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# public entry points
-# --------------------------------------------------------------------------------------------
+# --- the data sets ---
 
-_LOADERS = {
-    "cifar10": _load_cifar10,
-    "cifar100": _load_cifar100,
-    "stl10": _load_stl10,
-    "cinic10": _load_cinic10,
-    "tinyimagenet": _load_tinyimagenet,
-    "fashion-mnist": _load_fashion_mnist,
-}
+_KRIZ = "https://www.cs.toronto.edu/~kriz/"
+
+DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({info.name: info for info in (
+    DatasetInfo(
+        "cifar10", partial(_load_cifar, train=tuple(f"data_batch_{i}" for i in range(1, 6)), test=("test_batch",),
+                           label_key="labels"), (3, 32, 32), 10,
+        "the python version of CIFAR-10: cifar-10-batches-py/data_batch_1..5 and test_batch", _KRIZ + "cifar.html",
+        _KRIZ, (RemoteFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),), "tar.gz",
+        "cifar-10-batches-py", (), ("data_batch_1", "test_batch"), (50000, 10000),
+        "published on the CIFAR page; the same value is torchvision's CIFAR10.tgz_md5"),
+    DatasetInfo(
+        "cifar100", partial(_load_cifar, train=("train",), test=("test",), label_key="fine_labels"), (3, 32, 32), 100,
+        "the python version of CIFAR-100: cifar-100-python/train and test (fine labels)", _KRIZ + "cifar.html",
+        _KRIZ, (RemoteFile("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),), "tar.gz",
+        "cifar-100-python", (), ("train", "test"), (50000, 10000),
+        "published on the CIFAR page; the same value is torchvision's CIFAR100.tgz_md5"),
+    # The authors' page (cs.stanford.edu/~acoates/stl10/) links the archive on ai.stanford.edu, the address
+    # torchvision and Hugging Face datasets record with this MD5.
+    DatasetInfo(
+        "stl10", _load_stl10, (3, 96, 96), 10,
+        "the binary version of STL-10: stl10_binary/train_X.bin, train_y.bin, test_X.bin, test_y.bin",
+        "https://cs.stanford.edu/~acoates/stl10/", "http://ai.stanford.edu/~acoates/stl10/",
+        (RemoteFile("stl10_binary.tar.gz", "91f7769df0f17e558f3565bffb0c7dfb"),), "tar.gz", "stl10_binary", (),
+        ("train_X.bin", "test_X.bin"), (5000, 8000), "torchvision's STL10.tgz_md5 (the STL-10 page publishes none)"),
+    DatasetInfo(
+        "cinic10", _load_cinic10, (3, 32, 32), 10,
+        "CINIC-10 image folders: train/<class>/*.png and test/<class>/*.png, 10 classes (valid/ unused)",
+        "https://github.com/BayesWatch/cinic-10", "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/",
+        (RemoteFile("CINIC-10.tar.gz", None),), "tar.gz", "CINIC-10", ("cinic-10", "cinic10"), ("train/", "test/"),
+        (90000, 90000), "none published (neither the DataShare item nor github.com/BayesWatch/cinic-10 gives one): "
+        "the transfer length, the gzip CRC and the unpacked structure are checked, the content is not"),
+    DatasetInfo(
+        "tinyimagenet", _load_tinyimagenet, (3, 64, 64), None,
+        "tiny-imagenet-200/ with wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
+        "val/val_annotations.txt (the validation split is the test split)",
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip", "http://cs231n.stanford.edu/",
+        (RemoteFile("tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de"),), "zip", "tiny-imagenet-200", (),
+        ("wnids.txt", "val/val_annotations.txt"), (100000, 10000),
+        "not published by CS231n; the value the common loaders record (e.g. Avalanche's TinyImagenet.md5)"),
+    DatasetInfo(
+        "fashion-mnist", _load_fashion_mnist, (1, 28, 28), 10,
+        "Fashion-MNIST idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte (optionally .gz)",
+        "https://github.com/zalandoresearch/fashion-mnist or `apt-get install dataset-fashion-mnist`",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        (RemoteFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+         RemoteFile("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+         RemoteFile("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+         RemoteFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")), "none", "fashion-mnist",
+        ("FashionMNIST/raw",),
+        ("train-images-idx3-ubyte.gz|train-images-idx3-ubyte", "t10k-labels-idx1-ubyte.gz|t10k-labels-idx1-ubyte"),
+        (60000, 10000), "the table of the Fashion-MNIST README; the same values are torchvision's"),
+    DatasetInfo("synthetic", None, (3, 32, 32), 10, "nothing (generated in memory from the seed)", "nowhere"),
+)})
+"""The data sets by name (read-only): what ``--dataset`` accepts, the loaders and ``download`` read."""
+
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0,
                  synthetic_train: int = 512, synthetic_test: int = 256,
                  long_tail_ratio: float | None = None) -> Dataset:
-    """Load a data set into memory as uint8 tensors.
+    """Load the data set ``name`` (one of :data:`DATASETS`; case-insensitive, ``_`` for ``-``) as uint8 tensors.
 
-    Parameters
-    ----------
-    name : one of :data:`DATASETS` (case-insensitive; ``_`` may stand for ``-``).
-    data_dir : the data set's folder or its parent; None uses :func:`default_data_dir`.
-        Ignored for ``synthetic``.
-    seed : seed of the synthetic data and of the long-tailed subsampling.
-    synthetic_train, synthetic_test : sizes of the synthetic splits.
-    long_tail_ratio : if given, keep a CIFAR-LT style long-tailed subset of the training split with
-        this ratio ``n_max / n_min`` (>= 1); see :func:`long_tailed_indices`.
-
-    Returns
-    -------
-    Dataset
-
-    Raises
-    ------
-    DatasetError
-        Unknown name, or missing, truncated, malformed or unsafe files (the message is one line naming
-        the file).  A :class:`~theory.plumbing.config.ConfigError` with field ``--data-dir``.
-    ConfigError
-        The data would need more memory than the machine has (field ``--data-dir``, or
-        ``--synthetic-train`` / ``--synthetic-test`` for the synthetic set); checked before allocating.
-    """
+    ``data_dir`` is its folder or the folder's parent (None: :func:`default_data_dir`; ignored for
+    ``synthetic``); ``seed`` seeds the synthetic data and the long-tailed subset that ``long_tail_ratio``
+    (``n_max / n_min`` >= 1, :func:`long_tailed_indices`) keeps of the training split.  Raises
+    :class:`DatasetError` (one line naming the file) for an unknown name or missing, truncated, malformed
+    or unsafe files, and a ConfigError (``--data-dir``, ``--synthetic-train`` or ``--synthetic-test``)
+    before allocating more memory than the machine has."""
     key = _canonical(name)
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    if key == "synthetic":
-        train, test, num_classes = _load_synthetic(seed, synthetic_train, synthetic_test)
+    info = DATASETS[key]
+    if info.loader is None:
+        train, test, num_classes = _load_synthetic(info, seed, synthetic_train, synthetic_test)
     else:
-        train, test, num_classes = _LOADERS[key](data_dir)
+        train, test, num_classes = info.loader(info, _root(info, data_dir))
     return _make(key, train, test, num_classes, long_tail_ratio, seed)
 
 
 def long_tailed_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -> np.ndarray:
-    """Indices of a CIFAR-LT style long-tailed subset.
+    """Sorted int64 indices into ``labels`` (1-d, integers >= 0) of a CIFAR-LT style long-tailed subset.
 
-    Class ``c`` (of ``C = labels.max() + 1``) keeps ``floor(n_max * ratio ** (-c / (C - 1)))``
-    examples (at least 1, at most the ones it has), where ``n_max`` is the largest class count,
-    chosen uniformly at random without replacement.
-
-    Parameters
-    ----------
-    labels : integer class labels, shape ``(N,)``, values >= 0.
-    imbalance_ratio : ``n_max / n_min``, >= 1 (1 keeps every example).
-    seed : seed of the random choice within each class.
-
-    Returns
-    -------
-    np.ndarray
-        Sorted int64 indices into ``labels``.
-    """
+    Class ``c`` of ``C = labels.max() + 1`` keeps ``floor(n_max * imbalance_ratio ** (-c / (C - 1)))``
+    examples (at least 1, at most the ones it has; ``n_max`` the largest class count; ratio >= 1, 1 keeps
+    all), chosen uniformly at random without replacement with ``seed``."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-d integer array, got {labels.dtype} with shape {labels.shape}")

@@ -174,13 +174,13 @@ def cinic10_entries(flat: bool = True, seed: int = 3) -> list[tuple]:
 
 def registry(name: str, files: dict[str, bytes], *, base_url: str = UNREACHABLE, split_sizes=None,
              checksums: bool = True):
-    """A one-entry registry like ``real.download.SOURCES[name]`` but for these small files, with their MD5s.
+    """A one-entry registry like ``real.datasets.DATASETS[name]`` but for these small files, with their MD5s.
 
-    The production entry is copied (layout, probe, folder) and only the files, their checksums, the base
-    address and the split sizes are replaced, so production behaviour is exercised on test data."""
-    from real.download import SOURCES, RemoteFile
+    The production record is copied (loader, layout, probe, folder) and only the files, their checksums,
+    the base address and the split sizes are replaced, so production behaviour is exercised on test data."""
+    from real.datasets import DATASETS, RemoteFile
 
-    source = SOURCES[name]
+    source = DATASETS[name]
     remote = tuple(RemoteFile(f, md5(data) if checksums else None) for f, data in files.items())
     source = dataclasses.replace(source, base_url=base_url, files=remote, split_sizes=split_sizes,
                                  checksum_origin="computed by the test")
@@ -308,7 +308,7 @@ class Server:
 
 
 def _install_main(argv: list[str]) -> int:
-    """Install from a registry written as JSON, each archive member taking ``--slow`` seconds."""
+    """Install from a registry written by :func:`registry_json`, each archive member taking ``--slow`` s."""
     parser = argparse.ArgumentParser()
     parser.add_argument("registry")
     parser.add_argument("name")
@@ -316,12 +316,12 @@ def _install_main(argv: list[str]) -> int:
     parser.add_argument("--slow", type=float, default=0.0)
     args = parser.parse_args(argv)
     from real import download
+    from real.datasets import DATASETS, RemoteFile
 
     spec = json.loads(Path(args.registry).read_text())
-    spec["files"] = tuple(download.RemoteFile(f, h) for f, h in spec["files"])
-    spec["probe"] = tuple(spec["probe"])
+    spec["files"] = tuple(RemoteFile(f, h) for f, h in spec["files"])
     spec["split_sizes"] = tuple(spec["split_sizes"]) if spec["split_sizes"] else None
-    source = download.Source(**spec)
+    source = dataclasses.replace(DATASETS[args.name], **spec)
     if args.slow:
         member_path = download._member_path
 
@@ -335,9 +335,9 @@ def _install_main(argv: list[str]) -> int:
 
 
 def registry_json(source) -> str:
-    spec = dataclasses.asdict(source)
-    spec["files"] = [[f["filename"], f["md5"]] for f in spec["files"]]
-    return json.dumps(spec)
+    """The fields :func:`registry` replaces in a production record, as JSON (the rest is the record's)."""
+    return json.dumps({"base_url": source.base_url, "files": [[f.filename, f.md5] for f in source.files],
+                       "split_sizes": source.split_sizes, "checksum_origin": source.checksum_origin})
 
 
 if __name__ == "__main__":  # pragma: no cover - run by the tests in a subprocess

@@ -934,3 +934,25 @@ def test_chunked_synthetic_equals_one_piece():
     x, y = datasets._synthetic_split(np.random.default_rng(4), n, colours, patterns)
     rx, ry = _reference_synthetic_split(np.random.default_rng(4), n, colours, patterns)
     assert np.array_equal(x, rx) and np.array_equal(y, ry)
+
+
+def test_loaders_read_the_record(tmp_path, monkeypatch):
+    """The class count, image shape and folder a loader checks are the record's (DATASETS), not its own."""
+    import dataclasses
+
+    import real.datasets as datasets
+
+    write_cifar10(tmp_path)  # labels 0..9
+    fewer = dataclasses.replace(DATASETS["cifar10"], num_classes=5)
+    monkeypatch.setattr(datasets, "DATASETS", {**DATASETS, "cifar10": fewer})
+    with pytest.raises(DatasetError, match=r"labels outside \[0, 5\)"):
+        load_dataset("cifar10", tmp_path)
+    smaller = dataclasses.replace(DATASETS["cifar10"], shape=(3, 16, 16))
+    monkeypatch.setattr(datasets, "DATASETS", {**DATASETS, "cifar10": smaller})
+    with pytest.raises(DatasetError, match=r"not \(N, 768\) uint8"):
+        load_dataset("cifar10", tmp_path)
+    (tmp_path / "cifar-10-batches-py").rename(tmp_path / "moved")
+    monkeypatch.setattr(datasets, "DATASETS", {**DATASETS, "cifar10": dataclasses.replace(
+        DATASETS["cifar10"], folder="moved")})
+    assert load_dataset("cifar10", tmp_path).train_x.shape == (15, 3, 32, 32)
+    assert set(DATASETS) == {"cifar10", "cifar100", "stl10", "cinic10", "tinyimagenet", "fashion-mnist", "synthetic"}

@@ -2,7 +2,7 @@
 
 Every archive here is small and written in the data set's real format (tests/download_fixtures.py);
 the registries the tests pass carry those archives' own MD5s (``sources=`` or a monkeypatched
-``real.download.SOURCES``), so the production registry is never altered and nothing touches the
+``real.download.DATASETS``), so the production records are never altered and nothing touches the
 internet (the test registries' base address is 127.0.0.1:9, where nothing listens: a test passes
 only if ``--mirror`` really replaced it).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import urllib.parse
 from pathlib import Path
 
 import download_fixtures as fx
@@ -21,8 +22,8 @@ from helpers import kill_when, run_module
 
 from real import download
 from real.cli import main
-from real.datasets import DEBIAN_FASHION_MNIST, DatasetError, load_dataset
-from real.download import MARKER, SOURCES, ensure_dataset
+from real.datasets import DATASETS, DEBIAN_FASHION_MNIST, DatasetError, RemoteFile, load_dataset
+from real.download import MARKER, ensure_dataset
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import ConfigError
 
@@ -35,8 +36,8 @@ def _cifar10(**kw) -> tuple[bytes, dict]:
 
 
 def _cli(capsys, monkeypatch, registry, *argv) -> tuple[int, str, str]:
-    """``useful-train ARGV`` in this process with ``registry`` as real.download.SOURCES."""
-    monkeypatch.setattr(download, "SOURCES", registry)
+    """``useful-train ARGV`` in this process with ``registry`` as the records real.download reads."""
+    monkeypatch.setattr(download, "DATASETS", registry)
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
@@ -139,7 +140,7 @@ def test_wrong_checksum_exit_2_one_line_nothing_left(tmp_path, capsys, monkeypat
     archive, _ = _cifar10()
     registry = fx.registry("cifar10", {ARCHIVE: archive})
     published = "0123456789abcdef0123456789abcdef"
-    registry["cifar10"] = dataclasses.replace(registry["cifar10"], files=(download.RemoteFile(ARCHIVE, published),))
+    registry["cifar10"] = dataclasses.replace(registry["cifar10"], files=(RemoteFile(ARCHIVE, published),))
     data_dir = tmp_path / "data"
     with fx.Server({f"/{ARCHIVE}": archive}) as server:
         code, out, err = _cli(capsys, monkeypatch, registry, "download", "cifar10", "--data-dir", str(data_dir),
@@ -187,10 +188,10 @@ def test_archive_put_there_by_the_user_is_used_and_kept(tmp_path, capsys, monkey
 
 
 # ----------------------------------------------------------------------------------------------
-# resuming
+# interrupted and stale downloads (pooch restarts a file; its temporary file is never taken for data)
 
 
-def test_cut_transfer_resumes_with_a_range_request(tmp_path):
+def test_cut_transfer_is_retried_and_the_file_is_whole(tmp_path):
     files, _ = fx.fashion_files(n_train=40)
     name = "train-images-idx3-ubyte.gz"
     cut = len(files[name]) // 3
@@ -199,66 +200,47 @@ def test_cut_transfer_resumes_with_a_range_request(tmp_path):
         path = ensure_dataset("fashion-mnist", tmp_path, mirror=server.url("/"), sources=registry, backoff=0,
                               progress=False)
         served = [r for r in server.log if r.path == f"/{name}"]
-    assert [(r.range, r.status, r.sent) for r in served] == [
-        (None, 200, cut), (f"bytes={cut}-", 206, len(files[name]) - cut)]  # only the rest was asked for
+    assert [(r.range, r.status, r.sent) for r in served] == [(None, 200, cut), (None, 200, len(files[name]))]
     assert (path / name).read_bytes() == files[name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion-mnist"]
 
 
-def test_download_killed_half_way_resumes_next_run(tmp_path):
+def test_download_killed_half_way_leaves_no_data_set_and_the_next_run_cleans_up(tmp_path):
     archive, expected = _cifar10(per_batch=40)  # about 0.75 MB, served slowly
     registry = fx.registry("cifar10", {ARCHIVE: archive}, split_sizes=(200, 40))
     data_dir = tmp_path / "data"
-    part = data_dir / ".useful-download" / f"{ARCHIVE}.part"
+    work = data_dir / ".useful-download"
+
+    def partial_files():
+        return [p for p in work.glob("*") if p.is_file() and p.stat().st_size > 64 * 1024] if work.is_dir() else []
+
     with fx.Server({f"/{ARCHIVE}": archive}, chunk_delay=0.01) as server:
         spec = tmp_path / "registry.json"
         spec.write_text(fx.registry_json(dataclasses.replace(registry["cifar10"], base_url=server.url("/"))))
-        _kill_when(["install", str(spec), "cifar10", str(data_dir)],
-                   lambda: part.is_file() and part.stat().st_size > 64 * 1024)
-        have = part.stat().st_size
-        assert 0 < have < len(archive) and part.read_bytes() == archive[:have]
-        assert not (data_dir / "cifar-10-batches-py").exists()
+        _kill_when(["install", str(spec), "cifar10", str(data_dir)], lambda: bool(partial_files()))
+        left = partial_files()
+        assert [p.name for p in left] != [ARCHIVE] and len(left) == 1  # pooch's temporary file, not the archive
+        assert not (data_dir / "cifar-10-batches-py").exists() and not (work / ARCHIVE).exists()
+        with pytest.raises(DatasetError):
+            load_dataset("cifar10", data_dir)
         server.behaviour.chunk_delay = 0.0
         ensure_dataset("cifar10", data_dir, mirror=server.url("/"), sources=registry, progress=False)
-        last = server.log[-1]
-    assert (last.range, last.status, last.sent) == (f"bytes={have}-", 206, len(archive) - have)
+        assert [(r.range, r.status) for r in server.log[1:]] == [(None, 200)]
     assert np.array_equal(load_dataset("cifar10", data_dir).train_x.numpy(), expected["train_x"])
     assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-batches-py"]
 
 
-def test_server_ignoring_range_restarts_from_the_beginning(tmp_path):
+def test_archive_in_the_work_folder_no_longer_matching_is_downloaded_again(tmp_path):
     archive, _ = _cifar10()
     registry = fx.registry("cifar10", {ARCHIVE: archive}, split_sizes=(15, 3))
     work = tmp_path / ".useful-download"
     work.mkdir()
-    (work / f"{ARCHIVE}.part").write_bytes(b"stale bytes from another file")
-    with fx.Server({f"/{ARCHIVE}": archive}, ignore_range=True) as server:
-        ensure_dataset("cifar10", tmp_path, mirror=server.url("/"), sources=registry, progress=False)
-        assert [(r.range, r.status, r.sent) for r in server.log] == [("bytes=29-", 200, len(archive))]
-    assert (tmp_path / "cifar-10-batches-py" / "test_batch").is_file()
-
-
-def test_partial_download_of_another_file_is_replaced_after_the_checksum_fails(tmp_path):
-    archive, _ = _cifar10()
-    registry = fx.registry("cifar10", {ARCHIVE: archive}, split_sizes=(15, 3))
-    work = tmp_path / ".useful-download"
-    work.mkdir()
-    (work / f"{ARCHIVE}.part").write_bytes(b"x" * 100)  # a prefix that is not this archive's
+    (work / ARCHIVE).write_bytes(b"x" * 100)  # not this archive
+    (work / "tmp1234abcd").write_bytes(b"half of something")  # a killed run's temporary file
     with fx.Server({f"/{ARCHIVE}": archive}) as server:
         ensure_dataset("cifar10", tmp_path, mirror=server.url("/"), sources=registry, progress=False)
-        assert [(r.range, r.status) for r in server.log] == [("bytes=100-", 206), (None, 200)]
-    assert (tmp_path / "cifar-10-batches-py").is_dir()
-
-
-def test_part_longer_than_the_file_is_restarted(tmp_path):
-    archive, _ = _cifar10()
-    registry = fx.registry("cifar10", {ARCHIVE: archive}, split_sizes=(15, 3))
-    work = tmp_path / ".useful-download"
-    work.mkdir()
-    (work / f"{ARCHIVE}.part").write_bytes(archive + b"trailing")
-    with fx.Server({f"/{ARCHIVE}": archive}) as server:
-        ensure_dataset("cifar10", tmp_path, mirror=server.url("/"), sources=registry, backoff=0, progress=False)
-        assert [r.status for r in server.log] == [416, 200]
-    assert (tmp_path / "cifar-10-batches-py").is_dir()
+        assert [(r.range, r.status) for r in server.log] == [(None, 200)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py"]
 
 
 def test_retries_with_backoff_then_one_line_exit_1(tmp_path, capsys, monkeypatch):
@@ -304,10 +286,8 @@ BAD_TAR_MEMBERS = {
 }
 
 
-@pytest.mark.parametrize("data_filter", [True, False] if download._TAR_DATA_FILTER else [False])
 @pytest.mark.parametrize("kind", sorted(BAD_TAR_MEMBERS))
-def test_unsafe_tar_member_refused_nothing_written_outside(tmp_path, capsys, monkeypatch, kind, data_filter):
-    monkeypatch.setattr(download, "_TAR_DATA_FILTER", data_filter)  # False: our own check alone
+def test_unsafe_tar_member_refused_nothing_written_outside(tmp_path, capsys, monkeypatch, kind):
     entries, _ = fx.cifar10_members()
     bad = BAD_TAR_MEMBERS[kind]
     archive = fx.tar_gz(entries[:3] + [bad] + entries[3:])
@@ -451,12 +431,12 @@ def test_input_errors_one_line_exit_2(tmp_path, capsys, monkeypatch):
             code, (_out, err) = exit_.code, capsys.readouterr()
         assert code == 2 and len(err.splitlines()) == 1 and expected in err, (argv, err)
     assert _listing(tmp_path) == ["file"]
-    with pytest.raises(ConfigError, match="unknown data set 'synthetic'"):
+    with pytest.raises(ConfigError, match="nothing to download for 'synthetic'"):
         ensure_dataset("synthetic", tmp_path)
 
 
-def test_production_registry_is_the_published_one():
-    md5s = {name: {f.filename: f.md5 for f in source.files} for name, source in SOURCES.items()}
+def test_production_records_are_the_published_ones():
+    md5s = {name: {f.filename: f.md5 for f in info.files} for name, info in DATASETS.items() if info.files}
     assert md5s == {
         "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
         "cifar100": {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
@@ -468,17 +448,52 @@ def test_production_registry_is_the_published_one():
                           "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
                           "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
     }
-    urls = {name: source.base_url for name, source in SOURCES.items()}
+    urls = {name: info.base_url for name, info in DATASETS.items() if info.files}
     assert urls == {
         "cifar10": "https://www.cs.toronto.edu/~kriz/",
         "cifar100": "https://www.cs.toronto.edu/~kriz/",
-        "stl10": "https://ai.stanford.edu/~acoates/stl10/",
+        "stl10": "http://ai.stanford.edu/~acoates/stl10/",  # the archive the authors' page links to
         "cinic10": "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/",
         "tinyimagenet": "http://cs231n.stanford.edu/",
         "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     }
     with pytest.raises(TypeError):
-        SOURCES["cifar10"] = SOURCES["cifar100"]  # type: ignore[index]
+        DATASETS["cifar10"] = DATASETS["cifar100"]  # type: ignore[index]
+
+
+def test_each_data_set_fact_has_one_definition():
+    """The records in real/datasets.py are the only place a data set's address, checksum, file name,
+    folder, image shape or class count is written: no other module of real/ holds one."""
+    real = Path(download.__file__).parent
+    facts = set()
+    for info in DATASETS.values():
+        facts |= {info.base_url, info.where, info.folder, *(f.filename for f in info.files)}
+        facts |= {f.md5 for f in info.files if f.md5} | {"x".join(map(str, info.shape)), repr(info.shape)}
+        host = urllib.parse.urlsplit(info.base_url).netloc
+        facts |= {host} if host else set()
+    facts -= {"", "nowhere", *DATASETS}  # the names themselves are what other modules use
+    for path in sorted(real.glob("*.py")):
+        if path.name == "datasets.py":
+            continue
+        text = path.read_text()
+        assert not [fact for fact in facts if fact in text], path.name
+    source = (real / "datasets.py").read_text()
+    for info in DATASETS.values():  # and in datasets.py each checksum is written once
+        assert all(source.count(f.md5) == 1 for f in info.files if f.md5), info.name
+
+
+def test_download_reads_the_record(tmp_path):
+    """The record decides where the files come from, their names, checksums, folder and split sizes."""
+    archive, _ = _cifar10()
+    moved = dataclasses.replace(fx.registry("cifar10", {ARCHIVE: archive}, split_sizes=(15, 3))["cifar10"],
+                                folder="elsewhere")
+    with fx.Server({f"/b/{ARCHIVE}": archive}) as server:
+        record = dataclasses.replace(moved, base_url=server.url("/b/"))
+        path = ensure_dataset("cifar10", tmp_path, sources={"cifar10": record}, progress=False)
+        assert path == tmp_path / "elsewhere" and [r.path for r in server.log] == [f"/b/{ARCHIVE}"]
+        with pytest.raises(DatasetError, match="not the published 16 and 3"):
+            ensure_dataset("cifar10", tmp_path / "x", sources={"cifar10": dataclasses.replace(
+                record, split_sizes=(16, 3))}, progress=False)
 
 
 def test_success_output_and_no_progress_bar_off_a_terminal(tmp_path, capsys, monkeypatch):
@@ -499,7 +514,7 @@ def test_progress_bar_when_asked(tmp_path, capsys):
     with fx.Server({f"/{ARCHIVE}": archive}) as server:
         ensure_dataset("cifar10", tmp_path, mirror=server.url("/"), sources=registry, progress=True)
     err = capsys.readouterr().err
-    assert f"{ARCHIVE}.part" in err and "B/s" in err  # tqdm's bar, on stderr
+    assert ARCHIVE in err and "B/s" in err  # tqdm's bar, on stderr
 
 
 def test_download_is_a_subcommand():
@@ -509,7 +524,7 @@ def test_download_is_a_subcommand():
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
 def test_debian_fashion_mnist_needs_no_download():
-    assert ensure_dataset("fashion-mnist", None, sources=fx.registry("fashion-mnist", {})) == DEBIAN_FASHION_MNIST
+    assert ensure_dataset("fashion-mnist", None) == DEBIAN_FASHION_MNIST  # the production record, no network
 
 
 def test_no_data_dir_is_refused_for_other_data_sets():
@@ -533,7 +548,7 @@ def test_run_with_download_fetches_then_trains(tmp_path, capsys, monkeypatch):
            "--batch-size", "8", "--device", "cpu", "--download"]
     with fx.Server({f"/{ARCHIVE}": archive}) as server:
         bad = dict(registry)
-        bad["cifar10"] = dataclasses.replace(registry["cifar10"], files=(download.RemoteFile(ARCHIVE, "0" * 32),))
+        bad["cifar10"] = dataclasses.replace(registry["cifar10"], files=(RemoteFile(ARCHIVE, "0" * 32),))
         code, _, err = _cli(capsys, monkeypatch, bad, *run, "--mirror", server.url("/"), "--out", str(out))
         assert code == 2 and "checksum" in err and len(err.splitlines()) == 1 and not out.exists()
         code, _, err = _cli(capsys, monkeypatch, registry, *run, "--mirror", server.url("/"), "--out", str(out))
