@@ -17,63 +17,35 @@ takes that run's config.json as the base instead of defaults and preset (so
 ``useful-train run --out DIR --resume`` is enough) and refuses flags that change what is computed.  An invalid value, unknown key or missing data set ends
 with exit status 2 and one line on stderr; a run that diverges exits 1.
 
-The other subcommands live with what they do: each module named in :data:`COMMAND_MODULES` has a
-``register_commands(register_command)`` that adds its subcommands (``compare`` from real/compare.py,
-``sharpness`` from real/sharpness.py, ``grid`` from real/grid.py, ``reproduce`` from real/reproduce.py).
+The subcommands are one plain dict, :data:`COMMANDS` (name -> help, flags, handler); those that live
+with what they do come from their modules' ``add_arguments`` and ``command`` (real/compare.py,
+real/sharpness.py, real/grid.py, real/download.py, real/reproduce.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 # OpenMP threads that busy-wait (the default) collapse when the CPU is shared with other jobs (two
 # threads measured 5x slower than one); passive waiting costs little when the CPU is idle.  Set before
 # torch is imported; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from theory.plumbing.cli import OneLineArgumentParser, cli_entry  # noqa: E402
-from theory.plumbing.config import (  # noqa: E402
-    ConfigError,
-    add_config_arguments,
-)
+from theory.plumbing.cli import Command, build_parser, cli_entry  # noqa: E402
+from theory.plumbing.config import ConfigError, add_config_arguments, to_jsonable  # noqa: E402
 
-__all__ = ["main", "register_command", "COMMANDS", "COMMAND_MODULES", "resolve_run_config"]
+from . import compare, download, grid, reproduce, sharpness  # noqa: E402
+from .config import TrainConfig, describe_preset, preset_names, resolve_train_config  # noqa: E402
+from .datasets import DatasetError  # noqa: E402
+from .rundir import is_run_dir, read_config  # noqa: E402
+from .train import train  # noqa: E402
 
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    handler: Callable[[argparse.Namespace], int]
-
-
-COMMANDS: dict[str, Command] = {}
-
-# Modules that add subcommands (each must exist and define register_commands).
-COMMAND_MODULES = ("real.compare", "real.grid", "real.download", "real.reproduce")
-
-
-def register_command(
-    name: str,
-    help: str,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    handler: Callable[[argparse.Namespace], int],
-) -> None:
-    """Add (or replace) the subcommand ``name``; ``handler(args)`` returns the exit status."""
-    COMMANDS[name] = Command(name, help, add_arguments, handler)
-
-
-def _load_commands() -> None:
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register_commands(register_command)
+__all__ = ["main", "COMMANDS", "resolve_run_config", "config_toml"]
 
 
 def _setup_logging() -> None:
@@ -91,8 +63,6 @@ def _setup_logging() -> None:
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig
-
     parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of TrainConfig keys (flags override it)")
     parser.add_argument("--preset", metavar="NAME", default=None,
                         help="a setting of the paper as the base, e.g. cifar10-resnet18-sgd (useful-train presets lists them); "
@@ -108,9 +78,6 @@ def resolve_run_config(args: argparse.Namespace | dict[str, Any], *, with_source
     preset as the base (the preset is already in it), so ``run --out DIR --resume`` is enough; the
     trainer then refuses flags or TOML values that change what is computed.  ``with_sources`` also
     returns where each value came from."""
-    from .config import resolve_train_config
-    from .rundir import is_run_dir, read_config
-
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     config_path, preset = given.get("config"), given.get("preset")
     cfg, sources = resolve_train_config(given, config_path=config_path, preset=preset)
@@ -124,11 +91,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .datasets import DatasetError
-
     cfg = resolve_run_config(args)
     _setup_logging()
-    from .train import train
 
     # SIGTERM (scancel, a preemption, torchrun stopping its workers) ends the run like Ctrl-C: the
     # last checkpoint stays and the run lock is released, so a requeued job on another node can resume.
@@ -145,13 +109,7 @@ def _run(args: argparse.Namespace) -> int:
 # presets
 
 
-def _presets_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
 def _presets(args: argparse.Namespace) -> int:
-    from .config import describe_preset, preset_names
-
     names = preset_names()
     width = max(map(len, names), default=0)
     for name in names:
@@ -167,8 +125,6 @@ def config_toml(cfg, sources: dict[str, str]) -> str:
     """The resolved configuration as TOML (tomli-w), each value commented with its source; fields
     without a value (None: TOML has no null) appear as comments."""
     import tomli_w
-
-    from theory.plumbing.config import to_jsonable
 
     data = to_jsonable(cfg)
     lines = ["# useful-train config: the fully resolved configuration (nothing was trained).",
@@ -189,35 +145,27 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("run", "one training run (flags: the configuration's fields)", _run_arguments, _run)
-register_command("config", "print the fully resolved configuration of a run as TOML (trains nothing)",
-                 _run_arguments, _config)
-register_command("presets", "list the presets: the paper's settings x optimizers", _presets_arguments, _presets)
-register_command("sharpness", "Hessian top eigenvalue(s), trace (Hutchinson) and L1 norm of runs' checkpoints",
-                 lambda parser: __import__("real.sharpness").sharpness.add_arguments(parser),
-                 lambda args: __import__("real.sharpness").sharpness.command(args))  # temporary: until the merge
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(
-        prog="useful-train",
-        description="Full-scale training with USEFUL (upsample early for uniform learning), SGD/SAM/ASAM.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS.values():
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
-        command.add_arguments(p)
-        p.set_defaults(_handler=command.handler)
-    return parser
+COMMANDS: dict[str, Command] = {
+    "run": Command("one training run (flags: the configuration's fields)", _run_arguments, _run),
+    "config": Command("print the fully resolved configuration of a run as TOML (trains nothing)", _run_arguments,
+                      _config),
+    "presets": Command("list the presets: the paper's settings x optimizers", lambda parser: None, _presets),
+    "compare": Command("test error (mean/std over seeds), paired differences and training time relative to SGD "
+                       "over run directories; --out draws the bar plot", compare.add_arguments, compare.command),
+    "sharpness": Command("Hessian top eigenvalue(s), trace (Hutchinson) and L1 norm of runs' checkpoints",
+                         sharpness.add_arguments, sharpness.command),
+    "grid": Command(grid.HELP, grid.add_arguments, grid.command),
+    "download": Command(download.HELP, download.add_arguments, download.command),
+    "reproduce": Command("the real-data claims report: Fashion-MNIST with a planted easy feature, SGD, SAM, USEFUL and "
+                         "random upsampling paired by seed (claims.json, figures, runs/)", reproduce._arguments,
+                         reproduce._handler),
+}
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    _load_commands()
-    args = _build_parser().parse_args(argv)
-    return args._handler(args)
+    args = build_parser("useful-train", "Full-scale training with USEFUL (upsample early for uniform learning), "
+                        "SGD/SAM/ASAM.", COMMANDS).parse_args(argv)
+    return args.handler(args)
 
 
 main = cli_entry(_main)

@@ -52,7 +52,7 @@ from .config import RUN_CONTROL_FIELDS
 
 __all__ = ["GROUP_IGNORE", "METHOD_FIELDS", "group_key", "RunRecord", "Group", "load_runs", "group_runs",
            "paired_difference", "pair_groups", "paired_time_ratio", "compare_markdown", "plot_compare",
-           "register_commands"]
+]
 
 # The seed, the fields that say how to run rather than what to compute, and what is only recorded.
 GROUP_IGNORE = ("seed", "deterministic", "group_window", *RUN_CONTROL_FIELDS)
@@ -419,7 +419,7 @@ def compare(run_dirs: Sequence[str | Path], *, out: str | Path | None = None,
 # CLI.
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of useful-train run")
     parser.add_argument("--out", metavar="PLOT.png", default=None,
                         help="also draw the bar plot (Figure 4 style): .png, .pdf or .svg")
@@ -427,14 +427,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="training time is relative to this optimizer's group without USEFUL (default sgd)")
 
 
-def _handler(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     table, groups, _ = compare(args.runs, out=args.out, baseline_optimizer=args.baseline_optimizer)
     print(table)
     if args.out is not None:
         print(f"\nplot: {args.out}")
     return 0 if groups else 1
-
-
-def register_commands(register_command) -> None:
-    register_command("compare", "test error (mean/std over seeds) and relative training time over run "
-                     "directories; --out draws the bar plot", _arguments, _handler)

@@ -52,7 +52,7 @@ from theory.plumbing.config import ConfigError, check_int, check_number
 
 from .datasets import DATASETS, DatasetError, DatasetInfo, RemoteFile, default_data_dir, load_dataset
 
-__all__ = ["HELP", "MARKER", "add_arguments", "command", "ensure_dataset", "register_commands"]
+__all__ = ["HELP", "MARKER", "add_arguments", "command", "ensure_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -520,8 +520,3 @@ def command(args: argparse.Namespace) -> int:
         print(f"verified: {note}")
     print(f"use it with: useful-train run --dataset {args.dataset} --data-dir {Path(args.data_dir).expanduser()}")
     return 0
-
-
-def register_commands(register_command) -> None:
-    """The current cli.py's hook: register the ``download`` subcommand."""
-    register_command("download", HELP, add_arguments, command)

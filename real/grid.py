@@ -56,7 +56,7 @@ from .rundir import config_differences, has_run_files, is_run_dir, read_config, 
 
 __all__ = ["GridSpec", "GridRun", "TrainJob", "load_grid", "expand_runs", "slurm_options", "slurm_minutes",
            "run_command", "write_run_files", "run_local", "submit_slurm", "HELP", "add_arguments", "command",
-           "register_commands"]
+]
 
 HELP = "run a grid of configurations x seeds here, or submit it to Slurm (submitit)"
 INSTALL = "pip install 'useful-sb[slurm]'"
@@ -649,8 +649,3 @@ def command(args) -> int:
         results = submit_slurm(spec, dry_run=args.dry_run, rerun_diverged=args.rerun_diverged)
     _print_results(spec, results, slurm_dry_run=args.launcher == "submitit" and args.dry_run)
     return 1 if any(e["status"] in ("failed", "diverged") for e in results) else 0
-
-
-def register_commands(register_command) -> None:
-    """Today's cli.py: add the ``grid`` subcommand."""
-    register_command("grid", HELP, add_arguments, command)

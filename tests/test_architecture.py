@@ -175,3 +175,57 @@ def test_the_length_check_sees_a_long_function(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     (pkg / "m.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
     assert long_functions(pkg) == [f"pkg/m.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_where_to_add_recipes(tmp_path, monkeypatch):
+    """docs/architecture.md's "Where to add", followed: a toy data set (a DatasetInfo entry of
+    DATASETS with its loader), a toy model (an entry of MODELS) and a toy partition (a builder in
+    PARTITIONS) are accepted by name and train a USEFUL run, with nothing else changed.  The
+    registries are rebound where the package binds them, as an edit of their source would."""
+    from types import MappingProxyType
+
+    import numpy as np
+    import torch
+
+    import real.config
+    import real.datasets
+    import real.models
+    import real.useful
+    import theory.useful
+    from real.datasets import DatasetInfo
+    from real.rundir import read_partition
+    from real.train import train
+    from theory.useful import Partition
+
+    def load_toy(info, folder):  # two classes told apart by the mean brightness
+        rng = np.random.default_rng(0)
+        y = np.arange(64) % 2
+        x = (rng.integers(0, 100, size=(64, 1, 8, 8)) + 120 * y[:, None, None, None]).astype(np.uint8)
+        return (x[:48], y[:48]), (x[48:], y[48:]), 2
+
+    class Toy(torch.nn.Module):
+        def __init__(self, c, k, size):
+            super().__init__()
+            self.fc = torch.nn.Linear(c * size * size, k)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    def every_third(outputs, labels, losses, *, k, seed, options):
+        return Partition.from_multiplicities(np.where(np.arange(len(labels)) % 3 == 0, k, 1), k=k, method="every-third")
+
+    datasets = MappingProxyType({**real.datasets.DATASETS, "toy": DatasetInfo(
+        "toy", load_toy, (1, 8, 8), 2, "nothing (generated)", "this test")})
+    models = {**real.models.MODELS, "toy-linear": Toy}
+    partitions = {**theory.useful.PARTITIONS, "every-third": every_third}
+    for module, name, value in ((real.datasets, "DATASETS", datasets), (real.config, "DATASETS", datasets),
+                                (real.models, "MODELS", models), (real.config, "MODELS", models),
+                                (theory.useful, "PARTITIONS", partitions), (real.config, "PARTITIONS", partitions),
+                                (real.useful, "PARTITIONS", partitions)):
+        monkeypatch.setattr(module, name, value)
+    cfg = real.config.TrainConfig(dataset="toy", data_dir=str(tmp_path), model="toy-linear", useful=True,
+                                  partition="every-third", separate_epoch=1, epochs=2, batch_size=16, augment="none",
+                                  device="cpu", out=str(tmp_path / "run"))
+    assert train(cfg)["status"] == "completed"
+    part = read_partition(tmp_path / "run")
+    assert str(part["method"]) == "every-third" and np.array_equal(part["multiplicities"], np.where(np.arange(48) % 3 == 0, 2, 1))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from real.cli import COMMANDS, _build_parser, main, resolve_run_config
+from real.cli import COMMANDS, main, resolve_run_config
+from theory.plumbing.cli import build_parser
 from real.config import TrainConfig, load_preset, load_setting, preset_names, setting_names, split_preset_name
 from real.rundir import FORMAT
 from theory.plumbing.config import ConfigError, to_jsonable
@@ -96,7 +97,7 @@ def test_toml_unknown_key_subprocess(tmp_path):
 
 
 def test_every_field_is_a_flag():
-    parser = _build_parser()
+    parser = build_parser("useful-train", "", COMMANDS)
     run = parser._subparsers._group_actions[0].choices["run"]
     options = {opt for action in run._actions for opt in action.option_strings}
     for f in dataclasses.fields(TrainConfig):
@@ -243,9 +244,6 @@ def test_every_option_of_every_command_says_what_it_is():
     """Each flag's help says what the flag is, beyond its default and its list of choices (one
     source: the configuration field's doc, for the fields)."""
     import re
-
-    from real.cli import COMMANDS
-    from theory.plumbing.cli import build_parser
 
     parser = build_parser("useful-train", "", COMMANDS)
     missing = []
