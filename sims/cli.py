@@ -59,8 +59,8 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
                              "a rerun computes only what is missing")
     _add_config(parser, "the base configuration")
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                        help="a configuration field and its comma-separated values (repeatable; the grid is the "
-                             "product of all; default: none, the base configuration alone)")
+                        help="a configuration field other than seed and its comma-separated values (repeatable, "
+                             "each field once; the grid is the product of all; default: none, the base alone)")
     parser.add_argument("--seeds", default="1", metavar="S",
                         help="seeds per grid point, an integer >= 1: seeds 0..S-1 (default: 1)")
     parser.add_argument("--chunk", default="64", metavar="RUNS",

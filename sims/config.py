@@ -61,7 +61,8 @@ class SimConfig:
 
     ``separate_at`` must lie in ``[1, iterations]`` whenever USEFUL is run (``useful``; ``reproduce``
     checks its base configuration as a USEFUL one).  Numbers are stored in their field's type
-    (``beta_d=1`` becomes ``1.0``), so equal configurations compare and hash equal.
+    (``beta_d=1`` becomes ``1.0``), so equal configurations compare and hash equal.  Each field's
+    one-line :func:`~theory.plumbing.config.doc` (what it is, its range) is its flag's ``--help``.
     """
 
     d: int = doc(200, "d: dimension of a patch (d in Definition 3.1), an integer >= 3")
