@@ -164,61 +164,93 @@ def _dot_rows(A, X, out, rows):
         np.dot(A[a:b], X, out[a:b])
 
 
-@njit(cache=True, fastmath=_FM)
-def _gram_run(G, Z, C, ptr, y, E, wfull, sched, lr, rho, mode, be, bd, Fe, Fd, r, rows):
-    """``Fe.shape[0]`` steps of one run in Gram space; returns -1, or the step that diverged."""
+@njit(cache=True, fastmath=_FM, inline="always")
+def _ascent_scale(nrm2, rho, mode, cbuf):
+    """SAM's ``rho / ||grad||`` (0 for a zero gradient) or USAM's ``rho``, rounded to the working dtype."""
+    if mode == 1:
+        cbuf[1] = rho / np.sqrt(nrm2) if nrm2 > 0 else 0.0
+    else:
+        cbuf[1] = rho
+    return cbuf[1]
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _record(Z, be, bd, Fe, Fd, s, r):
+    """The feature outputs of step ``s`` of run ``r`` from the last two rows of ``Z`` (a_e, a_d)."""
+    Mf = Z.shape[0] - 2
+    Fe[s, r] = _feature_outputs(Z[Mf], be)
+    Fd[s, r] = _feature_outputs(Z[Mf + 1], bd)
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _gram_full(G, Z, C, ptr, y, E, wfull, lr_, rho, mode, cbuf, be, bd, Fe, Fd, r, rows):
+    """Full-batch steps in Gram space (see :func:`_gram_run`)."""
     Mb, J = Z.shape
-    Mf = Mb - 2
     n = y.shape[0]
-    steps = Fe.shape[0]
-    mini = sched.shape[1] > 0
     dt = Z.dtype
     S = np.zeros((Mb, J), dt)
     T = np.empty((Mb, J), dt)
     Zp = np.zeros((Mb, J), dt)
     f = np.empty(n, dt)
     coef = np.empty(n, dt)
-    cbuf = np.empty(2, dt)
-    cbuf[0] = lr
-    lr_ = cbuf[0]
     perturb = mode != 0 and rho != 0
-    if not mini:
-        ex = np.arange(n)
-        msum = 0.0
-        for i in range(n):
-            msum += wfull[i]
-        for s in range(steps):
-            _grad(Z, ex, ptr, y, E, wfull, msum, S, f, coef)
-            _dot_rows(G, S, T, rows)
-            if perturb:
-                if mode == 1:
-                    nrm2 = 0.0
-                    for k in range(Mb):
-                        for j in range(J):
-                            nrm2 += S[k, j] * T[k, j]
-                    cbuf[1] = rho / np.sqrt(nrm2) if nrm2 > 0 else 0.0
-                else:
-                    cbuf[1] = rho
-                c = cbuf[1]
+    ex = np.arange(n)
+    msum = 0.0
+    for i in range(n):
+        msum += wfull[i]
+    for s in range(Fe.shape[0]):
+        _grad(Z, ex, ptr, y, E, wfull, msum, S, f, coef)
+        _dot_rows(G, S, T, rows)
+        if perturb:
+            nrm2 = 0.0
+            if mode == 1:
                 for k in range(Mb):
                     for j in range(J):
-                        Zp[k, j] = Z[k, j] + c * T[k, j]
-                _grad(Zp, ex, ptr, y, E, wfull, msum, S, f, coef)
-                _dot_rows(G, S, T, rows)
-            chk = 0.0
+                        nrm2 += S[k, j] * T[k, j]
+            c = _ascent_scale(nrm2, rho, mode, cbuf)
             for k in range(Mb):
                 for j in range(J):
-                    v = Z[k, j] - lr_ * T[k, j]
-                    Z[k, j] = v
-                    u = C[k, j] - lr_ * S[k, j]
-                    C[k, j] = u
-                    chk += v * 0.0 + u * 0.0
-            if chk != chk:
-                return s
-            Fe[s, r] = _feature_outputs(Z[Mf], be)
-            Fd[s, r] = _feature_outputs(Z[Mf + 1], bd)
-        return -1
-    # minibatch: only the batch's rows of S are non-zero
+                    Zp[k, j] = Z[k, j] + c * T[k, j]
+            _grad(Zp, ex, ptr, y, E, wfull, msum, S, f, coef)
+            _dot_rows(G, S, T, rows)
+        chk = 0.0
+        for k in range(Mb):
+            for j in range(J):
+                v = Z[k, j] - lr_ * T[k, j]
+                Z[k, j] = v
+                u = C[k, j] - lr_ * S[k, j]
+                C[k, j] = u
+                chk += v * 0.0 + u * 0.0
+        if chk != chk:
+            return s
+        _record(Z, be, bd, Fe, Fd, s, r)
+    return -1
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _gather(Z, G, act, na, Za, Ga):
+    """The active rows of ``Z`` and ``G`` (``act[:na]``) into ``Za``, ``Ga``."""
+    J = Z.shape[1]
+    Mb = G.shape[1]
+    for q in range(na):
+        k = act[q]
+        for j in range(J):
+            Za[q, j] = Z[k, j]
+        for l in range(Mb):
+            Ga[q, l] = G[k, l]
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _gram_mini(G, Z, C, ptr, y, E, sched, lr_, rho, mode, cbuf, be, bd, Fe, Fd, r):
+    """Minibatch steps in Gram space: only the batch's rows of ``S`` are non-zero (see :func:`_gram_run`)."""
+    Mb, J = Z.shape
+    Mf = Mb - 2
+    n = y.shape[0]
+    dt = Z.dtype
+    T = np.empty((Mb, J), dt)
+    f = np.empty(n, dt)
+    coef = np.empty(n, dt)
+    perturb = mode != 0 and rho != 0
     w = np.zeros(n, dt)
     ex = np.empty(n, np.int64)
     rptr = np.empty(n + 1, np.int64)
@@ -227,27 +259,19 @@ def _gram_run(G, Z, C, ptr, y, E, wfull, sched, lr, rho, mode, be, bd, Fe, Fd, r
     Sa = np.empty((Mb, J), dt)
     Ga = np.empty((Mb, Mb), dt)
     msum = float(sched.shape[1])
-    for s in range(steps):
+    for s in range(Fe.shape[0]):
         ne, na = _batch(sched[s], n, ptr, Mf, w, ex, rptr, act)
-        for q in range(na):
-            k = act[q]
-            for j in range(J):
-                Za[q, j] = Z[k, j]
-            for l in range(Mb):
-                Ga[q, l] = G[k, l]
+        _gather(Z, G, act, na, Za, Ga)
         _grad(Za[:na], ex[:ne], rptr[: ne + 1], y, E, w, msum, Sa[:na], f, coef)
         np.dot(Ga[:na].T, Sa[:na], T)
         if perturb:
+            nrm2 = 0.0
             if mode == 1:
-                nrm2 = 0.0
                 for q in range(na):
                     k = act[q]
                     for j in range(J):
                         nrm2 += Sa[q, j] * T[k, j]
-                cbuf[1] = rho / np.sqrt(nrm2) if nrm2 > 0 else 0.0
-            else:
-                cbuf[1] = rho
-            c = cbuf[1]
+            c = _ascent_scale(nrm2, rho, mode, cbuf)
             for q in range(na):
                 k = act[q]
                 for j in range(J):
@@ -268,9 +292,23 @@ def _gram_run(G, Z, C, ptr, y, E, wfull, sched, lr, rho, mode, be, bd, Fe, Fd, r
                 chk += u * 0.0
         if chk != chk:
             return s
-        Fe[s, r] = _feature_outputs(Z[Mf], be)
-        Fd[s, r] = _feature_outputs(Z[Mf + 1], bd)
+        _record(Z, be, bd, Fe, Fd, s, r)
     return -1
+
+
+@njit(cache=True, fastmath=_FM)
+def _gram_run(G, Z, C, ptr, y, E, wfull, sched, lr, rho, mode, be, bd, Fe, Fd, r, rows):
+    """``Fe.shape[0]`` steps of one run in Gram space; returns -1, or the step that diverged.
+
+    The step is split in helpers inlined here (``inline="always"``: one compiled loop, as fast as
+    when it was written out in one function, and the same rounding).
+    """
+    cbuf = np.empty(2, Z.dtype)
+    cbuf[0] = lr
+    lr_ = cbuf[0]  # the learning rate in the working dtype
+    if sched.shape[1] > 0:
+        return _gram_mini(G, Z, C, ptr, y, E, sched, lr_, rho, mode, cbuf, be, bd, Fe, Fd, r)
+    return _gram_full(G, Z, C, ptr, y, E, wfull, lr_, rho, mode, cbuf, be, bd, Fe, Fd, r, rows)
 
 
 @njit(cache=True, fastmath=_FM)

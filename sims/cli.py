@@ -14,6 +14,7 @@ strict JSON (a non-finite number is ``null``).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from theory.plumbing.atomic import to_json
 from theory.plumbing.claims import claims_lines
-from theory.plumbing.cli import OneLineArgumentParser, cli_entry
+from theory.plumbing.cli import Command, build_parser, cli_entry
 from theory.plumbing.config import (
     ConfigError,
     add_config_arguments,
@@ -39,36 +40,47 @@ from .files import require_folder
 log = logging.getLogger("sims")
 
 
-def _parser() -> OneLineArgumentParser:
-    parser = OneLineArgumentParser(prog="useful-sim", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
+def _add_config(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--config", metavar="TOML",
+                        help=f"TOML file with {what} (keys: the field names; the command line wins; default: none)")
 
-    run = sub.add_parser("run", help="one configuration: trajectory to OUT.npz + OUT.json")
-    run.add_argument("--out", required=True,
-                     help="output path stem (OUT.npz and OUT.json are written, with --useful also OUT_partition.npz; "
-                          "earlier files of useful-sim there are replaced, other files never)")
-    run.add_argument("--config", help="TOML file with configuration fields")
-    add_config_arguments(run, SimConfig)
 
-    sw = sub.add_parser("sweep", help="a grid of configurations times seeds, batched and resumable")
-    sw.add_argument("--out", required=True, help="output folder")
-    sw.add_argument("--config", help="TOML file with the base configuration")
-    sw.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2", help="a field and its values (repeatable)")
-    sw.add_argument("--seeds", default="1", help="number of seeds per grid point (seeds 0..S-1)")
-    sw.add_argument("--chunk", default="64", help="runs simulated together (and saved) per batch")
-    sw.add_argument("--overwrite", action="store_true",
-                    help="replace runs of another configuration found under the same names (default: refuse)")
-    add_config_arguments(sw, SimConfig, exclude=("seed",))
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="OUT",
+                        help="output path stem (required): OUT.npz and OUT.json are written, with --useful also "
+                             "OUT_partition.npz; earlier files of useful-sim there are replaced, other files never")
+    _add_config(parser, "configuration fields")
+    add_config_arguments(parser, SimConfig)
 
-    rep = sub.add_parser("reproduce", help="the claims report and figures")
-    rep.add_argument("--out", required=True, help="output folder (claims.json, figures, runs/)")
-    rep.add_argument("--config", help="TOML file with the base configuration")
-    rep.add_argument("--quick", action="store_true", help="3 seeds and a smaller ablation (under a minute)")
-    rep.add_argument("--seeds", default=None, help="number of seeds (default 10, or 3 with --quick)")
-    rep.add_argument("--overwrite", action="store_true",
-                     help="replace an earlier report in --out (only files useful-sim wrote; default: refuse)")
-    add_config_arguments(rep, SimConfig, exclude=("seed", "useful"))
-    return parser
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="FOLDER",
+                        help="output folder (required): runs/<key>.npz + .json per run and the index sweep.json; "
+                             "a rerun computes only what is missing")
+    _add_config(parser, "the base configuration")
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                        help="a configuration field other than seed and its comma-separated values (repeatable, "
+                             "each field once; the grid is the product of all; default: none, the base alone)")
+    parser.add_argument("--seeds", default="1", metavar="S",
+                        help="seeds per grid point, an integer >= 1: seeds 0..S-1 (default: 1)")
+    parser.add_argument("--chunk", default="64", metavar="RUNS",
+                        help="runs simulated together (and saved) per batch, an integer >= 1 (default: 64)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace runs of another configuration found under the same names (default: refuse)")
+    add_config_arguments(parser, SimConfig, exclude=("seed",))
+
+
+def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="FOLDER",
+                        help="output folder (required): claims.json, the figures, runs/")
+    _add_config(parser, "the base configuration")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 seeds and a smaller USEFUL ablation, under a minute (default: the full report)")
+    parser.add_argument("--seeds", default=None, metavar="S",
+                        help="number of seeds, an integer >= 1 (default: 10, or 3 with --quick)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier report in --out (only files useful-sim wrote; default: refuse)")
+    add_config_arguments(parser, SimConfig, exclude=("seed", "useful"))
 
 
 def _int_flag(name: str, raw: str, low: int) -> int:
@@ -146,16 +158,29 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+#: The subcommands of ``useful-sim``: name -> (help, its flags, its handler).
+COMMANDS = {
+    "run": Command("one configuration: trajectory to OUT.npz + OUT.json", _run_arguments, _cmd_run),
+    "sweep": Command("a grid of configurations times seeds, batched and resumable", _sweep_arguments, _cmd_sweep),
+    "reproduce": Command("the claims report and figures", _reproduce_arguments, _cmd_reproduce),
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser of ``useful-sim`` (one subparser per entry of :data:`COMMANDS`)."""
+    return build_parser("useful-sim", __doc__.split("\n\n")[0], COMMANDS)
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``useful-sim``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = _parser().parse_args(argv)
+    args = make_parser().parse_args(argv)
     try:
         # Overflow on the way to a divergence is detected (non-finite weights -> SimulationDiverged,
         # one line, exit 1); numpy's RuntimeWarnings about it would only add lines to stderr.
         with np.errstate(over="ignore", invalid="ignore"):
-            return {"run": _cmd_run, "sweep": _cmd_sweep, "reproduce": _cmd_reproduce}[args.command](args)
+            return args.handler(args)
     except SimulationDiverged as err:
         sys.stderr.write(f"error: {err}\n")
         return 1

@@ -30,6 +30,7 @@ from theory.plumbing.config import (
     check_int,
     check_number,
     config_digest,
+    doc,
 )
 from theory.updates import RULES
 
@@ -60,34 +61,51 @@ class SimConfig:
 
     ``separate_at`` must lie in ``[1, iterations]`` whenever USEFUL is run (``useful``; ``reproduce``
     checks its base configuration as a USEFUL one).  Numbers are stored in their field's type
-    (``beta_d=1`` becomes ``1.0``), so equal configurations compare and hash equal.
+    (``beta_d=1`` becomes ``1.0``), so equal configurations compare and hash equal.  Each field's
+    one-line :func:`~theory.plumbing.config.doc` (what it is, its range) is its flag's ``--help``.
     """
 
-    d: int = 200
-    P: int = 3
-    alpha: float = 0.9
-    beta_e: float = 1.0
-    beta_d: float = 0.4
-    sigma_p: float = 0.06
-    J: int = 20
-    sigma_0: float = 0.01
-    optimizer: Literal["gd", "sgd", "sam", "usam"] = "gd"
-    lr: float = 0.5
-    rho: float = 0.015
-    iterations: int = 3000
-    batch_size: Optional[int] = None
-    n_train: int = 200
-    n_test: int = 1000
-    record_every: int = 10
-    theta: float = 1.0
-    useful: bool = False
-    separate_at: int = 120
-    upsample_factor: int = 2
-    fresh_init: bool = False
-    seed: int = 0
-    dtype: Literal["float64", "float32"] = "float64"
-    backend: Literal["numba", "torch", "reference"] = "numba"
-    device: str = "cpu"
+    d: int = doc(200, "d: dimension of a patch (d in Definition 3.1), an integer >= 3")
+    P: int = doc(3, "P: patches per example (P in Definition 3.1), an integer >= 3")
+    alpha: float = doc(0.9, "alpha: probability that an example carries the fast feature (alpha in Definition 3.1), "
+                            "in (0, 1]")
+    beta_e: float = doc(1.0, "beta_e: strength of the fast-learnable feature v_e (beta_e in Definition 3.1), "
+                             "> beta_d")
+    beta_d: float = doc(0.4, "beta_d: strength of the slow-learnable feature v_d (beta_d in Definition 3.1), "
+                             "in (0, beta_e)")
+    sigma_p: float = doc(0.06, "sigma_p: std of the noise patches (sigma_p in Definition 3.1), > 0")
+    J: int = doc(20, "J: number of filters w_j of the two-layer cubic CNN f(x; W) = sum_j sum_p <w_j, x^(p)>^3, "
+                     "an integer >= 1")
+    sigma_0: float = doc(0.01, "sigma_0: std of the initial weights, w_j ~ N(0, sigma_0^2 I), > 0")
+    optimizer: Literal["gd", "sgd", "sam", "usam"] = doc(
+        "gd", "training rule: full-batch GD, minibatch SGD (needs --batch-size), SAM, or USAM (SAM without "
+              "normalizing the ascent step)")
+    lr: float = doc(0.5, "eta: learning rate (step size of every update), > 0")
+    rho: float = doc(0.015, "rho: radius of SAM's ascent step (USAM: its factor); >= 0, 0 makes SAM and USAM GD; "
+                            "unused by gd and sgd")
+    iterations: int = doc(3000, "training iterations (updates), an integer >= 1")
+    batch_size: Optional[int] = doc(None, "minibatch size, an integer in [1, n_train]: required by sgd, "
+                                          "minibatch SAM/USAM when given; none: full batch")
+    n_train: int = doc(200, "N: number of training examples, an integer >= 2")
+    n_test: int = doc(1000, "number of test examples the accuracies are measured on, an integer >= 1")
+    record_every: int = doc(10, "record the trajectory (feature outputs, alignments, accuracies) every this many "
+                                "iterations, an integer >= 1")
+    theta: float = doc(1.0, "theta: a feature counts as learned once its feature output sum_j (beta <w_j, v>)^3 "
+                            "reaches theta, > 0")
+    useful: bool = doc(False, "run USEFUL: train to --separate-at, split each class's outputs by 2-means, "
+                              "upsample the high-loss cluster by --upsample-factor, retrain")
+    separate_at: int = doc(120, "USEFUL's separating iteration t (where the outputs are clustered), an integer in "
+                                "[1, iterations]")
+    upsample_factor: int = doc(2, "k: USEFUL's upsampling factor (multiplicity of the high-loss cluster), an "
+                                  "integer >= 1")
+    fresh_init: bool = doc(False, "USEFUL retrains from a new initialization instead of the same one")
+    seed: int = doc(0, "seed of the training and test data, the initialization and the minibatches, an integer "
+                       ">= 0")
+    dtype: Literal["float64", "float32"] = doc("float64", "floating-point precision of the simulation")
+    backend: Literal["numba", "torch", "reference"] = doc(
+        "numba", "simulator: numba (CPU, fastest there), torch (CPU or CUDA), reference (theory's dense numpy "
+                 "update, slow)")
+    device: str = doc("cpu", "where to simulate: cpu, or cuda[:N] with --backend torch")
 
     def __post_init__(self) -> None:
         self.data_config()  # validates d, P, alpha, beta_e, beta_d, sigma_p

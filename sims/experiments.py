@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from theory.plumbing.config import doc
+
 from .config import SimConfig, check_memory
 from .simulate import Problem, make_problem, simulate_many
 from .trajectory import Trajectory
@@ -30,11 +32,14 @@ MAIN_RUNS = ("gd", "sam", "gd_useful", "sam_useful", "gd_random")
 class ReproduceSettings:
     """What ``reproduce`` runs besides the base configuration."""
 
-    seeds: int = 10
-    beta_d_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
-    ablation_separate: tuple[int, ...] = (5, 10, 20, 40, 120, 480)
-    ablation_k: tuple[int, ...] = (2, 3, 4)
-    sweep_tolerance: float = 0.005
+    seeds: int = doc(10, "paired experiments (seeds 0..seeds-1), an integer >= 1")
+    beta_d_grid: tuple[float, ...] = doc((0.2, 0.3, 0.4, 0.5, 0.6),
+                                         "the beta_d values of the beta_d sweep, in the order its claim reads them")
+    ablation_separate: tuple[int, ...] = doc((5, 10, 20, 40, 120, 480),
+                                             "the separating iterations of the USEFUL ablation (capped at iterations)")
+    ablation_k: tuple[int, ...] = doc((2, 3, 4), "the upsampling factors k of the USEFUL ablation, each >= 1")
+    sweep_tolerance: float = doc(0.005, "the largest drop of mean test accuracy (accuracies are fractions) the beta_d "
+                                        "sweep's claim allows from one beta_d to the next")
 
     @classmethod
     def quick(cls, seeds: int = 3) -> "ReproduceSettings":

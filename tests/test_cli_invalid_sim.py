@@ -1,14 +1,21 @@
-"""Generated invalid configurations through ``useful-sim`` (flags and TOML): exit 2, one line naming the field."""
+"""Generated invalid configurations through ``useful-sim`` (flags and TOML): exit 2, one line naming the field;
+and every flag of every subcommand documented in ``--help``."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sims.cli import main
+from sims.cli import COMMANDS, main, make_parser
+from sims.config import SimConfig
+from sims.experiments import ReproduceSettings
+from theory.plumbing.config import field_help
 
 _not_a_number = st.sampled_from(["abc", "1e", "--", "0x1g", "one", "[1]", "1,2"])
 _non_int = st.one_of(_not_a_number, st.sampled_from(["2.5", "1e-3", "nan"]))
@@ -94,3 +101,41 @@ def test_usage_errors_are_one_line(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = make_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_subcommands_are_the_commands_dict():
+    assert list(_subparsers()) == list(COMMANDS) == ["run", "sweep", "reproduce"]
+    for name, command in COMMANDS.items():
+        assert make_parser().parse_args([name, "--out", "x"]).handler is command.handler
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_option_has_help_beyond_its_default(name, capsys):
+    sub = _subparsers()[name]
+    options = [a for a in sub._actions if a.option_strings]
+    assert len(options) > len(dataclasses.fields(SimConfig)) - 2  # the configuration's flags are there
+    for action in options:
+        text = re.sub(r"\(default: [^)]*\)", "", action.help or "").strip(" ;")
+        assert len(text) >= 10, (name, action.option_strings, action.help)
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    for action in options:
+        assert action.option_strings[0] in out
+    for f in dataclasses.fields(SimConfig):
+        if f"--{f.name.replace('_', '-')}" in {o for a in options for o in a.option_strings}:
+            # the field's one-line doc is its flag's help (argparse rewraps it: compare words)
+            assert " ".join(field_help(SimConfig, f.name).split()[:4]) in " ".join(out.split()), f.name
+
+
+@pytest.mark.parametrize("cls", [SimConfig, ReproduceSettings])
+def test_every_configuration_field_has_a_doc(cls):
+    for f in dataclasses.fields(cls):
+        assert len(field_help(cls, f.name)) >= 10, f.name
