@@ -233,7 +233,8 @@ def split_time(ph: Phase, data: TrainData, info: D.DistInfo, cfg: TrainConfig, *
     labels = data.train_y.cpu().numpy()
     t = time.perf_counter()
     part = make_partition(cfg.partition, logits, labels, losses, k=cfg.upsample_factor, seed=cfg.seed)
-    partition_arrays(part, labels, losses, num_classes=data.num_classes, separated_at=SplitPoint(1), upweight=False)
+    partition_arrays(part, labels, losses, logits=logits, num_classes=data.num_classes, separated_at=SplitPoint(1),
+                     upweight=False)
     t_part = time.perf_counter() - t
     return {"split_s": split_s, "compute_outputs_s": t_out, "partition_s": t_part,
             "upsampled": int(np.asarray(partition.upsample).sum()), "n": data.n_train}
@@ -269,8 +270,8 @@ def reference_case(cfg: TrainConfig, data: TrainData, device: torch.device, *, s
                    warmup: int, workers: int, repeats: int = 1) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_channels=3, num_classes=NUM_CLASSES, image_size=32).to(device)
-    opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, rho=cfg.rho)
+    opt = build_optimizer(cfg.optimizer, model.named_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, rho=cfg.rho, asam_variant=cfg.asam_variant)
     ds = CropFlipDataset(data.dataset.train_x, data.dataset.train_y, data.dataset.mean, data.dataset.std)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers, pin_memory=device.type == "cuda",
