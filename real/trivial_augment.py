@@ -41,43 +41,38 @@ The geometric rows (1-5) are torchvision's tensor ``affine`` / ``rotate``: its i
 pixel centres and ``grid_sample(mode="nearest", padding_mode="zeros", align_corners=False)`` (the
 ``round`` in the table is that, on float32 coordinates; rows and columns are pixel indices).
 
-**Why this is written by hand.** torchvision's ``TrivialAugmentWide`` transforms one image per call
-with Python-side parameters (and torchvision does not import beside every torch build); calling it per
-image serializes the GPU behind hundreds of tiny kernel launches and host round trips per batch, which
-is what the airbench-style loop (data and augmentation on the device) avoids.  Here the batch is sorted
-by operation (one ``argsort``) and each operation runs once on its contiguous group with per-image
-parameters gathered from small tables; the sorted result is put back with ``index_copy_``.  The group
-sizes are the one host synchronization per batch.
+**Why by hand.** torchvision transforms one image per call with Python-side parameters (and does not
+import beside every torch build): hundreds of tiny kernel launches and host round trips per batch.
+Here the batch is sorted by operation (one ``argsort``), each operation runs once on its group with
+per-image parameters gathered from small tables, and the result is put back with ``index_copy_``;
+the group sizes are the one host synchronization per batch.
 
-**Exactness, and the (non-)deviations from torchvision.**  Every operation returns exactly torchvision's
-uint8 output (tests/test_real_augment.py compares every op, bin and sign where torchvision imports;
-checked against torchvision 0.29.1 on the CPU).  Some of them compute the same numbers another way,
-batched, and so that the result is bit-identical on the CPU and on CUDA:
+**Exactness.**  Every operation returns exactly torchvision's uint8 output (tests/test_real_augment.py
+compares every op, bin and sign where torchvision imports; checked against 0.29.1 on the CPU), and the
+same bits on the CPU and on CUDA.  Some compute the same numbers another way:
 
-- Geometric ops: nearest sampling only ever *copies* a source pixel (or the fill 0), so the source index
-  of each output pixel is precomputed once per image size, with torchvision's own float32 grid and
-  CPU ``grid_sample`` rounding, for all 5 ops x 31 bins x 2 signs (``5 * 62 * H * W`` int32: 1.3 MB at
-  32x32); a batch is then one ``gather``.  (torchvision itself, run on CUDA, rounds its grid with
-  CUDA's ``grid_sample``, which could differ at exact ties; ours is the CPU result on every device.)
-- Contrast: the mean luma is the exact integer sum over ``H * W`` divided in float32; torchvision's
-  float32 ``mean`` is the same number whenever ``255 H W < 2**24`` (up to 256 x 256 images), where its
-  float32 sum of integers is exact.
-- Sharpness: the blur is computed in integers, ``(2 S + 13) // 26`` with ``S`` the kernel-weighted sum;
-  torchvision rounds a float32 ``conv2d`` of ``S / 13``, which is the same integer because ``S / 13`` is
-  never within 1/26 of a half-integer while the float error is below 1e-3.
-- Equalize: the histograms of all channels of the group are one ``scatter_add_`` of integer counts
-  over offset values (exact in any order; torchvision loops over images and channels).
+- Geometric ops: nearest sampling only copies a source pixel (or the fill 0), so each output pixel's
+  source index is precomputed once per image size with torchvision's float32 grid and CPU
+  ``grid_sample`` rounding, for 5 ops x 31 bins x 2 signs (1.3 MB at 32x32); a batch is one ``gather``.
+  (torchvision on CUDA rounds with CUDA's ``grid_sample``, which could differ at exact ties.)
+- Contrast: the exact integer luma sum divided in float32 equals torchvision's float32 ``mean``
+  whenever ``255 H W < 2**24`` (up to 256 x 256 images).
+- Sharpness: the blur is ``(2 S + 13) // 26`` in integers, ``S`` the kernel-weighted sum; torchvision's
+  rounded float32 ``conv2d`` of ``S / 13`` is the same integer (``S / 13`` is never within 1/26 of a
+  half-integer, the float error is below 1e-3).
+- Equalize: all channels' histograms are one ``scatter_add_`` of integer counts (exact in any order).
 
-The random stream is not torchvision's: torchvision draws from the global RNG, a bin only for ops with
-bins and a sign only for signed ops; here op, bin and sign are drawn for every image from the given
-generator (same distribution; reproducible and resumable with the generator's state).  torchvision's
-own quirks are kept: AutoContrast maps a channel's maximum to 254 instead of 255 for some ranges
-``hi - lo`` (41, 61, 67, ...: float32 rounding of ``(1 / d) * 255``), TranslateX/Y never shift by 16.
+The random stream is not torchvision's (its global RNG, a bin only for ops with bins, a sign only for
+signed ops): op, bin and sign are drawn for every image from the given generator (same distribution;
+reproducible and resumable).  torchvision's quirks are kept: AutoContrast maps a channel's maximum to
+254 for some ranges ``hi - lo`` (41, 61, 67, ...: float32 rounding of ``(1 / d) * 255``), TranslateX/Y
+never shift by 16.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -86,14 +81,7 @@ import torch.nn.functional as F
 
 from theory.plumbing.config import check, check_int
 
-__all__ = [
-    "NUM_BINS",
-    "OPS",
-    "apply_ops",
-    "draw_params",
-    "magnitude",
-    "trivial_augment",
-]
+__all__ = ["NUM_BINS", "OPS", "apply_ops", "draw_params", "magnitude", "trivial_augment"]
 
 # torchvision's TrivialAugmentWide op order (the keys of its _augmentation_space).
 OPS = (
@@ -326,9 +314,7 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, bins: torch.Tensor, negative: t
     t = _tables(x.shape[2], x.shape[3], x.device)
     order = torch.argsort(op, stable=True)  # images grouped by operation
     xs, op, bins, negative = x[order], op[order], bins[order], negative[order]
-    ends = [0]
-    for size in sizes:
-        ends.append(ends[-1] + size)
+    ends = [0, *itertools.accumulate(sizes)]
     pieces = [xs[: ends[1]]]  # Identity
     geo = slice(ends[1], ends[6])  # ShearX .. Rotate: one gather
     if geo.stop > geo.start:
