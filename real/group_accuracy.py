@@ -72,7 +72,8 @@ class GroupAccuracy:
             for s in range(slots):
                 start = self.iterations + s * self.window
                 end = self.iterations + min((s + 1) * self.window, self._step)
-                self.rows.append(np.concatenate([[epoch, start, end], table[s].sum(axis=1), table[s, :, 1]]).astype(np.int64))
+                row = np.concatenate([[epoch, start, end], table[s].sum(axis=1), table[s, :, 1]])
+                self.rows.append(row.astype(np.int64))
             self._counts.zero_()
         self.iterations += self._step
         self._step, self._open_epoch = 0, None

@@ -46,8 +46,8 @@ def learning_stats_from_history(history: np.ndarray, epochs: Sequence[int] | Non
     if np.any(np.diff(labels) <= 0):
         raise ValueError("epochs must be strictly increasing")
     if t_count == 0:
-        return {"forgetting_count": np.zeros(n, dtype=np.int64), "first_learned_epoch": np.full(n, -1),
-                "learned_from_epoch": np.full(n, -1)}
+        return {"forgetting_count": np.zeros(n, dtype=np.int64), "first_learned_epoch": np.full(n, -1, dtype=np.int64),
+                "learned_from_epoch": np.full(n, -1, dtype=np.int64)}
     forgetting = (h[:-1] & ~h[1:]).sum(axis=0).astype(np.int64)
     first = np.where(h.any(axis=0), labels[h.argmax(axis=0)], -1).astype(np.int64)
     # s = 1 + (the last t with c_t = 0), or the first epoch if never incorrect
@@ -78,10 +78,10 @@ class LearningStats:
         self.epochs: list[int] = []
         self._rows: list[np.ndarray] = []
         self._state = np.zeros(self.n, dtype=bool)  # c_{t,i} of the last committed epoch
-        self._forgetting = np.zeros(self.n, dtype=np.int64)
-        self._first = np.full(self.n, -1, dtype=np.int64)
-        self._learned_from = np.full(self.n, -1, dtype=np.int64)
-        self._presentations = np.zeros(self.n, dtype=np.int64)
+        # The running form of learning_stats_from_history (the same numbers without the matrix), int64.
+        self._running = {"forgetting": np.zeros(self.n, dtype=np.int64), "first": np.full(self.n, -1, dtype=np.int64),
+                         "learned_from": np.full(self.n, -1, dtype=np.int64),
+                         "presentations": np.zeros(self.n, dtype=np.int64)}
 
     def _check_epoch(self, epoch: int) -> None:
         if self._open_epoch is not None and epoch != self._open_epoch:
@@ -110,16 +110,17 @@ class LearningStats:
         self._check_epoch(epoch)
         seen = good = np.zeros(self.n, dtype=np.int64)
         if self._counts is not None:
-            seen, good = (self._counts if all_reduce is None else all_reduce(self._counts)).cpu().numpy().astype(np.int64)
+            counts = self._counts if all_reduce is None else all_reduce(self._counts)
+            seen, good = counts.cpu().numpy().astype(np.int64)
             self._counts.zero_()
         bit = {"all": good == seen, "any": good > 0, "majority": 2 * good > seen}[self.rule]
         row = np.where(seen > 0, bit, self._state)  # not presented: keeps its bit
-        # The running form of learning_stats_from_history (the same numbers without the matrix).
-        self._forgetting += self._state & ~row
-        self._first[(self._first < 0) & row] = epoch
-        self._learned_from[~row] = -1
-        self._learned_from[row & (self._learned_from < 0)] = epoch
-        self._presentations += seen
+        r = self._running
+        r["forgetting"] += self._state & ~row
+        r["first"][(r["first"] < 0) & row] = epoch
+        r["learned_from"][~row] = -1
+        r["learned_from"][row & (r["learned_from"] < 0)] = epoch
+        r["presentations"] += seen
         self._state = row
         self.epochs.append(int(epoch))
         if self.keep_history:
@@ -136,11 +137,12 @@ class LearningStats:
     def result(self) -> dict[str, np.ndarray]:
         """The three statistics, ``history`` (with ``keep_history``), ``presentations`` per example and
         ``epochs`` (the committed labels)."""
-        out = {"forgetting_count": self._forgetting.copy(), "first_learned_epoch": self._first.copy(),
-               "learned_from_epoch": self._learned_from.copy()}
+        r = self._running
+        out = {"forgetting_count": r["forgetting"].copy(), "first_learned_epoch": r["first"].copy(),
+               "learned_from_epoch": r["learned_from"].copy()}
         if self.keep_history:
             out["history"] = self.history
-        return {**out, "presentations": self._presentations.copy(), "epochs": np.asarray(self.epochs, dtype=np.int64)}
+        return {**out, "presentations": r["presentations"].copy(), "epochs": np.asarray(self.epochs, dtype=np.int64)}
 
     def state_dict(self) -> dict[str, Any]:
         """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), history bit-packed;
@@ -152,8 +154,7 @@ class LearningStats:
         rows, t = self.history, torch.from_numpy
         return {"version": 1, "n": self.n, "rule": self.rule, "keep_history": self.keep_history,
                 "epochs": list(self.epochs), "state": t(np.packbits(self._state)),
-                "forgetting": t(self._forgetting.copy()), "first": t(self._first.copy()),
-                "learned_from": t(self._learned_from.copy()), "presentations": t(self._presentations.copy()),
+                **{key: t(value.copy()) for key, value in self._running.items()},
                 "history": None if rows is None else t(np.packbits(rows, axis=1)), "pending": pending}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -163,10 +164,7 @@ class LearningStats:
         self.rule, self.keep_history = state["rule"], bool(state["keep_history"])
         self.epochs = [int(e) for e in state["epochs"]]
         self._state = np.unpackbits(np.asarray(state["state"], dtype=np.uint8), count=self.n).astype(bool)
-        self._forgetting = np.asarray(state["forgetting"]).astype(np.int64)
-        self._first = np.asarray(state["first"]).astype(np.int64)
-        self._learned_from = np.asarray(state["learned_from"]).astype(np.int64)
-        self._presentations = np.asarray(state["presentations"]).astype(np.int64)
+        self._running = {key: np.asarray(state[key]).astype(np.int64) for key in self._running}
         packed = state.get("history")
         self._rows = []
         if self.keep_history and packed is not None:

@@ -15,7 +15,8 @@ from torch import nn
 
 from theory.plumbing.config import check_int
 
-__all__ = ["MODELS", "build_model", "ResNet", "VGG", "DenseNet", "VisionTransformer", "MLP", "SmallCNN", "vit_patch_size"]
+__all__ = ["MODELS", "build_model", "ResNet", "VGG", "DenseNet", "VisionTransformer", "MLP", "SmallCNN",
+           "vit_patch_size"]
 
 
 def _init_cnn(module: nn.Module) -> None:
@@ -99,9 +100,9 @@ class DenseLayer(nn.Module):
 
     def __init__(self, c_in: int, growth: int):
         super().__init__()
-        self.body = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, 4 * growth, 1, bias=False),
-                                  nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True),
-                                  nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
+        self.body = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c_in, 4 * growth, 1, bias=False), nn.BatchNorm2d(4 * growth),
+                                  nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.body(x)], dim=1)

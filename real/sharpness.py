@@ -168,7 +168,8 @@ def load_run_model(path: str | Path, *, data_dir: str | None = None, device: str
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as err:
         detail = (str(err).strip() or type(err).__name__).splitlines()[0][:200]
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {ckpt_path} does not hold this run's model ({detail})") from None
+        message = f"RUN_DIR: {ckpt_path} does not hold this run's model ({detail})"
+        raise ConfigError("RUN_DIR", message=message) from None
     info = {"run_dir": str(ckpt_path.parent), "checkpoint": str(ckpt_path), "phase": ckpt.get("phase"),
             "epoch": ckpt.get("epoch")}
     return model.to(torch.device(device)), data, cfg, info
@@ -247,7 +248,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tol", type=float, default=1e-3, help="Lanczos relative tolerance (default 1e-3)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="default float32")
-    parser.add_argument("--data-dir", default=None, help="override the data directory stored in the run's configuration")
+    parser.add_argument("--data-dir", default=None, help="override the data directory of the run's configuration")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="file name of the report inside each RUN_DIR (default sharpness.json), or a path "
                              "when a single RUN_DIR is given")

@@ -84,10 +84,8 @@ from theory.plumbing.config import check, check_int
 __all__ = ["NUM_BINS", "OPS", "apply_ops", "draw_params", "magnitude", "trivial_augment"]
 
 # torchvision's TrivialAugmentWide op order (the keys of its _augmentation_space).
-OPS = (
-    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-    "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
-)
+OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
+       "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
 NUM_BINS = 31
 _GEOMETRIC = OPS[1:6]  # contiguous op indices 1..5, applied together as one gather
 _SIGNED = frozenset(OPS[1:10])
@@ -184,10 +182,8 @@ class _Tables:
 @functools.lru_cache(maxsize=16)
 def _tables(h: int, w: int, device: torch.device) -> _Tables:
     """Built once per image size and device, on the CPU (so identical on every device), then moved."""
-    rows = [
-        _source_index(_geometric_matrix(op, magnitude(op, b, bool(s)), h, w), h, w)
-        for op in _GEOMETRIC for b in range(NUM_BINS) for s in (0, 1)
-    ]
+    rows = [_source_index(_geometric_matrix(op, magnitude(op, b, bool(s)), h, w), h, w)
+            for op in _GEOMETRIC for b in range(NUM_BINS) for s in (0, 1)]
     factors = [1.0 + magnitude("Brightness", b, bool(s)) for b in range(NUM_BINS) for s in (0, 1)]
     bits = [int(magnitude("Posterize", b, False)) for b in range(NUM_BINS)]
     return _Tables(
@@ -290,13 +286,9 @@ def _apply_group(k: int, x: torch.Tensor, bins: torch.Tensor, neg: torch.Tensor,
 
 
 def apply_ops(x: torch.Tensor, op: torch.Tensor, bins: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """Apply ``OPS[op[i]]`` with magnitude bin ``bins[i]`` and sign ``negative[i]`` to image ``i``.
-
-    ``x``: (N, C, H, W) uint8, C = 1 or 3; ``op``, ``bins``, ``negative``: (N,) integer tensors with
-    values in [0, 14), [0, 31), {0, 1} (``negative`` is ignored by the unsigned ops, ``bins`` by the ops
-    without bins).  Returns a new uint8 batch on ``x``'s device; the deterministic half of
-    :func:`trivial_augment`.  One host synchronization (the group sizes, which also validate the values).
-    """
+    """A new uint8 batch: ``OPS[op[i]]`` with magnitude bin ``bins[i]`` and sign ``negative[i]`` applied to
+    image ``i`` of ``x`` (N, C, H, W), C = 1 or 3; ``op``, ``bins``, ``negative`` are (N,) integer tensors in
+    [0, 14), [0, 31), {0, 1}.  One host synchronization (the group sizes, which also validate the values)."""
     check(x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] in (1, 3), "x", (x.dtype, tuple(x.shape)), "an (N, C, H, W) uint8 batch with C = 1 or 3")
     n = x.shape[0]
     params = (op, bins, negative)
@@ -339,11 +331,9 @@ def draw_params(n: int, *, generator: torch.Generator | None = None, device: str
 
 
 def trivial_augment(x_uint8: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """TrivialAugmentWide on an (N, C, H, W) uint8 batch (C = 1 or 3): one random operation, magnitude
-    bin and sign per image (:func:`draw_params` from ``generator``), applied as torchvision does
-    (:func:`apply_ops`).  Same generator state and input -> same output.  A CPU generator gives the
-    same draws for a CPU or a CUDA batch, and every operation is device-independent, so the outputs
-    are equal (tests/test_real_augment.py::test_cuda_equals_cpu checks it on a GPU)."""
+    """TrivialAugmentWide on an (N, C, H, W) uint8 batch (C = 1 or 3): :func:`draw_params` from ``generator``,
+    then :func:`apply_ops`.  Same generator state and input, same output; a CPU generator gives the same
+    draws for a CPU or a CUDA batch, so the outputs are equal (tests/test_real_augment.py checks it on a GPU)."""
     check(isinstance(x_uint8, torch.Tensor) and x_uint8.ndim == 4, "x", getattr(x_uint8, "shape", x_uint8), "an (N, C, H, W) uint8 batch")
     op, bins, negative = draw_params(x_uint8.shape[0], generator=generator, device=x_uint8.device)
     return apply_ops(x_uint8, op, bins, negative)
