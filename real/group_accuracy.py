@@ -1,16 +1,14 @@
 """Training accuracy per group of examples at iteration granularity (a training-loop observer).
 
-With a planted easy feature (real/planted.py) the training set has two groups, without (0) and with
-(1) the feature.  :class:`GroupAccuracy` counts, for each window of ``window`` iterations, how many
-examples of each group the minibatches presented and how many of them the network classified
-correctly (the prediction of the training step itself, on the example's training label): the
-running training accuracy of each group,
+With a planted easy feature (real/planted.py) the training set has two groups, without (0) and with (1)
+the feature.  For each window of ``window`` iterations, :class:`GroupAccuracy` counts each group's
+presentations and the correct ones (the training step's own prediction, on the training label):
 
     acc_g(w) = #{correct presentations of group g in window w} / #{presentations of group g in w},
 
-which shows when each group is fit, also inside the first epoch.  Windows restart at each epoch
-(the last window of an epoch may be shorter).  Per batch the counts go into one device tensor with an
-``index_add_`` (no host sync); the host sees them once per epoch, at :meth:`end_epoch`.
+which shows when each group is fit, also inside the first epoch.  Windows restart at each epoch (its
+last one may be shorter).  The counts stay on the device (one ``index_add_`` per batch); the host sees
+them once per epoch, at :meth:`GroupAccuracy.end_epoch`.
 """
 
 from __future__ import annotations
@@ -20,58 +18,44 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from theory.plumbing.config import check_int
+
 __all__ = ["GroupAccuracy", "GROUP_NAMES"]
 
 GROUP_NAMES = ("without_easy", "with_easy")  # group 0, group 1 of a planted feature
 
 
 class GroupAccuracy:
-    """Per-group training accuracy per window of iterations.
-
-    Parameters
-    ----------
-    groups : (n,) integer group of each training example, in ``[0, num_groups)``.
-    window : iterations per window (>= 1).
-    num_groups : number of groups (default ``max(groups) + 1``, at least 2).
-    device : where the per-batch counters live.
-    """
+    """Per-group training accuracy per window of iterations; ``groups`` (n,) is each training
+    example's group in ``[0, num_groups)`` (default ``num_groups``: ``max(groups) + 1``, at least 2)."""
 
     def __init__(self, groups: np.ndarray, *, window: int, num_groups: int | None = None,
                  device: str | torch.device = "cpu"):
         groups = np.asarray(groups).astype(np.int64).reshape(-1)
-        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        check_int("window", window, low=1)
         self.num_groups = int(num_groups if num_groups is not None else max(2, int(groups.max(initial=0)) + 1))
         if groups.size and (groups.min() < 0 or groups.max() >= self.num_groups):
             raise ValueError(f"groups must lie in [0, {self.num_groups})")
-        self.window = int(window)
-        self.groups_host = groups
-        self.device = torch.device(device)
+        self.window, self.groups_host, self.device = int(window), groups, torch.device(device)
         self._groups = torch.as_tensor(groups, device=self.device)
-        self._counts: torch.Tensor | None = None  # (capacity * G * 2,) int64: [window, group, correct?]
+        self._counts: torch.Tensor | None = None  # (capacity * G * 2,) int64, index (window * G + group) * 2 + correct
         self._step = 0  # iterations of the open epoch so far
         self._open_epoch: int | None = None
         self.iterations = 0  # iterations of all committed epochs
         self.rows: list[np.ndarray] = []  # committed windows: [epoch, start, end, seen_0.., correct_0..]
 
-    # -- accumulation -----------------------------------------------------------------------
-
     def update(self, indices: torch.Tensor, correct: torch.Tensor, epoch: int) -> None:
-        """Record one iteration's batch: example ``indices`` (B,) and whether each was classified
-        correctly (B,) bool."""
-        if self._open_epoch is None:
-            self._open_epoch = int(epoch)
-        elif epoch != self._open_epoch:
+        """Record one iteration's batch: example ``indices`` (B,) and whether each was right (B,) bool."""
+        if self._open_epoch is not None and epoch != self._open_epoch:
             raise ValueError(f"update for epoch {epoch} while epoch {self._open_epoch} is open")
-        slot = self._step // self.window
-        G = self.num_groups
-        if self._counts is None or (slot + 1) * 2 * G > self._counts.numel():
+        self._open_epoch = int(epoch)
+        slot, G = self._step // self.window, self.num_groups
+        if self._counts is None or (slot + 1) * 2 * G > self._counts.numel():  # grow: double the windows
             grown = torch.zeros(max(2 * (slot + 1), 16) * 2 * G, dtype=torch.int64, device=self.device)
             if self._counts is not None:
                 grown[: self._counts.numel()] = self._counts
             self._counts = grown
-        g = self._groups[indices.to(self.device)]
-        key = (slot * G + g) * 2 + correct.to(device=self.device, dtype=torch.int64)
+        key = (slot * G + self._groups[indices.to(self.device)]) * 2 + correct.to(self.device, torch.int64)
         self._counts.index_add_(0, key, torch.ones_like(key))
         self._step += 1
 
@@ -88,49 +72,43 @@ class GroupAccuracy:
             for s in range(slots):
                 start = self.iterations + s * self.window
                 end = self.iterations + min((s + 1) * self.window, self._step)
-                seen = table[s].sum(axis=1)
-                self.rows.append(np.concatenate([[epoch, start, end], seen, table[s, :, 1]]).astype(np.int64))
+                row = np.concatenate([[epoch, start, end], table[s].sum(axis=1), table[s, :, 1]])
+                self.rows.append(row.astype(np.int64))
             self._counts.zero_()
         self.iterations += self._step
-        self._step = 0
-        self._open_epoch = None
+        self._step, self._open_epoch = 0, None
 
-    # -- results ----------------------------------------------------------------------------
+    def _table(self) -> np.ndarray:
+        return np.stack(self.rows) if self.rows else np.zeros((0, 3 + 2 * self.num_groups), dtype=np.int64)
 
     def result(self) -> dict[str, np.ndarray]:
-        """``epoch``, ``start``, ``end`` (iterations of the phase: the window is ``[start, end)``),
-        ``seen`` and ``correct`` ((windows, groups)), ``accuracy`` (NaN where a group was not seen),
-        ``groups`` (each example's group) and ``window``."""
-        G = self.num_groups
-        rows = np.stack(self.rows) if self.rows else np.zeros((0, 3 + 2 * G), dtype=np.int64)
+        """``epoch``, ``start``, ``end`` (the window is iterations ``[start, end)`` of the phase), ``seen``
+        and ``correct`` ((windows, groups)), ``accuracy`` (NaN where a group was not seen), ``groups``
+        (each example's) and ``window``."""
+        G, rows = self.num_groups, self._table()
         seen, correct = rows[:, 3 : 3 + G], rows[:, 3 + G :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            accuracy = np.where(seen > 0, correct / np.maximum(seen, 1), np.nan)
+        accuracy = np.where(seen > 0, correct / np.maximum(seen, 1), np.nan)
         return {"epoch": rows[:, 0], "start": rows[:, 1], "end": rows[:, 2], "seen": seen, "correct": correct,
                 "accuracy": accuracy, "groups": self.groups_host.astype(np.int8), "window": np.int64(self.window)}
 
-    # -- resume -----------------------------------------------------------------------------
-
     def state_dict(self) -> dict[str, Any]:
-        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``).  Checkpoints
-        are taken between epochs; an open epoch's counts are kept too."""
-        G = self.num_groups
+        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), an open epoch's
+        counts included."""
         pending = None
         if self._open_epoch is not None and self._counts is not None:
             pending = {"epoch": self._open_epoch, "step": self._step, "counts": self._counts.cpu().clone()}
-        rows = np.stack(self.rows) if self.rows else np.zeros((0, 3 + 2 * G), dtype=np.int64)
-        return {"version": 1, "window": self.window, "num_groups": G, "iterations": self.iterations,
-                "groups": torch.from_numpy(self.groups_host.astype(np.int8)), "rows": torch.from_numpy(rows),
+        return {"version": 1, "window": self.window, "num_groups": self.num_groups, "iterations": self.iterations,
+                "groups": torch.from_numpy(self.groups_host.astype(np.int8)), "rows": torch.from_numpy(self._table()),
                 "pending": pending}
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], device: str | torch.device = "cpu") -> "GroupAccuracy":
-        groups = state["groups"].numpy().astype(np.int64)
-        obj = cls(groups, window=int(state["window"]), num_groups=int(state["num_groups"]), device=device)
+    def from_state_dict(cls, state: Mapping[str, Any], device: str | torch.device = "cpu") -> GroupAccuracy:
+        obj = cls(state["groups"].numpy(), window=int(state["window"]), num_groups=int(state["num_groups"]),
+                  device=device)
         obj.iterations = int(state["iterations"])
         obj.rows = list(state["rows"].numpy().astype(np.int64))
-        pending = state.get("pending")
-        if pending is not None:
+        if state.get("pending") is not None:
+            pending = state["pending"]
             obj._counts = pending["counts"].to(device=obj.device, dtype=torch.int64)
             obj._step, obj._open_epoch = int(pending["step"]), int(pending["epoch"])
         return obj

@@ -1,9 +1,8 @@
-"""Classifiers for small images (28 to 96 pixels): the architectures of the paper, plus a small CNN.
+"""Classifiers for small images (28 to 96 pixels): the paper's architectures, plus a small CNN.
 
-All models take float input ``(N, C, H, W)`` and return logits ``(N, num_classes)``; build them
-with :func:`build_model`. The CNNs use a CIFAR-style stem (3x3 convolution, stride 1, no max-pool)
-and adaptive average pooling, so the same code serves 28, 32, 64 and 96 pixel images.
-Convolutions get Kaiming-normal initialization (fan-out, ReLU); batch-norm scales start at 1.
+Float ``(N, C, H, W)`` in, logits ``(N, num_classes)`` out; build them with :func:`build_model`.  The CNNs
+have a CIFAR-style stem (3x3 convolution, stride 1, no max-pool) and adaptive average pooling, so the
+same code serves 28 to 96 pixel images; convolutions are Kaiming-normal (fan-out), batch-norm scales 1.
 """
 
 from __future__ import annotations
@@ -14,37 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "MODELS",
-    "build_model",
-    "ResNet",
-    "VGG",
-    "DenseNet",
-    "VisionTransformer",
-    "MLP",
-    "SmallCNN",
-    "vit_patch_size",
-]
+from theory.plumbing.config import check_int
+
+__all__ = ["MODELS", "build_model", "ResNet", "VGG", "DenseNet", "VisionTransformer", "MLP", "SmallCNN",
+           "vit_patch_size"]
+
 
 def _init_cnn(module: nn.Module) -> None:
-    """Kaiming-normal convolutions, unit batch-norm scales, zero biases."""
+    """Kaiming-normal (fan-out, ReLU) convolutions, all bias-free; batch norm keeps torch's scales 1, shifts 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-
-
-# --------------------------------------------------------------------------------------------
-# ResNet (CIFAR style)
-# --------------------------------------------------------------------------------------------
 
 
 class BasicBlock(nn.Module):
@@ -62,19 +45,12 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet: 3x3 stem (stride 1, no max-pool), four stages of BasicBlocks.
-
-    Parameters
-    ----------
-    blocks : blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet18, ``(3, 4, 6, 3)`` for ResNet34.
-    in_channels, num_classes : input channels and classes.
-    width : channels of the first stage (doubled at each later stage).
-    """
+    """CIFAR-style ResNet: 3x3 stem (stride 1, no max-pool), then one stage of BasicBlocks per entry of
+    ``blocks`` (``(2, 2, 2, 2)``: ResNet18, ``(3, 4, 6, 3)``: ResNet34), ``width`` channels doubling per stage."""
 
     def __init__(self, blocks: tuple[int, ...], *, in_channels: int, num_classes: int, width: int = 64):
         super().__init__()
@@ -94,22 +70,12 @@ class ResNet(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-# --------------------------------------------------------------------------------------------
-# VGG with batch norm
-# --------------------------------------------------------------------------------------------
-
-VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-             512, 512, 512, 512, "M")
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
 class VGG(nn.Module):
-    """VGG with batch norm; max-pools round up (``ceil_mode``) so 28-pixel inputs survive five pools.
-
-    Parameters
-    ----------
-    cfg : channel counts and ``"M"`` (2x2 max-pool); default configuration E (VGG19).
-    in_channels, num_classes : input channels and classes.
-    """
+    """VGG with batch norm: ``cfg`` lists channel counts and ``"M"`` (2x2 max-pool; default configuration E,
+    VGG19); max-pools round up (``ceil_mode``) so 28-pixel inputs survive five pools."""
 
     def __init__(self, cfg: tuple = VGG19_CFG, *, in_channels: int, num_classes: int):
         super().__init__()
@@ -129,20 +95,14 @@ class VGG(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-# --------------------------------------------------------------------------------------------
-# DenseNet-BC (CIFAR style)
-# --------------------------------------------------------------------------------------------
-
-
 class DenseLayer(nn.Module):
     """Bottleneck BN-ReLU-Conv1x1(4g)-BN-ReLU-Conv3x3(g); output concatenated to the input."""
 
     def __init__(self, c_in: int, growth: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, 4 * growth, 1, bias=False),
-            nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
-        )
+        self.body = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c_in, 4 * growth, 1, bias=False), nn.BatchNorm2d(4 * growth),
+                                  nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.body(x)], dim=1)
@@ -154,15 +114,8 @@ def _transition(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class DenseNet(nn.Module):
-    """DenseNet-BC with a CIFAR stem (3x3 conv to ``2 * growth`` channels, no pooling).
-
-    Parameters
-    ----------
-    blocks : dense layers per block, ``(6, 12, 24, 16)`` for DenseNet121.
-    in_channels, num_classes : input channels and classes.
-    growth : growth rate (32).
-    compression : channel reduction of the transitions (0.5).
-    """
+    """DenseNet-BC with a CIFAR stem (3x3 conv to ``2 * growth`` channels, no pooling): ``blocks`` dense
+    layers per block (``(6, 12, 24, 16)``: DenseNet121), transitions reducing channels by ``compression``."""
 
     def __init__(self, blocks: tuple[int, ...] = (6, 12, 24, 16), *, in_channels: int, num_classes: int,
                  growth: int = 32, compression: float = 0.5):
@@ -186,16 +139,9 @@ class DenseNet(nn.Module):
         return self.fc(self.features(x).flatten(1))
 
 
-# --------------------------------------------------------------------------------------------
-# Vision transformer
-# --------------------------------------------------------------------------------------------
-
-
 def vit_patch_size(image_size: int) -> int:
-    """The divisor of ``image_size`` closest to ``image_size / 8`` (ties go to the larger one).
-
-    32 -> 4, 64 -> 8, 96 -> 12, 28 -> 4.
-    """
+    """The divisor of ``image_size`` closest to ``image_size / 8``, ties to the larger: 32 -> 4, 64 -> 8,
+    96 -> 12, 28 -> 4."""
     divisors = [p for p in range(1, image_size + 1) if image_size % p == 0]
     return min(divisors, key=lambda p: (abs(p - image_size / 8), -p))
 
@@ -234,15 +180,8 @@ class TransformerBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT with a class token, learned position embedding and pre-norm blocks.
-
-    Parameters
-    ----------
-    in_channels, num_classes, image_size : input channels, classes, image side.
-    patch_size : patch side; must divide ``image_size`` (default :func:`vit_patch_size`).
-    dim, depth, heads, mlp_dim : width, blocks, attention heads, hidden MLP width
-        (ViT-Small: 384, 12, 6, 1536).
-    """
+    """ViT with a class token, learned position embedding and pre-norm blocks; ``patch_size`` must divide
+    ``image_size`` (default :func:`vit_patch_size`); the defaults are ViT-Small's width, depth, heads, MLP width."""
 
     def __init__(self, *, in_channels: int, num_classes: int, image_size: int, patch_size: int | None = None,
                  dim: int = 384, depth: int = 12, heads: int = 6, mlp_dim: int = 1536):
@@ -276,39 +215,27 @@ class VisionTransformer(nn.Module):
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
-# --------------------------------------------------------------------------------------------
-# MLP and small CNN
-# --------------------------------------------------------------------------------------------
-
-
 class MLP(nn.Module):
     """The paper's 3-layer MLP: flatten -> hidden -> hidden -> classes, ReLU activations."""
 
     def __init__(self, *, in_features: int, num_classes: int, hidden: int = 512):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
-        )
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
 class SmallCNN(nn.Module):
-    """A fast CNN for CPU runs: conv32-pool, conv64-pool, conv128, global average pool, linear.
-
-    About 94k parameters; each conv is 3x3 followed by batch norm and ReLU.
-    """
+    """A fast CNN for CPU runs (about 94k parameters): conv32-pool, conv64-pool, conv128 (3x3, batch norm,
+    ReLU), global average pool, linear."""
 
     def __init__(self, *, in_channels: int, num_classes: int, widths: tuple[int, int, int] = (32, 64, 128)):
         super().__init__()
         a, b, c = widths
-        self.features = nn.Sequential(
-            *_conv_bn_relu(in_channels, a), nn.MaxPool2d(2),
-            *_conv_bn_relu(a, b), nn.MaxPool2d(2),
-            *_conv_bn_relu(b, c), nn.AdaptiveAvgPool2d(1),
-        )
+        self.features = nn.Sequential(*_conv_bn_relu(in_channels, a), nn.MaxPool2d(2), *_conv_bn_relu(a, b),
+                                      nn.MaxPool2d(2), *_conv_bn_relu(b, c), nn.AdaptiveAvgPool2d(1))
         self.fc = nn.Linear(c, num_classes)
         _init_cnn(self)
 
@@ -329,12 +256,10 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """A freshly initialized model ``name`` (a key of :data:`MODELS`) mapping float
-    ``(N, in_channels, image_size, image_size)`` to logits ``(N, num_classes)``; the MLP's input size
-    and ViT's patch size depend on ``image_size``.  Unknown names or non-positive sizes: ValueError."""
+    """A freshly initialized model ``name`` (a key of :data:`MODELS`); unknown names or non-positive sizes
+    are a ValueError."""
     for label, value in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        check_int(label, value, low=1)
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     return MODELS[name](in_channels, num_classes, image_size)

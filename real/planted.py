@@ -1,30 +1,17 @@
 """A planted fast-learnable feature on real images: the paper's Definition 3.1 drawn in pixels.
 
-On real data nothing says which examples carry a feature that is learned early.  Here we put one in:
-in a fraction ``alpha`` (``--easy-fraction``) of the training and test images alike (so it stays in
-distribution), a small white square (``--easy-size`` pixels a side) is drawn at a position on the
-image's border that is determined by the label.  The other examples carry only the image itself
-(for Fashion-MNIST, the clothing).  ``has_easy`` records which examples carry the square.
+In a fraction ``alpha`` (``--easy-fraction``) of the training and test images alike (so it stays in
+distribution), a white square (``--easy-size`` pixels a side) is drawn on the image's border at a
+position set by the label; ``has_easy`` records which examples carry it.  It is learned much faster
+than the clothing (beta_e >> beta_d in the theory): it is strong (255 on the black border of a
+Fashion-MNIST image, which the clothing, scaled by ``--contrast``, never reaches), the same in every
+example of a class, linearly decodable from the ``size^2`` pixels of each class's position, and apart
+from the clothing, as the fast feature sits in its own patch in Definition 3.1.  ``--contrast c``
+multiplies every pixel by ``c`` before the square is drawn: the strength of the slow feature.
 
-Why this feature is learned much faster than the clothing (beta_e >> beta_d in the theory):
-
-* it is *strong*: value 255 against the black border of a Fashion-MNIST image (the clothing, scaled
-  by ``--contrast``, never reaches it);
-* it is *the same in every example of a class*: the class-conditional mean of the planted pixels
-  differs between classes by ``255 alpha`` on ``size^2`` pixels, while the clothing's class means
-  differ by less, spread over hundreds of pixels, with large variation inside each class;
-* it is *linearly decodable from the pixels*: a linear classifier that reads the ``size^2`` pixels
-  of each class's position labels every carrying example correctly;
-* it sits apart from the clothing (the border, where Fashion-MNIST images are mostly black), as
-  the fast feature sits in its own patch in Definition 3.1.
-
-``--contrast c`` multiplies every pixel by ``c`` before the square is drawn: the strength of the
-slow feature (the analog of beta_d), while the square keeps its full value.
-
-Everything is deterministic from ``--seed``: the class-stratified training and test subsets
-(``--train-subset``, ``--test-subset``), and which examples of each class carry the square (exactly
-``round(alpha n_c)`` of the ``n_c`` examples of class ``c``, training and test drawn separately).
-The square is drawn with the data set's own (clean) labels, before any label noise.
+Everything is deterministic from ``--seed``: the class-stratified subsets (``--train-subset``,
+``--test-subset``) and the carriers (exactly ``round(alpha n_c)`` of the ``n_c`` examples of class
+``c``, training and test drawn separately).  The square follows the clean labels, before label noise.
 """
 
 from __future__ import annotations
@@ -37,8 +24,8 @@ import torch
 
 from theory.plumbing.config import ConfigError
 
-__all__ = ["EASY_FEATURES", "EasyFeature", "patch_positions", "stratified_subset", "choose_carriers",
-           "scale_contrast", "draw_patches", "channel_stats", "prepare_dataset"]
+__all__ = ["EASY_FEATURES", "EasyFeature", "patch_positions", "stratified_subset", "choose_carriers", "scale_contrast",
+           "draw_patches", "channel_stats", "prepare_dataset"]
 
 EASY_FEATURES = ("none", "patch")
 PATCH_VALUE = 255  # the square's pixel value (white)
@@ -77,15 +64,10 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 
 def patch_positions(num_classes: int, image_size: int, size: int) -> np.ndarray:
-    """Top-left corners ``(row, col)`` of each class's square, evenly spaced along the border.
-
-    The square's corner walks the border clockwise from the top-left corner: perimeter coordinate
-    ``t`` in ``[0, P)``, ``P = 4 (H - s)`` (top edge, right edge, bottom edge, left edge); class ``k``
-    sits at ``t_k = round(k P / C)``.  Two corners ``d`` apart along the border are at least ``d / 2``
-    apart in each image direction's max (around a corner the distance splits between the two edges),
-    so a spacing ``P / C >= 2 s + 1`` keeps the squares apart; squares that would overlap are a
-    :class:`ConfigError` on ``--easy-feature``.
-    """
+    """Top-left corners ``(row, col)`` of each class's square, evenly spaced clockwise along the border
+    from the top-left corner: class ``k`` at perimeter coordinate ``round(k P / C)``, ``P = 4 (H - s)``.
+    Corners ``d`` apart along the border are ``>= d / 2`` apart in max-norm, so a spacing ``P / C >= 2 s + 1``
+    keeps them apart; overlapping squares are a :class:`ConfigError` on ``--easy-feature``."""
     span = image_size - size
     perimeter = 4 * span
     out = np.zeros((num_classes, 2), dtype=np.int64)
@@ -130,8 +112,7 @@ def choose_carriers(labels: np.ndarray, fraction: float, rng: np.random.Generato
 
 
 def scale_contrast(images: torch.Tensor, contrast: float) -> torch.Tensor:
-    """uint8 images with every pixel multiplied by ``contrast`` (rounded): the image's contrast
-    against black (for Fashion-MNIST, the clothing against its black background)."""
+    """uint8 images with every pixel multiplied by ``contrast`` (rounded): the contrast against black."""
     if contrast == 1.0:
         return images
     return torch.round(images.to(torch.float32) * contrast).clamp_(0, 255).to(torch.uint8)
@@ -141,17 +122,12 @@ def draw_patches(images: torch.Tensor, labels: torch.Tensor, carriers: np.ndarra
                  size: int) -> torch.Tensor:
     """A copy of ``images`` (N, C, H, W) uint8 with a ``size`` x ``size`` square of value 255 (all
     channels) at ``positions[label]`` in every image where ``carriers`` is set."""
-    out = images.clone()
+    square = torch.zeros(len(positions), *images.shape[2:], dtype=torch.bool)  # (classes, H, W)
+    for k, (r, c) in enumerate(positions):
+        square[k, r : r + size, c : c + size] = True
     rows = torch.as_tensor(np.flatnonzero(carriers), dtype=torch.int64)
-    if rows.numel() == 0:
-        return out
-    corner = torch.as_tensor(positions, dtype=torch.int64)[labels[rows]]  # (M, 2)
-    offsets = torch.arange(size, dtype=torch.int64)
-    r = (corner[:, 0, None] + offsets)[:, :, None].expand(-1, size, size)  # (M, s, s)
-    c = (corner[:, 1, None] + offsets)[:, None, :].expand(-1, size, size)
-    n = rows[:, None, None].expand(-1, size, size)
-    for ch in range(out.shape[1]):
-        out[n, ch, r, c] = PATCH_VALUE
+    out = images.clone()
+    out[rows] = out[rows].masked_fill(square[labels[rows]][:, None], PATCH_VALUE)
     return out
 
 
@@ -171,20 +147,18 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 def prepare_dataset(ds, *, seed: int, train_subset: int | None, contrast: float, easy_feature: str,
                     easy_fraction: float, easy_size: int, test_subset: int | None = None):
-    """The data set as the run trains on it, and what was planted (None without ``--easy-feature``).
-
-    In order: the stratified training (and test) subsets, the contrast, the squares; the per-channel
-    mean and std are recomputed from the resulting training images whenever something changed.
-    ``ds`` is a :class:`real.datasets.Dataset`; the returned one is a copy (the input is not modified)."""
+    """A copy of the :class:`real.datasets.Dataset` ``ds`` as the run trains on it (stratified subsets,
+    contrast, squares, then the mean and std of the resulting training images), and what was planted
+    (None without ``--easy-feature``); ``ds`` itself is returned when nothing changes."""
     if train_subset is None and test_subset is None and contrast == 1.0 and easy_feature == "none":
         return ds, None
     train_x, train_y, test_x, test_y, subset, t_subset = ds.train_x, ds.train_y, ds.test_x, ds.test_y, None, None
     if train_subset is not None:
         subset = stratified_subset(train_y.numpy(), train_subset, seed)
-        train_x, train_y = train_x[torch.from_numpy(subset)], train_y[torch.from_numpy(subset)]
+        train_x, train_y = train_x[subset], train_y[subset]
     if test_subset is not None:
         t_subset = stratified_subset(test_y.numpy(), test_subset, seed, split="test")
-        test_x, test_y = test_x[torch.from_numpy(t_subset)], test_y[torch.from_numpy(t_subset)]
+        test_x, test_y = test_x[t_subset], test_y[t_subset]
     train_x, test_x = scale_contrast(train_x, contrast), scale_contrast(test_x, contrast)
     easy = None
     if easy_feature == "patch":

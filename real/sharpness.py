@@ -1,17 +1,14 @@
-"""Sharpness of a trained network: Hessian eigenvalues, trace and L1 norm of a run's checkpoint
+"""Sharpness of a trained network: top Hessian eigenvalues, trace and L1 norm of a run's checkpoint
 (``useful-train sharpness RUN_DIR``).
 
-For a fixed set of batches ``B_1..B_m`` with ``n_b`` examples each, the objective is the
-example-weighted mean cross-entropy
+The objective is the example-weighted mean loss over fixed batches ``B_1..B_m`` of ``n_b`` examples,
 
-    L(theta) = sum_b n_b L_b(theta) / sum_b n_b,    L_b = loss_fn(model(x_b; theta), y_b)  (batch mean)
+    L(theta) = sum_b n_b L_b(theta) / sum_b n_b,    L_b = loss_fn(model(x_b; theta), y_b)  (batch mean),
 
-(model in eval mode: batch norm uses its running statistics, dropout is off; weight decay is not
-included, it would add ``weight_decay * I``).  :func:`hessian_vector_product` computes ``H v`` exactly
-by double backward (Pearlmutter's trick): ``H v = grad_theta <grad_theta L, v>``.
-:func:`top_hessian_eigenvalues` runs Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on that
-operator; :func:`hessian_trace` is Hutchinson's estimator ``tr H = E_v[v^T H v]`` with Rademacher
-``v``.  :func:`sharpness_report` does all of it for a run directory.
+in eval mode (batch norm's running statistics, no dropout; weight decay, which would add
+``weight_decay * I``, is not included).  ``H v`` is exact, by double backward (Pearlmutter's
+``H v = grad <grad L, v>``); the top eigenvalues are Lanczos on that operator
+(``scipy.sparse.linalg.eigsh``, ``which="LA"``), the trace is Hutchinson's ``E[v^T H v]``, ``v`` Rademacher.
 """
 
 from __future__ import annotations
@@ -21,22 +18,18 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
-__all__ = [
-    "hessian_vector_product",
-    "top_hessian_eigenvalues",
-    "hessian_trace",
-    "l1_norm",
-    "fixed_batches",
-    "load_run_model",
-    "sharpness_report",
-]
+from theory.plumbing.config import ConfigError, check, check_choice, check_int, check_number
+
+__all__ = ["hessian_vector_product", "top_hessian_eigenvalues", "hessian_trace", "l1_norm", "fixed_batches",
+           "load_run_model", "sharpness_report"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,19 +43,19 @@ def _params(model: nn.Module) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _evaluating(model: nn.Module, eval_mode: bool):
+def _evaluating(model: nn.Module, eval_mode: bool = True):
     """Eval mode (if asked) and the math attention kernel (the fused ones have no double backward);
     the model's mode is restored afterwards."""
     was_training = model.training
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        kernel = sdpa_kernel(SDPBackend.MATH)
+    except ImportError:  # pragma: no cover - torch 2.2
+        kernel = contextlib.nullcontext()
     if eval_mode:
         model.eval()
     try:
-        try:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            kernel = sdpa_kernel(SDPBackend.MATH)
-        except ImportError:  # pragma: no cover - old torch
-            kernel = contextlib.nullcontext()
         with kernel:
             yield
     finally:
@@ -71,28 +64,21 @@ def _evaluating(model: nn.Module, eval_mode: bool):
 
 def _hvp(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], vector: torch.Tensor,
          params: list[torch.Tensor]) -> torch.Tensor:
-    """``H v`` of ``L = sum_b n_b L_b / sum_b n_b``, one batch at a time: ``H_b v = grad <grad L_b, v>``."""
-    first = params[0]
-    v = vector.to(device=first.device, dtype=first.dtype).reshape(-1)
+    """``H v = sum_b n_b H_b v / sum_b n_b``, with ``H_b v = grad <grad L_b, v>``, one batch at a time."""
+    v = vector.to(params[0]).reshape(-1)
     sizes = [p.numel() for p in params]
     if v.numel() != sum(sizes):
         raise ValueError(f"vector has {v.numel()} entries, the model {sum(sizes)} parameters")
-    vs = [chunk.view_as(p) for chunk, p in zip(torch.split(v, sizes), params)]
-    total = torch.zeros_like(v)
-    n_total = 0
+    vs = [u.view_as(p) for u, p in zip(torch.split(v, sizes), params)]
+    total, n_total = torch.zeros_like(v), 0
     for x, y in batches:
-        n_b = int(y.shape[0])
         with torch.enable_grad():
-            loss = loss_fn(model(x), y)
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-            dot = sum((g * u).sum() for g, u in zip(grads, vs) if g is not None and g.requires_grad)
-            if isinstance(dot, torch.Tensor) and dot.requires_grad:
-                hv = torch.autograd.grad(dot, params, allow_unused=True)
-            else:  # the gradient does not depend on the parameters: H = 0
-                hv = [None] * len(params)
-        flat = torch.cat([(torch.zeros_like(p) if h is None else h).reshape(-1) for h, p in zip(hv, params)])
-        total += n_b * flat.detach()
-        n_total += n_b
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True, materialize_grads=True)
+            dot = sum((g * u).sum() for g, u in zip(grads, vs))
+            if dot.requires_grad:  # else the gradient does not depend on theta: H_b = 0
+                hv = torch.autograd.grad(dot, params, materialize_grads=True)
+                total += y.shape[0] * torch.cat([h.reshape(-1) for h in hv])
+        n_total += y.shape[0]
     if n_total == 0:
         raise ValueError("no batches")
     return total / n_total
@@ -100,83 +86,50 @@ def _hvp(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], vector: to
 
 def hessian_vector_product(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], vector: torch.Tensor,
                            *, eval_mode: bool = True) -> torch.Tensor:
-    """Exact ``H v`` of the mean loss over fixed batches, by double backward.
-
-    ``L(theta) = sum_b n_b loss_fn(model(x_b), y_b) / sum_b n_b`` and
-    ``H v = grad_theta < grad_theta L, v >`` (Pearlmutter, 1994), accumulated batch by batch.
-
-    Parameters
-    ----------
-    model : the network; its trainable parameters, in ``model.parameters()`` order, form theta.
-    loss_fn : ``loss_fn(logits, y)`` -> scalar mean loss of a batch.
-    batches : a sequence of ``(x, y)`` on the model's device (iterated once per call).
-    vector : flat (p,) vector (any dtype/device; converted to the parameters').
-    eval_mode : evaluate in eval mode (batch norm's running statistics); the mode is restored.
-
-    Returns
-    -------
-    torch.Tensor
-        Flat (p,) ``H v`` in the parameters' dtype and device.
-    """
-    params = _params(model)
+    """Exact flat ``H v`` of the mean loss over ``batches`` (``loss_fn(logits, y)`` a batch mean), in the
+    parameters' dtype and device.  theta is the trainable parameters in ``model.parameters()`` order;
+    ``vector`` (p,) is converted to their dtype and device; the model's mode is restored."""
     with _evaluating(model, eval_mode):
-        return _hvp(model, loss_fn, batches, vector, params)
+        return _hvp(model, loss_fn, batches, vector, _params(model))
 
 
-def _hvp_operator(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]):
-    from scipy.sparse.linalg import LinearOperator
-
+def _top_eigs(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: int, tol: float,
+              seed: int) -> tuple[np.ndarray, int]:
+    """The ``k`` largest eigenvalues, decreasing, and the number of ``H v`` that Lanczos used."""
+    check_int("k", k, low=1)
     params = _params(model)
     p = sum(q.numel() for q in params)
-    counter = {"hvp": 0}
+    if k >= p:
+        raise ValueError(f"k = {k} eigenvalues need more than k parameters (the model has {p})")
+    count = 0
 
-    def matvec(x: np.ndarray) -> np.ndarray:
-        counter["hvp"] += 1
+    def matvec(x: np.ndarray) -> np.ndarray:  # float64 on the host, the parameters' dtype on the device
+        nonlocal count
+        count += 1
         v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-        return _hvp(model, loss_fn, batches, v, params).detach().cpu().to(torch.float64).numpy()
+        return _hvp(model, loss_fn, batches, v, params).cpu().to(torch.float64).numpy()
 
-    return LinearOperator((p, p), matvec=matvec, dtype=np.float64), p, counter
-
-
-def _top_eigs(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: int, tol: float, seed: int,
-              eval_mode: bool) -> tuple[np.ndarray, int]:
-    from scipy.sparse.linalg import eigsh
-
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    with _evaluating(model, eval_mode):
-        op, p, counter = _hvp_operator(model, loss_fn, batches)
-        if k >= p:
-            raise ValueError(f"k = {k} eigenvalues need more than k parameters (the model has {p})")
-        v0 = np.random.default_rng(seed).standard_normal(p)
-        values = eigsh(op, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
-    return np.sort(np.asarray(values, dtype=np.float64))[::-1], counter["hvp"]
+    v0 = np.random.default_rng(seed).standard_normal(p)
+    values = eigsh(LinearOperator((p, p), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=tol, v0=v0,
+                   return_eigenvectors=False)
+    return np.sort(np.asarray(values, dtype=np.float64))[::-1], count
 
 
 def top_hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: int = 1, *,
                             tol: float = 1e-3, seed: int = 0, eval_mode: bool = True) -> np.ndarray:
-    """The ``k`` largest (algebraic) Hessian eigenvalues of the mean loss over ``batches``.
-
-    Implicitly restarted Lanczos (ARPACK through ``scipy.sparse.linalg.eigsh``, ``which="LA"``) on a
-    ``LinearOperator`` whose matvec is :func:`hessian_vector_product` (float64 on the host, the
-    parameters' dtype on the device); ``tol`` is ARPACK's relative accuracy, the start vector is
-    ``N(0, I)`` from ``seed``.  Returns the eigenvalues in decreasing order.
-    """
-    values, _ = _top_eigs(model, loss_fn, batches, k, tol, seed, eval_mode)
-    return values
+    """The ``k`` largest (algebraic) Hessian eigenvalues of the mean loss over ``batches``, decreasing:
+    ARPACK's implicitly restarted Lanczos with relative accuracy ``tol``, start vector ``N(0, I)`` from
+    ``seed``."""
+    with _evaluating(model, eval_mode):
+        return _top_eigs(model, loss_fn, batches, k, tol, seed)[0]
 
 
 def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *, samples: int = 100, seed: int = 0,
                   eval_mode: bool = True) -> tuple[float, float]:
-    """Hutchinson's estimate of ``tr H`` and its standard error.
-
-    ``tr H = E[v^T H v]`` for Rademacher ``v`` (entries +-1 with probability 1/2); with ``S``
-    samples ``z_s = v_s^T H v_s`` the estimate is ``mean(z)`` and its standard error
-    ``std(z, ddof=1) / sqrt(S)`` (NaN for ``S = 1``).  Its variance per sample is
-    ``2 sum_{i != j} H_ij^2``.
-    """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    """Hutchinson's estimate of ``tr H`` and its standard error: ``z_s = v_s^T H v_s`` for ``samples``
+    Rademacher ``v_s``, ``mean(z)`` and ``std(z, ddof=1) / sqrt(S)`` (NaN for one sample).  The variance
+    per sample is ``2 sum_{i != j} H_ij^2``."""
+    check_int("samples", samples, low=1)
     params = _params(model)
     p = sum(q.numel() for q in params)
     gen = torch.Generator().manual_seed(int(seed))
@@ -184,90 +137,56 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *
     with _evaluating(model, eval_mode):
         for s in range(samples):
             v = (torch.randint(0, 2, (p,), generator=gen) * 2 - 1).to(torch.float64)
-            hv = _hvp(model, loss_fn, batches, v, params)
-            z[s] = float(torch.dot(hv.to(torch.float64).cpu(), v))
-    stderr = float(z.std(ddof=1) / math.sqrt(samples)) if samples > 1 else math.nan
-    return float(z.mean()), stderr
+            z[s] = float(torch.dot(_hvp(model, loss_fn, batches, v, params).to(torch.float64).cpu(), v))
+    return float(z.mean()), float(z.std(ddof=1) / math.sqrt(samples)) if samples > 1 else math.nan
 
 
 def l1_norm(model: nn.Module) -> float:
-    """``sum_j |theta_j|`` over all of the model's parameters (buffers such as batch-norm running
-    statistics excluded), accumulated in float64."""
-    total = 0.0
-    with torch.no_grad():
-        for p in model.parameters():
-            total += float(p.detach().abs().sum(dtype=torch.float64))
-    return total
-
-
-# ----------------------------------------------------------------------------------------------
-# A run directory's checkpoint.
-
-
-def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Remove ``torch.compile``'s ``_orig_mod.`` and DDP's ``module.`` prefixes."""
-    out = {}
-    for key, value in state.items():
-        for prefix in ("_orig_mod.", "module."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
+    """``sum_j |theta_j|`` over the model's parameters (not its buffers), accumulated in float64."""
+    return sum(float(p.detach().abs().sum(dtype=torch.float64)) for p in model.parameters())
 
 
 def load_run_model(path: str | Path, *, data_dir: str | None = None, device: str | torch.device = "cpu"):
-    """The model of a run directory's checkpoint, and its training data as the trainer loads it
-    (same labels, label noise included).
+    """``(model, data, cfg, info)`` of a run directory (or its checkpoint file): the checkpoint's model,
+    and the training data as the trainer loads them (label noise included).
 
-    ``path`` is a run directory (or its checkpoint file); its config.json and checkpoint.pt are read
-    through real/rundir.py (a foreign or crafted file is refused, never executed).  ``data_dir``
-    overrides the stored one (a run made on another machine).  Returns ``(model, data, cfg, info)``
-    with ``info = {"run_dir", "checkpoint", "phase", "epoch"}``.
-    """
-    from theory.plumbing.config import ConfigError
-
+    config.json and checkpoint.pt are read through real/rundir.py (a foreign or crafted file is refused,
+    never executed); ``data_dir`` overrides the stored one.  ``info``: run_dir, checkpoint, phase, epoch."""
     from .data import load_training_data
     from .phase import init_model
     from .rundir import checkpoint_path, load_checkpoint, load_run_config
 
     ckpt_path = checkpoint_path(path)
-    run_dir = ckpt_path.parent
     overrides = {"out": None, "resume": False, "overwrite": False, "compile": False}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
-    cfg = load_run_config(run_dir, **overrides)
+    cfg = load_run_config(ckpt_path.parent, **overrides)
     ckpt = load_checkpoint(ckpt_path)
     data = load_training_data(cfg, torch.device("cpu"))
     model = init_model(cfg, data)
     try:
-        model.load_state_dict(_strip_prefixes(ckpt["model"]))
+        model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {ckpt_path} does not hold this run's model ({first[:200]})") from None
-    model.to(torch.device(device))
-    info = {"run_dir": str(run_dir), "checkpoint": str(ckpt_path), "phase": ckpt.get("phase"), "epoch": ckpt.get("epoch")}
-    return model, data, cfg, info
+        detail = (str(err).strip() or type(err).__name__).splitlines()[0][:200]
+        message = f"RUN_DIR: {ckpt_path} does not hold this run's model ({detail})"
+        raise ConfigError("RUN_DIR", message=message) from None
+    info = {"run_dir": str(ckpt_path.parent), "checkpoint": str(ckpt_path), "phase": ckpt.get("phase"),
+            "epoch": ckpt.get("epoch")}
+    return model.to(torch.device(device)), data, cfg, info
 
 
 def fixed_batches(x_uint8: torch.Tensor, y: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
                   batches: int, batch_size: int, seed: int = 0, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> list[Batch]:
-    """The first ``batches`` batches of ``batch_size`` of a seeded permutation of the (un-augmented)
-    examples, normalized (:func:`real.augment.normalize`) and moved to ``device``.  The permutation
-    is ``numpy.random.default_rng(seed).permutation(N)``; the last batch may be short if ``N`` is
-    smaller than ``batches * batch_size``."""
+    """The first ``batches`` batches of ``batch_size`` of ``numpy.random.default_rng(seed).permutation(N)``
+    of the un-augmented examples, normalized and on ``device`` (the last one short if N is too small)."""
     from .augment import normalize
 
     if batches < 1 or batch_size < 1:
         raise ValueError(f"batches and batch_size must be positive, got {batches} and {batch_size}")
-    n = int(x_uint8.shape[0])
-    order = np.random.default_rng(seed).permutation(n)[: batches * batch_size]
-    out = []
-    for start in range(0, len(order), batch_size):
-        idx = torch.as_tensor(order[start : start + batch_size], dtype=torch.int64)
-        xb = normalize(x_uint8[idx], mean, std, dtype=dtype).to(device)
-        out.append((xb, y[idx].to(device)))
-    return out
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(int(x_uint8.shape[0]))[: batches * batch_size])
+    return [(normalize(x_uint8[idx], mean, std, dtype=dtype).to(device), y[idx].to(device))
+            for idx in torch.split(order, batch_size)]
 
 
 def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -277,130 +196,103 @@ def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def sharpness_report(path: str | Path, *, batches: int = 10, batch_size: int = 128, k: int = 1,
                      trace_samples: int = 50, seed: int = 0, device: str = "cpu", tol: float = 1e-3,
                      dtype: str = "float32", data_dir: str | None = None) -> dict[str, Any]:
-    """Sharpness of a run directory's checkpoint (or of a checkpoint file).
-
-    The model (:func:`load_run_model`, eval mode) is evaluated on a fixed sample of the
-    un-augmented training set (:func:`fixed_batches`: the first ``batches`` batches of
-    ``batch_size`` of the permutation seeded by ``seed``), with the (un-smoothed) mean cross-entropy.
-
-    Returns
-    -------
-    dict
-        ``top_eigenvalues`` (k largest, decreasing), ``trace`` and ``trace_stderr`` (Hutchinson with
-        ``trace_samples`` Rademacher vectors; omitted as None when ``trace_samples = 0``),
-        ``l1_norm``, ``loss`` and ``accuracy`` on the sample, ``batches``, ``examples``,
-        ``parameters``, ``hvp_count`` (matrix-vector products used by Lanczos), ``phase`` and
-        ``epoch`` of the checkpoint, ``run_dir``, ``dtype``, ``device``, ``seconds``.
-    """
+    """Sharpness of a run's checkpoint (:func:`load_run_model`, eval mode) on :func:`fixed_batches` of its
+    un-augmented training set, with the (un-smoothed) mean cross-entropy, as plain JSON data:
+    ``top_eigenvalues`` (decreasing), ``trace`` and ``trace_stderr`` (None when ``trace_samples = 0``),
+    ``l1_norm``, ``loss`` and ``accuracy`` on the sample, ``hvp_count`` (Lanczos's ``H v``), the
+    settings, the checkpoint's ``phase`` and ``epoch``, ``run_dir`` and ``seconds``."""
     from .distributed import resolve_device
 
     start = time.perf_counter()
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
-    if dtype not in dtypes:
-        raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
-    dev = resolve_device(device)
+    check_choice("dtype", dtype, ("float32", "float64"))
+    dev, torch_dtype = resolve_device(device), getattr(torch, dtype)
     model, data, cfg, info = load_run_model(path, data_dir=data_dir, device="cpu")
-    model = model.to(device=dev, dtype=dtypes[dtype])
+    model = model.to(device=dev, dtype=torch_dtype)
     ds = data.dataset
     fixed = fixed_batches(data.train_x, data.train_y, mean=ds.mean, std=ds.std, batches=batches,
-                          batch_size=batch_size, seed=seed, device=dev, dtype=dtypes[dtype])
-    examples = sum(int(b[1].shape[0]) for b in fixed)
-    with _evaluating(model, True), torch.no_grad():
-        loss_sum = correct = 0.0
-        for x, y in fixed:
-            logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
-    eigs, hvps = _top_eigs(model, _cross_entropy, fixed, k, tol, seed, True)
+                          batch_size=batch_size, seed=seed, device=dev, dtype=torch_dtype)
+    examples = sum(int(y.shape[0]) for _, y in fixed)
+    with _evaluating(model):
+        with torch.no_grad():
+            outputs = [(model(x), y) for x, y in fixed]
+        eigs, hvps = _top_eigs(model, _cross_entropy, fixed, k, tol, seed)
     trace = stderr = None
     if trace_samples > 0:
         trace, stderr = hessian_trace(model, _cross_entropy, fixed, samples=trace_samples, seed=seed)
     return {
-        "top_eigenvalues": [float(v) for v in eigs],
-        "trace": trace,
-        "trace_stderr": stderr,
+        "top_eigenvalues": [float(v) for v in eigs], "trace": trace, "trace_stderr": stderr,
         "l1_norm": l1_norm(model),
-        "loss": loss_sum / examples,
-        "accuracy": correct / examples,
-        "batches": len(fixed),
-        "batch_size": batch_size,
-        "examples": examples,
-        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "hvp_count": hvps,
-        "k": k,
-        "tol": tol,
-        "trace_samples": trace_samples,
-        "seed": seed,
-        "phase": info["phase"],
-        "epoch": info["epoch"],
-        "run_dir": info["run_dir"],
-        "dtype": dtype,
-        "device": str(dev),
-        "seconds": time.perf_counter() - start,
+        "loss": sum(float(F.cross_entropy(logits, y, reduction="sum")) for logits, y in outputs) / examples,
+        "accuracy": sum(float((logits.argmax(1) == y).sum()) for logits, y in outputs) / examples,
+        "batches": len(fixed), "batch_size": batch_size, "examples": examples,
+        "parameters": sum(p.numel() for p in _params(model)), "hvp_count": hvps,
+        "k": k, "tol": tol, "trace_samples": trace_samples, "seed": seed,
+        "phase": info["phase"], "epoch": info["epoch"], "run_dir": info["run_dir"],
+        "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - start,
     }
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI: useful-train sharpness RUN_DIR...
 
+_COUNTS = (("--batches", 10, 1, "fixed batches of the training set"), ("--batch-size", 128, 1, "examples per batch"),
+           ("--k", 1, 1, "number of top Hessian eigenvalues"),
+           ("--trace-samples", 50, 0, "Hutchinson samples for the trace (0 skips the trace)"))
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of useful-train run")
-    parser.add_argument("--batches", type=int, default=10, help="fixed batches of the training set (default 10)")
-    parser.add_argument("--batch-size", type=int, default=128, help="examples per batch (default 128)")
-    parser.add_argument("--k", type=int, default=1, help="number of top Hessian eigenvalues (default 1)")
-    parser.add_argument("--trace-samples", type=int, default=50,
-                        help="Hutchinson samples for the trace (default 50; 0 skips the trace)")
+    for flag, default, _, what in _COUNTS:
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batches and of the random vectors")
     parser.add_argument("--tol", type=float, default=1e-3, help="Lanczos relative tolerance (default 1e-3)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="default float32")
-    parser.add_argument("--data-dir", default=None, help="override the data directory stored in the run's configuration")
+    parser.add_argument("--data-dir", default=None, help="override the data directory of the run's configuration")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="file name of the report inside each RUN_DIR (default sharpness.json), or a path "
                              "when a single RUN_DIR is given")
 
 
-def command(args) -> int:
-    from theory.plumbing.atomic import atomic_write_json
-    from theory.plumbing.config import ConfigError, check, check_int, check_number
-
+def _targets(runs: list[str], out: str | None) -> list[Path]:
+    """Where each report goes, checked before any work: a computed report must never be lost."""
     from .rundir import SHARPNESS
 
-    for name, value, low in (("--batches", args.batches, 1), ("--batch-size", args.batch_size, 1),
-                             ("--k", args.k, 1), ("--trace-samples", args.trace_samples, 0)):
-        check_int(name, value, low=low)
-    check_number("--tol", args.tol, low=0.0, high=1.0, low_open=True)  # NaN would make ARPACK loop forever
-    if args.out is not None:
-        check(len(args.runs) == 1 or Path(args.out).name == args.out, "--out", args.out,
+    if out is not None:
+        check(len(runs) == 1 or Path(out).name == out, "--out", out,
               "a file name (placed inside each RUN_DIR) when several RUN_DIRs are given")
-    # Where each report goes, checked before any work: a computed report must never be lost.
     targets = []
-    for run in args.runs:
+    for run in runs:
         run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-        target = run_dir / (args.out or SHARPNESS) if args.out is None or len(args.runs) > 1 else Path(args.out)
+        target = Path(out) if out is not None and len(runs) == 1 else run_dir / (out or SHARPNESS)
         if target.is_dir():
             raise ConfigError("--out", message=f"--out: {target} is a directory; give a file name")
-        folder = target.parent if str(target.parent) else Path(".")
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise ConfigError("--out", message=f"--out: cannot write {target} ({folder} is not a writable directory)")
+        if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+            raise ConfigError("--out", message=f"--out: cannot write {target} ({target.parent} is not a writable "
+                                               "directory)")
         targets.append(target)
-    for run, target in zip(args.runs, targets):
+    return targets
+
+
+def command(args) -> int:
+    from theory.plumbing.atomic import atomic_write_json
+
+    for flag, _, low, _ in _COUNTS:
+        check_int(flag, getattr(args, flag[2:].replace("-", "_")), low=low)
+    check_number("--tol", args.tol, low=0.0, high=1.0, low_open=True)  # NaN would make ARPACK loop forever
+    for run, target in zip(args.runs, _targets(args.runs, args.out)):
         try:
-            report = sharpness_report(run, batches=args.batches, batch_size=args.batch_size, k=args.k,
-                                      trace_samples=args.trace_samples, seed=args.seed, device=args.device,
-                                      tol=args.tol, dtype=args.dtype, data_dir=args.data_dir)
+            r = sharpness_report(run, batches=args.batches, batch_size=args.batch_size, k=args.k,
+                                 trace_samples=args.trace_samples, seed=args.seed, device=args.device,
+                                 tol=args.tol, dtype=args.dtype, data_dir=args.data_dir)
+        except ConfigError:
+            raise
         except ValueError as err:
-            if isinstance(err, ConfigError):
-                raise
             raise ConfigError("RUN_DIR", message=f"RUN_DIR: {run}: {err}") from None
-        atomic_write_json(target, report)
-        eigs = ", ".join(f"{v:.4g}" for v in report["top_eigenvalues"])
-        trace = "n/a" if report["trace"] is None else (
-            f"{report['trace']:.4g} ± {report['trace_stderr']:.2g}"
-            if report["trace_stderr"] is not None and math.isfinite(report["trace_stderr"])
-            else f"{report['trace']:.4g}")
-        print(f"{report['run_dir']}: top eigenvalue(s) {eigs}; trace {trace}; L1 norm {report['l1_norm']:.6g}; "
-              f"loss {report['loss']:.4f}, acc {report['accuracy']:.4f} on {report['examples']} examples "
-              f"({report['phase']} epoch {report['epoch']}); {report['seconds']:.1f} s -> {target}")
+        atomic_write_json(target, r)
+        trace = "n/a" if r["trace"] is None else f"{r['trace']:.4g}" + (
+            f" ± {r['trace_stderr']:.2g}" if math.isfinite(r["trace_stderr"]) else "")
+        print(f"{r['run_dir']}: top eigenvalue(s) {', '.join(f'{v:.4g}' for v in r['top_eigenvalues'])}; "
+              f"trace {trace}; L1 norm {r['l1_norm']:.6g}; loss {r['loss']:.4f}, acc {r['accuracy']:.4f} on "
+              f"{r['examples']} examples ({r['phase']} epoch {r['epoch']}); {r['seconds']:.1f} s -> {target}")
     return 0

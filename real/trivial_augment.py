@@ -41,43 +41,38 @@ The geometric rows (1-5) are torchvision's tensor ``affine`` / ``rotate``: its i
 pixel centres and ``grid_sample(mode="nearest", padding_mode="zeros", align_corners=False)`` (the
 ``round`` in the table is that, on float32 coordinates; rows and columns are pixel indices).
 
-**Why this is written by hand.** torchvision's ``TrivialAugmentWide`` transforms one image per call
-with Python-side parameters (and torchvision does not import beside every torch build); calling it per
-image serializes the GPU behind hundreds of tiny kernel launches and host round trips per batch, which
-is what the airbench-style loop (data and augmentation on the device) avoids.  Here the batch is sorted
-by operation (one ``argsort``) and each operation runs once on its contiguous group with per-image
-parameters gathered from small tables; the sorted result is put back with ``index_copy_``.  The group
-sizes are the one host synchronization per batch.
+**Why by hand.** torchvision transforms one image per call with Python-side parameters (and does not
+import beside every torch build): hundreds of tiny kernel launches and host round trips per batch.
+Here the batch is sorted by operation (one ``argsort``), each operation runs once on its group with
+per-image parameters gathered from small tables, and the result is put back with ``index_copy_``;
+the group sizes are the one host synchronization per batch.
 
-**Exactness, and the (non-)deviations from torchvision.**  Every operation returns exactly torchvision's
-uint8 output (tests/test_real_augment.py compares every op, bin and sign where torchvision imports;
-checked against torchvision 0.29.1 on the CPU).  Some of them compute the same numbers another way,
-batched, and so that the result is bit-identical on the CPU and on CUDA:
+**Exactness.**  Every operation returns exactly torchvision's uint8 output (tests/test_real_augment.py
+compares every op, bin and sign where torchvision imports; checked against 0.29.1 on the CPU), and the
+same bits on the CPU and on CUDA.  Some compute the same numbers another way:
 
-- Geometric ops: nearest sampling only ever *copies* a source pixel (or the fill 0), so the source index
-  of each output pixel is precomputed once per image size, with torchvision's own float32 grid and
-  CPU ``grid_sample`` rounding, for all 5 ops x 31 bins x 2 signs (``5 * 62 * H * W`` int32: 1.3 MB at
-  32x32); a batch is then one ``gather``.  (torchvision itself, run on CUDA, rounds its grid with
-  CUDA's ``grid_sample``, which could differ at exact ties; ours is the CPU result on every device.)
-- Contrast: the mean luma is the exact integer sum over ``H * W`` divided in float32; torchvision's
-  float32 ``mean`` is the same number whenever ``255 H W < 2**24`` (up to 256 x 256 images), where its
-  float32 sum of integers is exact.
-- Sharpness: the blur is computed in integers, ``(2 S + 13) // 26`` with ``S`` the kernel-weighted sum;
-  torchvision rounds a float32 ``conv2d`` of ``S / 13``, which is the same integer because ``S / 13`` is
-  never within 1/26 of a half-integer while the float error is below 1e-3.
-- Equalize: the histograms of all channels of the group are one ``scatter_add_`` of integer counts
-  over offset values (exact in any order; torchvision loops over images and channels).
+- Geometric ops: nearest sampling only copies a source pixel (or the fill 0), so each output pixel's
+  source index is precomputed once per image size with torchvision's float32 grid and CPU
+  ``grid_sample`` rounding, for 5 ops x 31 bins x 2 signs (1.3 MB at 32x32); a batch is one ``gather``.
+  (torchvision on CUDA rounds with CUDA's ``grid_sample``, which could differ at exact ties.)
+- Contrast: the exact integer luma sum divided in float32 equals torchvision's float32 ``mean``
+  whenever ``255 H W < 2**24`` (up to 256 x 256 images).
+- Sharpness: the blur is ``(2 S + 13) // 26`` in integers, ``S`` the kernel-weighted sum; torchvision's
+  rounded float32 ``conv2d`` of ``S / 13`` is the same integer (``S / 13`` is never within 1/26 of a
+  half-integer, the float error is below 1e-3).
+- Equalize: all channels' histograms are one ``scatter_add_`` of integer counts (exact in any order).
 
-The random stream is not torchvision's: torchvision draws from the global RNG, a bin only for ops with
-bins and a sign only for signed ops; here op, bin and sign are drawn for every image from the given
-generator (same distribution; reproducible and resumable with the generator's state).  torchvision's
-own quirks are kept: AutoContrast maps a channel's maximum to 254 instead of 255 for some ranges
-``hi - lo`` (41, 61, 67, ...: float32 rounding of ``(1 / d) * 255``), TranslateX/Y never shift by 16.
+The random stream is not torchvision's (its global RNG, a bin only for ops with bins, a sign only for
+signed ops): op, bin and sign are drawn for every image from the given generator (same distribution;
+reproducible and resumable).  torchvision's quirks are kept: AutoContrast maps a channel's maximum to
+254 for some ranges ``hi - lo`` (41, 61, 67, ...: float32 rounding of ``(1 / d) * 255``), TranslateX/Y
+never shift by 16.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -86,20 +81,11 @@ import torch.nn.functional as F
 
 from theory.plumbing.config import check, check_int
 
-__all__ = [
-    "NUM_BINS",
-    "OPS",
-    "apply_ops",
-    "draw_params",
-    "magnitude",
-    "trivial_augment",
-]
+__all__ = ["NUM_BINS", "OPS", "apply_ops", "draw_params", "magnitude", "trivial_augment"]
 
 # torchvision's TrivialAugmentWide op order (the keys of its _augmentation_space).
-OPS = (
-    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-    "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
-)
+OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
+       "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
 NUM_BINS = 31
 _GEOMETRIC = OPS[1:6]  # contiguous op indices 1..5, applied together as one gather
 _SIGNED = frozenset(OPS[1:10])
@@ -196,10 +182,8 @@ class _Tables:
 @functools.lru_cache(maxsize=16)
 def _tables(h: int, w: int, device: torch.device) -> _Tables:
     """Built once per image size and device, on the CPU (so identical on every device), then moved."""
-    rows = [
-        _source_index(_geometric_matrix(op, magnitude(op, b, bool(s)), h, w), h, w)
-        for op in _GEOMETRIC for b in range(NUM_BINS) for s in (0, 1)
-    ]
+    rows = [_source_index(_geometric_matrix(op, magnitude(op, b, bool(s)), h, w), h, w)
+            for op in _GEOMETRIC for b in range(NUM_BINS) for s in (0, 1)]
     factors = [1.0 + magnitude("Brightness", b, bool(s)) for b in range(NUM_BINS) for s in (0, 1)]
     bits = [int(magnitude("Posterize", b, False)) for b in range(NUM_BINS)]
     return _Tables(
@@ -302,13 +286,9 @@ def _apply_group(k: int, x: torch.Tensor, bins: torch.Tensor, neg: torch.Tensor,
 
 
 def apply_ops(x: torch.Tensor, op: torch.Tensor, bins: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """Apply ``OPS[op[i]]`` with magnitude bin ``bins[i]`` and sign ``negative[i]`` to image ``i``.
-
-    ``x``: (N, C, H, W) uint8, C = 1 or 3; ``op``, ``bins``, ``negative``: (N,) integer tensors with
-    values in [0, 14), [0, 31), {0, 1} (``negative`` is ignored by the unsigned ops, ``bins`` by the ops
-    without bins).  Returns a new uint8 batch on ``x``'s device; the deterministic half of
-    :func:`trivial_augment`.  One host synchronization (the group sizes, which also validate the values).
-    """
+    """A new uint8 batch: ``OPS[op[i]]`` with magnitude bin ``bins[i]`` and sign ``negative[i]`` applied to
+    image ``i`` of ``x`` (N, C, H, W), C = 1 or 3; ``op``, ``bins``, ``negative`` are (N,) integer tensors in
+    [0, 14), [0, 31), {0, 1}.  One host synchronization (the group sizes, which also validate the values)."""
     check(x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] in (1, 3), "x", (x.dtype, tuple(x.shape)), "an (N, C, H, W) uint8 batch with C = 1 or 3")
     n = x.shape[0]
     params = (op, bins, negative)
@@ -326,9 +306,7 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, bins: torch.Tensor, negative: t
     t = _tables(x.shape[2], x.shape[3], x.device)
     order = torch.argsort(op, stable=True)  # images grouped by operation
     xs, op, bins, negative = x[order], op[order], bins[order], negative[order]
-    ends = [0]
-    for size in sizes:
-        ends.append(ends[-1] + size)
+    ends = [0, *itertools.accumulate(sizes)]
     pieces = [xs[: ends[1]]]  # Identity
     geo = slice(ends[1], ends[6])  # ShearX .. Rotate: one gather
     if geo.stop > geo.start:
@@ -353,11 +331,9 @@ def draw_params(n: int, *, generator: torch.Generator | None = None, device: str
 
 
 def trivial_augment(x_uint8: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """TrivialAugmentWide on an (N, C, H, W) uint8 batch (C = 1 or 3): one random operation, magnitude
-    bin and sign per image (:func:`draw_params` from ``generator``), applied as torchvision does
-    (:func:`apply_ops`).  Same generator state and input -> same output.  A CPU generator gives the
-    same draws for a CPU or a CUDA batch, and every operation is device-independent, so the outputs
-    are equal (tests/test_real_augment.py::test_cuda_equals_cpu checks it on a GPU)."""
+    """TrivialAugmentWide on an (N, C, H, W) uint8 batch (C = 1 or 3): :func:`draw_params` from ``generator``,
+    then :func:`apply_ops`.  Same generator state and input, same output; a CPU generator gives the same
+    draws for a CPU or a CUDA batch, so the outputs are equal (tests/test_real_augment.py checks it on a GPU)."""
     check(isinstance(x_uint8, torch.Tensor) and x_uint8.ndim == 4, "x", getattr(x_uint8, "shape", x_uint8), "an (N, C, H, W) uint8 batch")
     op, bins, negative = draw_params(x_uint8.shape[0], generator=generator, device=x_uint8.device)
     return apply_ops(x_uint8, op, bins, negative)
