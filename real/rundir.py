@@ -74,8 +74,13 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, PARTITION, LEARNING_STATS, CL
 # Reading a run directory (compare, grid, sharpness, the CLI's --resume).
 
 
+def _refusal(flag: str, text: str) -> ConfigError:
+    """A one-line ConfigError on ``flag`` (exit 2)."""
+    return ConfigError(flag, message=f"{flag}: {text}")
+
+
 def _bad_run_dir(path: Path, what: str) -> ConfigError:
-    return ConfigError("RUN_DIR", message=f"RUN_DIR: {path} {what}")
+    return _refusal("RUN_DIR", f"{path} {what}")
 
 
 def _read_json(file: Path, what: str) -> Any:
@@ -390,11 +395,11 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
     unfinished or diverged one: refused without ``--resume``, resumed with it (fresh if it died before
     its first checkpoint)."""
     if path.exists() and not path.is_dir():
-        raise ConfigError("--out", message=f"--out: {path} exists and is not a directory")
+        raise _refusal("--out", f"{path} exists and is not a directory")
     foreign = _foreign_files(path)
     if foreign:
-        raise ConfigError("--out", message=f"--out: {path} holds {', '.join(foreign)} not written by useful-train "
-                                           "(config.json without its marker); choose another folder")
+        raise _refusal("--out", f"{path} holds {', '.join(foreign)} not written by useful-train (config.json without "
+                                "its marker); choose another folder")
     for name in RUN_FILES:  # temporary files of writes interrupted by a kill
         for tmp in path.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -404,16 +409,15 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
     try:
         status = (read_summary(path) or {}).get("status")
     except ConfigError as err:
-        raise ConfigError("--out", message="--out: " + str(err).split(": ", 1)[-1]) from None
+        raise _refusal("--out", str(err).split(": ", 1)[-1]) from None
     if status == "completed":
         if cfg.resume:
             return "done"
-        raise ConfigError("--out", message=f"--out: {path} holds a completed run (summary.json status 'completed'); "
-                                           "pass --overwrite to replace it")
+        raise _refusal("--out", f"{path} holds a completed run (summary.json status 'completed'); pass --overwrite "
+                                "to replace it")
     if not cfg.resume:
         what = "a diverged run" if status == "diverged" else "an unfinished run"
-        raise ConfigError("--out", message=f"--out: {path} holds {what}; pass --resume to continue it or "
-                                           "--overwrite to start over")
+        raise _refusal("--out", f"{path} holds {what}; pass --resume to continue it or --overwrite to start over")
     if not (path / CHECKPOINT).exists():  # died before its first checkpoint: nothing to resume
         remove_run_files(path)
         return "fresh"
@@ -440,11 +444,11 @@ def _refusals_as_config_errors():
     try:
         yield
     except RunLockError as err:
-        raise ConfigError("--out", message=f"--out: {err}") from None
+        raise _refusal("--out", str(err)) from None
     except OSError as err:
         if err.errno not in _UNUSABLE_OUT:
             raise
-        raise ConfigError("--out", message=f"--out: {os_error_line(err)}") from None
+        raise _refusal("--out", os_error_line(err)) from None
 
 
 def _decision(cfg: TrainConfig, info: D.DistInfo, lock: RunLock | None) -> str:
@@ -468,8 +472,7 @@ def _checked_checkpoint(cfg: TrainConfig, path: Path, decision: str) -> dict | N
     try:
         ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
     except ConfigError as err:  # an empty, truncated or foreign checkpoint: nothing to resume from
-        raise ConfigError("--resume", message="--resume: " + str(err).split(": ", 1)[-1]
-                          + "; pass --overwrite to start over") from None
+        raise _refusal("--resume", str(err).split(": ", 1)[-1] + "; pass --overwrite to start over") from None
     diff = config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
     if diff:
         raise ConfigError(diff[0][0], message=f"--resume: the configuration differs from the run in {path}: "
