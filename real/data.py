@@ -1,6 +1,6 @@
-"""The training data on the device: uint8 images and int64 labels, moved there once (airbench
-style), with the run's training subset, contrast and planted easy feature (real/planted.py) and its
-label noise applied.  The files and their formats are real/datasets.py's."""
+"""The training data on the device, moved there once (airbench style): uint8 images and int64 labels,
+with the run's subsets, contrast, planted easy feature (real/planted.py) and label noise applied.
+The files and their formats are real/datasets.py's."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from .planted import EasyFeature, prepare_dataset
 __all__ = ["TrainData", "load_training_data"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainData:
-    """The data set on the device; ``flipped`` is the label-noise mask (None without noise);
-    ``easy`` what real/planted.py planted (None without ``--easy-feature``), with
-    ``test_has_easy`` its test mask on the device."""
+    """The data set on the device.  ``flipped``: the label-noise mask (None without noise); ``easy``: what
+    real/planted.py planted (None without ``--easy-feature``), ``test_has_easy`` its test mask."""
 
     dataset: Dataset
     train_x: torch.Tensor
@@ -58,8 +57,8 @@ class TrainData:
 
 
 def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainData:
-    """Load the data set (a :class:`~real.datasets.DatasetError` if missing or malformed, before
-    anything is written; fetched first with ``--download``), add label noise, move it to ``device``."""
+    """Load the data set (fetched first with ``--download``; a DatasetError, before anything is written,
+    if missing, malformed or empty), add the label noise, move it to ``device``."""
     if cfg.download:
         from .download import ensure_dataset
 

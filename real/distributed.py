@@ -1,20 +1,13 @@
 """Multi-process training with ``torchrun`` (DistributedDataParallel).
 
-``torchrun --nproc_per_node N -m real run ...`` starts N processes; each finds ``RANK``,
-``WORLD_SIZE`` and ``LOCAL_RANK`` in its environment and :func:`setup` joins the process group
-(``nccl`` on CUDA, one GPU per process; ``gloo`` on CPU).  A plain ``useful-train run`` is a world of
-one and never touches ``torch.distributed``.
+``torchrun --nproc_per_node N -m real run ...`` starts N processes; :func:`setup` reads ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` and joins the process group (``nccl`` on CUDA, one GPU per process;
+``gloo`` on CPU).  A plain ``useful-train run`` is a world of one and never touches ``torch.distributed``.
 
-The trainer's division of labour:
-
-* every rank holds the whole data set and draws the *same* seeded permutation of the (upsampled)
-  index list each epoch, then takes its shard ``perm[rank::world]`` (so an epoch visits each entry
-  of the list once, over all ranks); ``--batch-size`` is the global batch, split evenly;
-* DDP all-reduces the gradients (both passes of SAM);
-* metrics are sums all-reduced over ranks (:func:`all_reduce_sum`);
-* the USEFUL split is computed on rank 0 and its mask broadcast (:func:`broadcast_array`);
-* only rank 0 writes files (and holds the run lock); decisions rank 0 takes alone (refusing a run
-  directory, resuming) are broadcast (:func:`broadcast_object`) so that all ranks act alike.
+Every rank holds the whole data set and takes its shard ``perm[rank::world]`` of the same seeded
+permutation (``--batch-size`` is the global batch); DDP all-reduces the gradients (both passes of SAM);
+metrics are sums all-reduced over ranks; rank 0 computes the USEFUL split (its mask broadcast), writes
+every file, holds the run lock, and broadcasts the decisions it takes alone so that all ranks act alike.
 """
 
 from __future__ import annotations
@@ -28,19 +21,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = [
-    "DistInfo",
-    "setup",
-    "session",
-    "cleanup",
-    "resolve_device",
-    "all_reduce_sum",
-    "all_reduce_max",
-    "broadcast_array",
-    "broadcast_object",
-    "wrap_ddp",
-    "DEVICES",
-]
+from theory.plumbing.config import ConfigError
+
+__all__ = ["DistInfo", "setup", "session", "cleanup", "resolve_device", "all_reduce_sum", "all_reduce_max",
+           "broadcast_array", "broadcast_object", "wrap_ddp", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -65,38 +49,32 @@ class DistInfo:
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto``: CUDA if available, else CPU; ``cuda``: requires CUDA (a ConfigError on ``--device``)."""
-    from theory.plumbing.config import ConfigError
-
-    if preference == "cpu":
-        return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", message="--device: got 'cuda', but CUDA is not available on this machine")
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return torch.device("cpu")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def setup(preference: str = "auto") -> DistInfo:
     """Join the process group if started by ``torchrun`` (``WORLD_SIZE > 1``); else a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(preference, local_rank)
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world,
+                                **({"device_id": device} if cuda else {}))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
 @contextlib.contextmanager
 def session(preference: str = "auto"):
-    """:func:`setup`, then :func:`cleanup` when the block ends (however it ends)."""
-    info = setup(preference)
+    """:func:`setup`, then :func:`cleanup` however the block ends."""
     try:
-        yield info
+        yield setup(preference)
     finally:
         cleanup()
 
@@ -112,26 +90,27 @@ def _active() -> bool:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place (identity in a world of one)."""
-    if _active():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum over ranks, in place (identity in a world of one)."""
+    return _all_reduce(t, dist.ReduceOp.MAX)
+
+
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if _active():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=op)
     return t
 
 
 def broadcast_array(array: np.ndarray | None, *, shape: tuple[int, ...], dtype: np.dtype, device: torch.device) -> np.ndarray:
-    """Rank 0's ``array`` on every rank (others pass None); ``shape``/``dtype`` known to all."""
+    """Rank 0's ``array`` on every rank (the others pass None; ``shape`` and ``dtype`` known to all)."""
     if not _active():
         assert array is not None
         return np.asarray(array, dtype=dtype)
-    if dist.get_rank() == 0:
-        t = torch.as_tensor(np.asarray(array, dtype=dtype)).to(device)
-    else:
-        t = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype=dtype)).dtype, device=device)
+    local = array if dist.get_rank() == 0 else np.empty(shape, dtype=dtype)
+    t = torch.from_numpy(np.array(local, dtype=dtype)).to(device)
     dist.broadcast(t, src=0)
     return t.cpu().numpy()
 
@@ -149,8 +128,7 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """``DistributedDataParallel`` around ``model`` when distributed, else ``model`` itself."""
     if not info.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.nn.parallel import DistributedDataParallel
 
-    if info.device.type == "cuda":
-        return DDP(model, device_ids=[info.device.index], output_device=info.device.index)
-    return DDP(model)
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)

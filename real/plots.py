@@ -12,8 +12,8 @@ log = logging.getLogger("real.plots")
 
 
 def curves_png(metrics: Sequence[dict], *, title: str = "") -> bytes | None:
-    """Loss and accuracy per epoch, train and test (the pre-split phase dashed), as PNG bytes; None
-    (with a warning) if drawing fails: a figure must never lose a run."""
+    """Loss and accuracy per epoch, train and test (the pre-split phase dashed), as PNG bytes; None (with
+    a warning) if drawing fails: a figure must never lose a run."""
     try:
         import matplotlib
 
@@ -21,18 +21,16 @@ def curves_png(metrics: Sequence[dict], *, title: str = "") -> bytes | None:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for phase, style in (("separate", "--"), ("main", "-")):
+        for phase, style, tag in (("separate", "--", " (pre-split)"), ("main", "-", "")):
             rows = [m for m in metrics if m["phase"] == phase]
             if not rows:
                 continue
-            ep = [m["epoch"] for m in rows]
-            tag = "" if phase == "main" else " (pre-split)"
-            for ax, key in ((axes[0], "loss"), (axes[1], "acc")):
-                ax.plot(ep, [m[f"train_{key}"] for m in rows], style, marker="o", ms=3, color="C0", label=f"train{tag}")
-                ax.plot(ep, [m[f"test_{key}"] for m in rows], style, marker="o", ms=3, color="C1", label=f"test{tag}")
+            for ax, key in zip(axes, ("loss", "acc")):
+                for split, color in (("train", "C0"), ("test", "C1")):
+                    ax.plot([m["epoch"] for m in rows], [m[f"{split}_{key}"] for m in rows], style, marker="o", ms=3,
+                            color=color, label=split + tag)
         for ax, name in zip(axes, ("loss", "accuracy")):
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(name)
+            ax.set(xlabel="epoch", ylabel=name)
             ax.grid(alpha=0.3)
             ax.legend()
         if title:

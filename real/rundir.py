@@ -1,9 +1,9 @@
 """The run directory: its files, the fresh / resume / done decision, the checkpoint, reading runs back.
 
-This module is the one owner of the run-directory format; no other module names a run file::
+The one owner of the run-directory format (no other module names a run file)::
 
-    DIR/config.json         the fully resolved configuration, with "format": FORMAT (our marker)
-    DIR/metrics.jsonl       one JSON object per epoch (phase, epoch, steps, train/test loss and accuracy, lr, ...)
+    DIR/config.json         the resolved configuration, with "format": FORMAT (our marker)
+    DIR/metrics.jsonl       one JSON object per epoch (phase, epoch, steps, loss, accuracy, lr, ...)
     DIR/summary.json        written when the run ends (status completed or diverged)
     DIR/checkpoint.pt       the state after the last finished epoch (loads with weights_only=True)
     DIR/partition.npz       USEFUL's split (real/useful.py decides its content)
@@ -15,22 +15,11 @@ This module is the one owner of the run-directory format; no other module names 
     DIR/sharpness.json      useful-train sharpness's report (written later, on request)
     DIR/tensorboard/        TensorBoard event files (--tensorboard; real/tensorboard.py writes them)
 
-Every file is written atomically by rank 0 (:mod:`theory.plumbing.atomic`): a reader, or a run
-resumed after ``kill -9``, sees the old file or the new one.  The checkpoint is written before
-metrics.jsonl, which may lag it and never leads it.
-
-:func:`open_run` takes the lock and decides, before anything is written:
-
-* a folder holding run-file names whose config.json is not ours is refused (nothing of the user's is
-  overwritten, ``--overwrite`` included);
-* ``--overwrite`` removes our files and starts fresh;
-* a completed run: ``--resume`` returns it as done, anything else is refused;
-* an unfinished or diverged run: refused without ``--resume``; with it, resumed from checkpoint.pt
-  after checking that the configuration is the stored one (run-control fields aside);
-* otherwise fresh.
-
-A checkpoint holds only tensors and plain data, so it is read with ``torch.load(weights_only=True)``:
-a crafted file cannot run code.
+Rank 0 writes every file atomically (theory.plumbing.atomic): a reader, or a run resumed after
+``kill -9``, sees the old file or the new one.  The checkpoint is written before metrics.jsonl, which
+may lag it and never leads it.  :func:`open_run` takes the lock and decides before writing anything
+(:func:`_decide`); a folder with run files whose config.json is not ours is refused, ``--overwrite``
+included: nothing of the user's is touched.
 """
 
 from __future__ import annotations
@@ -52,13 +41,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from theory.plumbing.atomic import (
-    atomic_save_npz,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    to_json,
-)
+from theory.plumbing.atomic import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, to_json
+from theory.plumbing.cli import os_error_line
 from theory.plumbing.config import ConfigError, config_from_mapping, to_jsonable
 from theory.plumbing.lock import RunLock, RunLockError
 from theory.useful import Partition
@@ -67,32 +51,12 @@ from . import distributed as D
 from .config import TrainConfig, computed_config, legacy_fields
 from .group_accuracy import GroupAccuracy
 from .learning_stats import LearningStats
-from .tensorboard import event_files, open_board
+from .tensorboard import Board, event_files
 
-__all__ = [
-    "FORMAT",
-    "RUN_FILES",
-    "Run",
-    "RunState",
-    "RunLock",
-    "RunLockError",
-    "open_run",
-    "is_run_dir",
-    "remove_run_files",
-    "has_run_files",
-    "run_status",
-    "read_config",
-    "load_run_config",
-    "read_summary",
-    "read_metrics",
-    "read_partition",
-    "read_learning_stats",
-    "read_easy_feature",
-    "read_group_accuracy",
-    "load_checkpoint",
-    "checkpoint_path",
-    "state_digest",
-]
+__all__ = ["FORMAT", "RUN_FILES", "Run", "RunState", "RunLock", "RunLockError", "open_run", "is_run_dir",
+           "remove_run_files", "has_run_files", "run_status", "read_config", "load_run_config", "read_summary",
+           "read_metrics", "read_partition", "read_learning_stats", "read_easy_feature", "read_group_accuracy",
+           "load_checkpoint", "checkpoint_path", "state_digest", "config_differences", "iter_run_dirs"]
 
 log = logging.getLogger("real.rundir")
 
@@ -100,69 +64,69 @@ FORMAT = "useful-sb/run/1"  # config.json's marker: this folder was written by u
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 PARTITION, LEARNING_STATS, CLUSTERS, CURVES = "partition.npz", "learning_stats.npz", "clusters.md", "curves.png"
 EASY_FEATURE, GROUP_ACCURACY = "easy_feature.npz", "group_accuracy.npz"
-SHARPNESS = "sharpness.json"  # written by useful-train sharpness (not by the run; --overwrite keeps it)
-TENSORBOARD = "tensorboard"  # a folder: the run's event files (--overwrite removes them, nothing else in it)
-# Files a run writes (--overwrite removes exactly these and TENSORBOARD's event files; nothing else is touched).
+SHARPNESS = "sharpness.json"  # written by useful-train sharpness, not by the run (--overwrite keeps it)
+TENSORBOARD = "tensorboard"  # the folder of the run's event files (--overwrite removes them, nothing else in it)
+# The files a run writes: --overwrite removes exactly these and TENSORBOARD's event files.
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, PARTITION, LEARNING_STATS, CLUSTERS, CURVES, EASY_FEATURE,
              GROUP_ACCURACY)
 
 
-# ----------------------------------------------------------------------------------------------
 # Reading a run directory (compare, grid, sharpness, the CLI's --resume).
 
 
-def _read_json(path: Path, what: str) -> Any:
+def _refusal(flag: str, text: str) -> ConfigError:
+    """A one-line ConfigError on ``flag`` (exit 2)."""
+    return ConfigError(flag, message=f"{flag}: {text}")
+
+
+def _bad_run_dir(path: Path, what: str) -> ConfigError:
+    return _refusal("RUN_DIR", f"{path} {what}")
+
+
+def _read_json(file: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} is not readable JSON ({what}): {err}") from None
+        raise _bad_run_dir(file, f"is not readable JSON ({what}): {err}") from None
 
 
 def has_run_files(path: str | os.PathLike) -> bool:
-    """True if ``path`` holds any file a run writes."""
     return any((Path(path) / name).exists() for name in RUN_FILES)
 
 
 def run_status(path: str | os.PathLike) -> str | None:
     """summary.json's status (``completed``, ``diverged``), or None (no summary, or an unreadable one)."""
     try:
-        summary = read_summary(path)
+        status = (read_summary(path) or {}).get("status")
     except ConfigError:
         return None
-    status = summary.get("status") if summary else None
     return status if isinstance(status, str) else None
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
-    """True if ``path/config.json`` exists and carries our marker."""
+    """True if ``path/config.json`` is readable and carries our marker."""
     try:
-        data = json.loads((Path(path) / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        read_config(path)
+    except ConfigError:
         return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+    return True
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a run directory as a mapping of TrainConfig fields (marker removed).
-
-    A missing, unreadable or foreign config.json is a :class:`ConfigError` naming the file."""
+    """config.json's TrainConfig fields (marker removed); a missing, unreadable or foreign file is a ConfigError."""
     file = Path(path) / CONFIG
     if not file.is_file():
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} has no {CONFIG} (not a run directory)")
+        raise _bad_run_dir(Path(path), f"has no {CONFIG} (not a run directory)")
     data = _read_json(file, "the run's configuration")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {file} was not written by useful-train "
-                                             f"(no \"format\": \"{FORMAT}\")")
+        raise _bad_run_dir(file, f'was not written by useful-train (no "format": "{FORMAT}")')
     return {k: v for k, v in data.items() if k != "format"}
 
 
 def load_run_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
-    """The :class:`TrainConfig` stored in a run directory, with ``overrides`` (e.g. ``data_dir``).
-
-    Fields unknown to this version are refused (one line naming the key), not dropped.  ``tensorboard``
-    is off unless overridden: reading a run writes no event files, and needs no tensorboard installed."""
-    stored = read_config(path)
-    return config_from_mapping(TrainConfig, {**stored, "tensorboard": False, **overrides},
+    """The stored TrainConfig with ``overrides`` (e.g. ``data_dir``); unknown fields are refused, not dropped.
+    ``tensorboard`` is off unless overridden: reading a run writes no event files and needs no tensorboard."""
+    return config_from_mapping(TrainConfig, {**read_config(path), "tensorboard": False, **overrides},
                                source=str(Path(path) / CONFIG))
 
 
@@ -173,12 +137,12 @@ def read_summary(path: str | os.PathLike) -> dict | None:
         return None
     data = _read_json(file, "the run's summary")
     if not isinstance(data, dict):
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {file} holds {type(data).__name__}, expected an object")
+        raise _bad_run_dir(file, f"holds {type(data).__name__}, expected an object")
     return data
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """metrics.jsonl's rows ([] if absent)."""
+    """metrics.jsonl's rows ([] if absent); a line that is not a JSON object is a ConfigError."""
     file = Path(path) / METRICS
     if not file.exists():
         return []
@@ -191,35 +155,34 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
                 except ValueError:
                     row = None
                 if not isinstance(row, dict):
-                    raise ConfigError("RUN_DIR", message=f"RUN_DIR: {file} line {number} is not a JSON object")
+                    raise _bad_run_dir(file, f"line {number} is not a JSON object")
                 rows.append(row)
     return rows
 
 
+def _read_npz(path: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
+    with np.load(Path(path) / name, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
 def read_partition(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """partition.npz as a dict of arrays (scalars as 0-d arrays, ``method`` as a str)."""
-    with np.load(Path(path) / PARTITION, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
-    out["method"] = str(out["method"])
-    return out
+    """partition.npz's arrays (scalars as 0-d arrays, ``method`` as a str)."""
+    arrays = _read_npz(path, PARTITION)
+    return {**arrays, "method": str(arrays["method"])}
 
 
 def read_learning_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """learning_stats.npz as a dict of arrays."""
-    with np.load(Path(path) / LEARNING_STATS, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    return _read_npz(path, LEARNING_STATS)
 
 
 def read_easy_feature(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """easy_feature.npz (``has_easy_train``, ``has_easy_test``, ``positions``, ...) as a dict of arrays."""
-    with np.load(Path(path) / EASY_FEATURE, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    """easy_feature.npz's arrays (``has_easy_train``, ``has_easy_test``, ``positions``, ...)."""
+    return _read_npz(path, EASY_FEATURE)
 
 
 def read_group_accuracy(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """group_accuracy.npz as a dict of arrays (the pre-split phase's with the prefix ``separate_``)."""
-    with np.load(Path(path) / GROUP_ACCURACY, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    """group_accuracy.npz's arrays (the pre-split phase's with the prefix ``separate_``)."""
+    return _read_npz(path, GROUP_ACCURACY)
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
@@ -229,26 +192,24 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint, read with ``weights_only=True`` (tensors and plain data only: a crafted file
-    cannot run code).  An empty, truncated or foreign file is a :class:`ConfigError` naming it."""
+    """A checkpoint, read with ``weights_only=True`` (tensors and plain data: a crafted file cannot run
+    code); an empty, truncated or foreign file is a ConfigError naming it."""
     path = checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} does not exist") from None
+        raise _bad_run_dir(path, "does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} is not a readable useful-train checkpoint "
-                                             f"({first[:200]})") from None
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise _bad_run_dir(path, f"is not a readable useful-train checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ConfigError("RUN_DIR", message=f"RUN_DIR: {path} is not a useful-train checkpoint "
-                                             f"(no \"format\": \"{FORMAT}\")")
+        raise _bad_run_dir(path, f'is not a useful-train checkpoint (no "format": "{FORMAT}")')
     return ckpt
 
 
 def state_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (in key order):
-    equal digests mean bitwise-equal states (recorded to show the main phase starts afresh)."""
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (in key order): equal
+    digests mean bitwise-equal states (recorded to show the main phase starts afresh)."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
         t = state_dict[name]
@@ -262,7 +223,11 @@ def state_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------
+def iter_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The distinct run directories among ``paths`` (resolved; a folder given twice counts once)."""
+    return list(dict.fromkeys(Path(p).resolve() for p in paths))
+
+
 # What a run carries from epoch to epoch and phase to phase.
 
 
@@ -291,45 +256,36 @@ class RunState:
 
     def state_dict(self) -> dict:
         p = self.partition
-        return {
-            "phase": self.phase,
-            "metrics": self.metrics,
-            "partition": None if p is None else {"multiplicities": torch.from_numpy(np.asarray(p.multiplicities, np.int64)),
-                                                 "k": int(p.k), "method": p.method},
-            "separated_at": self.separated_at,
-            "init_digest": self.init_digest,
-            "totals": {"train_seconds": self.train_seconds, "train_images": self.train_images,
-                       "wall_seconds": self.wall_seconds()},
-            "learning": {name: stats.state_dict() for name, stats in self.learning.items()},
-            "groups": {name: acc.state_dict() for name, acc in self.groups.items()},
-        }
+        partition = None if p is None else {"multiplicities": torch.from_numpy(np.asarray(p.multiplicities, np.int64)),
+                                            "k": int(p.k), "method": p.method}
+        totals = {"train_seconds": self.train_seconds, "train_images": self.train_images,
+                  "wall_seconds": self.wall_seconds()}
+        return {"phase": self.phase, "metrics": self.metrics, "partition": partition, "separated_at": self.separated_at,
+                "init_digest": self.init_digest, "totals": totals,
+                "learning": {name: stats.state_dict() for name, stats in self.learning.items()},
+                "groups": {name: acc.state_dict() for name, acc in self.groups.items()}}
 
     def load_state_dict(self, state: Mapping, n_train: int, device: torch.device) -> None:
-        self.phase = state["phase"]
-        self.metrics = list(state["metrics"])
-        p = state["partition"]
+        p, totals = state["partition"], state["totals"]
+        self.phase, self.metrics, self.separated_at = state["phase"], list(state["metrics"]), state["separated_at"]
         if p is not None:
             self.partition = Partition.from_multiplicities(p["multiplicities"].numpy(), k=p["k"], method=p["method"])
-        self.separated_at = state["separated_at"]
         self.init_digest = dict(state["init_digest"])
-        totals = state["totals"]
         self.train_seconds, self.train_images = totals["train_seconds"], totals["train_images"]
         self.wall_before = totals["wall_seconds"]
         for name, stats_state in state["learning"].items():
             self.learning[name] = LearningStats(n_train, device=device)
             self.learning[name].load_state_dict(stats_state)
-        for name, acc_state in state.get("groups", {}).items():
+        for name, acc_state in state.get("groups", {}).items():  # (a run from before --easy-feature has none)
             self.groups[name] = GroupAccuracy.from_state_dict(acc_state, device=device)
 
 
-# ----------------------------------------------------------------------------------------------
 # An open run.
 
 
 class Run:
-    """A run directory opened by :func:`open_run` for one training session (a context manager that
-    releases the lock).  ``state`` is the run's record (restored when resuming); ``done`` means the
-    folder holds a completed run and nothing is to be trained."""
+    """A run directory opened by :func:`open_run` for one session (a context manager that releases the
+    lock).  ``state`` is the run's record; ``done``: the folder holds a completed run, nothing to train."""
 
     def __init__(self, path: Path, cfg: TrainConfig, info: D.DistInfo, lock: RunLock | None):
         self.path, self.cfg, self.info, self.lock = path, cfg, info, lock
@@ -343,22 +299,19 @@ class Run:
         return self
 
     def __exit__(self, exc_type=None, *exc: object) -> None:
-        """Close the TensorBoard writer and release the lock.  A fresh run that ends in an error (or
-        Ctrl-C) before its first checkpoint leaves no files behind: its config.json would otherwise make
-        the next command refuse the folder as an unfinished run, with nothing to resume."""
+        """Close the TensorBoard writer and release the lock.  A fresh run that fails (or is stopped)
+        before its first checkpoint leaves no files: the next command would refuse its config.json as
+        an unfinished run with nothing to resume."""
         try:
             if self.board is not None:
                 self.board.close()
                 self.board = None
-            # (the checkpoint on disk decides, not a flag: a signal can land between its rename and
-            # any bookkeeping after it)
+            # the checkpoint on disk decides, not a flag: a signal can land right after its rename
             if exc_type is not None and self._fresh and self.info.is_main and not (self.path / CHECKPOINT).exists():
                 remove_run_files(self.path)  # all ours: a fresh run started in a folder without run files
         finally:
             if self.lock is not None:
                 self.lock.release()
-
-    # -- the checkpoint: save and restore, side by side -------------------------------------
 
     def save(self, ph) -> None:
         """Checkpoint ``ph`` and the run's record, then rewrite metrics.jsonl (rank 0)."""
@@ -372,19 +325,9 @@ class Run:
 
     def restore(self, ph) -> None:
         """Load the checkpoint's phase state into ``ph`` if the checkpoint is of that phase."""
-        ckpt = self._checkpoint
-        if ckpt is not None and ckpt["phase"] == ph.name:
-            ph.load_state_dict(ckpt)
+        if self._checkpoint is not None and self._checkpoint["phase"] == ph.name:
+            ph.load_state_dict(self._checkpoint)
             self._checkpoint = None
-
-    def _resume_from(self, ckpt: dict, n_train: int) -> None:
-        self._checkpoint = ckpt
-        self.state.load_state_dict(ckpt["run"], n_train, self.info.device)
-        if self.info.is_main:
-            self._write_metrics()  # drop any line written after the checkpoint
-        log.info("resuming %s: %s phase after epoch %d", self.path, ckpt["phase"], ckpt["epoch"])
-
-    # -- other files ------------------------------------------------------------------------
 
     def _write_metrics(self) -> None:
         atomic_write_text(self.path / METRICS, "".join(to_json(r, indent=None) + "\n" for r in self.state.metrics))
@@ -406,76 +349,75 @@ class Run:
 
     def finish(self, summary: dict, *, learning: tuple[dict, str | None] | None, curves_png: bytes | None,
                easy_feature: Mapping[str, np.ndarray] | None = None) -> dict:
-        """Write learning statistics, the planted feature and the per-group accuracy (with
-        ``--easy-feature``), metrics, the summary and the curves (rank 0); return the summary."""
-        if self.info.is_main:
-            if easy_feature is not None:
-                atomic_save_npz(self.path / EASY_FEATURE, **easy_feature)
-                arrays = {}
-                for name, acc in self.state.groups.items():
-                    prefix = "" if name == "main" else f"{name}_"
-                    arrays.update({prefix + key: value for key, value in acc.result().items()})
-                atomic_save_npz(self.path / GROUP_ACCURACY, **arrays)
-            if learning is not None:
-                arrays, table = learning
-                atomic_save_npz(self.path / LEARNING_STATS, **arrays)
-                if table is not None:
-                    atomic_write_text(self.path / CLUSTERS, table)
-            self._write_metrics()
-            atomic_write_json(self.path / SUMMARY, summary)
-            if curves_png is not None:
-                atomic_write_bytes(self.path / CURVES, curves_png)
+        """Write the learning statistics, the planted feature and per-group accuracy (``--easy-feature``),
+        metrics, the summary and the curves (rank 0); return the summary."""
+        if not self.info.is_main:
+            return summary
+        if easy_feature is not None:
+            atomic_save_npz(self.path / EASY_FEATURE, **easy_feature)
+            atomic_save_npz(self.path / GROUP_ACCURACY, **{("" if name == "main" else f"{name}_") + key: value
+                                                           for name, acc in self.state.groups.items()
+                                                           for key, value in acc.result().items()})
+        if learning is not None:
+            arrays, table = learning
+            atomic_save_npz(self.path / LEARNING_STATS, **arrays)
+            if table is not None:
+                atomic_write_text(self.path / CLUSTERS, table)
+        self._write_metrics()
+        atomic_write_json(self.path / SUMMARY, summary)
+        if curves_png is not None:
+            atomic_write_bytes(self.path / CURVES, curves_png)
         return summary
 
 
-def _foreign_files(path: Path) -> list[str]:
-    """Run-file names in ``path`` when its config.json is not ours (or absent): not ours to touch."""
-    present = [name for name in RUN_FILES if (path / name).exists()]
-    present += [f"{TENSORBOARD}/{p.name}" for p in event_files(path / TENSORBOARD)][:1]
-    if not present or is_run_dir(path):
-        return []
-    return present
+# Opening a run: fresh, resume or done.
 
 
 def remove_run_files(path: str | os.PathLike) -> None:
     """Remove the files a run writes (RUN_FILES and the event files) from ``path``, nothing else."""
     path = Path(path)
     for file in [path / name for name in RUN_FILES] + event_files(path / TENSORBOARD):
-        with contextlib.suppress(FileNotFoundError):
-            file.unlink()
+        file.unlink(missing_ok=True)
+
+
+def _foreign_files(path: Path) -> list[str]:
+    """Run-file names in ``path`` when its config.json is not ours (or absent): not ours to touch."""
+    if is_run_dir(path):
+        return []
+    return [name for name in RUN_FILES if (path / name).exists()] + \
+        [f"{TENSORBOARD}/{p.name}" for p in event_files(path / TENSORBOARD)][:1]
 
 
 def _decide(cfg: TrainConfig, path: Path) -> str:
-    """Rank 0, lock held: ``"fresh"``, ``"resume"`` or ``"done"``; a refusal is a ConfigError on --out."""
+    """Rank 0, lock held: ``"fresh"``, ``"resume"`` or ``"done"``; a refusal is a ConfigError on --out.
+
+    ``--overwrite`` (or no run files): fresh; a completed run: done with ``--resume``, else refused; an
+    unfinished or diverged one: refused without ``--resume``, resumed with it (fresh if it died before
+    its first checkpoint)."""
     if path.exists() and not path.is_dir():
-        raise ConfigError("--out", message=f"--out: {path} exists and is not a directory")
+        raise _refusal("--out", f"{path} exists and is not a directory")
     foreign = _foreign_files(path)
     if foreign:
-        raise ConfigError("--out", message=f"--out: {path} holds {', '.join(foreign)} not written by useful-train "
-                                           "(config.json without its marker); choose another folder")
+        raise _refusal("--out", f"{path} holds {', '.join(foreign)} not written by useful-train (config.json without "
+                                "its marker); choose another folder")
     for name in RUN_FILES:  # temporary files of writes interrupted by a kill
         for tmp in path.glob(f".{name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-    if cfg.overwrite:
+            tmp.unlink(missing_ok=True)
+    if cfg.overwrite or not has_run_files(path):
         remove_run_files(path)
         return "fresh"
-    if not any((path / name).exists() for name in RUN_FILES):
-        return "fresh"
     try:
-        summary = read_summary(path)
+        status = (read_summary(path) or {}).get("status")
     except ConfigError as err:
-        raise ConfigError("--out", message="--out: " + str(err).split(": ", 1)[-1]) from None
-    status = summary.get("status") if summary else None
+        raise _refusal("--out", str(err).split(": ", 1)[-1]) from None
     if status == "completed":
         if cfg.resume:
             return "done"
-        raise ConfigError("--out", message=f"--out: {path} holds a completed run (summary.json status 'completed'); "
-                                           "pass --overwrite to replace it")
+        raise _refusal("--out", f"{path} holds a completed run (summary.json status 'completed'); pass --overwrite "
+                                "to replace it")
     if not cfg.resume:
         what = "a diverged run" if status == "diverged" else "an unfinished run"
-        raise ConfigError("--out", message=f"--out: {path} holds {what}; pass --resume to continue it or "
-                                           "--overwrite to start over")
+        raise _refusal("--out", f"{path} holds {what}; pass --resume to continue it or --overwrite to start over")
     if not (path / CHECKPOINT).exists():  # died before its first checkpoint: nothing to resume
         remove_run_files(path)
         return "fresh"
@@ -483,9 +425,8 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
 
 
 def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
-    """``(field, stored value, current value)`` where a stored configuration differs from ``cfg``
-    in a field that changes what is computed (run-control fields aside).  A field missing from the
-    stored configuration (written before the field existed) counts as what that run computed
+    """``(field, stored value, current value)`` for each field that changes what is computed and differs
+    (run-control fields aside).  A field the stored run predates counts as what it computed
     (:func:`real.config.legacy_fields`), else as its default."""
     stored = legacy_fields(stored)
     current, defaults = computed_config(cfg), computed_config(TrainConfig())
@@ -503,46 +444,51 @@ def _refusals_as_config_errors():
     try:
         yield
     except RunLockError as err:
-        raise ConfigError("--out", message=f"--out: {err}") from None
+        raise _refusal("--out", str(err)) from None
     except OSError as err:
         if err.errno not in _UNUSABLE_OUT:
             raise
-        from theory.plumbing.cli import os_error_line
-
-        raise ConfigError("--out", message=f"--out: {os_error_line(err)}") from None
+        raise _refusal("--out", os_error_line(err)) from None
 
 
-def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
-    """Open ``cfg.out`` for training: take the lock, decide fresh / resume / done (rank 0, broadcast),
-    check a resumed configuration against the stored one, write config.json.  Nothing is written
-    before every check has passed; a refusal is one :class:`ConfigError` on ``--out`` (or on the
-    first field that differs from the stored run)."""
-    path = Path(cfg.out)
-    lock = RunLock(path) if info.is_main else None
+def _decision(cfg: TrainConfig, info: D.DistInfo, lock: RunLock | None) -> str:
+    """Rank 0 takes the lock and decides; every rank gets its decision, or raises its refusal."""
     decision, error = "fresh", None
     if info.is_main:
         try:
             with _refusals_as_config_errors():
                 lock.acquire()
-                decision = _decide(cfg, path)
+                decision = _decide(cfg, Path(cfg.out))
         except ConfigError as err:
             error = (err.field, str(err))
     decision, error = D.broadcast_object((decision, error))
-    run = Run(path, cfg, info, lock)
+    if error is not None:
+        raise ConfigError(error[0], message=error[1])
+    return decision
+
+
+def _checked_checkpoint(cfg: TrainConfig, path: Path, decision: str) -> dict | None:
+    """The checkpoint to resume from (None for a done run), once the stored run is shown to be ``cfg``."""
     try:
-        if error is not None:
-            raise ConfigError(error[0], message=error[1])
-        if decision != "fresh":  # the stored run must be this configuration
-            try:
-                ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
-            except ConfigError as err:  # an empty, truncated or foreign checkpoint: nothing to resume from
-                raise ConfigError("--resume", message="--resume: " + str(err).split(": ", 1)[-1]
-                                  + "; pass --overwrite to start over") from None
-            diff = config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
-            if diff:
-                raise ConfigError(diff[0][0], message="--resume: the configuration differs from the run in "
-                                  f"{path}: " + ", ".join(f"--{n.replace('_', '-')} is {now!r}, was {then!r}"
-                                                          for n, then, now in diff))
+        ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
+    except ConfigError as err:  # an empty, truncated or foreign checkpoint: nothing to resume from
+        raise _refusal("--resume", str(err).split(": ", 1)[-1] + "; pass --overwrite to start over") from None
+    diff = config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
+    if diff:
+        raise ConfigError(diff[0][0], message=f"--resume: the configuration differs from the run in {path}: "
+                          + ", ".join(f"--{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff))
+    return ckpt
+
+
+def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
+    """Open ``cfg.out`` for training: lock, decide (rank 0, broadcast), check a stored run's configuration,
+    then write config.json.  Nothing is written before every check has passed; a refusal is one
+    ConfigError on ``--out`` (or ``--resume``, or the first field that differs from the stored run)."""
+    path = Path(cfg.out)
+    run = Run(path, cfg, info, RunLock(path) if info.is_main else None)
+    try:
+        decision = _decision(cfg, info, run.lock)
+        ckpt = None if decision == "fresh" else _checked_checkpoint(cfg, path, decision)
         if decision == "done":
             run.done = True
             log.info("%s is already completed; nothing to resume", path)
@@ -551,23 +497,19 @@ def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
             run.state.phase = "separate" if cfg.useful else "main"
             run._fresh = True
         else:
-            run._resume_from(ckpt, n_train)
+            run._checkpoint = ckpt
+            run.state.load_state_dict(ckpt["run"], n_train, info.device)
+            log.info("resuming %s: %s phase after epoch %d", path, ckpt["phase"], ckpt["epoch"])
         if info.is_main:
             with _refusals_as_config_errors():
+                if ckpt is not None:
+                    run._write_metrics()  # drops any line written after the checkpoint
                 atomic_write_json(path / CONFIG, {"format": FORMAT, **to_jsonable(cfg)})
                 if cfg.tensorboard:  # continues the event files from the checkpointed record
                     split = run.state.partition is not None and (path / PARTITION).exists()
-                    run.board = open_board(path / TENSORBOARD, epochs=cfg.epochs, rows=run.state.metrics,
-                                           split=read_partition(path) if split else None, fresh=decision == "fresh")
+                    run.board = Board(path / TENSORBOARD, epochs=cfg.epochs, rows=run.state.metrics,
+                                      split=read_partition(path) if split else None)
     except BaseException as err:
         run.__exit__(type(err), err, None)
         raise
     return run
-
-
-def iter_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The distinct run directories among ``paths`` (resolved; a folder given twice counts once)."""
-    seen: dict[Path, None] = {}
-    for p in paths:
-        seen.setdefault(Path(p).resolve(), None)
-    return list(seen)

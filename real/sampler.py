@@ -1,28 +1,17 @@
-"""USEFUL's upsampled training list for any PyTorch loop: a ``Sampler`` and the epoch order it shares
+"""USEFUL's upsampled training list for any PyTorch loop: a ``Sampler``, and the epoch order it shares
 with the trainer.
 
-After the split (:func:`real.useful.partition_outputs`), USEFUL retrains on the list
-``repeat(arange(n), multiplicities)``: an upsampled example appears ``k`` times per epoch, the others
-once.  :class:`UpsampleSampler` yields that list, in a new seeded order each epoch, for a plain
-``DataLoader(dataset, batch_size=..., sampler=UpsampleSampler(partition.multiplicities))``.
+After the split USEFUL retrains on ``repeat(arange(n), multiplicities)`` (an upsampled example k times
+per epoch, the others once): ``DataLoader(dataset, batch_size=..., sampler=UpsampleSampler(m))``.
+As ``torch.utils.data.DistributedSampler``: ``num_replicas`` and ``rank`` default to the process group's
+(else one process); call ``set_epoch(epoch)`` before each epoch (else every epoch repeats epoch 0's
+order); every rank draws the same permutation and takes every ``num_replicas``-th entry from ``rank``,
+so the shards are disjoint and of length ``len(sampler)``.  ``drop_last=False`` pads the permutation
+with its own first entries to a multiple of ``num_replicas`` (a few entries seen twice), ``True`` cuts
+it (up to ``num_replicas - 1`` entries unseen: the trainer's rule).  Batching is the DataLoader's.
 
-It is DDP-aware the way ``torch.utils.data.DistributedSampler`` is: ``num_replicas`` and ``rank``
-(read from ``torch.distributed`` when it is initialized, else one process), ``set_epoch(epoch)`` before
-each epoch's loader is iterated (without it every epoch repeats epoch 0's order), every rank draws the
-same permutation of the list and takes every ``num_replicas``-th entry from its ``rank``, so the
-shards are disjoint and of equal length ``len(sampler)``:
-
-* ``drop_last=False`` (the default, as DistributedSampler): the permutation is extended by its own
-  first entries up to a multiple of ``num_replicas``, so a few entries are seen twice in that epoch;
-* ``drop_last=True``: the permutation is cut to a multiple of ``num_replicas``, so up to
-  ``num_replicas - 1`` entries are not seen in that epoch (the trainer's rule).
-
-With one process the two agree (nothing to pad or drop).  Batching, and dropping a last incomplete
-batch, is the DataLoader's ``batch_size`` / ``drop_last``, not the sampler's.
-
-The epoch's order is :func:`epoch_shard`, the function the trainer's ``train_epoch`` draws its own
-order from: with ``drop_last=True``, the same ``seed`` and the same epoch, a plain loop visits the
-examples in the order ``useful-train`` does.
+The order is :func:`epoch_shard`, the trainer's own: with ``drop_last=True`` and the same ``seed``, a
+plain loop visits the examples in the order ``useful-train`` does.
 """
 
 from __future__ import annotations
@@ -43,39 +32,23 @@ __all__ = ["UpsampleSampler", "epoch_shard"]
 
 def epoch_shard(length: int, *, seed: int, epoch: int, rank: int = 0, num_replicas: int = 1, shuffle: bool = True,
                 drop_last: bool = True) -> torch.Tensor:
-    """Positions ``0 .. length - 1`` that process ``rank`` of ``num_replicas`` visits in ``epoch``
-    (a CPU int64 tensor): a permutation seeded by :func:`~real.phase.epoch_seed` ``(seed, epoch)``
-    (the identity without ``shuffle``), cut (``drop_last``) or extended by its first entries to a
-    multiple of ``num_replicas``, then every ``num_replicas``-th entry from ``rank``."""
-    if shuffle:
-        order = torch.randperm(length, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
-    else:
-        order = torch.arange(length)
+    """The positions ``0 .. length - 1`` that process ``rank`` visits in ``epoch`` (CPU int64): a permutation
+    seeded by ``epoch_seed(seed, epoch)`` (the identity without ``shuffle``), cut or padded to a multiple
+    of ``num_replicas``, then every ``num_replicas``-th entry from ``rank``."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    order = torch.randperm(length, generator=generator) if shuffle else torch.arange(length)
     if drop_last:
-        order = order[: (length // num_replicas) * num_replicas]
-    else:
+        order = order[: length // num_replicas * num_replicas]
+    elif length:
         total = math.ceil(length / num_replicas) * num_replicas
-        order = order.repeat(math.ceil(total / length))[:total] if length else order
+        order = order.repeat(math.ceil(total / length))[:total]
     return order[rank::num_replicas]
 
 
 class UpsampleSampler(Sampler[int]):
-    """Indices of ``repeat(arange(n), multiplicities)`` in a seeded order per epoch, sharded over
-    processes (see the module's docstring for the DDP and ``drop_last`` semantics).
-
-    Parameters
-    ----------
-    multiplicities : (n,) non-negative integers: how often each example of the data set appears in an
-        epoch (``Partition.multiplicities``: k for the upsampled examples, 1 for the rest).
-    num_replicas, rank : the process group's size and this process's rank; by default
-        ``torch.distributed``'s when it is initialized, else 1 and 0.
-    shuffle : a new permutation each epoch (else the list in order).
-    seed : the seed of the permutations; the same on every rank.
-    drop_last : cut the list to a multiple of ``num_replicas`` instead of padding it.
-
-    Every rank must be given the same ``multiplicities`` (compute the split on rank 0 and broadcast
-    it, as the trainer does).
-    """
+    """The indices of ``repeat(arange(n), multiplicities)`` in a seeded order per epoch, sharded over
+    processes.  ``multiplicities``: (n,) non-negative integers, not all 0 (``Partition.multiplicities``),
+    the same on every rank (compute the split on rank 0 and broadcast it, as the trainer does)."""
 
     def __init__(self, multiplicities, *, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False):
@@ -85,11 +58,9 @@ class UpsampleSampler(Sampler[int]):
         check(m.ndim == 1 and m.size > 0, "multiplicities", m.shape, "a non-empty 1-d array")
         check(np.issubdtype(m.dtype, np.integer) and bool(np.all(m >= 0)) and int(m.sum()) > 0, "multiplicities",
               m.dtype, "non-negative integers, not all 0")
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if num_replicas is None:
-            num_replicas = torch.distributed.get_world_size() if distributed else 1
-        if rank is None:
-            rank = torch.distributed.get_rank() if distributed else 0
+        group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        num_replicas = (torch.distributed.get_world_size() if group else 1) if num_replicas is None else num_replicas
+        rank = (torch.distributed.get_rank() if group else 0) if rank is None else rank
         check_int("num_replicas", num_replicas, low=1)
         check_int("rank", rank, low=0, high=num_replicas - 1)
         check_int("seed", seed, low=0, high=2**63 - 1)
@@ -98,8 +69,6 @@ class UpsampleSampler(Sampler[int]):
         self.index_list = torch.from_numpy(np.repeat(np.arange(len(m), dtype=np.int64), m.astype(np.int64)))
         self.num_replicas, self.rank, self.shuffle, self.seed, self.drop_last = num_replicas, rank, shuffle, seed, drop_last
         self.epoch = 0
-        length = len(self.index_list)
-        self.num_samples = length // num_replicas if drop_last else math.ceil(length / num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose order the next iteration yields (call it before every epoch)."""
@@ -112,4 +81,5 @@ class UpsampleSampler(Sampler[int]):
         return iter(self.index_list[positions].tolist())
 
     def __len__(self) -> int:
-        return self.num_samples
+        length = len(self.index_list)
+        return length // self.num_replicas if self.drop_last else math.ceil(length / self.num_replicas)

@@ -153,13 +153,15 @@ def test_sigkill_after_event_write_then_resume_shows_each_step_once(tmp_path, re
     killed_in_save("separate", 2, args)
     killed_in_save("main", 0, args + ["--resume"])
     killed_in_save("main", 2, args + ["--resume"])
-    # Each kill left one step on disk past the checkpoint, which the next session wrote again.
+    # Each kill left one step on disk past the checkpoint; every resumed session wrote its checkpointed
+    # record again (step -2 once its checkpoint held it), then went on from there.
     events = raw_events(out)
     written = defaultdict(list)
     for i, e in events:
         for v in e.summary.value:
             written[v.tag].append((i, e.step))
-    assert [i for i, s in written["separate/train/loss"] if s == -2] == [0, 1]
+    assert [i for i, s in written["separate/train/loss"] if s == -3] == [0, 1, 2]
+    assert [i for i, s in written["separate/train/loss"] if s == -2] == [0, 1, 2]
     assert [i for i, s in written["split/upsampled"]] == [1, 2]
     assert [i for i, s in written["train/loss"] if s == 2] == [2]
     assert not (out / "summary.json").exists()
@@ -168,9 +170,11 @@ def test_sigkill_after_event_write_then_resume_shows_each_step_once(tmp_path, re
     events = raw_events(out)
     assert [i for i, s in [(i, e.step) for i, e in events for v in e.summary.value if v.tag == "train/loss"]
             if s == 2] == [2, 3]
-    # Every resumed session opened with TensorBoard's purge marker at the first step it (re)wrote.
+    # Every session's file opened with TensorBoard's purge marker at the first step a run can write.
     starts = [(i, e.step) for i, e in events if e.HasField("session_log") and e.session_log.status == SessionLog.START]
-    assert starts == [(1, -2), (2, -1), (3, 2)]
+    assert starts == [(0, -4), (1, -4), (2, -4), (3, -4)]
+    assert [i for i, s in written["split/upsampled"]] + [3] == [i for i, e in events for v in e.summary.value
+                                                               if v.tag == "split/upsampled"]
     # What TensorBoard shows: every step once, metrics.jsonl's values, those of the uninterrupted run.
     view = reader_view(out)
     assert all(len({s for s, _ in v}) == len(v) for v in view.values())
