@@ -238,21 +238,16 @@ def _empty_bytes(*args: object) -> bytes:
     return b""
 
 
-def _numpy_reconstructors() -> dict[tuple[str, str], object]:
-    """The callables numpy's own pickles name, resolved from numpy itself (1.x or 2.x module names)."""
-    array = np.zeros(1, dtype=np.uint8)
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
-        ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = array.__reduce__()[0]
-        allowed[(f"{core}.multiarray", "scalar")] = np.int64(0).__reduce__()[0]
-        allowed[(f"{core}.numeric", "_frombuffer")] = array.__reduce_ex__(5)[0]  # protocol 5
-    return allowed
-
-
-_PICKLE_GLOBALS = _numpy_reconstructors()
+# The globals a data pickle may name: numpy's own reconstructors (resolved from numpy itself, under the
+# 1.x and 2.x module names) and the two calls Python's pickler writes for bytes.
+_PICKLE_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes,
+    **{(f"{core}.{module}", name): found for core in ("numpy.core", "numpy._core") for module, name, found in (
+        ("multiarray", "_reconstruct", np.zeros(1).__reduce__()[0]),
+        ("multiarray", "scalar", np.int64(0).__reduce__()[0]),
+        ("numeric", "_frombuffer", np.zeros(1).__reduce_ex__(5)[0]))},  # protocol 5
+}
 
 
 class _DataUnpickler(pickle.Unpickler):
@@ -603,14 +598,10 @@ def long_tailed_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -
     if labels.min() < 0:
         raise ValueError(f"labels must be >= 0, got min {labels.min()}")
     num_classes = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=num_classes)
-    n_max = int(counts.max())
-    rng = np.random.default_rng(seed)
-    kept = []
+    n_max, rng, kept = int(np.bincount(labels).max()), np.random.default_rng(seed), []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)
         exponent = -c / (num_classes - 1) if num_classes > 1 else 0.0
-        target = max(1, int(np.floor(n_max * imbalance_ratio**exponent + 1e-9)))
-        take = min(target, members.size)
+        take = min(max(1, int(np.floor(n_max * imbalance_ratio**exponent + 1e-9))), members.size)
         kept.append(rng.choice(members, size=take, replace=False) if take < members.size else members)
     return np.sort(np.concatenate(kept)).astype(np.int64)

@@ -1,21 +1,14 @@
 """``useful-train download DATASET --data-dir DIR [--mirror URL]``: fetch a data set, verify it, unpack it.
 
-Only this command (and :func:`ensure_dataset`, which the trainer calls when asked to) touches the
-network; what it fetches and checks is the data set's record in :data:`real.datasets.DATASETS`.
-Every failure is one line: exit 2 for bad input or a bad file, exit 1 when the network or the disk fails.
-
-1. ``DIR/<folder>`` (or ``DIR``) already holds the data set: if useful-train installed it (it carries
-   :data:`MARKER`) and its files are unchanged, or if the loader accepts it, say so and do nothing.  A
-   folder that is not ours is never modified, whatever it holds.
-2. :func:`pooch.retrieve` downloads each file into ``DIR/.useful-download/`` (a temporary file, checked
-   against the published MD5, then renamed; a mismatch deletes it and names the file and both MD5s).
-   Network failures are retried with exponential backoff; a cut transfer starts again from byte 0.  A
-   file the user put at ``DIR/<file>`` is used instead (checked, and left in place).
-3. Archives are unpacked into a temporary folder in ``DIR/.useful-download/``, by hand: absolute
-   paths, ``..``, links, devices and FIFOs are refused, naming the member.
-4. The loader must accept the result, with the published split sizes; then it gets :data:`MARKER` and
-   is renamed to ``DIR/<folder>`` in one step.  A killed run leaves no data set in ``DIR``; the next run
-   removes its temporary files.
+Only this command and :func:`ensure_dataset` (``run --download``) touch the network; what they fetch and
+check is the record in :data:`real.datasets.DATASETS`.  Failures are one line: exit 2 for bad input or a
+bad file, 1 when the network or the disk fails.  A data set already in ``DIR/<folder>`` (or ``DIR``) is
+used if ours (:data:`MARKER`) and unchanged, or if the loader accepts it; a folder we did not make is
+never modified.  Otherwise :func:`pooch.retrieve` fetches each file into ``DIR/.useful-download/`` and
+checks its published MD5 (a user's copy at ``DIR/<file>`` is checked and used, never moved); archives
+are unpacked there by hand, refusing unsafe members; the loader must accept the result with the
+published split sizes; then it gets :data:`MARKER` and is renamed to ``DIR/<folder>`` in one step, so a
+killed run leaves no data set (the next run removes its temporary files).
 """
 
 from __future__ import annotations
@@ -38,7 +31,7 @@ import time
 import urllib.parse
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -74,15 +67,6 @@ class Installed:
     path: Path
     status: Literal["installed", "present", "accepted", "debian"]
     notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Net:
-    timeout: float
-    retries: int
-    backoff: float
-    progress: bool
-    mirror: str | None
 
 
 def ensure_dataset(name: str, data_dir: str | os.PathLike | None, **options) -> Path:
@@ -122,10 +106,11 @@ def _ensure(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None
     if root.exists() and not root.is_dir():
         raise ConfigError("--data-dir", message=f"--data-dir: {root} exists and is not a folder")
     root.mkdir(parents=True, exist_ok=True)
-    net = _Net(float(timeout), int(retries), float(backoff), sys.stderr.isatty() if progress is None else progress,
-               mirror)
+    hint = " (check --mirror)" if mirror else ""
+    fetch = partial(_retrieve, timeout=float(timeout), retries=int(retries), backoff=float(backoff),
+                    progress=sys.stderr.isatty() if progress is None else progress, hint=hint)
     with _locked(root):
-        return _present(info, root) or _install(info, root, base, net)
+        return _present(info, root) or _install(info, root, base, fetch)
 
 
 def _base_url(mirror: str) -> str:
@@ -157,9 +142,8 @@ def _locked(root: Path):
 
 def _probe(folder: Path, info: DatasetInfo) -> bool:
     """Whether ``folder`` has every path of ``info.probe``."""
-    def has(entry: str) -> bool:
-        return (folder / entry).is_dir() if entry.endswith("/") else (folder / entry).is_file()
-    return all(any(has(alternative) for alternative in entry.split("|")) for entry in info.probe)
+    return all(any((folder / alt).is_dir() if alt.endswith("/") else (folder / alt).is_file()
+                   for alt in entry.split("|")) for entry in info.probe)
 
 
 def _inventory(folder: Path) -> tuple[int, int]:
@@ -218,7 +202,7 @@ def _check_marker(info: DatasetInfo, folder: Path) -> None:
 # --- installing
 
 
-def _install(info: DatasetInfo, root: Path, base: str, net: _Net) -> Installed:
+def _install(info: DatasetInfo, root: Path, base: str, fetch: Callable[..., Path]) -> Installed:
     """Download (or find) each file, stage the data set and move it into place."""
     work = root / _WORK
     work.mkdir(exist_ok=True)
@@ -232,7 +216,7 @@ def _install(info: DatasetInfo, root: Path, base: str, net: _Net) -> Installed:
     copies: list[tuple[Path, bool]] = []  # (the file, downloaded by us)
     try:
         for remote in info.files:
-            copies.append(_obtain(info, remote, root, work, base, net, notes))
+            copies.append(_obtain(info, remote, root, work, base, fetch, notes))
         with tempfile.TemporaryDirectory(prefix="unpack-", dir=work, ignore_cleanup_errors=True) as tmp:
             target = _stage(info, root, Path(tmp), copies, base)
         _drop(copies)
@@ -315,7 +299,7 @@ def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[tuple[Path, bo
 # --- downloading (pooch)
 
 
-def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base: str, net: _Net,
+def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base: str, fetch: Callable[..., Path],
             notes: list[str]) -> tuple[Path, bool]:
     """A verified local copy of ``remote`` and whether it is ours (to move or delete afterwards)."""
     if remote.md5 is None:
@@ -333,18 +317,18 @@ def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base:
                                f"useful-train, so it is left as is: move it away to download a fresh copy")
         log.info("using %s, which is already there", user_copy)
         return user_copy, False
-    return _retrieve(info, remote, base + urllib.parse.quote(remote.filename), work, net), True
+    return fetch(info, remote, base + urllib.parse.quote(remote.filename), work), True
 
 
-def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, net: _Net) -> Path:
+def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, timeout: float, retries: int,
+              backoff: float, progress: bool, hint: str) -> Path:
     """:func:`pooch.retrieve` with our own retries: pooch's ``retry_if_failed`` also retries a checksum
     mismatch, with fixed waits; ours retry network failures only, with exponential backoff."""
     known = None if remote.md5 is None else f"md5:{remote.md5}"
-    hint = " (check --mirror)" if net.mirror else ""
     logger = pooch.get_logger()  # pooch logs every download to stderr; ours are logged already
     for attempt in itertools.count():
-        bar = _progress_bar(remote.filename) if net.progress else False
-        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=net.timeout,
+        bar = _progress_bar(remote.filename) if progress else False
+        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=timeout,
                                           headers={"Accept-Encoding": "identity"})  # the bytes the MD5 is of
         level = logger.level
         logger.setLevel(logging.WARNING)
@@ -359,9 +343,9 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, net: 
             reason = f"HTTP {status} {err.response.reason}" if status else (str(err) or type(err).__name__)
             if status is not None and status not in (408, 425, 429) and status < 500:
                 raise EnvironmentFailure(f"download of {url} failed: {reason}{hint}") from None
-            if attempt == net.retries:
+            if attempt == retries:
                 raise EnvironmentFailure(f"download of {url} failed after {attempt + 1} attempts: {reason}") from None
-            delay = min(net.backoff * 2 ** attempt, 300.0)
+            delay = min(backoff * 2 ** attempt, 300.0)
             log.warning("download of %s failed (%s); retrying in %g s", url, reason, delay)
             time.sleep(delay)
         finally:
@@ -397,13 +381,10 @@ def _member_path(info: DatasetInfo, archive: Path, member: str, kind: str, stagi
 
 
 def _tar_kind(member: tarfile.TarInfo) -> str:
-    if member.isreg() or member.isdir():
-        return "file" if member.isreg() else "dir"
     if member.issym() or member.islnk():
         return f"is a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
-    if member.ischr() or member.isblk():
-        return "is a device file"
-    return "is a FIFO" if member.isfifo() else "is not a regular file or folder"
+    return ("file" if member.isreg() else "dir" if member.isdir() else "is a FIFO" if member.isfifo()
+            else "is a device file" if member.ischr() or member.isblk() else "is not a regular file or folder")
 
 
 def _zip_kind(member: zipfile.ZipInfo) -> str:
@@ -461,9 +442,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``useful-train download``; progress on stdout, so stderr holds only a failure's one line."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    previous = (log.level, log.propagate)
+    handler, previous = logging.StreamHandler(sys.stdout), (log.level, log.propagate)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
