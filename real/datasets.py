@@ -1,18 +1,16 @@
-"""What each image-classification data set is (:data:`DATASETS`, one record each) and its loader.
+"""Image-classification data sets: one record each (:data:`DATASETS`) and the loaders that read them.
 
-:data:`DATASETS` maps a name to its :class:`DatasetInfo`: image shape, class count, the layout the
-loader reads, where the authors publish it, its files and their MD5s, how it unpacks.  The loaders here
-and ``useful-train download`` (:mod:`real.download`) both read these records; nothing else in real/
-holds those facts.  Nothing is downloaded here.
+A :class:`DatasetInfo` holds every fact about a data set (shape, classes, layout, source, files and
+MD5s, how it unpacks); the loaders and ``useful-train download`` (:mod:`real.download`) read it, and no
+other module of real/ holds those facts.  Nothing is downloaded here.
 
-Data files are untrusted input.  Every loader reads the files as the authors distribute them and
-raises :class:`DatasetError` (one line naming the file, the expected layout and where to get it) when
-something is missing, truncated or malformed.  The CIFAR pickles are read by a restricted unpickler
-that builds only plain containers, strings, bytes, numbers, ``None`` and numpy arrays/scalars (any
-other global, ``os.system`` or a class, is refused before it runs).  Labels must be integers (``3.0``
-is refused like ``3.7``) in ``[0, num_classes)``, one per image.  Before a large allocation the
-memory it needs (from file sizes, an idx header, the number of images) is checked against what the
-machine has (:func:`theory.plumbing.config.check_allocation`): one line, not an out-of-memory kill.
+Data files are untrusted.  Loaders read them as the authors distribute them; anything missing,
+truncated or malformed is a :class:`DatasetError`: one line naming the file, the expected layout and
+where to get it.  CIFAR pickles go through a restricted unpickler (plain containers, strings, bytes,
+numbers, None, numpy arrays and scalars; any other global, ``os.system`` or a class, is refused before
+it runs).  Labels must be integers (``3.0`` is refused like ``3.7``) in ``[0, num_classes)``, one per
+image.  The memory a load needs (from file sizes, an idx header, an image count) is checked before
+allocating (:func:`~theory.plumbing.config.check_allocation`): one line, not an out-of-memory kill.
 """
 
 from __future__ import annotations
@@ -46,10 +44,8 @@ Split = tuple[np.ndarray, np.ndarray]
 
 
 class DatasetError(ConfigError):
-    """A data set is missing, truncated or malformed; the message is one line naming the file.
-
-    A :class:`~theory.plumbing.config.ConfigError` (a ``ValueError``) whose field is the flag that chose
-    the files (``--data-dir`` unless told otherwise): the command line reports it in one line, exit 2."""
+    """A data set is missing, truncated or malformed: a ConfigError (one line, exit 2) whose field is the
+    flag that chose the files (``--data-dir`` unless told otherwise)."""
 
     def __init__(self, message: str, field: str = "--data-dir"):
         super().__init__(field, message=message)
@@ -65,53 +61,35 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Everything about one data set, in one place.
+    """Everything about one data set, in one place."""
 
-    Attributes
-    ----------
-    name : the name :func:`load_dataset` and ``--dataset`` take.
-    loader : ``loader(info, folder) -> (train, test, num_classes)``; None for the generated set.
-    shape : image shape ``(C, H, W)``.
-    num_classes : number of classes; None where the files list them (Tiny-ImageNet's wnids.txt).
-    layout : what the loader expects in the folder (error messages).
-    where : where the authors publish it (error messages).
-    base_url : address of the folder holding ``files`` (ends with ``/``); ``--mirror`` replaces it.
-    files : the published files and their MD5s (empty: nothing to download).
-    unpack : ``"tar.gz"``, ``"zip"`` (each file is an archive) or ``"none"`` (the files are the data).
-    folder : the folder the data set has in ``--data-dir`` (also looked for by the loader).
-    aliases : other folder names the loader looks for in ``--data-dir``.
-    probe : relative paths the data set's folder must have (``a|b``: either; trailing ``/``: a folder).
-    split_sizes : published ``(training, test)`` image counts a download must have (None: any).
-    checksum_origin : where the MD5s come from.
-    """
-
-    name: str
-    loader: Callable[..., tuple[Split, Split, int]] | None
-    shape: tuple[int, int, int]
-    num_classes: int | None
-    layout: str
-    where: str
-    base_url: str = ""
-    files: tuple[RemoteFile, ...] = ()
-    unpack: Literal["tar.gz", "zip", "none"] = "none"
-    folder: str = ""
-    aliases: tuple[str, ...] = ()
-    probe: tuple[str, ...] = ()
-    split_sizes: tuple[int, int] | None = None
-    checksum_origin: str = ""
+    name: str  # what load_dataset and --dataset take
+    loader: Callable[..., tuple[Split, Split, int]] | None  # (info, folder) -> (train, test, classes); None: generated
+    shape: tuple[int, int, int]  # image shape (C, H, W)
+    num_classes: int | None  # None where the files list them (Tiny-ImageNet's wnids.txt)
+    layout: str  # what the loader expects in the folder (error messages)
+    where: str  # where the authors publish it (error messages)
+    base_url: str = ""  # the folder holding `files` (ends with "/"); --mirror replaces it
+    files: tuple[RemoteFile, ...] = ()  # the published files (empty: nothing to download)
+    unpack: Literal["tar.gz", "zip", "none"] = "none"  # each file is an archive, or the files are the data
+    folder: str = ""  # the data set's folder in --data-dir (also looked for by the loader)
+    aliases: tuple[str, ...] = ()  # other folder names the loader looks for
+    probe: tuple[str, ...] = ()  # paths the folder must have ("a|b": either; trailing "/": a folder)
+    split_sizes: tuple[int, int] | None = None  # published (training, test) image counts a download must have
+    checksum_origin: str = ""  # where the MD5s come from
 
     def __post_init__(self):
         if len(self.shape) != 3 or min(self.shape) < 1 or self.unpack not in ("tar.gz", "zip", "none"):
             raise ValueError(f"{self.name}: bad shape {self.shape} or unpack {self.unpack!r}")
         if self.files and not (self.base_url.endswith("/") and self.folder and self.probe):
-            raise ValueError(f"{self.name}: a downloadable data set needs a base_url ending in '/', a folder "
-                             f"and a probe")
+            raise ValueError(f"{self.name}: a downloadable data set needs a base_url ending in '/', a folder and "
+                             f"a probe")
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no boolean equality
 class Dataset:
-    """A classification data set held in memory: uint8 images ``(N, C, H, W)`` (contiguous, CPU), int64
-    labels in ``[0, num_classes)``, and the per-channel mean and std of ``train_x / 255``."""
+    """A data set in memory: uint8 images ``(N, C, H, W)`` (contiguous, CPU), int64 labels in
+    ``[0, num_classes)``, and the per-channel mean and std of ``train_x / 255``."""
 
     name: str  # one of DATASETS
     train_x: torch.Tensor
@@ -124,16 +102,14 @@ class Dataset:
 
     @property
     def in_channels(self) -> int:
-        """Number of image channels ``C``."""
         return int(self.train_x.shape[1])
 
     @property
-    def image_size(self) -> int:
-        """Image height ``H`` (all supported images are square)."""
+    def image_size(self) -> int:  # all supported images are square
         return int(self.train_x.shape[2])
 
 
-# --- errors, paths and the checks shared by all loaders ---
+# --- errors, paths and the checks every loader shares ---
 
 
 def _error(name: str, problem: str, path: Path | str) -> DatasetError:
@@ -143,9 +119,19 @@ def _error(name: str, problem: str, path: Path | str) -> DatasetError:
     return DatasetError(" ".join(message.split()))
 
 
+def _need(name: str, path: Path, folder: bool = False) -> Path:
+    """``path`` if it is a file (a folder with ``folder``), else the data set's "missing" error."""
+    if not (path.is_dir() if folder else path.is_file()):
+        raise _error(name, "missing directory" if folder else "missing", path)
+    return path
+
+
+def _check_memory(name: str, nbytes: int, what: str) -> None:
+    check_allocation("--data-dir", nbytes, f"the {name} data set ({what})")
+
+
 def default_data_dir(name: str) -> Path | None:
-    """``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``) for ``fashion-mnist``
-    when it exists; None otherwise (no other data set has a default location)."""
+    """Debian's ``dataset-fashion-mnist`` folder for ``fashion-mnist`` when it exists, else None."""
     if _canonical(name) == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
         return DEBIAN_FASHION_MNIST
     return None
@@ -157,47 +143,28 @@ def _canonical(name: str) -> str:
 
 def _root(info: DatasetInfo, data_dir: str | Path | None) -> Path:
     """The folder holding the files: ``data_dir/<folder or alias>`` if present, else ``data_dir``."""
-    if data_dir is None:
-        data_dir = default_data_dir(info.name)
+    data_dir = default_data_dir(info.name) if data_dir is None else data_dir
     if data_dir is None:
         raise _error(info.name, "no data_dir given and no default location; pass the directory holding", info.folder)
     path = Path(data_dir).expanduser()
-    if not path.exists():
-        raise _error(info.name, "missing directory", path)
-    if not path.is_dir():
+    if path.exists() and not path.is_dir():
         raise _error(info.name, "not a directory:", path)
+    _need(info.name, path, folder=True)
     return next((path / sub for sub in (info.folder, *info.aliases) if (path / sub).is_dir()), path)
 
 
-def _require_file(name: str, path: Path) -> Path:
-    if not path.is_file():
-        raise _error(name, "missing", path)
-    return path
-
-
-def _require_dir(name: str, path: Path) -> Path:
-    if not path.is_dir():
-        raise _error(name, "missing directory", path)
-    return path
-
-
-def _check_split(info: DatasetInfo, x: np.ndarray, y: np.ndarray, num_classes: int, where: Path | str) -> None:
-    """Check one split's images and labels; ``where`` names the file(s) in the message."""
-    name, shape = info.name, info.shape
-    if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != shape:
-        raise _error(name, f"wrong image shape {x.shape} ({x.dtype}), not (N, {shape[0]}, {shape[1]}, "
-                     f"{shape[2]}) uint8, in", where)
+def _check_split(info: DatasetInfo, x: np.ndarray, y: np.ndarray, num_classes: int, where: Path | str) -> Split:
+    """Check one split: uint8 images of the record's shape, at least one, one integer label each, in range."""
+    if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != info.shape:
+        raise _error(info.name, f"wrong image shape {x.shape} ({x.dtype}), not (N, {', '.join(map(str, info.shape))}) "
+                     f"uint8, in", where)
     if len(x) == 0:
-        raise _error(name, "no images in", where)
+        raise _error(info.name, "no images in", where)
     if y.ndim != 1 or len(y) != len(x):
-        raise _error(name, f"{len(x)} images but {y.size} labels in", where)
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise _error(name, f"labels outside [0, {num_classes}) (min {y.min()}, max {y.max()}) in", where)
-
-
-def _check_memory(name: str, nbytes: int, what: str) -> None:
-    """Refuse (one line naming ``--data-dir``) to load files needing more memory than is available."""
-    check_allocation("--data-dir", nbytes, f"the {name} data set ({what})")
+        raise _error(info.name, f"{y.size} labels for {len(x)} images in", where)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise _error(info.name, f"labels outside [0, {num_classes}) (min {y.min()}, max {y.max()}) in", where)
+    return x, y
 
 
 def _describe(value: object) -> str:
@@ -216,16 +183,13 @@ def _describe(value: object) -> str:
 
 
 def _integer_labels(name: str, raw: object, path: Path, key: str, num_classes: int) -> np.ndarray:
-    """Labels as int64 from a flat list/tuple of integers or a 1-d integer array, each in range.
-
-    Anything else is refused with one line naming the file: floats (also integral ones such as 3.0,
-    never truncated), booleans, nested lists, arrays of other dtypes or shapes, out-of-range values.
-    """
+    """int64 labels, each in range, from a flat list/tuple of integers or a 1-d integer array.  Anything
+    else is refused: floats (also integral ones such as 3.0, never truncated), booleans, nesting, other
+    dtypes.  The range is checked on Python integers, before a cast could wrap 2**64 - 1 to -1."""
     if isinstance(raw, np.ndarray):
-        if raw.ndim != 1:
-            raise _error(name, f"{key!r} is {_describe(raw)}, not a flat list of integer labels, in", path)
-        if raw.dtype.kind not in "iu":
-            raise _error(name, f"{key!r} is {_describe(raw)}, not integer labels, in", path)
+        if raw.ndim != 1 or raw.dtype.kind not in "iu":
+            want = "a flat list of integer labels" if raw.ndim != 1 else "integer labels"
+            raise _error(name, f"{key!r} is {_describe(raw)}, not {want}, in", path)
         low, high = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
     elif isinstance(raw, (list, tuple)):
         for i, value in enumerate(raw):
@@ -240,33 +204,17 @@ def _integer_labels(name: str, raw: object, path: Path, key: str, num_classes: i
 
 
 def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and std of ``x / 255`` via byte histograms (no float copy of x)."""
-    channels = x.shape[1]
-    counts = np.zeros((channels, 256), dtype=np.int64)
+    """Exact per-channel mean and std of ``x / 255`` from byte histograms (no float copy of x)."""
+    counts = np.zeros((x.shape[1], 256), dtype=np.int64)
     for start in range(0, len(x), chunk):
-        block = x[start:start + chunk]
-        for c in range(channels):
-            counts[c] += np.bincount(block[:, c].ravel(), minlength=256)
-    values = np.arange(256, dtype=np.float64) / 255.0
-    total = counts.sum(axis=1).astype(np.float64)
+        for c in range(x.shape[1]):
+            counts[c] += np.bincount(x[start:start + chunk, c].ravel(), minlength=256)
+    values, total = np.arange(256, dtype=np.float64) / 255.0, counts.sum(axis=1).astype(np.float64)
     if not total.all():
-        return (0.0,) * channels, (1.0,) * channels
+        return (0.0,) * x.shape[1], (1.0,) * x.shape[1]
     mean = counts @ values / total
     std = np.sqrt(np.maximum(counts @ values**2 / total - mean**2, 0.0))
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
-def _make(name: str, train: Split, test: Split, num_classes: int, long_tail_ratio: float | None,
-          seed: int) -> Dataset:
-    train_x, train_y = train
-    if long_tail_ratio is not None:
-        keep = long_tailed_indices(train_y, long_tail_ratio, seed)
-        train_x, train_y = train_x[keep], train_y[keep]
-    mean, std = _channel_stats(train_x)
-    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
-    return Dataset(name=name, train_x=as_tensor(train_x, np.uint8), train_y=as_tensor(train_y, np.int64),
-                   test_x=as_tensor(test[0], np.uint8), test_y=as_tensor(test[1], np.int64),
-                   num_classes=num_classes, mean=mean, std=std)
+    return tuple(map(float, mean)), tuple(map(float, std))
 
 
 # --- CIFAR-10 / CIFAR-100 (python pickles, read by a restricted unpickler) ---
@@ -274,10 +222,6 @@ def _make(name: str, train: Split, test: Split, num_classes: int, long_tail_rati
 
 class _Refused(pickle.UnpicklingError):
     """A pickle asked for a global that a data file never needs."""
-
-    def __init__(self, module: str, name: str):
-        super().__init__(f"{module}.{name}")
-        self.qualname = f"{module}.{name}"
 
 
 def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
@@ -288,100 +232,64 @@ def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
 
 
 def _empty_bytes(*args: object) -> bytes:
-    """``bytes()`` as Python's pickler uses it for an empty ``bytes`` at protocols 0-2, and nothing more
-    (``bytes(n)`` with a huge ``n`` would be an allocation the file does not pay for)."""
+    """``bytes()`` as the pickler uses it for ``b""`` (``bytes(n)``: an allocation the file does not pay for)."""
     if args:
         raise pickle.UnpicklingError("bytes() with arguments")
     return b""
 
 
-def _numpy_reconstructors() -> dict[tuple[str, str], object]:
-    """The callables numpy's own pickles name, resolved from numpy itself (1.x or 2.x module names)."""
-    array = np.zeros(1, dtype=np.uint8)
-    reconstruct = array.__reduce__()[0]  # numpy(._)core.multiarray._reconstruct
-    frombuffer = array.__reduce_ex__(5)[0]  # numpy(._)core.numeric._frombuffer (protocol 5)
-    scalar = np.int64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar (numpy scalars)
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
-        ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-_PICKLE_GLOBALS = _numpy_reconstructors()
+# The globals a data pickle may name: numpy's own reconstructors (resolved from numpy itself, under the
+# 1.x and 2.x module names) and the two calls Python's pickler writes for bytes.
+_PICKLE_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "bytes"): _empty_bytes, ("__builtin__", "bytes"): _empty_bytes,
+    **{(f"{core}.{module}", name): found for core in ("numpy.core", "numpy._core") for module, name, found in (
+        ("multiarray", "_reconstruct", np.zeros(1).__reduce__()[0]),
+        ("multiarray", "scalar", np.int64(0).__reduce__()[0]),
+        ("numeric", "_frombuffer", np.zeros(1).__reduce_ex__(5)[0]))},  # protocol 5
+}
 
 
 class _DataUnpickler(pickle.Unpickler):
-    """Builds dict, list, tuple, str, bytes, numbers, bool, None, numpy arrays and numpy scalars only.
-
-    The only globals admitted are those numpy's own pickles name (:data:`_PICKLE_GLOBALS`), and
-    ``_codecs.encode`` / ``bytes`` limited to the calls Python emits for ``bytes`` at protocols 0-2;
-    any other (``posix.system``, ``builtins.eval``, any class) raises :class:`_Refused` before it runs."""
+    """Builds dict, list, tuple, str, bytes, numbers, bool, None, numpy arrays and scalars only: any global
+    but :data:`_PICKLE_GLOBALS` (``posix.system``, ``builtins.eval``, any class) is refused before it runs."""
 
     def find_class(self, module: str, name: str) -> object:
         found = _PICKLE_GLOBALS.get((module, name))
         if found is None:
-            raise _Refused(module, name)
+            raise _Refused(f"{module}.{name}")
         return found
-
-
-def _load_pickle(name: str, path: Path) -> object:
-    """Unpickle a data file with :class:`_DataUnpickler`; refusals and corruption are one line."""
-    try:
-        with path.open("rb") as f:
-            return _DataUnpickler(f, encoding="bytes").load()
-    except _Refused as refused:
-        raise DatasetError(f"{name}: refusing to load {path}: it asks for {refused.qualname}, which a data "
-                           f"file never needs (only containers, numbers, strings, bytes and numpy arrays "
-                           f"are allowed)") from None
-    except Exception as exc:  # any unpickling failure means a truncated or corrupt file
-        raise _error(name, f"truncated or corrupt pickle ({type(exc).__name__})", path) from None
-
-
-def _load_pickle(name: str, path: Path) -> object:
-    """Unpickle a data file with :class:`_DataUnpickler`; refusals and corruption are one line."""
-    try:
-        with path.open("rb") as f:
-            return _DataUnpickler(f, encoding="bytes").load()
-    except _Refused as refused:
-        raise DatasetError(f"{name}: refusing to load {path}: it asks for {refused.qualname}, which a data "
-                           f"file never needs (only containers, numbers, strings, bytes and numpy arrays "
-                           f"are allowed)") from None
-    except Exception as exc:  # any unpickling failure means a truncated or corrupt file
-        raise _error(name, f"truncated or corrupt pickle ({type(exc).__name__})", path) from None
 
 
 def _unpickle(info: DatasetInfo, path: Path, label_key: str) -> Split:
     """Read one CIFAR pickle: ``data`` uint8 ``(N, C*H*W)`` RGB planes and a flat list of integer labels."""
-    name, pixels = info.name, math.prod(info.shape)
-    batch = _load_pickle(name, _require_file(name, path))
+    name, pixels, path = info.name, math.prod(info.shape), _need(info.name, path)
+    try:
+        with path.open("rb") as f:
+            batch = _DataUnpickler(f, encoding="bytes").load()
+    except _Refused as refused:
+        raise DatasetError(f"{name}: refusing to load {path}: it asks for {refused}, which a data file never needs "
+                           f"(only containers, numbers, strings, bytes and numpy arrays are allowed)") from None
+    except Exception as exc:  # any unpickling failure means a truncated or corrupt file
+        raise _error(name, f"truncated or corrupt pickle ({type(exc).__name__})", path) from None
     if not isinstance(batch, dict):
         raise _error(name, "pickle is not a dict", path)
-    found = {}
-    for key in ("data", label_key):
-        found[key] = batch.get(key.encode(), batch.get(key))
-        if found[key] is None:
+    data, labels = (batch.get(key.encode(), batch.get(key)) for key in ("data", label_key))
+    for key, value in (("data", data), (label_key, labels)):
+        if value is None:
             raise _error(name, f"pickle lacks key {key!r}", path)
-    data = found["data"]
     if not isinstance(data, np.ndarray):
         raise _error(name, f"'data' is {_describe(data)}, not a numpy uint8 array, in", path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
         raise _error(name, f"wrong data shape {data.shape} ({data.dtype}), not (N, {pixels}) uint8, in", path)
-    labels = _integer_labels(name, found[label_key], path, label_key, info.num_classes)
-    images = data.reshape(-1, *info.shape)
-    _check_split(info, images, labels, info.num_classes, path)
-    return images, labels
+    labels = _integer_labels(name, labels, path, label_key, info.num_classes)
+    return _check_split(info, data.reshape(-1, *info.shape), labels, info.num_classes, path)
 
 
 def _load_cifar(info: DatasetInfo, root: Path, train: tuple[str, ...], test: tuple[str, ...],
                 label_key: str) -> tuple[Split, Split, int]:
-    files = [_require_file(info.name, root / f) for f in train + test]
+    total = sum(_need(info.name, root / f).stat().st_size for f in train + test)
     # Unpickling holds the file's bytes and the array built from them; concatenating copies once more.
-    total = sum(path.stat().st_size for path in files)
     _check_memory(info.name, 3 * total, f"reading {total} bytes of pickles in {root}")
     splits = []
     for names in (train, test):
@@ -390,63 +298,56 @@ def _load_cifar(info: DatasetInfo, root: Path, train: tuple[str, ...], test: tup
     return splits[0], splits[1], info.num_classes
 
 
-# --- STL-10 (raw binaries, column-major images) ---
-
-
-def _load_stl_split(info: DatasetInfo, root: Path, split: str) -> Split:
-    x_path = _require_file("stl10", root / f"{split}_X.bin")
-    y_path = _require_file("stl10", root / f"{split}_y.bin")
-    raw = np.fromfile(x_path, dtype=np.uint8)
-    per_image = math.prod(info.shape)
-    if raw.size == 0 or raw.size % per_image:
-        raise _error("stl10", f"truncated file ({raw.size} bytes, not a multiple of {per_image})", x_path)
-    # Each channel is stored column-major: reshape then swap the two spatial axes.
-    images = raw.reshape(-1, *info.shape).transpose(0, 1, 3, 2)
-    labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64)
-    if labels.size != len(images):
-        raise _error("stl10", f"{labels.size} labels for {len(images)} images in {x_path.name}; truncated", y_path)
-    if labels.size and (labels.min() < 1 or labels.max() > info.num_classes):
-        raise _error("stl10", f"labels outside 1..{info.num_classes} (min {labels.min()}, max {labels.max()}) in",
-                     y_path)
-    return np.ascontiguousarray(images), labels - 1
+# --- STL-10 (raw binaries, column-major images, labels 1..10) ---
 
 
 def _load_stl10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
-    x_files = [_require_file("stl10", root / f"{split}_X.bin") for split in ("train", "test")]
-    total = sum(path.stat().st_size for path in x_files)
-    # The raw bytes, then a contiguous copy with the spatial axes swapped.
-    _check_memory("stl10", 2 * total, f"reading {total} bytes of images in {root}")
-    return _load_stl_split(info, root, "train"), _load_stl_split(info, root, "test"), info.num_classes
+    paths = {f"{s}_{xy}": _need("stl10", root / f"{s}_{xy}.bin") for s in ("train", "test") for xy in "Xy"}
+    total = paths["train_X"].stat().st_size + paths["test_X"].stat().st_size
+    _check_memory("stl10", 2 * total, f"reading {total} bytes of images in {root}")  # the bytes, a transposed copy
+    per_image, splits = math.prod(info.shape), []
+    for split in ("train", "test"):
+        x_path, y_path = paths[f"{split}_X"], paths[f"{split}_y"]
+        raw = np.fromfile(x_path, dtype=np.uint8)
+        if raw.size == 0 or raw.size % per_image:
+            raise _error("stl10", f"truncated file ({raw.size} bytes, not a multiple of {per_image})", x_path)
+        # Each channel is stored column-major: reshape, then swap the two spatial axes.
+        images = np.ascontiguousarray(raw.reshape(-1, *info.shape).transpose(0, 1, 3, 2))
+        labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64)
+        if labels.size == len(images) and (labels.min() < 1 or labels.max() > info.num_classes):
+            raise _error("stl10", f"labels outside 1..{info.num_classes} (min {labels.min()}, max {labels.max()}) "
+                         f"in", y_path)
+        splits.append(_check_split(info, images, labels - 1, info.num_classes, y_path))
+    return splits[0], splits[1], info.num_classes
 
 
-# --- image folders (CINIC-10, Tiny-ImageNet) ---
-
-
-def _read_image(name: str, path: Path, size: int) -> np.ndarray:
-    """Decode one image file to uint8 ``(3, size, size)`` RGB (grayscale is converted)."""
-    from PIL import Image  # Pillow ships with matplotlib; imported lazily
-
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")  # forces a full decode, so truncation surfaces here
-    except FileNotFoundError:
-        raise _error(name, "missing", path) from None
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        raise _error(name, f"truncated or corrupt image ({type(exc).__name__})", path) from None
-    if rgb.size != (size, size):
-        raise _error(name, f"wrong image size {rgb.size[0]}x{rgb.size[1]}, not {size}x{size}, in", path)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+# --- image folders (CINIC-10, Tiny-ImageNet), decoded by PIL ---
 
 
 def _read_images(info: DatasetInfo, paths: list[Path], labels: list[int], where: Path) -> Split:
-    """Decode many image files in parallel threads into ``(N, C, H, W)`` uint8, with their labels."""
+    """Decode image files (grayscale converted to RGB) in threads into ``(N, C, H, W)`` uint8, with labels."""
+    from PIL import Image  # Pillow ships with matplotlib; imported lazily
+
+    def read(path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")  # a full decode: truncation surfaces here
+        except FileNotFoundError:
+            raise _error(info.name, "missing", path) from None
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+            raise _error(info.name, f"truncated or corrupt image ({type(exc).__name__})", path) from None
+        if rgb.size != info.shape[:0:-1]:
+            raise _error(info.name, f"wrong image size {rgb.size[0]}x{rgb.size[1]}, not {info.shape[2]}x"
+                         f"{info.shape[1]}, in", path)
+        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
     if not paths:
         raise _error(info.name, "no images in", where)
     _check_memory(info.name, len(paths) * math.prod(info.shape),
                   f"decoding {len(paths)} images of {'x'.join(map(str, info.shape))} in {where}")
     out = np.empty((len(paths), *info.shape), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        for i, image in enumerate(pool.map(lambda p: _read_image(info.name, p, info.shape[1]), paths)):
+        for i, image in enumerate(pool.map(read, paths)):
             out[i] = image
     return out, np.asarray(labels, dtype=np.int64)
 
@@ -456,77 +357,62 @@ def _class_folders(info: DatasetInfo, split_dir: Path, classes: list[str], sub: 
     """The images ``split_dir/<class>/<sub>/*<suffix>``, labelled by the class's index in ``classes``."""
     paths, labels = [], []
     for label, cls in enumerate(classes):
-        folder = _require_dir(info.name, split_dir / cls / sub)
+        folder = _need(info.name, split_dir / cls / sub, folder=True)
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
         paths += files
         labels += [label] * len(files)
     return _read_images(info, paths, labels, split_dir)
 
 
-def _load_cinic_split(info: DatasetInfo, root: Path, split: str, classes: list[str]) -> Split:
-    split_dir = _require_dir("cinic10", root / split)
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if found != classes:
-        raise _error("cinic10", f"class folders {found} differ from {classes} in", split_dir)
-    return _class_folders(info, split_dir, classes, "", (".png",))
-
-
 def _load_cinic10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
-    train_dir = _require_dir("cinic10", root / "train")
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if len(classes) != info.num_classes:
-        raise _error("cinic10", f"found {len(classes)} class folders, not {info.num_classes}, in", train_dir)
-    train = _load_cinic_split(info, root, "train", classes)
-    return train, _load_cinic_split(info, root, "test", classes), info.num_classes
-
-
-def _read_wnids(root: Path) -> list[str]:
-    path = _require_file("tinyimagenet", root / "wnids.txt")
-    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not wnids or len(set(wnids)) != len(wnids):
-        raise _error("tinyimagenet", "empty or duplicated class ids in", path)
-    return sorted(wnids)
-
-
-def _read_val_annotations(root: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
-    path = _require_file("tinyimagenet", root / "val" / "val_annotations.txt")
-    paths, labels = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) < 2:
-            raise _error("tinyimagenet", f"malformed line {number} (want filename<TAB>wnid...) in", path)
-        filename, wnid = fields[0].strip(), fields[1].strip()
-        if wnid not in index:
-            raise _error("tinyimagenet", f"label {wnid!r} on line {number} is not in wnids.txt, in", path)
-        paths.append(_require_file("tinyimagenet", root / "val" / "images" / filename))
-        labels.append(index[wnid])
-    if not paths:
-        raise _error("tinyimagenet", "no annotated images in", path)
-    return paths, labels
+    splits, classes = [], []
+    for split in ("train", "test"):  # the training split's class folders are the classes
+        split_dir = _need("cinic10", root / split, folder=True)
+        found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        if not classes and len(found) != info.num_classes:
+            raise _error("cinic10", f"found {len(found)} class folders, not {info.num_classes}, in", split_dir)
+        if classes and found != classes:
+            raise _error("cinic10", f"class folders {found} differ from {classes} in", split_dir)
+        classes = found
+        splits.append(_class_folders(info, split_dir, classes, "", (".png",)))
+    return splits[0], splits[1], info.num_classes
 
 
 def _load_tinyimagenet(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
-    wnids = _read_wnids(root)
+    """Classes from wnids.txt; the test split is val/, labelled by val/val_annotations.txt."""
+    path = _need("tinyimagenet", root / "wnids.txt")
+    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise _error("tinyimagenet", "empty or duplicated class ids in", path)
+    wnids.sort()
     train = _class_folders(info, root / "train", wnids, "images", (".jpeg", ".jpg"))
-    test_paths, test_labels = _read_val_annotations(root, {wnid: i for i, wnid in enumerate(wnids)})
-    return train, _read_images(info, test_paths, test_labels, root / "val"), len(wnids)
+    index, paths, labels = {wnid: i for i, wnid in enumerate(wnids)}, [], []
+    path = _need("tinyimagenet", root / "val" / "val_annotations.txt")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split("\t")]
+        if len(fields) < 2:
+            raise _error("tinyimagenet", f"malformed line {number} (want filename<TAB>wnid...) in", path)
+        if fields[1] not in index:
+            raise _error("tinyimagenet", f"label {fields[1]!r} on line {number} is not in wnids.txt, in", path)
+        paths.append(_need("tinyimagenet", root / "val" / "images" / fields[0]))
+        labels.append(index[fields[1]])
+    if not paths:
+        raise _error("tinyimagenet", "no annotated images in", path)
+    return train, _read_images(info, paths, labels, root / "val"), len(wnids)
 
 
 # --- Fashion-MNIST (idx files, optionally gzipped) ---
 
 
 def _read_idx(root: Path, stem: str, magic: int, image_dims: list[int]) -> tuple[np.ndarray, Path]:
-    """Read an idx file ``stem`` or ``stem.gz``; check its magic number, dims and byte count.
+    """Read the idx file ``stem`` or ``stem.gz``, checking its magic number, dims and byte count.
 
-    The header is read first and the size it announces is checked against the available memory
-    before the body is read (a gzip stream is decompressed incrementally, never more than the header
-    announces plus one byte, so a small file cannot expand into an unannounced huge allocation).
-    """
-    path = root / stem if (root / stem).is_file() else root / f"{stem}.gz"
-    if not path.is_file():
-        raise _error("fashion-mnist", "missing", root / stem)
+    The header comes first, and the memory the size it announces needs is checked before the body is
+    read (a gzip stream is decompressed incrementally, never past the announced size plus one byte, so
+    a small file cannot expand into an unannounced huge allocation)."""
+    path = root / stem if (root / stem).is_file() else _need("fashion-mnist", root / f"{stem}.gz")
     ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
     header_len = 4 * (1 + ndim)
     try:
@@ -554,20 +440,13 @@ def _read_idx(root: Path, stem: str, magic: int, image_dims: list[int]) -> tuple
     return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy(), path
 
 
-def _load_fashion_split(info: DatasetInfo, root: Path, prefix: str) -> Split:
-    dims = list(info.shape[1:])
-    images, image_path = _read_idx(root, f"{prefix}-images-idx3-ubyte", _IDX_IMAGES_MAGIC, dims)
-    labels, label_path = _read_idx(root, f"{prefix}-labels-idx1-ubyte", _IDX_LABELS_MAGIC, dims)
-    if len(labels) != len(images):
-        raise _error("fashion-mnist", f"{len(labels)} labels for {len(images)} images in {image_path.name}, in",
-                     label_path)
-    x, y = images[:, None], labels.astype(np.int64)
-    _check_split(info, x, y, info.num_classes, label_path)
-    return x, y
-
-
 def _load_fashion_mnist(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
-    return _load_fashion_split(info, root, "train"), _load_fashion_split(info, root, "t10k"), info.num_classes
+    splits = []
+    for prefix in ("train", "t10k"):
+        images, _ = _read_idx(root, f"{prefix}-images-idx3-ubyte", _IDX_IMAGES_MAGIC, list(info.shape[1:]))
+        labels, label_path = _read_idx(root, f"{prefix}-labels-idx1-ubyte", _IDX_LABELS_MAGIC, [])
+        splits.append(_check_split(info, images[:, None], labels.astype(np.int64), info.num_classes, label_path))
+    return splits[0], splits[1], info.num_classes
 
 
 # --- synthetic (generated from the seed) ---
@@ -580,46 +459,41 @@ def _synthetic_split(rng: np.random.Generator, n: int, colours: np.ndarray,
                      patterns: np.ndarray, colour_prob: float = 0.8) -> Split:
     """Balanced labels; every image carries its class's pattern, most also its class's colour.
 
-    The pixel noise is drawn chunk by chunk (the generator's stream, hence every pixel, is the same
-    as one draw of the whole array), so the float64 temporaries stay small whatever ``n`` is."""
-    shape = patterns.shape[1:]
+    The noise is drawn chunk by chunk: the generator's stream, hence every pixel, is that of one draw of
+    the whole array, and the float64 temporaries stay small whatever ``n`` is."""
     labels = rng.permutation(np.arange(n) % len(colours)).astype(np.int64)
     has_colour = rng.random(n) < colour_prob
-    images = np.empty((n, *shape), dtype=np.uint8)
+    images = np.empty((n, *patterns.shape[1:]), dtype=np.uint8)
     for start in range(0, n, _SYNTHETIC_CHUNK):
-        stop = min(n, start + _SYNTHETIC_CHUNK)
-        chunk_labels = labels[start:stop]
-        signal = (patterns[chunk_labels]
-                  + has_colour[start:stop, None, None, None] * colours[chunk_labels][:, :, None, None])
-        block = 128.0 + signal + rng.normal(0.0, 40.0, size=(stop - start, *shape))
-        images[start:stop] = np.clip(np.rint(block), 0, 255)
+        part = slice(start, min(n, start + _SYNTHETIC_CHUNK))
+        signal = patterns[labels[part]] + has_colour[part, None, None, None] * colours[labels[part]][:, :, None, None]
+        images[part] = np.clip(np.rint(128.0 + signal + rng.normal(0.0, 40.0, size=signal.shape)), 0, 255)
     return images, labels
 
 
 def _load_synthetic(info: DatasetInfo, seed: int, n_train: int, n_test: int) -> tuple[Split, Split, int]:
-    """``num_classes`` classes of images: a per-class oriented stripe pattern (all images) and a
-    per-class colour shift (80% of images, a fast-learnable cue), plus Gaussian pixel noise."""
+    """Per class an oriented stripe pattern (all images) and a colour shift (80 % of them, the fast-learnable
+    cue), plus Gaussian pixel noise."""
     if n_train < 1 or n_test < 1:
         raise DatasetError(f"synthetic: sizes must be >= 1, got train={n_train}, test={n_test}",
                            field="--synthetic-train" if n_train < 1 else "--synthetic-test")
-    (channels, height, width), num_classes = info.shape, info.num_classes
+    flag = "--synthetic-train" if n_train >= n_test else "--synthetic-test"  # the flag asking for more
+    (channels, height, width), k = info.shape, info.num_classes
     pixels = channels * height * width
     # Per image: the pixels, the label, the permutation, the colour mask; plus one chunk of temporaries.
-    check_allocation("--synthetic-train" if n_train >= n_test else "--synthetic-test",
-                     (n_train + n_test) * (pixels + 33) + 5 * 8 * pixels * _SYNTHETIC_CHUNK,
+    check_allocation(flag, (n_train + n_test) * (pixels + 33) + 5 * 8 * pixels * _SYNTHETIC_CHUNK,
                      f"the synthetic data set ({n_train} training + {n_test} test images of "
                      f"{channels}x{height}x{width})")
     template_rng, train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    colours = template_rng.normal(0.0, 40.0, size=(num_classes, channels))
+    colours = template_rng.normal(0.0, 40.0, size=(k, channels))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    angles = np.arange(num_classes) * np.pi / num_classes + template_rng.uniform(0, np.pi / num_classes)
-    freqs = template_rng.uniform(0.3, 0.8, size=num_classes)
-    phases = template_rng.uniform(0, 2 * np.pi, size=num_classes)
-    waves = np.sin(freqs[:, None, None] * (np.cos(angles)[:, None, None] * xx + np.sin(angles)[:, None, None] * yy)
-                   + phases[:, None, None])
+    angles = (np.arange(k) * np.pi / k + template_rng.uniform(0, np.pi / k))[:, None, None]
+    freqs = template_rng.uniform(0.3, 0.8, size=k)[:, None, None]
+    phases = template_rng.uniform(0, 2 * np.pi, size=k)[:, None, None]
+    waves = np.sin(freqs * (np.cos(angles) * xx + np.sin(angles) * yy) + phases)
     patterns = 30.0 * waves[:, None] * np.ones((1, channels, 1, 1))
-    train = _synthetic_split(train_rng, n_train, colours, patterns)
-    return train, _synthetic_split(test_rng, n_test, colours, patterns), num_classes
+    return (_synthetic_split(train_rng, n_train, colours, patterns),
+            _synthetic_split(test_rng, n_test, colours, patterns), k)
 
 
 # --- the data sets ---
@@ -686,21 +560,26 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
                  long_tail_ratio: float | None = None) -> Dataset:
     """Load the data set ``name`` (one of :data:`DATASETS`; case-insensitive, ``_`` for ``-``) as uint8 tensors.
 
-    ``data_dir`` is its folder or the folder's parent (None: :func:`default_data_dir`; ignored for
-    ``synthetic``); ``seed`` seeds the synthetic data and the long-tailed subset that ``long_tail_ratio``
-    (``n_max / n_min`` >= 1, :func:`long_tailed_indices`) keeps of the training split.  Raises
-    :class:`DatasetError` (one line naming the file) for an unknown name or missing, truncated, malformed
-    or unsafe files, and a ConfigError (``--data-dir``, ``--synthetic-train`` or ``--synthetic-test``)
-    before allocating more memory than the machine has."""
+    ``data_dir``: its folder or the folder's parent (None: :func:`default_data_dir`; ignored for
+    ``synthetic``).  ``seed`` seeds the synthetic data and the long-tailed subset of the training split
+    that ``long_tail_ratio`` (``n_max / n_min`` >= 1, :func:`long_tailed_indices`) keeps.  A DatasetError
+    (one line naming the file) for an unknown name or a missing, truncated, malformed or unsafe file; a
+    ConfigError (``--data-dir``, ``--synthetic-train`` or ``--synthetic-test``) before allocating more
+    memory than the machine has."""
     key = _canonical(name)
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     info = DATASETS[key]
     if info.loader is None:
-        train, test, num_classes = _load_synthetic(info, seed, synthetic_train, synthetic_test)
+        (train_x, train_y), test, num_classes = _load_synthetic(info, seed, synthetic_train, synthetic_test)
     else:
-        train, test, num_classes = info.loader(info, _root(info, data_dir))
-    return _make(key, train, test, num_classes, long_tail_ratio, seed)
+        (train_x, train_y), test, num_classes = info.loader(info, _root(info, data_dir))
+    if long_tail_ratio is not None:
+        keep = long_tailed_indices(train_y, long_tail_ratio, seed)
+        train_x, train_y = train_x[keep], train_y[keep]
+    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+    return Dataset(key, as_tensor(train_x, np.uint8), as_tensor(train_y, np.int64), as_tensor(test[0], np.uint8),
+                   as_tensor(test[1], np.int64), num_classes, *_channel_stats(train_x))
 
 
 def long_tailed_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -> np.ndarray:
@@ -719,14 +598,10 @@ def long_tailed_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -
     if labels.min() < 0:
         raise ValueError(f"labels must be >= 0, got min {labels.min()}")
     num_classes = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=num_classes)
-    n_max = int(counts.max())
-    rng = np.random.default_rng(seed)
-    kept = []
+    n_max, rng, kept = int(np.bincount(labels).max()), np.random.default_rng(seed), []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)
         exponent = -c / (num_classes - 1) if num_classes > 1 else 0.0
-        target = max(1, int(np.floor(n_max * imbalance_ratio**exponent + 1e-9)))
-        take = min(target, members.size)
+        take = min(max(1, int(np.floor(n_max * imbalance_ratio**exponent + 1e-9))), members.size)
         kept.append(rng.choice(members, size=take, replace=False) if take < members.size else members)
     return np.sort(np.concatenate(kept)).astype(np.int64)

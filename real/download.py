@@ -1,22 +1,14 @@
 """``useful-train download DATASET --data-dir DIR [--mirror URL]``: fetch a data set, verify it, unpack it.
 
-Only this command (and :func:`ensure_dataset`, which the trainer calls when asked to) touches the
-network; what it fetches and checks is the data set's record in :data:`real.datasets.DATASETS`.
-Every failure is one line: exit 2 for bad input or a bad file, exit 1 when the network or the disk fails.
-
-1. ``DIR/<folder>`` (or ``DIR`` itself) already holds the data set: if useful-train installed it (it
-   carries ``.useful-download.json``) and its files are unchanged, or if the loader accepts it, say so
-   and do nothing.  A folder that is not ours is never modified, whatever it holds.
-2. Each file is downloaded by :func:`pooch.retrieve` into ``DIR/.useful-download/``: to a temporary
-   file, checked against the published MD5, then renamed (a mismatch deletes it and stops with one line
-   naming the file and both checksums).  Network failures are retried with exponential backoff; an
-   interrupted file is downloaded again from the start.  A file the user put at ``DIR/<file>`` is used
-   instead (checked, and left in place).
-3. Archives are unpacked into a temporary folder inside ``DIR/.useful-download/``; absolute paths,
-   ``..``, symbolic and hard links, devices and FIFOs are refused (one line naming the member).
-4. The loader must accept the unpacked folder, with the published split sizes; then it gets
-   ``.useful-download.json`` and is renamed into ``DIR/<folder>`` in one step.  A killed run leaves no
-   half data set in ``DIR`` (its temporary files are removed by the next run).
+Only this command and :func:`ensure_dataset` (``run --download``) touch the network; what they fetch and
+check is the record in :data:`real.datasets.DATASETS`.  Failures are one line: exit 2 for bad input or a
+bad file, 1 when the network or the disk fails.  A data set already in ``DIR/<folder>`` (or ``DIR``) is
+used if ours (:data:`MARKER`) and unchanged, or if the loader accepts it; a folder we did not make is
+never modified.  Otherwise :func:`pooch.retrieve` fetches each file into ``DIR/.useful-download/`` and
+checks its published MD5 (a user's copy at ``DIR/<file>`` is checked and used, never moved); archives
+are unpacked there by hand, refusing unsafe members; the loader must accept the result with the
+published split sizes; then it gets :data:`MARKER` and is renamed to ``DIR/<folder>`` in one step, so a
+killed run leaves no data set (the next run removes its temporary files).
 """
 
 from __future__ import annotations
@@ -25,6 +17,7 @@ import argparse
 import contextlib
 import datetime
 import errno
+import fcntl
 import itertools
 import json
 import logging
@@ -38,8 +31,9 @@ import time
 import urllib.parse
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +46,7 @@ from theory.plumbing.config import ConfigError, check_int, check_number
 
 from .datasets import DATASETS, DatasetError, DatasetInfo, RemoteFile, default_data_dir, load_dataset
 
-__all__ = ["HELP", "MARKER", "add_arguments", "command", "ensure_dataset"]
+__all__ = ["HELP", "MARKER", "Installed", "add_arguments", "command", "ensure_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -66,39 +60,27 @@ _CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class Installed:
-    """What :func:`ensure_dataset` found or did: the folder, and one of ``"installed"`` (downloaded
-    and unpacked now), ``"present"`` (installed earlier by useful-train, unchanged), ``"accepted"``
-    (a folder useful-train did not make, which the loader accepts; left as is) or ``"debian"``
-    (Debian's ``dataset-fashion-mnist`` package)."""
+    """What :func:`ensure_dataset` found or did: the folder and ``"installed"`` (now), ``"present"``
+    (installed by useful-train earlier, unchanged), ``"accepted"`` (not ours, the loader accepts it; left
+    as is) or ``"debian"`` (Debian's ``dataset-fashion-mnist`` package)."""
 
     path: Path
     status: Literal["installed", "present", "accepted", "debian"]
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class _Net:
-    timeout: float
-    retries: int
-    backoff: float
-    progress: bool
-    mirror: str | None
-
-
-def ensure_dataset(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None = None,
-                   sources: Mapping[str, DatasetInfo] | None = None, timeout: float = 60.0, retries: int = 5,
-                   backoff: float = 1.0, progress: bool | None = None) -> Path:
+def ensure_dataset(name: str, data_dir: str | os.PathLike | None, **options) -> Path:
     """Make sure ``data_dir`` (created if missing; the ``--data-dir`` training takes) holds the data set
-    ``name`` of ``sources`` (default :data:`real.datasets.DATASETS`), downloading it if needed; return its folder.
+    ``name``, downloading it if needed; return its folder.  ``data_dir`` None is allowed only for
+    ``fashion-mnist`` with Debian's ``dataset-fashion-mnist``.
 
-    ``data_dir`` None is allowed only for ``fashion-mnist`` with Debian's ``dataset-fashion-mnist``.
-    ``mirror`` (http or https) replaces the record's base address, file names kept; ``timeout`` is the
-    seconds a connection or read may stall; a network failure is retried ``retries`` times, after
-    ``backoff * 2**k`` seconds; ``progress`` shows a bar on stderr (None: when stderr is a terminal).
-    Raises a ConfigError (one line, exit 2) for bad input, a checksum mismatch, an unsafe archive member
-    or files the loader rejects, and EnvironmentFailure (exit 1) when the network or the disk fails."""
-    return _ensure(name, data_dir, mirror=mirror, sources=sources, timeout=timeout, retries=retries,
-                   backoff=backoff, progress=progress).path
+    Options: ``sources`` (the records, default :data:`real.datasets.DATASETS`); ``mirror`` (http or
+    https, replaces the record's base address, file names kept); ``timeout`` (seconds a connection or
+    read may stall, 60); ``retries`` (after a network failure, 5) waiting ``backoff * 2**k`` seconds
+    (``backoff`` 1); ``progress`` (a bar on stderr; None: when stderr is a terminal).  A ConfigError
+    (exit 2) for bad input, a checksum mismatch, an unsafe archive member or files the loader rejects;
+    EnvironmentFailure (exit 1) when the network or the disk fails."""
+    return _ensure(name, data_dir, **options).path
 
 
 def _ensure(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None = None,
@@ -106,14 +88,14 @@ def _ensure(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None
             backoff: float = 1.0, progress: bool | None = None) -> Installed:
     registry = DATASETS if sources is None else sources
     key = name.strip().lower().replace("_", "-")
-    choices = ", ".join(sorted(k for k, info in registry.items() if info.files))
     if key not in registry or not registry[key].files:
+        choices = ", ".join(sorted(k for k, info in registry.items() if info.files))
         raise ConfigError("dataset", message=f"download: nothing to download for {name!r}; choose one of: {choices}")
     info = registry[key]
     check_number("--timeout", timeout, low=0.0, low_open=True)
     check_int("--retries", retries, low=0)
     check_number("--backoff", backoff, low=0.0)
-    base = _base_url(mirror) if mirror is not None else info.base_url
+    base = info.base_url if mirror is None else _base_url(mirror)
     if data_dir is None:
         if default_data_dir(key) is not None:
             return Installed(default_data_dir(key), "debian", ("Debian's dataset-fashion-mnist package",))
@@ -124,10 +106,11 @@ def _ensure(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None
     if root.exists() and not root.is_dir():
         raise ConfigError("--data-dir", message=f"--data-dir: {root} exists and is not a folder")
     root.mkdir(parents=True, exist_ok=True)
-    net = _Net(float(timeout), int(retries), float(backoff),
-               sys.stderr.isatty() if progress is None else bool(progress), mirror)
+    hint = " (check --mirror)" if mirror else ""
+    fetch = partial(_retrieve, timeout=float(timeout), retries=int(retries), backoff=float(backoff),
+                    progress=sys.stderr.isatty() if progress is None else progress, hint=hint)
     with _locked(root):
-        return _present(info, root) or _install(info, root, base, net)
+        return _present(info, root) or _install(info, root, base, fetch)
 
 
 def _base_url(mirror: str) -> str:
@@ -140,10 +123,9 @@ def _base_url(mirror: str) -> str:
 
 @contextlib.contextmanager
 def _locked(root: Path):
-    """Hold an exclusive lock on ``root`` (flock on the folder) so two downloads never interleave."""
-    import fcntl
-
-    fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    """flock on ``root``, so a second download into it waits for the first.  By hand, not
+    theory.plumbing.lock.RunLock: that refuses a live owner at once and leaves a file in DIR when killed."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -160,42 +142,21 @@ def _locked(root: Path):
 
 def _probe(folder: Path, info: DatasetInfo) -> bool:
     """Whether ``folder`` has every path of ``info.probe``."""
-    def has(entry: str) -> bool:
-        path = folder / entry.rstrip("/")
-        return path.is_dir() if entry.endswith("/") else path.is_file()
-    return all(any(has(alternative) for alternative in entry.split("|")) for entry in info.probe)
+    return all(any((folder / alt).is_dir() if alt.endswith("/") else (folder / alt).is_file()
+                   for alt in entry.split("|")) for entry in info.probe)
 
 
 def _inventory(folder: Path) -> tuple[int, int]:
     """Number of regular files under ``folder`` (the marker excluded) and their total size."""
     paths = [Path(parent) / f for parent, _dirs, files in os.walk(folder) for f in files]
-    paths = [p for p in paths if p != folder / MARKER]
-    return len(paths), sum(p.lstat().st_size for p in paths)
-
-
-def _check_marker(info: DatasetInfo, folder: Path) -> None:
-    """A folder useful-train installed must hold the same data set, with the same files."""
-    marker = folder / MARKER
-    try:
-        record = json.loads(marker.read_text())
-        expected, dataset = (int(record["files"]), int(record["bytes"])), record["dataset"]
-    except (ValueError, KeyError, TypeError, OSError):
-        raise DatasetError(f"{info.name}: {marker} is unreadable; remove {folder} and download again") from None
-    if dataset != info.name:
-        raise DatasetError(f"{info.name}: {folder} holds {dataset!r} (see {marker}); choose another --data-dir")
-    found = _inventory(folder)
-    if found != expected:
-        raise DatasetError(f"{info.name}: {folder} was installed by useful-train with {expected[0]} files "
-                           f"({expected[1]} bytes) but now has {found[0]} files ({found[1]} bytes); it is left "
-                           f"as is: remove it and download again")
+    sizes = [p.lstat().st_size for p in paths if p != folder / MARKER]
+    return len(sizes), sum(sizes)
 
 
 def _present(info: DatasetInfo, root: Path) -> Installed | None:
-    """The data set already in ``root/<folder>`` or in ``root`` itself, or None when there is none.
-
-    A folder useful-train made (it has :data:`MARKER`) must be unchanged; any other folder must be
-    accepted by the loader.  A folder that is neither is refused, never modified (an empty
-    ``root/<folder>`` is removed: there is nothing in it to lose)."""
+    """The data set already in ``root/<folder>`` or ``root``, or None.  Ours (it has :data:`MARKER`) must
+    be unchanged, any other folder accepted by the loader; one that is neither is refused, never
+    modified (an empty ``root/<folder>`` is removed: there is nothing in it to lose)."""
     target = root / info.folder
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
@@ -221,10 +182,28 @@ def _present(info: DatasetInfo, root: Path) -> Installed | None:
     return None
 
 
+def _check_marker(info: DatasetInfo, folder: Path) -> None:
+    """A folder useful-train installed must hold the same data set, with as many files and bytes."""
+    marker = folder / MARKER
+    try:
+        record = json.loads(marker.read_text())
+        expected, dataset = (int(record["files"]), int(record["bytes"])), record["dataset"]
+    except (ValueError, KeyError, TypeError, OSError):
+        raise DatasetError(f"{info.name}: {marker} is unreadable; remove {folder} and download again") from None
+    if dataset != info.name:
+        raise DatasetError(f"{info.name}: {folder} holds {dataset!r} (see {marker}); choose another --data-dir")
+    found = _inventory(folder)
+    if found != expected:
+        raise DatasetError(f"{info.name}: {folder} was installed by useful-train with {expected[0]} files "
+                           f"({expected[1]} bytes) but now has {found[0]} files ({found[1]} bytes); it is left "
+                           f"as is: remove it and download again")
+
+
 # --- installing
 
 
-def _install(info: DatasetInfo, root: Path, base: str, net: _Net) -> Installed:
+def _install(info: DatasetInfo, root: Path, base: str, fetch: Callable[..., Path]) -> Installed:
+    """Download (or find) each file, stage the data set and move it into place."""
     work = root / _WORK
     work.mkdir(exist_ok=True)
     for stale in [*work.glob("unpack-*"), *work.glob("tmp*")]:  # a killed run's; we hold the lock
@@ -234,40 +213,19 @@ def _install(info: DatasetInfo, root: Path, base: str, net: _Net) -> Installed:
         else:
             stale.unlink(missing_ok=True)
     notes: list[str] = []
-    copies: list[tuple[Path, bool]] = []
-    tmp = None
+    copies: list[tuple[Path, bool]] = []  # (the file, downloaded by us)
     try:
         for remote in info.files:
-            copies.append(_obtain(info, remote, root, work, base, net, notes))
-        tmp = Path(tempfile.mkdtemp(prefix="unpack-", dir=work))
-        staging = tmp / "staging"
-        staging.mkdir()
-        for (path, ours), remote in zip(copies, info.files):
-            if info.unpack == "none":
-                (os.replace if ours else shutil.copyfile)(path, staging / remote.filename)
-            else:
-                log.info("unpacking %s", path.name)
-                _unpack(info, path, staging, root)
-        folder = _find_folder(staging, info)
-        _check_loads(info, folder)
-        _write_marker(info, folder, copies, base)
-        target = root / info.folder
-        if target.exists() or target.is_symlink():
-            raise DatasetError(f"{info.name}: {target} appeared while unpacking; it is left as is and nothing "
-                               f"was installed")
-        os.rename(folder, target)
-        _fsync_dir(root)
-        for path, ours in copies:
-            if ours:
-                path.unlink(missing_ok=True)
+            copies.append(_obtain(info, remote, root, work, base, fetch, notes))
+        with tempfile.TemporaryDirectory(prefix="unpack-", dir=work, ignore_cleanup_errors=True) as tmp:
+            target = _stage(info, root, Path(tmp), copies, base)
+        _drop(copies)
         log.info("%s installed in %s", info.name, target)
         return Installed(target, "installed", tuple(notes))
     except DatasetError:
         # The files cannot give a valid data set (an unsafe member, a corrupt archive, a layout the
         # loader rejects): keeping the downloads would only make the next run fail the same way.
-        for path, ours in copies:
-            if ours:
-                path.unlink(missing_ok=True)
+        _drop(copies)
         raise
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -275,42 +233,46 @@ def _install(info: DatasetInfo, root: Path, base: str, net: _Net) -> Installed:
                                      f"the partial download or unpack was removed") from None
         raise
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             work.rmdir()  # only when empty
 
 
-def _find_folder(staging: Path, info: DatasetInfo) -> Path:
-    """The unpacked data set: ``staging/<folder>``, ``staging`` itself, or its only subfolder."""
-    candidates = [staging / info.folder, staging]
+def _drop(copies: list[tuple[Path, bool]]) -> None:
+    """Delete the files we downloaded (never the user's)."""
+    for path, ours in copies:
+        if ours:
+            path.unlink(missing_ok=True)
+
+
+def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[tuple[Path, bool]], base: str) -> Path:
+    """Unpack (or copy) into ``tmp/staging``, check it with the loader, mark it, rename it to ``root/<folder>``."""
+    staging = tmp / "staging"
+    staging.mkdir()
+    for (path, ours), remote in zip(copies, info.files):
+        if info.unpack == "none":
+            (os.replace if ours else shutil.copyfile)(path, staging / remote.filename)
+        else:
+            log.info("unpacking %s", path.name)
+            _unpack(info, path, staging, root)
+    # The data set is staging/<folder>, staging itself or its only subfolder.
     subfolders = [p for p in staging.iterdir() if p.is_dir() and not p.is_symlink()]
-    if len(subfolders) == 1:
-        candidates.append(subfolders[0])
-    found = next((c for c in candidates if c.is_dir() and _probe(c, info)), None)
-    if found is None:
+    candidates = [staging / info.folder, staging, *(subfolders if len(subfolders) == 1 else [])]
+    folder = next((c for c in candidates if c.is_dir() and _probe(c, info)), None)
+    if folder is None:
         raise DatasetError(f"{info.name}: the unpacked files do not have the expected layout "
                            f"({', '.join(info.probe)} in one folder); nothing was installed")
-    return found
-
-
-def _check_loads(info: DatasetInfo, folder: Path) -> None:
-    """The loader must accept the unpacked folder, with the published split sizes."""
     log.info("%s: checking the unpacked files with the loader", info.name)
     try:
         ds = load_dataset(info.name, folder)
     except DatasetError as err:
         raise DatasetError(f"{info.name}: the unpacked archive is not a valid data set ({err}); nothing "
                            f"was installed") from None
-    sizes = (int(ds.train_x.shape[0]), int(ds.test_x.shape[0]))
+    sizes = (len(ds.train_x), len(ds.test_x))
     del ds
     if info.split_sizes is not None and sizes != tuple(info.split_sizes):
         raise DatasetError(f"{info.name}: the unpacked archive holds {sizes[0]} training and {sizes[1]} test "
                            f"images, not the published {info.split_sizes[0]} and {info.split_sizes[1]}; "
                            f"nothing was installed")
-
-
-def _write_marker(info: DatasetInfo, folder: Path, copies: list[tuple[Path, bool]], base: str) -> None:
     count, total = _inventory(folder)
     atomic_write_json(folder / MARKER, {
         "dataset": info.name,
@@ -320,21 +282,24 @@ def _write_marker(info: DatasetInfo, folder: Path, copies: list[tuple[Path, bool
         "checksum_origin": info.checksum_origin, "files": count, "bytes": total,
         "installed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+    target = root / info.folder
+    if target.exists() or target.is_symlink():
+        raise DatasetError(f"{info.name}: {target} appeared while unpacking; it is left as is and nothing was "
+                           f"installed")
+    os.rename(folder, target)
+    with contextlib.suppress(OSError):  # make the rename durable
+        fd = os.open(root, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    return target
 
 
 # --- downloading (pooch)
 
 
-def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base: str, net: _Net,
+def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base: str, fetch: Callable[..., Path],
             notes: list[str]) -> tuple[Path, bool]:
     """A verified local copy of ``remote`` and whether it is ours (to move or delete afterwards)."""
     if remote.md5 is None:
@@ -352,21 +317,23 @@ def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base:
                                f"useful-train, so it is left as is: move it away to download a fresh copy")
         log.info("using %s, which is already there", user_copy)
         return user_copy, False
-    return _retrieve(info, remote, base + urllib.parse.quote(remote.filename), work, net), True
+    return fetch(info, remote, base + urllib.parse.quote(remote.filename), work), True
 
 
-def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, net: _Net) -> Path:
-    """:func:`pooch.retrieve` with our retries (pooch's ``retry_if_failed`` also retries a checksum
-    mismatch, with fixed waits): network failures only, ``net.retries`` times, exponential backoff."""
+def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, timeout: float, retries: int,
+              backoff: float, progress: bool, hint: str) -> Path:
+    """:func:`pooch.retrieve` with our own retries: pooch's ``retry_if_failed`` also retries a checksum
+    mismatch, with fixed waits; ours retry network failures only, with exponential backoff."""
     known = None if remote.md5 is None else f"md5:{remote.md5}"
-    hint = " (check --mirror)" if net.mirror else ""
+    logger = pooch.get_logger()  # pooch logs every download to stderr; ours are logged already
     for attempt in itertools.count():
-        bar = _progress_bar(net, remote.filename)
-        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=net.timeout,
+        bar = _progress_bar(remote.filename) if progress else False
+        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=timeout,
                                           headers={"Accept-Encoding": "identity"})  # the bytes the MD5 is of
+        level = logger.level
+        logger.setLevel(logging.WARNING)
         try:
-            with _pooch_quiet():
-                return Path(pooch.retrieve(url, known, fname=remote.filename, path=work, downloader=downloader))
+            return Path(pooch.retrieve(url, known, fname=remote.filename, path=work, downloader=downloader))
         except ValueError as err:  # pooch's hash mismatch; it deleted the download
             raise DatasetError(f"{info.name}: checksum mismatch for {remote.filename} downloaded from {url}: {err} "
                                f"(run the command again; if this repeats, the server{hint} serves a different "
@@ -376,106 +343,77 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, net: 
             reason = f"HTTP {status} {err.response.reason}" if status else (str(err) or type(err).__name__)
             if status is not None and status not in (408, 425, 429) and status < 500:
                 raise EnvironmentFailure(f"download of {url} failed: {reason}{hint}") from None
-            if attempt == net.retries:
+            if attempt == retries:
                 raise EnvironmentFailure(f"download of {url} failed after {attempt + 1} attempts: {reason}") from None
-            delay = min(net.backoff * 2 ** attempt, 300.0)
+            delay = min(backoff * 2 ** attempt, 300.0)
             log.warning("download of %s failed (%s); retrying in %g s", url, reason, delay)
             time.sleep(delay)
         finally:
+            logger.setLevel(level)
             if bar is not False:
                 bar.close()
 
 
-def _progress_bar(net: _Net, label: str):
-    if not net.progress:
-        return False
+def _progress_bar(label: str):
     from tqdm import tqdm
 
     # total=1 until pooch sets the Content-Length: pooch tests the bar's truth, which needs a total.
     return tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr, leave=False)
 
 
-@contextlib.contextmanager
-def _pooch_quiet():
-    """pooch logs every download to stderr; ours are logged already (to stdout by the command)."""
-    logger = pooch.get_logger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 # --- unpacking: by hand, because pooch's Untar/Unzip write whatever the archive holds (links, devices,
 # '..' and absolute paths); every member is checked before it is written
 
 
-def _refuse(info: DatasetInfo, archive: Path, member: str, why: str, root: Path) -> DatasetError:
-    return DatasetError(f"{info.name}: refusing to unpack {archive.name}: member {member!r} {why}; nothing "
-                        f"from it was installed in {root}")
-
-
 def _member_path(info: DatasetInfo, archive: Path, member: str, kind: str, staging: Path, root: Path) -> Path | None:
     """Where a member of ``kind`` (``"file"``, ``"dir"``, else why it is refused) goes under ``staging``."""
-    if kind not in ("file", "dir"):
-        raise _refuse(info, archive, member, kind, root)
-    if "\x00" in member:
-        raise _refuse(info, archive, member, "has a NUL byte in its name", root)
-    if member.startswith(("/", "\\")) or (len(member) > 1 and member[1] == ":" and member[0].isalpha()):
-        raise _refuse(info, archive, member, "has an absolute path", root)
     parts = [p for p in member.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise _refuse(info, archive, member, "has a '..' component and would land outside the folder", root)
+    why = next((why for bad, why in (
+        (kind not in ("file", "dir"), kind),
+        ("\x00" in member, "has a NUL byte in its name"),
+        (member.startswith(("/", "\\")) or (member[1:2] == ":" and member[:1].isalpha()), "has an absolute path"),
+        (".." in parts, "has a '..' component and would land outside the folder"),
+    ) if bad), None)
+    if why is not None:
+        raise DatasetError(f"{info.name}: refusing to unpack {archive.name}: member {member!r} {why}; nothing "
+                           f"from it was installed in {root}")
     return staging.joinpath(*parts) if parts else None
 
 
 def _tar_kind(member: tarfile.TarInfo) -> str:
-    if member.isreg() or member.isdir():
-        return "file" if member.isreg() else "dir"
     if member.issym() or member.islnk():
         return f"is a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
-    if member.ischr() or member.isblk():
-        return "is a device file"
-    return "is a FIFO" if member.isfifo() else "is not a regular file or folder"
+    return ("file" if member.isreg() else "dir" if member.isdir() else "is a FIFO" if member.isfifo()
+            else "is a device file" if member.ischr() or member.isblk() else "is not a regular file or folder")
 
 
-def _zip_kind(info: zipfile.ZipInfo) -> str:
-    mode = info.external_attr >> 16
+def _zip_kind(member: zipfile.ZipInfo) -> str:
+    mode = member.external_attr >> 16
     if stat.S_ISLNK(mode):
         return "is a symbolic link"
     if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         return "is a device or other special file"
-    return "dir" if info.is_dir() else "file"
-
-
-def _write_member(dest: Path | None, kind: str, open_data) -> None:
-    if dest is None:
-        return
-    if kind == "dir":
-        dest.mkdir(parents=True, exist_ok=True)
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "wb") as out, open_data() as data:
-        shutil.copyfileobj(data, out, _CHUNK)
+    return "dir" if member.is_dir() else "file"
 
 
 def _unpack(info: DatasetInfo, archive: Path, staging: Path, root: Path) -> None:
     """Extract ``archive`` member by member into ``staging`` (a zip's members are all checked first)."""
     try:
-        if info.unpack == "zip":
-            with zipfile.ZipFile(archive) as zf:
-                members = [(m, _member_path(info, archive, m.filename, _zip_kind(m), staging, root))
-                           for m in zf.infolist()]
-                for member, dest in members:
-                    _write_member(dest, _zip_kind(member), lambda: zf.open(member))  # noqa: B023
-        else:
-            with tarfile.open(archive, "r:gz") as tar:
-                for member in tar:
-                    kind = _tar_kind(member)
-                    dest = _member_path(info, archive, member.name, kind, staging, root)
-                    _write_member(dest, kind, lambda: tar.extractfile(member))  # noqa: B023
+        with zipfile.ZipFile(archive) if info.unpack == "zip" else tarfile.open(archive, "r:gz") as ar:
+            if info.unpack == "zip":
+                members = [(m.filename, _zip_kind(m), partial(ar.open, m)) for m in ar.infolist()]
+            else:  # read as a stream
+                members = ((m.name, _tar_kind(m), partial(ar.extractfile, m)) for m in ar)
+            checked = ((_member_path(info, archive, name, kind, staging, root), kind, data)
+                       for name, kind, data in members)
+            for dest, kind, data in (list(checked) if info.unpack == "zip" else checked):
+                if dest is not None and kind == "dir":
+                    dest.mkdir(parents=True, exist_ok=True)
+                elif dest is not None:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                    with os.fdopen(fd, "wb") as out, data() as src:
+                        shutil.copyfileobj(src, out, _CHUNK)
     except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
             NotImplementedError, OSError) as err:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -504,9 +442,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``useful-train download``; progress on stdout, so stderr holds only a failure's one line."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    previous = (log.level, log.propagate)
+    handler, previous = logging.StreamHandler(sys.stdout), (log.level, log.propagate)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False

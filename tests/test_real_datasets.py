@@ -114,7 +114,7 @@ def test_cifar10_truncated_pickle_names_file(tmp_path):
         ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, "shape"),
         ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels outside"),
         ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}, "labels outside"),
-        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images but 1 labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "1 labels for 2 images"),
         ([1, 2, 3], "not a dict"),
     ],
 )
@@ -682,7 +682,7 @@ def test_codecs_encode_and_bytes_only_as_pickle_emits_them(tmp_path):
         ([0, 2 ** 70], "labels outside [0, 10) (min 0, max 1180591620717411303424)"),
         (np.asarray([0, 2 ** 64 - 1], np.uint64), "labels outside [0, 10) (min 0, max 18446744073709551615)"),
         ([0, -1], "labels outside"),
-        ([0, 1, 2], "2 images but 3 labels"),
+        ([0, 1, 2], "3 labels for 2 images"),
         (b"\x00\x01", "'labels' is a bytes of length 2"),
         ({0: 1}, "'labels' is a dict"),
     ],
