@@ -271,7 +271,8 @@ def _ratio_cell(g: Group, baseline_optimizer: str) -> str:
     d = paired_time_ratio(g, g.reference)
     if d["n"] == 0:
         return "no shared seeds"
-    return f"{d['mean']:.2f}x" + (f" ± {d['std']:.2f}" if d["std"] is not None else "") + f" ({d['n']} seed{'s' if d['n'] > 1 else ''})"
+    spread = f" ± {d['std']:.2f}" if d["std"] is not None else ""
+    return f"{d['mean']:.2f}x{spread} ({d['n']} seed{'s' if d['n'] > 1 else ''})"
 
 
 def _paired_cell(d: dict | None) -> str:
@@ -318,7 +319,8 @@ def _panel(ax, title: str, members: Sequence[Group]) -> None:
     wide = len(members) > 4
     ax.set_xticks(list(xs))
     times = [f"{t:.2f}x time" if math.isfinite(t := g.relative_time) else "time n/a" for g in members]
-    ax.set_xticklabels([f"{g.label}\n{t}" for g, t in zip(members, times)], fontsize=8, rotation=30 if wide else 0, ha="right" if wide else "center")
+    ax.set_xticklabels([f"{g.label}\n{t}" for g, t in zip(members, times)], fontsize=8,
+                       rotation=30 if wide else 0, ha="right" if wide else "center")
     ax.set(ylabel="test error (%)", title=title)
     ax.grid(axis="y", alpha=0.3)
 
