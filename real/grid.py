@@ -12,15 +12,11 @@ A grid file is TOML (docs/training.md describes it)::
     time = "12:00:00"
 
 A run's configuration is, lowest first: the preset (its values for the run's optimizer), ``[base]``,
-the axis values, the seed.  Two runs of one resolved configuration (``lr = [1, 1.0]``) are refused
-naming both, as is a run folder holding another configuration.  Each run is ``python -m real run
---config OUT/configs/<name>.toml --out OUT/runs/<name> [--resume]`` (configs written with tomli-w);
-``OUT/grid.json`` lists them.  Completed runs (and diverged ones, unless asked) are skipped.
-
-Slurm goes through submitit, an optional extra imported only to submit: the runs left to do are one
-job array, each task a :class:`TrainJob` that submitit checkpoints and requeues on its warning
-signal.  Slurm options are checked once, in :class:`GridSpec` (sbatch names, no control characters:
-submitit writes them into ``#SBATCH`` lines); ``OUT/jobs/<name>.json`` records what submitit got.
+the axis values, the seed.  Two runs of one resolved configuration are refused naming both, as is a
+run folder holding another configuration.  Each run is ``python -m real run --config
+OUT/configs/<name>.toml --out OUT/runs/<name> [--resume]``; ``OUT/grid.json`` lists them.  Completed
+runs (and diverged ones, unless asked) are skipped.  On Slurm, submitit (an optional extra) submits
+the runs left to do as one job array of :class:`TrainJob`; ``OUT/jobs/<name>.json`` records what it got.
 """
 
 from __future__ import annotations
@@ -65,7 +61,8 @@ GRID_CONTROLLED = ("seed", "out", "resume", "overwrite")  # the grid sets them (
 MAX_NAME = 200  # longer run names are cut and end in a hash (file names are at most 255 bytes)
 MAX_ARRAY = 1000  # tasks per job array (Slurm's default MaxArraySize is 1001)
 
-# sbatch's long options (Slurm 22.05-24.x), "_" for "-", less SUBMITIT_SETS and non-directives (wrap, ...).
+# sbatch's long options (Slurm 22.05-24.x), "_" for "-", less SUBMITIT_SETS and non-directives (wrap, ...):
+# a misspelt option is refused here, before a dry run writes a job that sbatch would refuse.
 SBATCH_OPTIONS = frozenset("""
     account acctg_freq batch bb bbf begin chdir cluster_constraint clusters comment constraint container
     contiguous core_spec cores_per_socket cpu_freq cpus_per_gpu cpus_per_task deadline delay_boot dependency
@@ -78,13 +75,9 @@ SBATCH_OPTIONS = frozenset("""
     tmp tres_bind tres_per_task uid use_min_nodes wait_all_nodes wckey array_parallelism
 """.split())  # array_parallelism: submitit's own (how many tasks of the array run at once)
 SUBMITIT_SETS = ("output", "error", "open_mode", "signal", "array")
-# What SlurmExecutor.update_parameters takes by name (listed: a dry run has no submitit to ask); the
-# others go to its additional_parameters.
-SUBMITIT_NAMED = frozenset("""
-    job_name partition time nodes ntasks_per_node cpus_per_task cpus_per_gpu gpus_per_node gpus_per_task qos mem
-    mem_per_gpu mem_per_cpu comment constraint exclude account gres mail_type mail_user nodelist dependency
-    exclusive wckey array_parallelism
-""".split())
+# Given to SlurmExecutor.update_parameters by name; every other option goes in its additional_parameters,
+# which submitit writes as "#SBATCH --name=value" (true: "--name") as it would the named ones.
+SUBMITIT_NAMED = ("job_name", "time", "array_parallelism")
 GPU_COUNT = r"(?:[^:]+:)?(\d+)"  # gpus_per_node / gpus: N or TYPE:N
 
 
@@ -93,8 +86,8 @@ GPU_COUNT = r"(?:[^:]+:)?(\d+)"  # gpus_per_node / gpus: N or TYPE:N
 
 
 def slurm_minutes(value: Any) -> int:
-    """A Slurm time limit in minutes: an integer (minutes) or ``MM``, ``MM:SS``, ``HH:MM:SS``,
-    ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS`` (sbatch's formats); seconds are rounded up."""
+    """A Slurm time limit in minutes: an integer (minutes) or sbatch's ``MM``, ``MM:SS``, ``HH:MM:SS``,
+    ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``; seconds are rounded up."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip()) if isinstance(value, str) else None
@@ -109,23 +102,21 @@ def slurm_minutes(value: Any) -> int:
 
 
 def _control_character(text: str) -> str | None:
-    """The first newline, tab or other control character (or line separator) in ``text``."""
+    """The first newline, tab or other control character (or line separator) in ``text``: submitit
+    writes values into the ``#SBATCH`` lines of a bash script, where a newline would start a command."""
     return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
 
 
 def _value_problem(name: str, value: Any) -> str | None:
     """What a Slurm option's value was expected to be, or None when it is fine."""
-    if isinstance(value, str):
-        if (bad := _control_character(value)) is not None:
-            return f"a value without a newline or other control character (found {bad!r})"
-        if not value.strip():
-            return "a non-empty value"
-    elif not isinstance(value, int):
-        return "a string, an integer or true/false"
-    elif value is False:
+    if isinstance(value, str) and (bad := _control_character(value)) is not None:
+        return f"a value without a newline or other control character (found {bad!r})"
+    if isinstance(value, str) and not value.strip():
+        return "a non-empty value"
+    if value is False:
         return None  # left out
-    elif value < 0:
-        return "an integer >= 0"
+    if not isinstance(value, (str, int)):
+        return "a string, an integer or true/false"
     if name == "time":
         try:
             slurm_minutes(value)
@@ -137,7 +128,7 @@ def _value_problem(name: str, value: Any) -> str | None:
         return "an integer >= 1"
     if name in ("gpus_per_node", "gpus") and not re.fullmatch(GPU_COUNT, str(value)):
         return "a GPU count, N or TYPE:N"
-    return None
+    return "an integer >= 0" if isinstance(value, int) and value < 0 else None
 
 
 def slurm_options(options: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
@@ -177,7 +168,8 @@ def _gpus(options: Mapping[str, Any]) -> int:
 @dataclass(frozen=True)
 class GridSpec:
     """A grid: ``base`` keys of every run, ``axes`` (field -> values: the settings are their product),
-    ``seeds``, ``out_root`` (runs/, configs/, jobs/, grid.json), ``slurm`` options, ``source`` (messages)."""
+    ``seeds``, ``out_root`` (runs/, configs/, jobs/, grid.json), ``slurm`` options (checked here),
+    ``source`` (for messages)."""
 
     base: Mapping[str, Any] = field(default_factory=dict)
     axes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
@@ -195,8 +187,7 @@ class GridSpec:
 
 @dataclass(frozen=True)
 class GridRun:
-    """One run: its name, directory, TOML file, configuration (the keys of that file), axis values,
-    seed and resolved :class:`~real.config.TrainConfig`."""
+    """One run: ``config`` holds the keys of its TOML file, ``resolved`` its :class:`~real.config.TrainConfig`."""
 
     name: str
     run_dir: str
@@ -208,21 +199,18 @@ class GridRun:
 
 
 def load_grid(path: str | os.PathLike) -> GridSpec:
-    """Read a grid TOML file and check every run's configuration (:func:`expand_runs`); a bad key,
-    value, run or Slurm option is a one-line :class:`ConfigError` naming it and the file."""
+    """Read a grid file and check every run (:func:`expand_runs`); a bad key, value, run or Slurm
+    option is a one-line :class:`ConfigError` naming it and the file."""
     path, source = Path(path), str(path)
     data = load_toml(path)
-    for key in data:
+    for key, value in data.items():
         if key not in GRID_KEYS:
             raise ConfigError(key, message=f"{source}: unknown key {key!r}; allowed keys: {', '.join(GRID_KEYS)}")
-    for key in ("base", "axes", "slurm"):
-        if not isinstance(data.get(key, {}), dict):
+        if key in ("base", "axes", "slurm") and not isinstance(value, dict):
             raise ConfigError(key, message=f"{source}: {key!r} must be a table ([{key}])")
     seeds = data.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
-    if not isinstance(seeds, list):
-        raise ConfigError("seeds", message=f"{source}: 'seeds' must be a list of integers >= 0, got {seeds!r}")
-    spec = GridSpec(base=data.get("base", {}), axes=data.get("axes", {}), seeds=tuple(seeds),
+    spec = GridSpec(base=data.get("base", {}), axes=data.get("axes", {}),
+                    seeds=tuple(seeds) if isinstance(seeds, list) else (seeds,),
                     out_root=data.get("out", str(Path("runs") / path.stem)), slurm=data.get("slurm", {}), source=source)
     expand_runs(spec)  # every run's configuration is valid, and no two are the same
     return spec
@@ -251,13 +239,13 @@ def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], t
         if name in axes:
             raise ConfigError(key, message=f"{source}: axis {key!r} is given twice")
         axes[name] = list(values)
-    seeds = tuple(spec.seeds)
+    seeds = list(spec.seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ConfigError("seeds", message=f"{source}: 'seeds' must be a non-empty list of integers >= 0, "
-                                           f"got {list(seeds)!r}")
+                                           f"got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError("seeds", message=f"{source}: 'seeds' has duplicates: {list(seeds)!r}")
-    return base, axes, seeds
+        raise ConfigError("seeds", message=f"{source}: 'seeds' has duplicates: {seeds!r}")
+    return base, axes, tuple(seeds)
 
 
 def _token(value: Any) -> str:
@@ -278,20 +266,15 @@ def _run_name(axis_values: Mapping[str, Any], seed: int) -> str:
     return name
 
 
-def _preset_keys(source: str, base: Mapping[str, Any], combo: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of the run's preset (from an axis or ``[base]``) for the run's optimizer: a grid over
-    optimizers on an -sgd preset runs SAM at the setting's radius, not the default."""
-    preset = combo.get("preset", base.get("preset"))
-    if preset is None:
-        return {}
-    if not isinstance(preset, str):
-        raise ConfigError("preset", message=f"{source}: preset must be a preset name, got {preset!r}")
-    optimizer = combo.get("optimizer", base.get("optimizer"))
-    return load_preset(preset, optimizer=optimizer if isinstance(optimizer, str) and optimizer in OPTIMIZERS else None)
-
-
 def _make_run(spec: GridSpec, base: Mapping[str, Any], combo: dict[str, Any], seed: int) -> GridRun:
-    config = {**_preset_keys(spec.source, base, combo), **base, **combo, "seed": seed}
+    """One run, under the keys of its preset (an axis or ``[base]``) for its optimizer: a grid over
+    optimizers on an -sgd preset runs SAM at the setting's radius, not the default."""
+    preset, optimizer = combo.get("preset", base.get("preset")), combo.get("optimizer", base.get("optimizer"))
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError("preset", message=f"{spec.source}: preset must be a preset name, got {preset!r}")
+    known = isinstance(optimizer, str) and optimizer in OPTIMIZERS
+    preset_keys = {} if preset is None else load_preset(preset, optimizer=optimizer if known else None)
+    config = {**preset_keys, **base, **combo, "seed": seed}
     name = _run_name(combo, seed)
     run_dir = str(Path(spec.out_root) / "runs" / name)
     try:
@@ -367,10 +350,6 @@ def write_run_files(spec: GridSpec, runs: Sequence[GridRun]) -> Path:
 # Local runs.
 
 
-def _default_runner(command: Sequence[str]) -> int:
-    return subprocess.run(list(command), check=False).returncode
-
-
 def _outcome(run: GridRun, code: int) -> dict[str, Any]:
     """A finished run's ``status`` and ``reason``, from its exit status and its summary."""
     status = run_status(run.run_dir)
@@ -383,16 +362,16 @@ def _outcome(run: GridRun, code: int) -> dict[str, Any]:
 
 def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[str]], Any] | None = None,
               rerun_diverged: bool = False, stop_on_error: bool = False) -> list[dict]:
-    """Run the grid here, one run after another (``--resume`` where a folder holds a run's files),
-    skipping completed runs and diverged ones unless ``rerun_diverged``.  ``dry_run`` writes and runs
-    nothing; ``runner(command)`` returns the exit status (or has ``returncode``).  Per run: its entry,
-    ``status`` one of dry-run, skipped, completed, diverged, failed, not-run (after ``stop_on_error``)."""
+    """Run the grid here, one run after another (``--resume`` where a folder holds a run's files).
+    ``dry_run`` writes and runs nothing; ``runner(command)`` returns the exit status (or has
+    ``returncode``; default: a subprocess).  Per run: its entry, ``status`` one of dry-run, skipped,
+    completed, diverged, failed, not-run (after ``stop_on_error``)."""
     runs = expand_runs(spec)
     skips = _left_to_do(spec, runs, rerun_diverged)
     if not dry_run:
         write_run_files(spec, runs)
-    results: list[dict] = []
-    stopped_after = None
+    runner = runner or (lambda command: subprocess.run(command, check=False))
+    results, stopped_after = [], None
     for run, skip in zip(runs, skips):
         resume = has_run_files(run.run_dir)
         entry = {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file,
@@ -407,7 +386,7 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
             entry["status"] = "dry-run"
         else:
             start = time.perf_counter()
-            outcome = (runner or _default_runner)(entry["command"])
+            outcome = runner(entry["command"])
             code = int(getattr(outcome, "returncode", outcome) or 0)
             entry.update(returncode=code, seconds=time.perf_counter() - start, **_outcome(run, code))
             if entry["status"] != "completed" and stop_on_error:
@@ -433,7 +412,7 @@ class TrainJob:
         self._child: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_child"}
+        return {k: v for k, v in self.__dict__.items() if k != "_child"}  # the process stays here
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _child=None)
@@ -471,23 +450,14 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _import_submitit():
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError("--launcher", message=f"--launcher submitit needs the optional package submitit: {INSTALL} "
-                                                "(--dry-run writes the job specifications without it)") from None
-    return submitit
-
-
 def _executor_parameters(spec: GridSpec) -> dict[str, Any]:
     """``submitit.SlurmExecutor.update_parameters`` keywords for the spec's (checked) options."""
     if "time" not in spec.slurm:
         raise ConfigError("time", message="--time: a Slurm time limit is needed (give [slurm] time or --time; "
                                           "submitit's default would be 5 minutes)")
-    params: dict[str, Any] = {"job_name": "useful-grid-" + Path(spec.out_root).name}
-    params.update({k: slurm_minutes(v) if k == "time" else v for k, v in spec.slurm.items() if k in SUBMITIT_NAMED})
-    additional = {k: v for k, v in spec.slurm.items() if k not in SUBMITIT_NAMED}
+    params = {"job_name": "useful-grid-" + Path(spec.out_root).name, **spec.slurm}
+    params["time"] = slurm_minutes(params["time"])
+    additional = {k: params.pop(k) for k in list(params) if k not in SUBMITIT_NAMED}
     return {**params, "additional_parameters": additional} if additional else params
 
 
@@ -504,7 +474,7 @@ def _queued_job_ids() -> set[str]:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise EnvironmentFailure(f"squeue: {last}")
-    return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
+    return set(proc.stdout.split())
 
 
 def _recorded_job_id(job_file: Path) -> str | None:
@@ -517,7 +487,7 @@ def _recorded_job_id(job_file: Path) -> str | None:
 
 def _plan_jobs(spec: GridSpec, runs: Sequence[GridRun], skips: Sequence[str | None],
                queued: set[str]) -> tuple[list[dict], list[tuple[dict, dict]]]:
-    """Per run its result entry; and per run to submit (entry, job record), with its array index."""
+    """Per run its result entry; and the runs to submit, (entry, job record) each, in job arrays."""
     jobs_dir, gpus = Path(spec.out_root).absolute() / "jobs", _gpus(spec.slurm)
     common = {"executor": "submitit.SlurmExecutor", "folder": str(jobs_dir / "submitit"),
               "parameters": _executor_parameters(spec), "function": f"{TrainJob.__module__}.{TrainJob.__qualname__}",
@@ -536,10 +506,11 @@ def _plan_jobs(spec: GridSpec, runs: Sequence[GridRun], skips: Sequence[str | No
         else:
             todo.append((entry, {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file, **common,
                                  "command": command}))
-    for i, (_, record) in enumerate(todo):  # each MAX_ARRAY runs are one job array (one run: a plain job)
-        size = min(MAX_ARRAY, len(todo) - i // MAX_ARRAY * MAX_ARRAY)
-        record["array"] = {"index": i % MAX_ARRAY, "size": size} if size > 1 else None
-    return results, todo
+    chunks = [todo[i : i + MAX_ARRAY] for i in range(0, len(todo), MAX_ARRAY)]  # a job array each (one run: a job)
+    for chunk in chunks:
+        for i, (_, record) in enumerate(chunk):
+            record["array"] = {"index": i, "size": len(chunk)} if len(chunk) > 1 else None
+    return results, chunks
 
 
 def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> None:
@@ -569,16 +540,23 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
     runs = expand_runs(spec)
     skips = _left_to_do(spec, runs, rerun_diverged)
     _executor_parameters(spec)  # a time limit is needed, dry run or not
-    submitit = None if dry_run else _import_submitit()
-    results, todo = _plan_jobs(spec, runs, skips, set() if dry_run else _queued_job_ids())
+    submitit = None
+    if not dry_run:  # the optional extra, imported only to submit
+        try:
+            import submitit
+        except ImportError:
+            raise ConfigError("--launcher", message=f"--launcher submitit needs the optional package submitit: "
+                                                    f"{INSTALL} (--dry-run writes the job specifications "
+                                                    "without it)") from None
+    results, chunks = _plan_jobs(spec, runs, skips, set() if dry_run else _queued_job_ids())
     write_run_files(spec, runs)
-    if dry_run:
-        for entry, record in todo:
-            atomic_write_json(entry["job_file"], {**record, "dry_run": True})
-            entry["status"] = "dry-run"
-        return results
-    for start in range(0, len(todo), MAX_ARRAY):
-        _submit_array(submitit, todo[start : start + MAX_ARRAY])
+    for chunk in chunks:
+        if dry_run:
+            for entry, record in chunk:
+                atomic_write_json(entry["job_file"], {**record, "dry_run": True})
+                entry["status"] = "dry-run"
+        else:
+            _submit_array(submitit, chunk)
     return results
 
 
@@ -617,10 +595,8 @@ def add_arguments(parser) -> None:
 
 def _print_results(spec: GridSpec, results: Sequence[dict], slurm_dry_run: bool) -> None:
     for entry in results:
-        line = f"{entry['status']:<10} {entry['name']}"
-        line += f"  ({entry['reason']})" if entry.get("reason") else ""
-        line += f"  job {entry['job_id']}" if entry.get("job_id") else ""
-        print(line)
+        print(f"{entry['status']:<10} {entry['name']}" + (f"  ({entry['reason']})" if entry.get("reason") else "")
+              + (f"  job {entry['job_id']}" if entry.get("job_id") else ""))
         if entry["status"] == "dry-run":
             print("           " + shlex.join(entry["command"]))
     if slurm_dry_run:

@@ -502,13 +502,26 @@ def test_dry_run_writes_the_job_specifications_and_contacts_no_scheduler(tmp_pat
     assert job == {
         "name": run.name, "run_dir": run.run_dir, "config_file": run.config_file,
         "executor": "submitit.SlurmExecutor", "folder": str((tmp_path / "out" / "jobs" / "submitit").absolute()),
-        "parameters": {"job_name": "useful-grid-out", "partition": "gpu", "time": 720, "gpus_per_node": 1,
-                       "cpus_per_task": 8, "mem": "32G", "account": "lab",
-                       "additional_parameters": {"requeue": True}},
+        "parameters": {"job_name": "useful-grid-out", "time": 720, "additional_parameters": {
+            "partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 8, "mem": "32G", "account": "lab", "requeue": True}},
         "function": "real.grid.TrainJob", "command": command, "cwd": os.getcwd(), "array": {"index": 4, "size": 7},
         "job_id": None, "log": None, "dry_run": True,
     }
     assert load_toml(job["config_file"]) == run.config
+
+
+def test_submitit_writes_each_option_once_into_the_job_script(tmp_path):
+    """The recorded parameters are what submitit takes: its job script holds each option on one line."""
+    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+
+    (status, *_) = submit_slurm(good_spec(tmp_path, slurm=SLURM + "job-name = 'mine'\n"), dry_run=True)
+    params = json.loads(Path(status["job_file"]).read_text())["parameters"]
+    SlurmExecutor(folder=tmp_path / "s").update_parameters(**params)  # submitit's own check of the keywords
+    lines = _make_sbatch_string(command="x", folder="/f", **params).splitlines()
+    for line in ("--partition=gpu", "--time=720", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32G",
+                 "--account=lab", "--requeue", "--job-name=mine"):
+        assert lines.count("#SBATCH " + line) == 1, line
+    assert sum(line.startswith("#SBATCH --job-name=") for line in lines) == 1
 
 
 def test_submitit_needs_a_time_limit(tmp_path):
@@ -600,7 +613,7 @@ def test_submission_passes_what_the_dry_run_wrote(tmp_path, no_scheduler, monkey
         record = json.loads((jobs / f"{run.name}.json").read_text())
         expected = {k: v for k, v in dry[run.name].items() if k != "dry_run"}
         assert record == {**expected, "job_id": record["job_id"], "log": f"/logs/{record['job_id']}_0_log.out"}
-    assert params["additional_parameters"] == {"reservation": "r1"}
+    assert params["additional_parameters"]["reservation"] == "r1"
     # Submitted again: the queued jobs are left alone, the others go again (one job, not an array).
     _squeue_lists(tmp_path, ["101_0", "101_2", "101_3", "77"])
     status = submit_slurm(spec)
@@ -753,7 +766,7 @@ def test_grid_cli_dry_run(tmp_path, capsys, monkeypatch):
     assert proc.returncode == 0 and proc.stdout.count("--resume") == 4, proc.stderr
     assert "job specifications (what would be passed to submitit)" in proc.stdout
     job = json.loads((tmp_path / "out" / "jobs" / "optimizer=sgd,seed=0.json").read_text())
-    assert job["parameters"] == {"job_name": "useful-grid-out", "partition": "gpu", "time": 60}
+    assert job["parameters"] == {"job_name": "useful-grid-out", "time": 60, "additional_parameters": {"partition": "gpu"}}
     assert job["job_id"] is None and job["dry_run"] is True
     proc = cli(capsys, "grid", str(path), "--partition", "gpu")  # a Slurm option without Slurm
     assert proc.returncode == 2 and "--partition: a Slurm option needs --launcher submitit" in proc.stderr
