@@ -1,7 +1,7 @@
 """USEFUL's policy in the full-scale trainer: when to split, the split, what the partition file holds.
 
-The split rule itself (per-class 2-means on the logits, upsample the higher-loss cluster by k) and
-the baseline partitions are :mod:`theory.useful`'s; this module
+The split rule itself (per-class 2-means on the logits, or on what ``--split-on`` names; upsample the
+higher-loss cluster by k) and the baseline partitions are :mod:`theory.useful`'s; this module
 
 * decides where the pre-split phase ends (:func:`split_point`): after a fixed epoch
   (``--separate-epoch N``), at a fixed iteration (``--separate-iteration N``, possibly inside an
@@ -30,7 +30,6 @@ decreased at all over the first ``w`` epochs (``r <= 0``) the rule waits for the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -49,19 +48,11 @@ from theory.plumbing.config import (
     check_int,
     check_number,
 )
-from theory.useful import (
-    Partition,
-    class_balanced_partition,
-    eiil_partition,
-    loss_quantile_partition,
-    misclassified_partition,
-    random_partition,
-    useful_partition,
-)
+from theory.useful import JTT_UPWEIGHT, PARTITIONS, Partition, PartitionOptions, build_partition, split_features
 
 from . import distributed as D
 from .augment import normalize
-from .config import PARTITIONS, TrainConfig
+from .config import TrainConfig
 from .data import TrainData
 from .phase import steps_per_epoch
 
@@ -200,18 +191,18 @@ def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device |
 
 
 def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, method: str = "useful",
-                      quantile: float = 0.5) -> Partition:
+                      quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
     """USEFUL's partition from a model's logits (N, C), labels (N,) and per-example losses (N,) at the
     separating epoch (numpy arrays or tensors, e.g. from :func:`loader_outputs`): exactly the
     trainer's rule, :func:`make_partition` (``method`` is ``--partition``; ``useful``: per class,
-    2-means on the logits, the higher-loss cluster upsampled by ``k``).  Its ``multiplicities`` go to
-    :class:`real.sampler.UpsampleSampler`."""
+    2-means on the logits (or ``split_on``), the higher-loss cluster upsampled by ``k``).  Its
+    ``multiplicities`` go to :class:`real.sampler.UpsampleSampler`."""
     def as_numpy(a):
         return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
     check_choice("method", method, PARTITIONS)
     return make_partition(method, as_numpy(logits), as_numpy(labels), as_numpy(losses), k=k, seed=seed,
-                          quantile=quantile)
+                          quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
 
 
 def make_partition(
@@ -223,37 +214,27 @@ def make_partition(
     k: int,
     seed: int,
     quantile: float = 0.5,
+    split_on: str = "logits",
+    jtt_upweight: int = JTT_UPWEIGHT,
 ) -> Partition:
-    """The partition ``method`` (``--partition``) from the outputs at the separating epoch.
+    """The partition ``method`` (``--partition``, a key of :data:`theory.useful.PARTITIONS`) from the
+    outputs at the separating epoch (:func:`theory.useful.build_partition`).
 
-    * ``useful``: :func:`theory.useful.useful_partition` (per-class 2-means on the logits);
+    * ``useful``: :func:`theory.useful.useful_partition`, per-class 2-means on ``split_on`` (the
+      logits, the softmax outputs or the per-example loss), the higher-loss cluster gets ``k``;
     * ``random``: as many examples per class as USEFUL's cluster, drawn at random (its 2-means
       diagnostics are kept in ``classes``);
     * ``quantile``: per class, the examples above the class's ``quantile`` of losses;
-    * ``misclassified``: the misclassified examples;
-    * ``jtt``: JTT's error set (the misclassified examples) upsampled by ``k`` (JTT's lambda_up);
-      the same rule as ``misclassified``, recorded under its own name;
+    * ``misclassified``: the misclassified examples, multiplicity ``k``;
+    * ``jtt``: JTT's error set (the misclassified examples) with multiplicity ``jtt_upweight``
+      (JTT's lambda_up; :func:`theory.useful.jtt_partition`), not ``k``;
     * ``eiil``: EIIL's inferred environments (Creager et al., 2021) on the logits, then per class the
       environment with the higher mean loss upsampled by ``k`` (:func:`theory.useful.eiil_partition`);
     * ``class-balanced``: each class c gets multiplicity ``round(n_max / n_c)`` (the long-tailed
       baseline; the outputs are not used).
     """
-    labels = np.asarray(labels)
-    if method in ("useful", "random"):
-        base = useful_partition(logits, labels, losses, k=k, seed=seed)
-        if method == "useful":
-            return base
-        rand = random_partition(labels, base.upsample, k=k, seed=seed)
-        return dataclasses.replace(rand, classes=base.classes)
-    if method == "quantile":
-        return loss_quantile_partition(labels, losses, quantile=quantile, k=k)
-    if method in ("misclassified", "jtt"):
-        return dataclasses.replace(misclassified_partition(logits, labels, k=k), method=method)
-    if method == "eiil":
-        return eiil_partition(logits, labels, losses, k=k, seed=seed)
-    if method == "class-balanced":
-        return class_balanced_partition(labels)
-    raise ValueError(f"unknown partition {method!r}")  # unreachable: the configuration allows PARTITIONS
+    options = PartitionOptions(quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
+    return build_partition(method, logits, np.asarray(labels), losses, k=k, seed=seed, options=options)
 
 
 def partition_arrays(
@@ -261,29 +242,62 @@ def partition_arrays(
     labels: np.ndarray,
     losses: np.ndarray,
     *,
+    logits: np.ndarray,
     num_classes: int,
     separated_at: "SplitPoint",
     upweight: bool,
+    split_on: str = "logits",
     copy_augment: str = "none",
     flipped: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """What partition.npz holds.
 
     ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (k or 1, they sum to
-    ``n + (k - 1) |indices|``; per class for ``class-balanced``), ``k``, ``method``, ``upweight`` (loss
-    weights instead of copies), ``copy_augment`` (what the extra copies receive),
-    ``separate_epoch`` and ``separate_steps`` (the split came after that many full epochs and that
-    many further iterations); per class c: ``class_sizes``, ``upsampled_per_class``,
-    ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when empty), and USEFUL's 2-means diagnostics
-    ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2), ``chosen_cluster`` (C,; -1 when the
-    class upsampled nothing or the method has no clusters); ``losses`` (per-example loss at the
-    separating epoch) and, with label noise, ``label_noise_flipped``.
+    ``n + (k - 1) |indices|``; per class for ``class-balanced``; ``--jtt-upweight`` for ``jtt``),
+    ``k``, ``method``, ``upweight`` (loss weights instead of copies), ``copy_augment`` (what the
+    extra copies receive), ``separate_epoch`` and ``separate_steps`` (the split came after that many
+    full epochs and that many further iterations); per class c: ``class_sizes``,
+    ``upsampled_per_class``, ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when empty), and
+    USEFUL's 2-means diagnostics ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2),
+    ``chosen_cluster`` (C,; -1 when the class upsampled nothing or the method has no clusters);
+    ``losses`` (per-example loss at the separating epoch) and, with label noise,
+    ``label_noise_flipped``.  The model's outputs at the split, for a picture of it (e.g. a t-SNE,
+    the paper's Figure 3): ``logits`` (N, C) float32, the eval-mode logits of the un-augmented
+    training set the partition was computed from; ``split_features`` float32, what USEFUL's per-class
+    2-means clusters (:func:`theory.useful.split_features` at ``split_on``: the logits (N, C), their
+    softmax (N, C) or the losses (N, 1)); ``split_on`` (a str).  The partitions that run no 2-means
+    (all but ``useful`` and ``random``) have ``split_on`` = ``logits``: their features are the logits.
     """
     labels = np.asarray(labels)
     losses = np.asarray(losses, dtype=np.float64)
+    logits = np.asarray(logits)
+    check(logits.ndim == 2 and logits.shape[0] == len(labels), "logits", logits.shape, f"({len(labels)}, C)")
     mask = np.asarray(partition.upsample, dtype=bool)
-    class_sizes = np.bincount(labels, minlength=num_classes).astype(np.int64)
-    up = np.bincount(labels[mask], minlength=num_classes).astype(np.int64)
+    arrays = {
+        "indices": partition.indices.astype(np.int64),
+        "upsample": mask,
+        "multiplicities": np.asarray(partition.multiplicities, dtype=np.int64),
+        "k": np.int64(partition.k),
+        "method": np.array(partition.method),
+        "upweight": np.bool_(upweight),
+        "copy_augment": np.array(copy_augment),
+        "separate_epoch": np.int64(separated_at.epochs),
+        "separate_steps": np.int64(separated_at.steps),
+        "num_classes": np.int64(num_classes),
+        **_class_arrays(partition, labels, losses, mask, num_classes),
+        "losses": losses.astype(np.float32),
+        "logits": logits.astype(np.float32),
+        "split_features": split_features(logits, losses, split_on).astype(np.float32),
+        "split_on": np.array(split_on),
+    }
+    if flipped is not None:
+        arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
+    return arrays
+
+
+def _class_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, mask: np.ndarray,
+                  num_classes: int) -> dict[str, np.ndarray]:
+    """partition.npz's per-class arrays: sizes, upsampled counts, mean losses, 2-means diagnostics."""
     loss_up = np.full(num_classes, np.nan)
     loss_rest = np.full(num_classes, np.nan)
     for c in range(num_classes):
@@ -300,29 +314,15 @@ def partition_arrays(
         cluster_sizes[c] = split.sizes
         cluster_losses[c] = split.mean_losses
         chosen[c] = split.chosen
-    arrays = {
-        "indices": partition.indices.astype(np.int64),
-        "upsample": mask,
-        "multiplicities": np.asarray(partition.multiplicities, dtype=np.int64),
-        "k": np.int64(partition.k),
-        "method": np.array(partition.method),
-        "upweight": np.bool_(upweight),
-        "copy_augment": np.array(copy_augment),
-        "separate_epoch": np.int64(separated_at.epochs),
-        "separate_steps": np.int64(separated_at.steps),
-        "num_classes": np.int64(num_classes),
-        "class_sizes": class_sizes,
-        "upsampled_per_class": up,
+    return {
+        "class_sizes": np.bincount(labels, minlength=num_classes).astype(np.int64),
+        "upsampled_per_class": np.bincount(labels[mask], minlength=num_classes).astype(np.int64),
         "mean_loss_upsampled": loss_up,
         "mean_loss_rest": loss_rest,
         "cluster_sizes": cluster_sizes,
         "cluster_mean_losses": cluster_losses,
         "chosen_cluster": chosen,
-        "losses": losses.astype(np.float32),
     }
-    if flipped is not None:
-        arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
-    return arrays
 
 
 
@@ -370,8 +370,9 @@ def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
         raise ConfigError("--separate-iteration", message=f"--separate-iteration: got {cfg.separate_iteration}, "
                           f"expected at most the {cfg.epochs * steps} iterations of --epochs {cfg.epochs}")
     if cfg.useful and not cfg.upweight:
-        check_allocation("--upsample-factor", 3 * 8 * n_train * cfg.upsample_factor,
-                         f"the upsampled index list ({n_train} examples, k = {cfg.upsample_factor})")
+        flag, k = ("--jtt-upweight", cfg.jtt_upweight) if cfg.partition == "jtt" else ("--upsample-factor",
+                                                                                     cfg.upsample_factor)
+        check_allocation(flag, 3 * 8 * n_train * k, f"the upsampled index list ({n_train} examples, k = {k})")
 
 
 def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, at: SplitPoint,
@@ -384,14 +385,20 @@ def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo,
         logits, losses = compute_outputs(model, data.train_x, data.train_y, mean=data.mean, std=data.std,
                                          batch_size=cfg.eval_batch_size, memory_format=memory_format)
         labels = data.train_y.cpu().numpy()
-        partition = make_partition(cfg.partition, logits, labels, losses, k=k, seed=cfg.seed, quantile=cfg.quantile)
+        partition = make_partition(cfg.partition, logits, labels, losses, k=k, seed=cfg.seed, quantile=cfg.quantile,
+                                   split_on=cfg.split_on, jtt_upweight=cfg.jtt_upweight)
         multiplicities = partition.multiplicities
-        arrays = partition_arrays(partition, labels, losses, num_classes=data.num_classes, separated_at=at,
-                                  upweight=cfg.upweight, copy_augment=cfg.copy_augment, flipped=data.flipped)
+        arrays = partition_arrays(partition, labels, losses, logits=logits, num_classes=data.num_classes,
+                                  separated_at=at, upweight=cfg.upweight, split_on=cfg.split_on,
+                                  copy_augment=cfg.copy_augment, flipped=data.flipped)
         log.info("split after %d epoch(s) and %d step(s) (%s, k=%d): %d of %d examples upsampled%s", at.epochs,
                  at.steps, cfg.partition, partition.k, int(partition.upsample.sum()), n,
                  " (as loss weights)" if cfg.upweight else "")
     multiplicities = D.broadcast_array(multiplicities, shape=(n,), dtype=np.int64, device=info.device)
-    if partition is None:
+    if partition is None:  # the other ranks: the same k as rank 0's partition
+        if cfg.partition == "jtt":
+            k = cfg.jtt_upweight
+        elif cfg.partition == "class-balanced":
+            k = int(multiplicities.max())
         partition = Partition.from_multiplicities(multiplicities, k=k, method=cfg.partition)
     return partition, arrays

@@ -12,10 +12,17 @@ from theory.model import init_weights, outputs, per_example_loss
 from theory.plumbing.config import ConfigError
 from theory.updates import train
 from theory.useful import (
+    JTT_UPWEIGHT,
+    PARTITIONS,
+    SPLIT_ON,
+    PartitionOptions,
+    build_partition,
+    jtt_partition,
     loss_quantile_partition,
     misclassified_partition,
     multiplicities_from_mask,
     random_partition,
+    split_features,
     two_means,
     useful_partition,
 )
@@ -364,3 +371,134 @@ def test_eiil_uses_the_labels_as_logit_columns_when_a_class_is_absent():
     np.testing.assert_allclose(_ce_scale_gradients(z, y), want, rtol=1e-12)
     with pytest.raises(ConfigError):
         _ce_scale_gradients(z, np.array([3, 0]))  # no logit column 3
+
+
+# ----------------------------------------------------------------------------------------------
+# What 2-means clusters (split_on), JTT, the registry.
+
+
+def planted_three_ways(seed: int = 0, per: int = 6):
+    """One class (label 0) of 3-class logits built from three planted binary factors, each seen by
+    one choice of split_on only: a shift of all three logits by 20 (softmax and loss are
+    shift-invariant), which wrong class gets +5 (the softmax sees it, the loss does not), and a
+    true-class margin of 0 or 3 (the loss; the largest loss difference).  Returns logits, labels,
+    losses and the (n, 3) bool factors (shifted, wrong class 2, margin 3)."""
+    rng = np.random.default_rng(seed)
+    rows, factors = [], []
+    for shift in (0.0, 20.0):
+        for wrong in (1, 2):
+            for margin in (0.0, 3.0):
+                for _ in range(per):
+                    z = np.full(3, shift)
+                    z[0] += margin
+                    z[wrong] += 5.0
+                    rows.append(z + 0.05 * rng.standard_normal(3))
+                    factors.append((shift > 0, wrong == 2, margin > 0))
+    logits = np.array(rows)
+    top = logits.max(axis=1)
+    losses = top + np.log(np.exp(logits - top[:, None]).sum(axis=1)) - logits[:, 0]
+    return logits, np.zeros(len(rows), dtype=np.int64), losses, np.array(factors)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_on_clusters_what_it_names(seed):
+    """On the planted set the three choices give three different splits, each along its own factor;
+    the loss split upsamples the low-margin (high-loss) half."""
+    logits, labels, losses, factors = planted_three_ways(seed)
+    masks = {}
+    for column, on in enumerate(SPLIT_ON):
+        part = useful_partition(logits, labels, losses, k=2, seed=seed, split_on=on)
+        masks[on] = part.upsample
+        along = [np.array_equal(part.upsample, factors[:, j]) or np.array_equal(part.upsample, ~factors[:, j])
+                 for j in range(3)]
+        assert along == [j == column for j in range(3)], (on, along)
+        # whatever was clustered, the chosen cluster is the one with the higher mean loss
+        assert losses[part.upsample].mean() >= losses[~part.upsample].mean()
+    np.testing.assert_array_equal(masks["loss"], ~factors[:, 2])
+    assert len({m.tobytes() for m in masks.values()}) == 3
+
+
+@FAST
+@given(arbitrary(), st.integers(1, 3), st.integers(0, 100))
+def test_loss_split_is_a_threshold_on_the_losses(case, k, seed):
+    """2-means on the 1-d losses: in every class that was split, each upsampled loss is above each
+    kept one (a 1-d 2-means cluster is an interval)."""
+    out, labels, losses = case
+    part = useful_partition(out, labels, losses, k=k, seed=seed, split_on="loss")
+    for s in part.classes:
+        cls = labels == s.label
+        up, rest = losses[cls & part.upsample], losses[cls & ~part.upsample]
+        if s.chosen == -1:
+            assert up.size == 0
+            continue
+        assert up.min() >= rest.max()
+
+
+def test_split_features_definitions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(7, 4)) * 30  # large: the softmax must not overflow
+    losses = rng.random(7)
+    np.testing.assert_array_equal(split_features(logits, losses, "logits"), logits)
+    soft = split_features(logits, losses, "softmax")
+    ref = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(soft, ref / ref.sum(1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(split_features(logits, losses, "loss"), losses[:, None])
+    f = np.array([-800.0, -1.0, 0.0, 2.0, 800.0])  # binary outputs: the probability of +1
+    np.testing.assert_allclose(split_features(f, None, "softmax")[:, 0], [0.0, 1 / (1 + np.e), 0.5,
+                                                                          1 / (1 + np.exp(-2.0)), 1.0], atol=1e-15)
+    with pytest.raises(ConfigError, match="split_on"):
+        split_features(logits, losses, "probabilities")
+    with pytest.raises(ConfigError, match="losses"):
+        split_features(logits, None, "loss")
+
+
+@FAST
+@given(arbitrary(), st.integers(2, 60))
+def test_jtt_error_set_is_the_misclassified_set_with_multiplicity_lambda_up(case, upweight):
+    out, labels, _ = case
+    if out.ndim == 1:
+        labels = np.where(labels % 2 == 0, -1, 1)
+    jtt = jtt_partition(out, labels, upweight=upweight)
+    mis = misclassified_partition(out, labels, k=2)
+    np.testing.assert_array_equal(jtt.upsample, mis.upsample)
+    np.testing.assert_array_equal(jtt.multiplicities, np.where(mis.upsample, upweight, 1))
+    assert jtt.method == "jtt" and jtt.k == upweight
+    assert jtt.multiplicities.sum() == len(labels) + (upweight - 1) * mis.upsample.sum()
+
+
+def test_partition_registry():
+    """The registry's keys are the accepted names (in the configuration's order), each builds with
+    the one signature, and the options act: quantile, split_on, jtt_upweight."""
+    assert tuple(PARTITIONS) == ("useful", "random", "quantile", "misclassified", "jtt", "eiil", "class-balanced")
+    logits, labels, losses, _ = planted_three_ways(0)
+    labels = labels.copy()
+    labels[::5] = 1  # a second, smaller class: class-balanced acts
+    for name in PARTITIONS:
+        part = build_partition(name, logits, labels, losses, k=3, seed=0)
+        assert part.method == name and part.upsample.shape == labels.shape
+    jtt = build_partition("jtt", logits, labels, losses, k=3, seed=0)
+    mis = build_partition("misclassified", logits, labels, losses, k=3, seed=0)
+    assert mis.upsample.any()
+    np.testing.assert_array_equal(jtt.upsample, mis.upsample)
+    assert set(jtt.multiplicities[jtt.upsample]) == {JTT_UPWEIGHT} and set(mis.multiplicities[mis.upsample]) == {3}
+    jtt50 = build_partition("jtt", logits, labels, losses, k=3, seed=0, options=PartitionOptions(jtt_upweight=50))
+    assert set(jtt50.multiplicities[jtt50.upsample]) == {50}
+    q = [build_partition("quantile", logits, labels, losses, k=2, seed=0, options=PartitionOptions(quantile=v))
+         for v in (0.2, 0.8)]
+    assert q[0].upsample.sum() > q[1].upsample.sum()
+    by_on = {on: build_partition("useful", logits, labels, losses, k=2, seed=0, options=PartitionOptions(split_on=on))
+             for on in SPLIT_ON}
+    assert len({p.upsample.tobytes() for p in by_on.values()}) == 3
+    rand = build_partition("random", logits, labels, losses, k=2, seed=0, options=PartitionOptions(split_on="loss"))
+    np.testing.assert_array_equal(np.bincount(labels[rand.upsample]), np.bincount(labels[by_on["loss"].upsample]))
+    with pytest.raises(ConfigError, match="method"):
+        build_partition("clusters", logits, labels, losses, k=2, seed=0)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"quantile": 1.0}, "quantile"), ({"split_on": "probs"}, "split_on"),
+                                           ({"jtt_upweight": 1}, "jtt_upweight"),
+                                           ({"jtt_upweight": 2.5}, "jtt_upweight")])
+def test_partition_options_refuse_bad_values(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        PartitionOptions(**kwargs)

@@ -16,18 +16,27 @@ These functions are shared by the simulator (sims/) and the trainer (real/).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from scipy.cluster.vq import kmeans2
 
-from .plumbing.config import check, check_int, check_number
+from .plumbing.config import check, check_choice, check_int, check_number
 
 __all__ = [
     "ClassSplit",
     "Partition",
+    "PartitionOptions",
+    "PARTITIONS",
+    "SPLIT_ON",
+    "JTT_UPWEIGHT",
+    "split_features",
+    "build_partition",
     "useful_partition",
+    "jtt_partition",
     "random_partition",
     "loss_quantile_partition",
     "misclassified_partition",
@@ -37,6 +46,10 @@ __all__ = [
     "multiplicities_from_mask",
     "two_means",
 ]
+
+
+SPLIT_ON = ("logits", "softmax", "loss")  # what USEFUL's per-class 2-means clusters
+JTT_UPWEIGHT = 20  # JTT's lambda_up: the smallest value of JTT's grid {20, 50, 100}
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,30 @@ def _upsample_higher_loss(mask: np.ndarray, idx: np.ndarray, assign: np.ndarray,
     return ClassSplit(label=label.item(), size=len(idx), sizes=sizes, mean_losses=mean_losses, chosen=chosen)
 
 
+def split_features(outputs: np.ndarray, losses: np.ndarray | None, on: str = "logits") -> np.ndarray:
+    """What USEFUL's per-class 2-means clusters (``--split-on``), (n, d) float64.
+
+    ``logits``: the outputs as given ((n,) outputs become one column); ``softmax``: the class
+    probabilities ``softmax(z)`` of (n, C) logits, and for binary (n,) outputs ``f`` the probability
+    of +1, ``sigmoid(f)`` (the softmax of the two logits (0, f), one column: the other is 1 minus it);
+    ``loss``: the per-example losses as one column (2-means on them is a split at a loss threshold).
+    """
+    check_choice("split_on", on, SPLIT_ON)
+    if on == "loss":
+        check(losses is not None, "losses", None, "per-example losses (--split-on loss clusters them)")
+        losses = np.asarray(losses, dtype=np.float64)
+        check(losses.ndim == 1 and bool(np.all(np.isfinite(losses))), "losses", losses.shape, "finite (n,) losses")
+        return losses[:, None]
+    raw = np.asarray(outputs, dtype=np.float64)
+    out = _as_2d_outputs(raw)
+    if on == "logits":
+        return out
+    if raw.ndim == 1:
+        return 0.5 * (1.0 + np.tanh(0.5 * out))  # sigmoid, without overflow for large |f|
+    z = np.exp(out - out.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
 def useful_partition(
     outputs: np.ndarray,
     labels: np.ndarray,
@@ -164,6 +201,7 @@ def useful_partition(
     k: int = 2,
     seed: int = 0,
     n_init: int = 10,
+    split_on: str = "logits",
 ) -> Partition:
     """USEFUL: per class, 2-means on the outputs; upsample the cluster with the higher mean loss.
 
@@ -174,13 +212,16 @@ def useful_partition(
     losses : (n,) per-example losses.
     k : upsampling factor (the chosen cluster appears k times).
     seed : seed of the 2-means initialisation.
+    split_on : what is clustered (:func:`split_features`): ``logits`` (the paper), ``softmax`` or
+        ``loss``; in every case the cluster with the higher mean loss is upsampled.
 
-    A class with fewer than 2 examples, or whose outputs are all identical, upsamples nothing and
-    records the reason in ``classes``.
+    A class with fewer than 2 examples, or whose clustered points are all identical, upsamples
+    nothing and records the reason in ``classes``.
     """
     labels, losses = _validate_common(labels, losses, k)
     check(losses is not None, "losses", None, "per-example losses")
-    out = _as_2d_outputs(outputs, len(labels))
+    _as_2d_outputs(outputs, len(labels))  # one row per label, finite
+    out = split_features(outputs, losses, split_on)
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
     diagnostics = []
@@ -242,6 +283,21 @@ def misclassified_partition(outputs: np.ndarray, labels: np.ndarray, *, k: int =
     else:
         mask = np.argmax(out, axis=1) != labels
     return Partition(upsample=mask, multiplicities=multiplicities_from_mask(mask, k), k=k, method="misclassified")
+
+
+def jtt_partition(outputs: np.ndarray, labels: np.ndarray, *, upweight: int = JTT_UPWEIGHT) -> Partition:
+    """JTT (Liu et al., ICML 2021): the error set of the first-phase model, upsampled by lambda_up.
+
+    The error set is the misclassified training examples (:func:`misclassified_partition`'s rule, on
+    the outputs of the un-augmented training set at the end of the first phase, as in the authors'
+    process_training.py); the paper's objective counts each of them ``lambda_up = upweight`` times
+    (multiplicity ``upweight``, ``upweight - 1`` extra copies), the others once.
+    (The authors' run_expt.py concatenates the training set with ``up_weight`` copies of the error
+    set, i.e. multiplicity ``1 + up_weight``: ``upweight = u + 1`` reproduces its ``--up_weight u``.)
+    """
+    check_int("upweight", upweight, low=2)
+    errors = misclassified_partition(outputs, labels, k=upweight)
+    return dataclasses.replace(errors, method="jtt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,3 +392,76 @@ def class_balanced_partition(labels: np.ndarray) -> Partition:
     per_class = np.maximum(1, np.rint(counts.max() / counts)).astype(np.int64)
     m = per_class[np.searchsorted(classes, labels)]
     return Partition(upsample=m > 1, multiplicities=m, k=int(per_class.max()), method="class-balanced")
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry of partitions: one builder per accepted name.
+
+
+@dataclass(frozen=True)
+class PartitionOptions:
+    """What a partition rule may read besides the outputs, labels, losses, ``k`` and ``seed``.
+
+    ``quantile`` (the quantile baseline), ``split_on`` (what USEFUL's and random's 2-means clusters,
+    :data:`SPLIT_ON`), ``jtt_upweight`` (JTT's lambda_up, >= 2)."""
+
+    quantile: float = 0.5
+    split_on: str = "logits"
+    jtt_upweight: int = JTT_UPWEIGHT
+
+    def __post_init__(self) -> None:
+        check_number("quantile", self.quantile, low=0.0, high=1.0, high_open=True)
+        check_choice("split_on", self.split_on, SPLIT_ON)
+        check_int("jtt_upweight", self.jtt_upweight, low=2)
+
+
+def _useful(outputs, labels, losses, *, k, seed, options):
+    return useful_partition(outputs, labels, losses, k=k, seed=seed, split_on=options.split_on)
+
+
+def _random(outputs, labels, losses, *, k, seed, options):
+    """As many examples per class as USEFUL's cluster, drawn at random; USEFUL's diagnostics kept."""
+    base = _useful(outputs, labels, losses, k=k, seed=seed, options=options)
+    rand = random_partition(labels, base.upsample, k=k, seed=seed)
+    return dataclasses.replace(rand, classes=base.classes)
+
+
+def _quantile(outputs, labels, losses, *, k, seed, options):
+    return loss_quantile_partition(labels, losses, quantile=options.quantile, k=k)
+
+
+def _misclassified(outputs, labels, losses, *, k, seed, options):
+    return misclassified_partition(outputs, labels, k=k)
+
+
+def _jtt(outputs, labels, losses, *, k, seed, options):
+    return jtt_partition(outputs, labels, upweight=options.jtt_upweight)  # its multiplicity, not k
+
+
+def _eiil(outputs, labels, losses, *, k, seed, options):
+    return eiil_partition(outputs, labels, losses, k=k, seed=seed)
+
+
+def _class_balanced(outputs, labels, losses, *, k, seed, options):
+    return class_balanced_partition(labels)  # its multiplicities are n_max / n_c, not k
+
+
+PartitionBuilder = Callable[..., Partition]
+
+# name -> builder ``(outputs, labels, losses, *, k, seed, options) -> Partition``: the accepted names.
+PARTITIONS: dict[str, PartitionBuilder] = {
+    "useful": _useful,  # per class, 2-means on the split features; the higher-loss cluster gets k
+    "random": _random,  # per class, as many as USEFUL's cluster, drawn at random
+    "quantile": _quantile,  # per class, the losses above the quantile
+    "misclassified": _misclassified,  # argmax != label, multiplicity k
+    "jtt": _jtt,  # JTT: the misclassified examples, multiplicity jtt_upweight
+    "eiil": _eiil,  # EIIL's environments, the higher-loss one per class gets k
+    "class-balanced": _class_balanced,  # class c gets round(n_max / n_c)
+}
+
+
+def build_partition(method: str, outputs: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, k: int, seed: int,
+                    options: PartitionOptions = PartitionOptions()) -> Partition:
+    """The partition ``method`` (a key of :data:`PARTITIONS`) of the examples."""
+    check_choice("method", method, PARTITIONS)
+    return PARTITIONS[method](outputs, labels, losses, k=k, seed=seed, options=options)
