@@ -288,11 +288,11 @@ def claims_markdown(report: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="report folder (claims.json, claims.md, "
-                        "figures, runs/); required")
+                        "figures, runs/); required, no default")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 1000 training and 2000 test images, batch 32, "
                         "4 epochs, 2 contrasts (a few minutes); off by default")
     parser.add_argument("--full", action="store_true", help="add the rho sweep (--rho-grid 0.1,0.2,0.5,1) and the "
-                        "long-budget arm (--long-epochs 40); off by default")
+                        "long-budget arm (--long-epochs 60); off by default")
     parser.add_argument("--overwrite", action="store_true", help="replace the report (and its runs) in --out; off "
                         "by default")
     parser.add_argument("--resume", action="store_true", help="continue the report in --out, reusing runs of "

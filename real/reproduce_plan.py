@@ -75,9 +75,10 @@ class ReproduceSettings:
     easy_first_ratio: float = doc(5.0, "real_easy_first: T_without / T_with at least this, >= 1")
     split_threshold: float = doc(0.9, "the split's precision and recall must reach this, [0, 1]")
     sweep_tolerance: float = doc(0.005, "the contrast sweep's allowed step against the trend, >= 0")
-    long_epochs: int = doc(0, "epochs of the long-budget arm on the unmodified images (0: no arm; --full: 40)")
-    long_train_subset: int = doc(2000, "training images of the long-budget arm, >= 20")
-    long_separate_epoch: int = doc(4, "the long-budget arm's USEFUL splits after this many epochs, "
+    long_epochs: int = doc(0, "epochs of the long-budget arm on the unmodified images (0: no arm; --full: 60)")
+    long_train_subset: int = doc(1000, "training images of the long-budget arm, >= 20")
+    long_test_subset: int = doc(2000, "test images of the long-budget arm (evaluated every epoch), >= 20")
+    long_separate_epoch: int = doc(6, "the long-budget arm's USEFUL splits after this many epochs, "
                                       "1 to --long-epochs - 1")
     long_train_acc: float = doc(0.99, "the long-budget regime: every run's final training accuracy at least "
                                       "this, (0, 1]")
@@ -151,6 +152,7 @@ def _check_rules(s: ReproduceSettings) -> None:
 def _check_long(s: ReproduceSettings) -> None:
     check_int("--long-epochs", s.long_epochs, low=0)
     check_int("--long-train-subset", s.long_train_subset, low=20)
+    check_int("--long-test-subset", s.long_test_subset, low=20)
     check_number("--long-train-acc", s.long_train_acc, low=0.0, high=1.0, low_open=True)
     if s.long_epochs:
         check(s.long_epochs >= 2, "--long-epochs", s.long_epochs, "0 or at least 2")
@@ -161,7 +163,7 @@ def _check_long(s: ReproduceSettings) -> None:
 QUICK_FIELDS: dict[str, Any] = {"seeds": 2, "train_subset": 1000, "test_subset": 2000, "epochs": 4, "batch_size": 32,
                                 "separate_iteration": 40, "contrast_grid": (0.25, 1.0)}
 # --full: the default plus the rho sweep and the long-budget arm.
-FULL_FIELDS: dict[str, Any] = {"rho_grid": (0.1, 0.2, 0.5, 1.0), "long_epochs": 40}
+FULL_FIELDS: dict[str, Any] = {"rho_grid": (0.1, 0.2, 0.5, 1.0), "long_epochs": 60}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def _base_kwargs(s: ReproduceSettings, data: str, seed: int) -> dict[str, Any]:
         test_subset=s.test_subset, seed=seed, deterministic=True, device=s.device, resume=True,
         memory_format="channels_last", eval_batch_size=256)
     if data == LONG:
-        kw.update(epochs=s.long_epochs, train_subset=s.long_train_subset)
+        kw.update(epochs=s.long_epochs, train_subset=s.long_train_subset, test_subset=s.long_test_subset)
     elif data != "plain":
         kw.update(easy_feature="patch", easy_fraction=s.easy_fraction, easy_size=s.easy_size,
                   contrast=float(data[1:]), group_window=s.group_window)

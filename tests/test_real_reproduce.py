@@ -141,7 +141,7 @@ def test_plan_keys_runs_by_their_full_configuration(tmp_path):
             if j.seed == 0}
     assert [full[("c0.25", f"sam_rho{r:g}")].rho for r in (0.1, 0.2, 0.5, 1.0)] == [0.1, 0.2, 0.5, 1.0]
     long = full[("long", "useful")]
-    assert (long.epochs, long.train_subset, long.separate_epoch, long.easy_feature) == (40, 2000, 4, "none")
+    assert (long.epochs, long.train_subset, long.separate_epoch, long.easy_feature) == (60, 1000, 6, "none")
     assert full[("long", "random")].partition == "random" and full[("long", "sgd")].optimizer == "sgd"
 
 
@@ -285,8 +285,8 @@ def test_claim_early_outputs_separate_and_split_inputs():
         rc.claim_split_inputs(S, results(**{"c0.25/split_softmax": lambda i: unrecorded}))
 
 
-def _acc(key, by_method):
-    return {f"{data}/{m}": (lambda i, a=a: fake(curves(FAST, RAMP), up=EXACT, **{key: a[i]}))
+def _acc(key, by_method, **final):
+    return {f"{data}/{m}": (lambda i, a=a: fake(curves(FAST, RAMP), up=EXACT, **{key: a[i]}, **final))
             for data, table in by_method.items() for m, a in table.items()}
 
 
@@ -316,7 +316,7 @@ def test_claim_contrast_sweep():
 def test_claim_long_budget_says_whether_the_regime_was_reached():
     sgd, useful = [0.80, 0.82, 0.81], [0.83, 0.845, 0.84]
     table = {"sgd": sgd, "useful": useful, "random": [0.805, 0.82, 0.815]}
-    c = rc.claim_long_budget(S, results(**_acc("test_acc", {"long": table})))
+    c = rc.claim_long_budget(S, results(**_acc("test_acc", {"long": table}, train_acc=0.995)))
     assert c["holds"] and c["values"]["regime_reached"]
     short = {f"long/{m}": (lambda i, a=a: fake(up=EXACT, test_acc=a[i], train_acc=0.95)) for m, a in table.items()}
     c = rc.claim_long_budget(S, results(**short))
@@ -361,7 +361,10 @@ def test_reproduce_end_to_end(idx_dir, tmp_path, capsys):
         assert (out / c["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert c["holds"] or c.get("note"), c["id"]  # a claim that does not hold is explained
         assert f"{c['id']} " in stdout
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(FIGURES)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(FIGURES)  # the t-SNE of the split among them
+    assert report["figures"]["skipped"] == {} and "real_split_tsne.png" in report["figures"]["drawn"]
+    split = report["claims"][REQUIRED_IDS.index("real_split_inputs")]["values"]["inputs"]
+    assert list(split) == ["logits", "softmax", "loss"] and len(split["loss"]["precision"]["per_seed"]) == 2
     v = report["claims"][0]["values"]
     assert set(v["T_with_easy"]) == {"mean", "std", "per_seed", "missing"} and len(v["T_with_easy"]["per_seed"]) == 2
     helps = report["claims"][3]["values"]
@@ -369,7 +372,7 @@ def test_reproduce_end_to_end(idx_dir, tmp_path, capsys):
     assert helps["useful_minus_random"]["n"] == 2
     assert (out / "claims.md").read_text().startswith("| claim | holds |")
     # Every run is a real run directory whose configuration is the one its name's digest says.
-    assert len(report["runs"]) == 16
+    assert len(report["runs"]) == 20
     for rel in report["runs"].values():
         cfg = load_run_config(out / rel)
         assert rel.endswith(run_digest(cfg)[:10]) and cfg.data_dir == str(idx_dir)
@@ -378,7 +381,8 @@ def test_reproduce_end_to_end(idx_dir, tmp_path, capsys):
                ["final_test_acc_without_easy"] for i in range(2)] for m in ("useful", "random")}
     assert helps["useful_minus_random"]["per_seed"] == pytest.approx(np.subtract(acc["useful"], acc["random"]))
     # compare reads them, pairs them by seed and says when fewer than 3 pairs exist.
-    table, groups, skipped = compare(sorted((out / "runs").glob("c0.25-*")))
+    table, groups, skipped = compare(sorted(p for m in ("sgd", "sam", "useful", "random")
+                                            for p in (out / "runs").glob(f"c0.25-{m}-seed*")))
     assert not skipped and len(groups) == 4
     assert "2 pairs: fewer than 3, no interval" in table
 
@@ -410,7 +414,7 @@ def test_reproduce_end_to_end(idx_dir, tmp_path, capsys):
     assert rc == 0, err
     assert (out / "notes.txt").read_text() == "mine" and (out / "runs" / "mine").is_dir()
     names = {p.name for p in (out / "runs").iterdir()}
-    assert len(names) == 9 and not any(n.startswith("c1-") for n in names)  # no stale run left
+    assert len(names) == 11 and not any(n.startswith("c1-") for n in names)  # no stale run left
 
 
 def test_missing_data_set_names_the_debian_package(tmp_path, capsys, monkeypatch):
@@ -427,6 +431,20 @@ def test_missing_data_set_names_the_debian_package(tmp_path, capsys, monkeypatch
 
 def test_bad_settings_are_one_line(tmp_path, capsys):
     for argv, flag in ((["--seeds", "0"], "--seeds"), (["--contrast-grid", "0.5"], "--contrast-grid"),
-                       (["--workers", "x"], "--workers"), (["--bogus", "1"], "--bogus")):
+                       (["--workers", "x"], "--workers"), (["--bogus", "1"], "--bogus"),
+                       (["--full", "--long-epochs", "1"], "--long-epochs"), (["--split-inputs", "probits"],
+                                                                              "--split-inputs"),
+                       (["--rho-grid", "0,1"], "--rho-grid"), (["--overwrite", "--resume"], "--resume")):
         rc, _, err = run(capsys, "reproduce", "--out", str(tmp_path / "r"), *argv)
         assert rc == 2 and flag in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_flag_has_its_one_line_help(capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    actions = [a for a in parser._actions if a.dest != "help"]
+    for a in actions:
+        assert a.help and "\n" not in a.help and "default" in a.help, a.dest
+    assert {f.name for f in dataclasses.fields(ReproduceSettings)} <= {a.dest for a in actions}
+    rc_, out, _ = run(capsys, "reproduce", "--help")
+    assert rc_ == 0 and "--rho-grid" in out and "--split-inputs" in out and "--full" in out
