@@ -45,6 +45,7 @@ from theory.plumbing.config import ConfigError
 
 TINY = dict(seeds=2, train_subset=100, epochs=2, batch_size=20, separate_iteration=3, group_window=1,
             early_iterations=4, contrast_grid="0.25,1", workers=1)
+TINY_SETTINGS = {**TINY, "contrast_grid": (0.25, 1.0)}
 
 
 def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -137,7 +138,7 @@ def test_plan_keys_runs_by_their_full_configuration(tmp_path):
     assert by[("c0.25", "split_softmax")].split_on == "softmax" and by[("c0.25", "split_loss")].split_on == "loss"
     assert by[("c0.25", "split_loss")].upsample_factor == 1 and by[("c0.25", "useful")].split_on == "logits"
     # --full adds SAM at each further radius and the long-budget arm on the unmodified images.
-    full = {(j.data, j.method): j.config for j in plan(ReproduceSettings(**{**TINY, "contrast_grid": (0.25, 1.0), **FULL_FIELDS}), tmp_path)
+    full = {(j.data, j.method): j.config for j in plan(ReproduceSettings(**{**TINY_SETTINGS, **FULL_FIELDS}), tmp_path)
             if j.seed == 0}
     assert [full[("c0.25", f"sam_rho{r:g}")].rho for r in (0.1, 0.2, 0.5, 1.0)] == [0.1, 0.2, 0.5, 1.0]
     long = full[("long", "useful")]
@@ -146,7 +147,7 @@ def test_plan_keys_runs_by_their_full_configuration(tmp_path):
 
 
 def test_a_cached_run_is_reused_only_for_its_configuration(tmp_path):
-    job = next(j for j in plan(ReproduceSettings(**{**TINY, "contrast_grid": (0.25, 1.0)}), tmp_path) if j.method == "useful")
+    job = next(j for j in plan(ReproduceSettings(**TINY_SETTINGS), tmp_path) if j.method == "useful")
     folder = Path(job.config.out)
     folder.mkdir(parents=True)
     assert check_cached(job) is False  # nothing there
@@ -272,7 +273,7 @@ def test_claim_early_outputs_separate_and_split_inputs():
     c = rc.claim_early_outputs_separate(S, results())
     assert c["holds"] and c["values"]["precision"]["per_seed"] == [1.0] * 3
     c = rc.claim_early_outputs_separate(S, results(**{"c0.25/useful": lambda i: fake(curves(FAST, RAMP), up=MIXED)}))
-    assert not c["holds"] and c["values"]["precision"]["mean"] == pytest.approx(20 / 74)  # 20 without the square, 54 with it
+    assert not c["holds"] and c["values"]["precision"]["mean"] == pytest.approx(20 / 74)  # 54 with the square
     split = rc.claim_split_inputs(S, results())  # logits exact, softmax and loss mixed
     assert split["holds"] and split["values"]["passing"] == ["logits"]
     assert split["values"]["inputs"]["loss"]["recall"]["per_seed"] == [1.0] * 3
