@@ -230,7 +230,13 @@ def draw_rho_sweep(path, s, claims):
         ax.errorbar(rho, m, yerr=e, marker="o", capsize=3, color=COLORS["sam"], label="SAM")
         if v[sgd_key]["mean"] is not None:
             ax.axhline(v[sgd_key]["mean"], color=COLORS["sgd"], label="SGD")
+        never = [r for r, x in zip(rho, m) if np.isnan(x)]  # no seed reached it (e.g. the square never fit)
+        if never:
+            top = np.nanmax(m + [v[sgd_key]["mean"] or np.nan])
+            ax.scatter(never, np.full(len(never), top * 1.05), marker="x", color=COLORS["sam"], label="never")
         ax.set_xscale("log")
+        ax.set_xticks(rho, [f"{r:g}" for r in rho])
+        ax.minorticks_off()
         ax.set_xlabel("rho")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
