@@ -8,7 +8,13 @@
 - real_useful_helps.png: the paired differences per seed with their mean and 95 % interval, on the
   planted data (test examples without the feature) and on the unmodified images;
 - real_contrast_sweep.png: accuracy without the feature, split quality and fit iterations against
-  the contrast.
+  the contrast;
+- real_split_inputs.png: the split's precision and recall per seed for each clustering input;
+- real_sam_rho_sweep.png (with --rho-grid): SAM's early gap and the iteration at which it fits the
+  square against rho, SGD's as a line;
+- real_split_tsne.png: the paper's Figure 3, a 2-D t-SNE (scikit-learn, random_state 0) of the
+  logits at the split of USEFUL's seed-0 run, coloured by cluster (upsampled or not) and by
+  has_easy; beside it the unmodified images' run (has_easy unknown there).
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import numpy as np  # noqa: E402
 
 from theory.plumbing.atomic import atomic_open  # noqa: E402
 
-__all__ = ["draw_all"]
+__all__ = ["draw_all", "draw_tsne", "tsne_embedding", "TSNE_POINTS", "TSNE_SEED"]
 
 COLORS = {"sgd": "tab:blue", "sam": "tab:red", "useful": "tab:green", "random": "tab:gray"}
 LABELS = {"sgd": "SGD", "sam": "SAM", "useful": "SGD+USEFUL", "random": "SGD+random upsampling"}
 GROUP_STYLE = {1: ("-", "with the square"), 0: ("--", "without it")}
+TSNE_POINTS = 3000  # at most this many training examples in the t-SNE (drawn with TSNE_SEED)
+TSNE_SEED = 0
 
 
 def _save(fig, path: Path) -> None:
@@ -145,14 +153,22 @@ def _diff_panel(ax, entries, title):
 
 def draw_paired(path, claims):
     helps = claims["real_useful_helps"]["values"]
-    plain = claims["real_useful_plain"]["values"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _diff_panel(axes[0], [("USEFUL - SGD", helps["useful_minus_sgd"]), ("USEFUL - random", helps["useful_minus_random"]),
-                          ("random - SGD", helps["random_minus_sgd"]), ("SAM - SGD", helps["sam_minus_sgd"])],
-                "planted: test accuracy without the square (seeds: dots; mean and 95% interval)")
-    _diff_panel(axes[1], [("USEFUL - SGD", plain["useful_minus_sgd"]), ("USEFUL - random", plain["useful_minus_random"]),
-                          ("random - SGD", plain["random_minus_sgd"])],
-                "unmodified Fashion-MNIST: test accuracy")
+    panels = [("planted: test accuracy without the square (seeds: dots; mean and 95% interval)",
+               [("USEFUL - SGD", helps["useful_minus_sgd"]), ("USEFUL - random", helps["useful_minus_random"]),
+                ("random - SGD", helps["random_minus_sgd"]), ("SAM - SGD", helps["sam_minus_sgd"])])]
+    for cid, title in (("real_useful_plain", "unmodified Fashion-MNIST: test accuracy"),
+                       ("real_long_budget", "unmodified, long budget: test accuracy")):
+        if cid in claims:
+            v = claims[cid]["values"]
+            if cid == "real_long_budget":
+                title += f" ({v['epochs']} epochs; >= {v['train_acc_required']:g} train acc "
+                title += "reached)" if v["regime_reached"] else "NOT reached)"
+            panels.append((title, [("USEFUL - SGD", v["useful_minus_sgd"]),
+                                   ("USEFUL - random", v["useful_minus_random"]),
+                                   ("random - SGD", v["random_minus_sgd"])]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, (title, entries) in zip(np.atleast_1d(axes), panels):
+        _diff_panel(ax, entries, title)
     _save(fig, path)
 
 
@@ -182,7 +198,98 @@ def draw_sweep(path, s, claims):
     _save(fig, path)
 
 
-def draw_all(out: Path, s, results, claims_list) -> None:
+def draw_split_inputs(path, s, claims):
+    v = claims["real_split_inputs"]["values"]
+    names = list(v["inputs"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.38
+    for k, (key, color) in enumerate((("precision", "tab:green"), ("recall", "tab:olive"))):
+        for j, name in enumerate(names):
+            per = np.asarray(v["inputs"][name][key]["per_seed"], float)
+            x = j + (k - 0.5) * width
+            ax.bar(x, np.nanmean(per), width, color=color, label=key if j == 0 else None)
+            ax.scatter(np.full(per.size, x), per, color="black", s=10, zorder=3)
+    ax.axhline(s.split_threshold, color="black", lw=0.8, ls="--", label=f"rule: {s.split_threshold:g}")
+    ax.axhline(v["chance_precision"], color="tab:red", lw=0.8, ls=":", label="chance precision")
+    ax.set_xticks(range(len(names)), [f"2-means on the {n}" for n in names], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"split at iteration {v['separate_iteration']} vs has_easy == False (bars: mean; dots: seeds)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def draw_rho_sweep(path, s, claims):
+    v = claims["real_sam_rho_sweep"]["values"]
+    rho = v["rho"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, sgd_key, label in ((axes[0], "gap", "gap_sgd", f"mean gap, first {v['early_iterations']} iterations"),
+                                    (axes[1], "T_with_easy", "T_with_easy_sgd", "iteration the square is fit")):
+        m = [x["mean"] if x["mean"] is not None else np.nan for x in v[key]]
+        e = [x["std"] if x["std"] is not None else 0.0 for x in v[key]]
+        ax.errorbar(rho, m, yerr=e, marker="o", capsize=3, color=COLORS["sam"], label="SAM")
+        if v[sgd_key]["mean"] is not None:
+            ax.axhline(v[sgd_key]["mean"], color=COLORS["sgd"], label="SGD")
+        never = [r for r, x in zip(rho, m) if np.isnan(x)]  # no seed reached it (e.g. the square never fit)
+        if never:
+            top = np.nanmax(m + [v[sgd_key]["mean"] or np.nan])
+            ax.scatter(never, np.full(len(never), top * 1.05), marker="x", color=COLORS["sam"], label="never")
+        ax.set_xscale("log")
+        ax.set_xticks(rho, [f"{r:g}" for r in rho])
+        ax.minorticks_off()
+        ax.set_xlabel("rho")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    onset = "none" if v["onset_rho"] is None else f"{v['onset_rho']:g}"
+    fig.suptitle(f"SAM against rho (mean ± std over {s.seeds} seeds); more uniform than SGD in every seed from "
+                 f"rho = {onset}", fontsize=10)
+    _save(fig, path)
+
+
+def tsne_embedding(features: np.ndarray, n: int = TSNE_POINTS, seed: int = TSNE_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D t-SNE of at most ``n`` rows of ``features`` (drawn with ``seed``) and the rows it used."""
+    from sklearn.manifold import TSNE
+
+    rows = np.sort(np.random.default_rng(seed).permutation(len(features))[:n])
+    x = np.asarray(features, np.float64)[rows]
+    tsne = TSNE(n_components=2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed)
+    emb = tsne.fit_transform(x)
+    return emb, rows
+
+
+def _scatter(ax, emb, mask, labels, title):
+    for value, (color, text) in ((False, labels[0]), (True, labels[1])):
+        sel = mask == value
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=3, color=color, alpha=0.6, label=f"{text} ({int(sel.sum())})")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=3)
+
+
+def draw_tsne(path, planted, plain=None, iteration=None):
+    """Figure 3: the t-SNE of the logits at the split, by cluster and by has_easy (``planted``: a
+    RunResult of USEFUL on the planted data); ``plain``: the same for the unmodified images."""
+    panels = 2 + (plain is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6))
+    emb, rows = tsne_embedding(planted.partition["logits"])
+    up = planted.partition["upsample"].astype(bool)[rows]
+    has = planted.easy["has_easy_train"].astype(bool)[rows]
+    _scatter(axes[0], emb, up, (("0.7", "not upsampled"), ("tab:green", "upsampled")), "planted: USEFUL's clusters")
+    _scatter(axes[1], emb, ~has, (("0.7", "with the square"), ("tab:red", "without it")), "planted: has_easy")
+    if plain is not None:
+        emb2, rows2 = tsne_embedding(plain.partition["logits"])
+        _scatter(axes[2], emb2, plain.partition["upsample"].astype(bool)[rows2],
+                 (("0.7", "not upsampled"), ("tab:green", "upsampled")), "unmodified images: USEFUL's clusters")
+    at = f" at iteration {iteration}" if iteration is not None else ""
+    fig.suptitle(f"t-SNE of the logits{at} (seed-0 runs; {len(rows)} training examples; sklearn TSNE, random_state "
+                 f"{TSNE_SEED})", fontsize=10)
+    _save(fig, path)
+
+
+def draw_all(out: Path, s, results, claims_list) -> dict:
+    """Every figure of the report; returns ``{"drawn": [names], "skipped": {name: why}}``."""
     claims = {c["id"]: c for c in claims_list}
     seeds = list(range(s.seeds))
     data = f"c{s.contrast:g}"
@@ -191,4 +298,17 @@ def draw_all(out: Path, s, results, claims_list) -> None:
     draw_split(out / "real_early_outputs_separate.png", s, claims, seeds)
     draw_paired(out / "real_useful_helps.png", claims)
     draw_sweep(out / "real_contrast_sweep.png", s, claims)
-
+    draw_split_inputs(out / "real_split_inputs.png", s, claims)
+    drawn = ["real_easy_first.png", "real_sam_more_uniform.png", "real_early_outputs_separate.png",
+             "real_useful_helps.png", "real_contrast_sweep.png", "real_split_inputs.png"]
+    if "real_sam_rho_sweep" in claims:
+        draw_rho_sweep(out / "real_sam_rho_sweep.png", s, claims)
+        drawn.append("real_sam_rho_sweep.png")
+    skipped = {}
+    planted, plain = results[(data, "useful", 0)], results[("plain", "useful", 0)]
+    if "logits" in planted.partition and "logits" in plain.partition:
+        draw_tsne(out / "real_split_tsne.png", planted, plain, s.separate_iteration)
+        drawn.append("real_split_tsne.png")
+    else:
+        skipped["real_split_tsne.png"] = "partition.npz holds no logits (a trainer that does not record them)"
+    return {"drawn": drawn, "skipped": skipped}
