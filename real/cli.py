@@ -9,7 +9,7 @@ Subcommands::
     useful-train grid FILE                                                      a grid of runs, here or on Slurm
     useful-train download DATASET --data-dir DIR                                fetch and verify a data set
     useful-train config [--preset NAME] [--FIELD VALUE ...]                     the resolved configuration
-    useful-train reproduce --out DIR [--quick] [--seeds S]                      the real-data claims report
+    useful-train reproduce --out DIR [--quick] [--full] [--seeds S]             the real-data claims report
 
 ``run``'s flags are :class:`~real.config.TrainConfig`'s fields with dashes; values merge as
 defaults < preset < ``--config`` TOML < command line.  ``--resume`` with an ``--out`` holding a run
@@ -156,9 +156,7 @@ COMMANDS: dict[str, Command] = {
                          sharpness.add_arguments, sharpness.command),
     "grid": Command(grid.HELP, grid.add_arguments, grid.command),
     "download": Command(download.HELP, download.add_arguments, download.command),
-    "reproduce": Command("the real-data claims report: Fashion-MNIST with a planted easy feature, SGD, SAM, USEFUL and "
-                         "random upsampling paired by seed (claims.json, figures, runs/)", reproduce._arguments,
-                         reproduce._handler),
+    "reproduce": Command(reproduce.HELP, reproduce.add_arguments, reproduce.command),
 }
 
 

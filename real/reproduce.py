@@ -61,7 +61,7 @@ from .reproduce_plan import (
 
 __all__ = ["REQUIRED_IDS", "FULL_IDS", "ReproduceSettings", "Job", "plan", "reproduce", "judge", "summarize",
            "fit_iteration", "early_gap", "merge_short_windows", "split_quality", "run_digest", "check_cached",
-           "claims_markdown", "add_arguments", "command", "register_commands", "REPORT_FILES", "FIGURES", "HELP"]
+           "claims_markdown", "add_arguments", "command", "REPORT_FILES", "FIGURES", "HELP"]
 
 log = logging.getLogger("real.reproduce")
 
@@ -313,8 +313,3 @@ def command(args: argparse.Namespace) -> int:
     print("\n".join(claims_lines(report)))
     print(f"claims.json, claims.md and figures in {args.out} ({report['seconds']:.1f} s)")
     return 0
-
-
-def register_commands(register_command) -> None:
-    """The old registration (real/cli.py's COMMAND_MODULES): the same command."""
-    register_command("reproduce", HELP, add_arguments, command)

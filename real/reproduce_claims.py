@@ -121,12 +121,12 @@ def _split_input(result: RunResult) -> str:
     wanted = result.job.config.split_on if result.job is not None else None
     if recorded is None:
         if wanted not in (None, "logits"):
-            raise EnvironmentFailure(f"{result.job.config.out}: partition.npz does not record split_on: this "
+            raise EnvironmentFailure(f"{result.job.config.out}: its partition file does not record split_on: this "
                                      f"trainer's --split-on {wanted} does not act; the split inputs cannot be judged")
         return "logits"
     recorded = str(recorded)
     if wanted is not None and recorded != wanted:
-        raise EnvironmentFailure(f"{result.job.config.out}: partition.npz split on {recorded}, its configuration "
+        raise EnvironmentFailure(f"{result.job.config.out}: its partition file split on {recorded}, its configuration "
                                  f"says {wanted}")
     return recorded
 
@@ -356,7 +356,7 @@ def _split_runs(s: ReproduceSettings, results: Results, name: str) -> list[RunRe
     runs = _seeds(results, data_label(s.contrast), "useful" if name == s.split_on else f"split_{name}")
     for r in runs:
         if _split_input(r) != name:
-            raise EnvironmentFailure(f"{r.job.config.out}: partition.npz split on {_split_input(r)}, not {name}")
+            raise EnvironmentFailure(f"{r.job.config.out}: its partition file split on {_split_input(r)}, not {name}")
     return runs
 
 

@@ -310,5 +310,5 @@ def draw_all(out: Path, s, results, claims_list) -> dict:
         draw_tsne(out / "real_split_tsne.png", planted, plain, s.separate_iteration)
         drawn.append("real_split_tsne.png")
     else:
-        skipped["real_split_tsne.png"] = "partition.npz holds no logits (a trainer that does not record them)"
+        skipped["real_split_tsne.png"] = "the partition file holds no logits (a trainer that does not record them)"
     return {"drawn": drawn, "skipped": skipped}

@@ -32,8 +32,9 @@ import numpy as np
 
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import ConfigError, check, check_choice, check_int, check_number, config_digest, doc
+from theory.useful import SPLIT_ON as SPLIT_INPUTS
 
-from .config import SPLIT_INPUTS, TrainConfig, computed_config
+from .config import TrainConfig, computed_config
 from .distributed import DEVICES
 
 __all__ = ["ReproduceSettings", "QUICK_FIELDS", "FULL_FIELDS", "Job", "RunResult", "RUNS", "plan", "run_digest",
