@@ -1,19 +1,13 @@
 """USEFUL's policy in the full-scale trainer: when to split, the split, what the partition file holds.
 
-The split rule itself (per-class 2-means on the logits, or on what ``--split-on`` names; upsample the
-higher-loss cluster by k) and the baseline partitions are :mod:`theory.useful`'s; this module
-
-* decides where the pre-split phase ends (:func:`split_point`): after a fixed epoch
-  (``--separate-epoch N``), at a fixed iteration (``--separate-iteration N``, possibly inside an
-  epoch), or by :func:`auto_separate_epoch`, the paper's "where the training error's decrease slows";
-* computes the logits and per-example losses on the un-augmented training set (eval mode,
-  :func:`compute_outputs`) and picks the partition named by ``--partition`` (:func:`make_partition`),
-  on rank 0, the mask broadcast to the other ranks (:func:`split`);
-* says what the partition file holds (:func:`partition_arrays`; real/rundir.py writes it);
-* offers the same split to any PyTorch loop, without the trainer's data format:
-  :func:`loader_outputs` (logits and losses of a model over a plain, un-augmented DataLoader) and
-  :func:`partition_outputs` (the partition from them); :class:`real.sampler.UpsampleSampler` then
-  yields the upsampled list (docs/training.md, "USEFUL in your own training loop").
+The split rule (per-class 2-means on the logits, or on what ``--split-on`` names; the higher-loss
+cluster upsampled by k) and the baseline partitions are :mod:`theory.useful`'s.  Here:
+:func:`split_point` (after ``--separate-epoch N``, at ``--separate-iteration N``, possibly inside an
+epoch, or by :func:`auto_separate_epoch`); :func:`split` (the eval-mode outputs on the un-augmented
+training set, :func:`compute_outputs`, and the partition, :func:`make_partition`, on rank 0, broadcast);
+:func:`partition_arrays` (what partition.npz holds); and the same split for any PyTorch loop,
+:func:`loader_outputs` and :func:`partition_outputs`, whose multiplicities go to
+:class:`real.sampler.UpsampleSampler` (docs/training.md, "USEFUL in your own training loop").
 
 The automatic rule
 ------------------
@@ -40,14 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from theory.plumbing.config import (
-    ConfigError,
-    check,
-    check_allocation,
-    check_choice,
-    check_int,
-    check_number,
-)
+from theory.plumbing.config import ConfigError, check, check_allocation, check_choice, check_int, check_number
 from theory.useful import JTT_UPWEIGHT, PARTITIONS, Partition, PartitionOptions, build_partition, split_features
 
 from . import distributed as D
@@ -56,22 +43,9 @@ from .config import TrainConfig
 from .data import TrainData
 from .phase import steps_per_epoch
 
-__all__ = [
-    "AUTO_WARMUP",
-    "AUTO_FRACTION",
-    "AUTO_CAP_FRACTION",
-    "auto_cap",
-    "auto_separate_epoch",
-    "SplitPoint",
-    "split_point",
-    "check_feasible",
-    "compute_outputs",
-    "loader_outputs",
-    "make_partition",
-    "partition_outputs",
-    "partition_arrays",
-    "split",
-]
+__all__ = ["AUTO_WARMUP", "AUTO_FRACTION", "AUTO_CAP_FRACTION", "auto_cap", "auto_separate_epoch", "SplitPoint",
+           "split_point", "check_feasible", "compute_outputs", "loader_outputs", "make_partition",
+           "partition_outputs", "partition_arrays", "split"]
 
 log = logging.getLogger("real.useful")
 
@@ -81,38 +55,22 @@ AUTO_CAP_FRACTION = 0.1
 
 
 def auto_cap(epochs: int, *, warmup: int = AUTO_WARMUP, cap_fraction: float = AUTO_CAP_FRACTION) -> int:
-    """The latest separating epoch of the automatic rule: ``ceil(cap_fraction * epochs)`` (at least 1).
-
-    A budget of at most ``warmup / cap_fraction`` epochs (10 with the defaults) thus separates after
-    its first epoch: the rule needs ``warmup + 1`` epochs to see a slowdown, more than 10 % of it."""
+    """The latest separating epoch of the automatic rule, ``ceil(cap_fraction * epochs)`` (at least 1):
+    a budget of at most ``warmup / cap_fraction`` epochs (10) separates after its first epoch (the rule
+    needs ``warmup + 1`` epochs to see a slowdown, more than 10 % of it)."""
     check_int("epochs", epochs, low=1)
     check_int("warmup", warmup, low=1)
     return min(epochs, max(1, math.ceil(cap_fraction * epochs)))
 
 
-def auto_separate_epoch(
-    errors: Sequence[float],
-    *,
-    initial_error: float,
-    cap: int,
-    warmup: int = AUTO_WARMUP,
-    fraction: float = AUTO_FRACTION,
-) -> int | None:
-    """The separating epoch decided from the training-error history, or None (train another epoch).
+def auto_separate_epoch(errors: Sequence[float], *, initial_error: float, cap: int, warmup: int = AUTO_WARMUP,
+                        fraction: float = AUTO_FRACTION) -> int | None:
+    """The separating epoch from the training errors of epochs 1..t so far, or None (train another).
 
-    Parameters
-    ----------
-    errors : training error of epochs 1, 2, ..., t (so far), in [0, 1].
-    initial_error : the error before training (``1 - 1/C``).
-    cap : the epoch at which to separate if the decrease never slows (see :func:`auto_cap`).
-    warmup : number of first epochs whose average decrease is the reference speed.
-    fraction : the decrease counts as slowed when below ``fraction`` times the reference.
-
-    Returns the first epoch ``t`` in ``warmup+1 .. len(errors)`` with
-    ``errors[t-2] - errors[t-1] < fraction * (initial_error - errors[warmup-1]) / warmup``
-    (1-based epochs), else ``cap`` if ``len(errors) >= cap``, else None.  A pure function of its
-    arguments (the trainer calls it after every pre-split epoch, also after resuming).
-    """
+    The first epoch ``t`` in ``warmup+1 .. len(errors)`` with ``errors[t-2] - errors[t-1] < fraction *
+    (initial_error - errors[warmup-1]) / warmup`` (1-based epochs), else ``cap`` (:func:`auto_cap`) if
+    ``len(errors) >= cap``, else None.  A pure function (called after every pre-split epoch, also
+    after resuming)."""
     check_int("cap", cap, low=1)
     check_int("warmup", warmup, low=1)
     check_number("fraction", fraction, low=0.0)
@@ -129,31 +87,10 @@ def auto_separate_epoch(
 
 
 @torch.no_grad()
-def compute_outputs(
-    model: nn.Module,
-    x_uint8: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 1024,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, C) float64 and per-example cross-entropy losses (N,) of ``model`` in eval mode on
-    the un-augmented, normalized images, in float32 (no autocast: the split needs precise logits).
-
-    The model's train/eval mode is restored afterwards.
-    """
-    batches = ((normalize(x_uint8[start : start + batch_size], mean, std).contiguous(memory_format=memory_format),
-                labels[start : start + batch_size]) for start in range(0, x_uint8.shape[0], batch_size))
-    logits, losses, _ = _eval_outputs(model, batches)
-    return logits, losses
-
-
-@torch.no_grad()
 def _eval_outputs(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits (float64), per-example cross-entropy losses (float64) and labels of ``model`` in eval
-    mode over ``batches`` of ``(x, y)``, in float32 (the split's one definition of its outputs)."""
+    """Logits and per-example cross-entropy losses (float64, computed in float32, no autocast: the
+    split needs precise logits) and labels of ``model`` in eval mode (restored after) over ``(x, y)``
+    batches: the one definition of the split's outputs."""
     was_training = model.training
     model.eval()
     logits_all, losses_all, labels_all = [], [], []
@@ -169,17 +106,22 @@ def _eval_outputs(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np
     return torch.cat(logits_all).numpy(), torch.cat(losses_all).numpy(), torch.cat(labels_all).numpy()
 
 
-@torch.no_grad()
+def compute_outputs(model: nn.Module, x_uint8: torch.Tensor, labels: torch.Tensor, *, mean: Sequence[float],
+                    std: Sequence[float], batch_size: int = 1024,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, C) and losses (N,) of :func:`_eval_outputs` on the un-augmented, normalized images."""
+    batches = ((normalize(x_uint8[start : start + batch_size], mean, std).contiguous(memory_format=memory_format),
+                labels[start : start + batch_size]) for start in range(0, x_uint8.shape[0], batch_size))
+    logits, losses, _ = _eval_outputs(model, batches)
+    return logits, losses
+
+
 def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits (N, C), labels (N,) and per-example cross-entropy losses (N,) of ``model`` over a plain
-    ``DataLoader``, as numpy arrays in the loader's order: :func:`partition_outputs`'s arguments.
-
-    ``loader`` yields ``(inputs, labels, ...)`` batches of the **un-augmented** training set in a
-    fixed order (``shuffle=False``), so row i is example i; a ``DataLoader`` with a random sampler is
-    refused.  The model runs in eval mode (its mode is restored), without autocast, batches moved to
-    ``device`` (default: the device of the model's first parameter).
-    """
+    """Logits (N, C), labels (N,) and losses (N,) of :func:`_eval_outputs` over a plain ``DataLoader``
+    of ``(inputs, labels, ...)`` batches of the **un-augmented** training set in its order (row i is
+    example i; a random sampler is refused), moved to ``device`` (default: the model's): the
+    arguments of :func:`partition_outputs`."""
     sampler = getattr(loader, "sampler", None)
     check(not isinstance(sampler, torch.utils.data.RandomSampler), "loader", "shuffle=True",
           "a loader in the data set's order (shuffle=False): row i of the outputs must be example i")
@@ -192,11 +134,9 @@ def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device |
 
 def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, method: str = "useful",
                       quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
-    """USEFUL's partition from a model's logits (N, C), labels (N,) and per-example losses (N,) at the
-    separating epoch (numpy arrays or tensors, e.g. from :func:`loader_outputs`): exactly the
-    trainer's rule, :func:`make_partition` (``method`` is ``--partition``; ``useful``: per class,
-    2-means on the logits (or ``split_on``), the higher-loss cluster upsampled by ``k``).  Its
-    ``multiplicities`` go to :class:`real.sampler.UpsampleSampler`."""
+    """The trainer's partition (:func:`make_partition`, ``method`` its ``--partition``) from numpy
+    arrays or tensors, e.g. :func:`loader_outputs`'s; its ``multiplicities`` go to
+    :class:`real.sampler.UpsampleSampler`."""
     def as_numpy(a):
         return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
@@ -205,99 +145,38 @@ def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, meth
                           quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
 
 
-def make_partition(
-    method: str,
-    logits: np.ndarray,
-    labels: np.ndarray,
-    losses: np.ndarray,
-    *,
-    k: int,
-    seed: int,
-    quantile: float = 0.5,
-    split_on: str = "logits",
-    jtt_upweight: int = JTT_UPWEIGHT,
-) -> Partition:
-    """The partition ``method`` (``--partition``, a key of :data:`theory.useful.PARTITIONS`) from the
-    outputs at the separating epoch (:func:`theory.useful.build_partition`).
-
-    * ``useful``: :func:`theory.useful.useful_partition`, per-class 2-means on ``split_on`` (the
-      logits, the softmax outputs or the per-example loss), the higher-loss cluster gets ``k``;
-    * ``random``: as many examples per class as USEFUL's cluster, drawn at random (its 2-means
-      diagnostics are kept in ``classes``);
-    * ``quantile``: per class, the examples above the class's ``quantile`` of losses;
-    * ``misclassified``: the misclassified examples, multiplicity ``k``;
-    * ``jtt``: JTT's error set (the misclassified examples) with multiplicity ``jtt_upweight``
-      (JTT's lambda_up; :func:`theory.useful.jtt_partition`), not ``k``;
-    * ``eiil``: EIIL's inferred environments (Creager et al., 2021) on the logits, then per class the
-      environment with the higher mean loss upsampled by ``k`` (:func:`theory.useful.eiil_partition`);
-    * ``class-balanced``: each class c gets multiplicity ``round(n_max / n_c)`` (the long-tailed
-      baseline; the outputs are not used).
-    """
+def make_partition(method: str, logits: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, k: int, seed: int,
+                   quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
+    """The partition ``method`` (a key of :data:`theory.useful.PARTITIONS`, where each is described)
+    from the outputs at the separating epoch.  ``useful`` and ``random`` run the per-class 2-means on
+    ``split_on``; ``jtt`` has multiplicity ``jtt_upweight``, not ``k``; ``class-balanced`` gives class c
+    ``round(n_max / n_c)``."""
     options = PartitionOptions(quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
     return build_partition(method, logits, np.asarray(labels), losses, k=k, seed=seed, options=options)
 
 
-def partition_arrays(
-    partition: Partition,
-    labels: np.ndarray,
-    losses: np.ndarray,
-    *,
-    logits: np.ndarray,
-    num_classes: int,
-    separated_at: "SplitPoint",
-    upweight: bool,
-    split_on: str = "logits",
-    copy_augment: str = "none",
-    flipped: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, *, logits: np.ndarray,
+                     num_classes: int, separated_at: "SplitPoint", upweight: bool, split_on: str = "logits",
+                     copy_augment: str = "none", flipped: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """What partition.npz holds.
 
-    ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (k or 1, they sum to
-    ``n + (k - 1) |indices|``; per class for ``class-balanced``; ``--jtt-upweight`` for ``jtt``),
-    ``k``, ``method``, ``upweight`` (loss weights instead of copies), ``copy_augment`` (what the
-    extra copies receive), ``separate_epoch`` and ``separate_steps`` (the split came after that many
-    full epochs and that many further iterations); per class c: ``class_sizes``,
-    ``upsampled_per_class``, ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when empty), and
-    USEFUL's 2-means diagnostics ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2),
-    ``chosen_cluster`` (C,; -1 when the class upsampled nothing or the method has no clusters);
-    ``losses`` (per-example loss at the separating epoch) and, with label noise,
-    ``label_noise_flipped``.  The model's outputs at the split, for a picture of it (e.g. a t-SNE,
-    the paper's Figure 3): ``logits`` (N, C) float32, the eval-mode logits of the un-augmented
-    training set the partition was computed from; ``split_features`` float32, what USEFUL's per-class
-    2-means clusters (:func:`theory.useful.split_features` at ``split_on``: the logits (N, C), their
-    softmax (N, C) or the losses (N, 1)); ``split_on`` (a str).  The partitions that run no 2-means
-    (all but ``useful`` and ``random``) have ``split_on`` = ``logits``: their features are the logits.
+    ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (summing to
+    ``n + (k - 1) |indices|``; per class for ``class-balanced``), ``k``, ``method``, ``upweight``
+    (loss weights instead of copies), ``copy_augment``, ``separate_epoch`` and ``separate_steps`` (the
+    split came after that many full epochs and further iterations), ``num_classes``; per class:
+    ``class_sizes``, ``upsampled_per_class``, ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when
+    empty), USEFUL's 2-means diagnostics ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2),
+    ``chosen_cluster`` (C,; -1 for no cluster); ``losses`` at the split, ``label_noise_flipped`` with
+    label noise.  For a picture of the split (the paper's Figure 3): ``logits`` (N, C) float32, the
+    outputs it was computed from, and ``split_features`` float32, what the 2-means clusters
+    (:func:`theory.useful.split_features` at ``split_on``: logits, softmax or losses (N, 1)), with
+    ``split_on`` (``logits`` for the partitions that run no 2-means).
     """
     labels = np.asarray(labels)
     losses = np.asarray(losses, dtype=np.float64)
     logits = np.asarray(logits)
     check(logits.ndim == 2 and logits.shape[0] == len(labels), "logits", logits.shape, f"({len(labels)}, C)")
     mask = np.asarray(partition.upsample, dtype=bool)
-    arrays = {
-        "indices": partition.indices.astype(np.int64),
-        "upsample": mask,
-        "multiplicities": np.asarray(partition.multiplicities, dtype=np.int64),
-        "k": np.int64(partition.k),
-        "method": np.array(partition.method),
-        "upweight": np.bool_(upweight),
-        "copy_augment": np.array(copy_augment),
-        "separate_epoch": np.int64(separated_at.epochs),
-        "separate_steps": np.int64(separated_at.steps),
-        "num_classes": np.int64(num_classes),
-        **_class_arrays(partition, labels, losses, mask, num_classes),
-        "losses": losses.astype(np.float32),
-        "logits": logits.astype(np.float32),
-        "split_features": split_features(logits, losses, split_on).astype(np.float32),
-        "split_on": np.array(split_on),
-    }
-    if flipped is not None:
-        arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
-    return arrays
-
-
-def _class_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, mask: np.ndarray,
-                  num_classes: int) -> dict[str, np.ndarray]:
-    """partition.npz's per-class arrays: sizes, upsampled counts, mean losses, 2-means diagnostics."""
     loss_up = np.full(num_classes, np.nan)
     loss_rest = np.full(num_classes, np.nan)
     for c in range(num_classes):
@@ -314,7 +193,17 @@ def _class_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, 
         cluster_sizes[c] = split.sizes
         cluster_losses[c] = split.mean_losses
         chosen[c] = split.chosen
-    return {
+    arrays = {
+        "indices": partition.indices.astype(np.int64),
+        "upsample": mask,
+        "multiplicities": np.asarray(partition.multiplicities, dtype=np.int64),
+        "k": np.int64(partition.k),
+        "method": np.array(partition.method),
+        "upweight": np.bool_(upweight),
+        "copy_augment": np.array(copy_augment),
+        "separate_epoch": np.int64(separated_at.epochs),
+        "separate_steps": np.int64(separated_at.steps),
+        "num_classes": np.int64(num_classes),
         "class_sizes": np.bincount(labels, minlength=num_classes).astype(np.int64),
         "upsampled_per_class": np.bincount(labels[mask], minlength=num_classes).astype(np.int64),
         "mean_loss_upsampled": loss_up,
@@ -322,12 +211,14 @@ def _class_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, 
         "cluster_sizes": cluster_sizes,
         "cluster_mean_losses": cluster_losses,
         "chosen_cluster": chosen,
+        "losses": losses.astype(np.float32),
+        "logits": logits.astype(np.float32),
+        "split_features": split_features(logits, losses, split_on).astype(np.float32),
+        "split_on": np.array(split_on),
     }
-
-
-
-# ----------------------------------------------------------------------------------------------
-# When to split, and the split.
+    if flipped is not None:
+        arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
+    return arrays
 
 
 @dataclass(frozen=True)
