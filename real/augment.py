@@ -58,9 +58,8 @@ def random_crop_flip(x: torch.Tensor, *, padding: int = 4, generator: torch.Gene
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
     flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device)
     xp = F.pad(x, (padding,) * 4) if padding else x
-    i = torch.arange(h, device=x.device)
     j = torch.arange(w, device=x.device)
-    rows = dy[:, None] + i  # (N, H)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = dx[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # (N, W)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
@@ -69,14 +68,12 @@ def random_crop_flip(x: torch.Tensor, *, padding: int = 4, generator: torch.Gene
 
 def mixup(x: torch.Tensor, y: torch.Tensor, *, alpha: float, num_classes: int,
           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixUp (Zhang et al., 2018) with one ``lam ~ Beta(alpha, alpha)`` per batch:
+    """``(x_mixed, y_soft)``: MixUp (Zhang et al., 2018) of a float batch ``x``, labels or soft targets ``y``:
 
         x_mixed = lam x + (1 - lam) x[perm],   y_soft = lam onehot(y) + (1 - lam) onehot(y[perm])
 
-    ``x`` float (N, ...); ``y`` int labels (N,) or soft targets (N, C); returns y_soft (N, C) float.
-    ``lam`` is drawn with numpy from a seed taken from ``generator`` (torch's Beta takes no
-    generator); ``perm`` is a random permutation from ``generator``.
-    """
+    one ``lam ~ Beta(alpha, alpha)`` per batch, drawn with numpy from a seed from ``generator`` (torch's
+    Beta takes none), and ``perm`` a random permutation from ``generator``."""
     check_number("alpha", alpha, low=0.0, low_open=True)
     check_int("num_classes", num_classes, low=1)
     check(x.is_floating_point(), "x", x.dtype, "a floating-point batch (normalize first)")
@@ -90,11 +87,10 @@ def mixup(x: torch.Tensor, y: torch.Tensor, *, alpha: float, num_classes: int,
 
 def symmetric_label_noise(labels: np.ndarray, *, rate: float, num_classes: int, seed: int
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """Replace each label with probability ``rate`` by a uniformly random *different* class.
+    """``(noisy_labels, flipped_mask)``, each label replaced with probability ``rate`` by a uniformly
+    drawn *other* class, a function of ``seed``:
 
         flipped_i ~ Bernoulli(rate),   noisy_i = (y_i + u_i) mod C,   u_i ~ U{1..C-1}
-
-    Returns ``(noisy_labels, flipped_mask)``; deterministic given ``seed``.
     """
     check_number("rate", rate, low=0.0, high=1.0)
     check_int("num_classes", num_classes, low=2)

@@ -1,20 +1,10 @@
 """``useful-train`` (also ``python -m real``): full-scale training with and without USEFUL.
 
-Subcommands::
-
-    useful-train run [--preset NAME] [--config FILE.toml] [--FIELD VALUE ...]   one training run
-    useful-train compare RUN_DIR [RUN_DIR ...]                                  table over runs
-    useful-train presets                                                        list the presets
-    useful-train sharpness RUN_DIR [RUN_DIR ...]                                Hessian sharpness of runs
-    useful-train grid FILE                                                      a grid of runs, here or on Slurm
-    useful-train download DATASET --data-dir DIR                                fetch and verify a data set
-    useful-train config [--preset NAME] [--FIELD VALUE ...]                     the resolved configuration
-    useful-train reproduce --out DIR [--quick] [--seeds S]                      the real-data claims report
-
-``run``'s flags are :class:`~real.config.TrainConfig`'s fields with dashes (:func:`resolve_run_config`).
-An invalid value, unknown key or missing data set ends with exit status 2 and one line on stderr; a
-run that diverges exits 1.  The subcommands are one plain dict, :data:`COMMANDS` (name -> help, flags,
-handler), most from their modules' ``add_arguments`` and ``command``.
+Subcommands (:data:`COMMANDS`, ``useful-train --help``): run, config, presets, compare, sharpness,
+grid, download, reproduce: one plain dict (name -> help, flags, handler), most from their modules'
+``add_arguments`` and ``command``.  ``run``'s flags are :class:`~real.config.TrainConfig`'s fields
+with dashes (:func:`resolve_run_config`).  An invalid value, unknown key or missing data set ends with
+exit status 2 and one line on stderr; a run that diverges exits 1.
 """
 
 from __future__ import annotations

@@ -138,15 +138,9 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """A short name for the run (used for the default output directory)."""
-        parts = [self.dataset, self.model, self.optimizer]
-        if self.useful:
-            parts.append("useful" if self.partition == "useful" else self.partition)
-            if self.upweight:
-                parts.append("upweight")
-        parts.append(f"s{self.seed}")
-        return "-".join(parts)
-
+        """A short name for the run (the default output directory's)."""
+        useful = [self.partition] + (["upweight"] if self.upweight else []) if self.useful else []
+        return "-".join([self.dataset, self.model, self.optimizer, *useful, f"s{self.seed}"])
 
 
 def _flag(field: str) -> str:
@@ -300,18 +294,13 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Presets: a setting (data set and model) with its per-optimizer values.
-#
-# real/presets/SETTING.toml holds the setting's TrainConfig keys at the top level, a table per
-# optimizer with the values that apply when the run uses that optimizer (``[sam] rho = 0.1``), a
-# ``description`` and a ``[chosen]`` table: every value that is not the paper's, with why it was
-# chosen (keys ``field`` or ``optimizer.field``).  Preset names are ``SETTING-OPTIMIZER`` for every
-# optimizer (``cifar10-resnet18-sam``) and ``SETTING`` itself (its own ``optimizer``, else sgd).
-#
-# Resolution (lowest first): defaults < the setting's keys < the table of the run's optimizer (the
-# one given by --optimizer / the TOML file / the preset name) < the --config TOML file < flags.  So
-# ``--preset cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius, and an explicit
-# ``--rho`` wins.
+# Presets.  real/presets/SETTING.toml (a data set and model) holds TrainConfig keys at the top level,
+# a table per optimizer with the values for a run with it (``[sam] rho = 0.1``), a ``description``
+# and ``[chosen]``: each value that is not the paper's, with why (keys ``field`` or ``optimizer.field``).
+# Presets are ``SETTING-OPTIMIZER`` (``cifar10-resnet18-sam``) and ``SETTING`` (its own ``optimizer``,
+# else sgd).  Resolution: defaults < the setting's keys < the table of the run's optimizer (from
+# --optimizer, the TOML file or the preset name) < --config TOML < flags; so ``--preset
+# cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius, and an explicit --rho wins.
 
 PRESET_KEYS = ("description", "chosen", "in_paper")  # top-level keys of a setting file that are not TrainConfig fields
 
@@ -331,8 +320,7 @@ class Setting:
     def source(self, key: str, optimizer: str | None = None) -> str:
         """``"chosen: why"`` or ``"paper"`` for a value the setting gives (never "paper" for a setting
         the paper does not have)."""
-        reason = self.chosen.get(f"{optimizer}.{key}") if optimizer else None
-        reason = reason or self.chosen.get(key)
+        reason = (self.chosen.get(f"{optimizer}.{key}") if optimizer else None) or self.chosen.get(key)
         if reason:
             return f"chosen: {reason}"
         return "paper" if self.in_paper else "chosen: the paper has no such setting"

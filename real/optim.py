@@ -18,12 +18,9 @@ ASAM's ``T`` (``--asam-variant``, :data:`ASAM_VARIANTS`):
   adds 1e-16 to the norm; here ``g = 0`` gives ``e = 0``, a difference below float64's resolution.)
 * ``davda54``: davda54/sam's ``adaptive=True``: ``t = |w|`` on every parameter.
 
-BatchNorm: the second pass runs at ``w + e``, a network never evaluated, so :func:`sam_step` freezes
-the running statistics for it (:func:`disable_running_stats`, as davda54/sam advises).
-
-Distributed data parallel: both backward passes are all-reduced by DDP, so ``e`` comes from the
-global-batch gradient (the theory's minibatch SAM on the global batch; a first pass under
-``model.no_sync()`` would be m-sharpness with m = the per-worker batch, not done here).
+BatchNorm: :func:`sam_step` freezes the running statistics for the pass at ``w + e``, a network never
+evaluated (:func:`disable_running_stats`, as davda54/sam advises).  DDP all-reduces both backward
+passes, so ``e`` comes from the global-batch gradient (not m-sharpness with m = the per-worker batch).
 """
 
 from __future__ import annotations
@@ -55,16 +52,14 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
-    def _groups(self):
-        """``(group, params, grads)`` of each group, its parameters with a gradient (groups without skipped)."""
+    def _groups(self):  # (group, its parameters with a gradient, their gradients), groups without skipped
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 yield group, params, [p.grad for p in params]
 
     @staticmethod
-    def _t(group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """ASAM's ``t = |w| + eta`` of an adaptive group's parameters."""
+    def _t(group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:  # ASAM's t = |w| + eta
         t = torch._foreach_abs(params)
         if group["eta"]:
             torch._foreach_add_(t, group["eta"])
@@ -121,8 +116,7 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], object] | None = None):
-        """One SAM step: the gradient at ``w`` is in ``.grad``; ``closure`` (zeroing nothing) does a
-        full forward-backward pass, at ``w + e``."""
+        """One SAM step from the gradient at ``w`` in ``.grad``; ``closure``: a forward-backward, zeroing nothing."""
         check(closure is not None, "closure", None, "a closure doing a forward-backward pass (SAM needs two)")
         self.first_step(zero_grad=True)
         torch.enable_grad()(closure)()

@@ -1,13 +1,9 @@
 """USEFUL's policy in the full-scale trainer: when to split, the split, what the partition file holds.
 
-The split rule (per-class 2-means on the logits, or on what ``--split-on`` names; the higher-loss
-cluster upsampled by k) and the baseline partitions are :mod:`theory.useful`'s.  Here:
-:func:`split_point` (after ``--separate-epoch N``, at ``--separate-iteration N``, possibly inside an
-epoch, or by :func:`auto_separate_epoch`); :func:`split` (the eval-mode outputs on the un-augmented
-training set, :func:`compute_outputs`, and the partition, :func:`make_partition`, on rank 0, broadcast);
-:func:`partition_arrays` (what partition.npz holds); and the same split for any PyTorch loop,
-:func:`loader_outputs` and :func:`partition_outputs`, whose multiplicities go to
-:class:`real.sampler.UpsampleSampler` (docs/training.md, "USEFUL in your own training loop").
+The split rule (per-class 2-means on what ``--split-on`` names, the higher-loss cluster upsampled by
+k) and the baselines are :mod:`theory.useful`'s; here are :func:`split_point`, :func:`split` (on rank
+0, broadcast), :func:`partition_arrays` (partition.npz), and the same split for any PyTorch loop,
+:func:`loader_outputs` then :func:`partition_outputs` (docs/training.md, "USEFUL in your own training loop").
 
 The automatic rule
 ------------------
@@ -55,9 +51,7 @@ AUTO_CAP_FRACTION = 0.1
 
 
 def auto_cap(epochs: int, *, warmup: int = AUTO_WARMUP, cap_fraction: float = AUTO_CAP_FRACTION) -> int:
-    """The latest separating epoch of the automatic rule, ``ceil(cap_fraction * epochs)`` (at least 1):
-    a budget of at most ``warmup / cap_fraction`` epochs (10) separates after its first epoch (the rule
-    needs ``warmup + 1`` epochs to see a slowdown, more than 10 % of it)."""
+    """The automatic rule's cap, ``ceil(cap_fraction * epochs)``, at least 1 and at most ``epochs``."""
     check_int("epochs", epochs, low=1)
     check_int("warmup", warmup, low=1)
     return min(epochs, max(1, math.ceil(cap_fraction * epochs)))
@@ -84,6 +78,51 @@ def auto_separate_epoch(errors: Sequence[float], *, initial_error: float, cap: i
                 if e[t - 2] - e[t - 1] < fraction * reference:
                     return t
     return cap if len(e) >= cap else None
+
+
+@dataclass(frozen=True)
+class SplitPoint:
+    """The end of the pre-split phase: ``epochs`` full epochs, then ``steps`` more iterations."""
+
+    epochs: int
+    steps: int = 0
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epochs, "steps": self.steps}
+
+
+def split_point(cfg: TrainConfig, metrics: Sequence[dict], steps_per_epoch: int, num_classes: int) -> SplitPoint | None:
+    """Where the pre-split phase ends, from what is known so far; None means "train another epoch".
+
+    ``--separate-iteration N``: after ``N // steps`` epochs and ``N % steps`` iterations;
+    ``--separate-epoch N``: after epoch N; ``auto``: :func:`auto_separate_epoch` on the pre-split
+    epochs' training errors (``1 - train_acc`` of metrics.jsonl), capped at :func:`auto_cap`."""
+    if cfg.separate_iteration is not None:
+        return SplitPoint(*divmod(cfg.separate_iteration, steps_per_epoch))
+    if cfg.separate_epoch != "auto":
+        return SplitPoint(int(cfg.separate_epoch))
+    errors = [1.0 - m["train_acc"] for m in metrics if m["phase"] == "separate" and m["steps"] == steps_per_epoch]
+    epoch = auto_separate_epoch(errors, initial_error=1.0 - 1.0 / num_classes, cap=auto_cap(cfg.epochs))
+    return None if epoch is None else SplitPoint(epoch)
+
+
+def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
+    """What can only be checked once the data set's size is known, checked before anything is
+    written: a batch per epoch, a separating iteration inside the schedule, room for the upsampled
+    index list (the worst case, every example upsampled)."""
+    check(cfg.batch_size % world_size == 0, "--batch-size", cfg.batch_size,
+          f"a multiple of the number of processes ({world_size})")
+    steps = steps_per_epoch(n_train, cfg.batch_size, world_size)
+    if steps < 1:
+        raise ConfigError("--batch-size", message=f"--batch-size: {n_train} training examples over {world_size} "
+                                                  "process(es) give no batch of at least 2 examples")
+    if cfg.useful and cfg.separate_iteration is not None:
+        check(cfg.separate_iteration <= cfg.epochs * steps, "--separate-iteration", cfg.separate_iteration,
+              f"at most the {cfg.epochs * steps} iterations of --epochs {cfg.epochs}")
+    if cfg.useful and not cfg.upweight:
+        jtt = cfg.partition == "jtt"
+        flag, k = ("--jtt-upweight", cfg.jtt_upweight) if jtt else ("--upsample-factor", cfg.upsample_factor)
+        check_allocation(flag, 3 * 8 * n_train * k, f"the upsampled index list ({n_train} examples, k = {k})")
 
 
 @torch.no_grad()
@@ -137,12 +176,11 @@ def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, meth
     """The trainer's partition (:func:`make_partition`, ``method`` its ``--partition``) from numpy
     arrays or tensors, e.g. :func:`loader_outputs`'s; its ``multiplicities`` go to
     :class:`real.sampler.UpsampleSampler`."""
-    def as_numpy(a):
-        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
     check_choice("method", method, PARTITIONS)
-    return make_partition(method, as_numpy(logits), as_numpy(labels), as_numpy(losses), k=k, seed=seed,
-                          quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
+    logits, labels, losses = (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+                              for a in (logits, labels, losses))
+    return make_partition(method, logits, labels, losses, k=k, seed=seed, quantile=quantile, split_on=split_on,
+                          jtt_upweight=jtt_upweight)
 
 
 def make_partition(method: str, logits: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, k: int, seed: int,
@@ -156,14 +194,12 @@ def make_partition(method: str, logits: np.ndarray, labels: np.ndarray, losses: 
 
 
 def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, *, logits: np.ndarray,
-                     num_classes: int, separated_at: "SplitPoint", upweight: bool, split_on: str = "logits",
+                     num_classes: int, separated_at: SplitPoint, upweight: bool, split_on: str = "logits",
                      copy_augment: str = "none", flipped: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """What partition.npz holds.
-
-    ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (summing to
-    ``n + (k - 1) |indices|``; per class for ``class-balanced``), ``k``, ``method``, ``upweight``
-    (loss weights instead of copies), ``copy_augment``, ``separate_epoch`` and ``separate_steps`` (the
-    split came after that many full epochs and further iterations), ``num_classes``; per class:
+    """What partition.npz holds: ``indices`` (upsampled examples), ``upsample`` (mask),
+    ``multiplicities`` (summing to ``n + (k - 1) |indices|``; per class for ``class-balanced``), ``k``,
+    ``method``, ``upweight`` (loss weights instead of copies), ``copy_augment``, ``separate_epoch`` and
+    ``separate_steps`` (the split came after that many epochs and further iterations); per class:
     ``class_sizes``, ``upsampled_per_class``, ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when
     empty), USEFUL's 2-means diagnostics ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2),
     ``chosen_cluster`` (C,; -1 for no cluster); ``losses`` at the split, ``label_noise_flipped`` with
@@ -177,14 +213,11 @@ def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarra
     logits = np.asarray(logits)
     check(logits.ndim == 2 and logits.shape[0] == len(labels), "logits", logits.shape, f"({len(labels)}, C)")
     mask = np.asarray(partition.upsample, dtype=bool)
-    loss_up = np.full(num_classes, np.nan)
-    loss_rest = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        sel = labels == c
-        if np.any(sel & mask):
-            loss_up[c] = losses[sel & mask].mean()
-        if np.any(sel & ~mask):
-            loss_rest[c] = losses[sel & ~mask].mean()
+
+    def class_means(m: np.ndarray) -> np.ndarray:  # per class c, the mean loss over m & (labels == c); NaN if empty
+        return np.array([losses[m & (labels == c)].mean() if np.any(m & (labels == c)) else np.nan
+                         for c in range(num_classes)], dtype=np.float64)
+
     cluster_sizes = np.zeros((num_classes, 2), dtype=np.int64)
     cluster_losses = np.full((num_classes, 2), np.nan)
     chosen = np.full(num_classes, -1, dtype=np.int64)
@@ -206,8 +239,8 @@ def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarra
         "num_classes": np.int64(num_classes),
         "class_sizes": np.bincount(labels, minlength=num_classes).astype(np.int64),
         "upsampled_per_class": np.bincount(labels[mask], minlength=num_classes).astype(np.int64),
-        "mean_loss_upsampled": loss_up,
-        "mean_loss_rest": loss_rest,
+        "mean_loss_upsampled": class_means(mask),
+        "mean_loss_rest": class_means(~mask),
         "cluster_sizes": cluster_sizes,
         "cluster_mean_losses": cluster_losses,
         "chosen_cluster": chosen,
@@ -219,51 +252,6 @@ def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarra
     if flipped is not None:
         arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
     return arrays
-
-
-@dataclass(frozen=True)
-class SplitPoint:
-    """The end of the pre-split phase: ``epochs`` full epochs, then ``steps`` more iterations."""
-
-    epochs: int
-    steps: int = 0
-
-    def as_dict(self) -> dict:
-        return {"epoch": self.epochs, "steps": self.steps}
-
-
-def split_point(cfg: TrainConfig, metrics: Sequence[dict], steps_per_epoch: int, num_classes: int) -> SplitPoint | None:
-    """Where the pre-split phase ends, from what is known so far; None means "train another epoch".
-
-    ``--separate-iteration N``: after ``N // steps`` epochs and ``N % steps`` iterations;
-    ``--separate-epoch N``: after epoch N; ``auto``: :func:`auto_separate_epoch` on the pre-split
-    epochs' training errors (``1 - train_acc`` of metrics.jsonl), capped at :func:`auto_cap`."""
-    if cfg.separate_iteration is not None:
-        return SplitPoint(*divmod(cfg.separate_iteration, steps_per_epoch))
-    if cfg.separate_epoch != "auto":
-        return SplitPoint(int(cfg.separate_epoch))
-    errors = [1.0 - m["train_acc"] for m in metrics if m["phase"] == "separate" and m["steps"] == steps_per_epoch]
-    epoch = auto_separate_epoch(errors, initial_error=1.0 - 1.0 / num_classes, cap=auto_cap(cfg.epochs))
-    return None if epoch is None else SplitPoint(epoch)
-
-
-def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
-    """What can only be checked once the data set's size is known, checked before anything is
-    written: a batch per epoch, a separating iteration inside the schedule, room for the upsampled
-    index list (the worst case, every example upsampled)."""
-    if cfg.batch_size % world_size:
-        raise ConfigError("--batch-size", cfg.batch_size, f"a multiple of the number of processes ({world_size})")
-    steps = steps_per_epoch(n_train, cfg.batch_size, world_size)
-    if steps < 1:
-        raise ConfigError("--batch-size", message=f"--batch-size: {n_train} training examples over {world_size} "
-                                                  "process(es) give no batch of at least 2 examples")
-    if cfg.useful and cfg.separate_iteration is not None and cfg.separate_iteration > cfg.epochs * steps:
-        raise ConfigError("--separate-iteration", message=f"--separate-iteration: got {cfg.separate_iteration}, "
-                          f"expected at most the {cfg.epochs * steps} iterations of --epochs {cfg.epochs}")
-    if cfg.useful and not cfg.upweight:
-        flag, k = ("--jtt-upweight", cfg.jtt_upweight) if cfg.partition == "jtt" else ("--upsample-factor",
-                                                                                     cfg.upsample_factor)
-        check_allocation(flag, 3 * 8 * n_train * k, f"the upsampled index list ({n_train} examples, k = {k})")
 
 
 def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, at: SplitPoint,
@@ -287,9 +275,6 @@ def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo,
                  " (as loss weights)" if cfg.upweight else "")
     multiplicities = D.broadcast_array(multiplicities, shape=(n,), dtype=np.int64, device=info.device)
     if partition is None:  # the other ranks: the same k as rank 0's partition
-        if cfg.partition == "jtt":
-            k = cfg.jtt_upweight
-        elif cfg.partition == "class-balanced":
-            k = int(multiplicities.max())
+        k = {"jtt": cfg.jtt_upweight, "class-balanced": int(multiplicities.max())}.get(cfg.partition, k)
         partition = Partition.from_multiplicities(multiplicities, k=k, method=cfg.partition)
     return partition, arrays
