@@ -137,10 +137,9 @@ class Augmenter:
         self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
 
     def __call__(self, x_uint8: torch.Tensor, copies: torch.Tensor | None = None) -> torch.Tensor:
-        """The augmented, normalized batch.  ``copies`` (bool, one per image; ``--copy-augment``,
-        TADA's variant) marks extra copies of upsampled examples: they also receive
-        TrivialAugmentWide.  It is drawn for the whole batch and kept where ``copies`` is set, so the
-        draws do not depend on how many copies a batch holds and nothing waits for the host."""
+        """The augmented, normalized batch.  ``copies`` (bool per image, ``--copy-augment``) marks extra
+        copies of upsampled examples, which also get TrivialAugmentWide (TADA's variant): drawn for the
+        whole batch and kept where set, so the draws do not depend on the copies and nothing waits for the host."""
         x = self.augment(x_uint8, self.generator)
         if self.trivial_augment:
             x = trivial_augment(x, generator=self.generator)

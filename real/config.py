@@ -1,11 +1,9 @@
 """The trainer's configuration: one frozen dataclass, validated field by field.
 
-Every field is a command-line flag of ``useful-train run`` (the name with dashes, e.g.
-``--separate-epoch``), a key of a ``--config`` TOML file and a key of a preset
-(``real/presets/NAME.toml``).  Precedence: defaults < preset < TOML file < command line.
-Conversion and error reporting are :mod:`theory.plumbing.config`'s, so a bad value reads the same
-whatever its source (``error: --lr: got -1.0, expected a number in (0, inf)``).  The fully resolved
-configuration is written to ``RUN_DIR/config.json``.
+Every field is a flag of ``useful-train run`` (``--separate-epoch``), a key of a ``--config`` TOML
+file and of a preset (``real/presets/NAME.toml``); defaults < preset < TOML file < command line.
+Conversion and errors are :mod:`theory.plumbing.config`'s, so a bad value reads the same whatever its
+source (``error: --lr: got -1.0, expected a number in (0, inf)``).  Written to ``RUN_DIR/config.json``.
 """
 
 from __future__ import annotations
@@ -318,8 +316,7 @@ class Setting:
     in_paper: bool = True  # False: a setting of this package's (``in_paper = false``): none of its values is the paper's
 
     def source(self, key: str, optimizer: str | None = None) -> str:
-        """``"chosen: why"`` or ``"paper"`` for a value the setting gives (never "paper" for a setting
-        the paper does not have)."""
+        """``"chosen: why"`` or ``"paper"`` (never for a setting the paper lacks) for a value it gives."""
         reason = (self.chosen.get(f"{optimizer}.{key}") if optimizer else None) or self.chosen.get(key)
         if reason:
             return f"chosen: {reason}"
@@ -344,8 +341,7 @@ def preset_names() -> tuple[str, ...]:
 
 
 def split_preset_name(name: str) -> tuple[str, str | None]:
-    """``(setting, optimizer)`` of a preset name (optimizer None for a bare setting name); an unknown
-    name is a :class:`ConfigError` on ``--preset``."""
+    """``(setting, optimizer or None)`` of a preset name; an unknown one is a ConfigError on ``--preset``."""
     settings = setting_names()
     if name in settings:
         return name, None

@@ -160,9 +160,8 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 def build_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, nesterov: bool = False,
                     weight_decay: float = 5e-4, rho: float = 0.05, asam_variant: str = "kwon") -> torch.optim.Optimizer:
-    """``sgd``: ``torch.optim.SGD``; ``sam`` / ``asam``: :class:`SAM` over that SGD.  ``params``:
-    ``model.named_parameters()`` (ASAM needs the names) or, for SGD and SAM, plain parameters.  ASAM's
-    radius is on the ``|w|``-normalized scale (Kwon et al. use about 10x SAM's)."""
+    """``sgd``: ``torch.optim.SGD``; ``sam`` / ``asam``: :class:`SAM` over it, on ``model.named_parameters()``
+    (ASAM needs the names; SGD and SAM take plain parameters too).  ASAM's rho: Kwon et al. use ~10x SAM's."""
     check(name in OPTIMIZERS, "optimizer", name, "one of " + ", ".join(OPTIMIZERS))
     return OPTIMIZERS[name](list(params), rho, asam_variant, lr=lr, momentum=momentum, nesterov=nesterov,
                             weight_decay=weight_decay)

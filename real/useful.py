@@ -107,9 +107,8 @@ def split_point(cfg: TrainConfig, metrics: Sequence[dict], steps_per_epoch: int,
 
 
 def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
-    """What can only be checked once the data set's size is known, checked before anything is
-    written: a batch per epoch, a separating iteration inside the schedule, room for the upsampled
-    index list (the worst case, every example upsampled)."""
+    """Checked once the data set's size is known, before anything is written: a batch per epoch, the
+    separating iteration inside the schedule, room for the upsampled index list (every example upsampled)."""
     check(cfg.batch_size % world_size == 0, "--batch-size", cfg.batch_size,
           f"a multiple of the number of processes ({world_size})")
     steps = steps_per_epoch(n_train, cfg.batch_size, world_size)
@@ -127,9 +126,8 @@ def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
 
 @torch.no_grad()
 def _eval_outputs(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits and per-example cross-entropy losses (float64, computed in float32, no autocast: the
-    split needs precise logits) and labels of ``model`` in eval mode (restored after) over ``(x, y)``
-    batches: the one definition of the split's outputs."""
+    """The split's outputs: logits, per-example cross-entropy losses (float64 of float32, no autocast)
+    and labels of ``model`` in eval mode (restored after) over ``(x, y)`` batches."""
     was_training = model.training
     model.eval()
     logits_all, losses_all, labels_all = [], [], []
@@ -151,8 +149,7 @@ def compute_outputs(model: nn.Module, x_uint8: torch.Tensor, labels: torch.Tenso
     """Logits (N, C) and losses (N,) of :func:`_eval_outputs` on the un-augmented, normalized images."""
     batches = ((normalize(x_uint8[start : start + batch_size], mean, std).contiguous(memory_format=memory_format),
                 labels[start : start + batch_size]) for start in range(0, x_uint8.shape[0], batch_size))
-    logits, losses, _ = _eval_outputs(model, batches)
-    return logits, losses
+    return _eval_outputs(model, batches)[:2]
 
 
 def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
@@ -196,18 +193,12 @@ def make_partition(method: str, logits: np.ndarray, labels: np.ndarray, losses: 
 def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, *, logits: np.ndarray,
                      num_classes: int, separated_at: SplitPoint, upweight: bool, split_on: str = "logits",
                      copy_augment: str = "none", flipped: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """What partition.npz holds: ``indices`` (upsampled examples), ``upsample`` (mask),
-    ``multiplicities`` (summing to ``n + (k - 1) |indices|``; per class for ``class-balanced``), ``k``,
-    ``method``, ``upweight`` (loss weights instead of copies), ``copy_augment``, ``separate_epoch`` and
-    ``separate_steps`` (the split came after that many epochs and further iterations); per class:
-    ``class_sizes``, ``upsampled_per_class``, ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when
-    empty), USEFUL's 2-means diagnostics ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2),
-    ``chosen_cluster`` (C,; -1 for no cluster); ``losses`` at the split, ``label_noise_flipped`` with
-    label noise.  For a picture of the split (the paper's Figure 3): ``logits`` (N, C) float32, the
-    outputs it was computed from, and ``split_features`` float32, what the 2-means clusters
-    (:func:`theory.useful.split_features` at ``split_on``: logits, softmax or losses (N, 1)), with
-    ``split_on`` (``logits`` for the partitions that run no 2-means).
-    """
+    """What partition.npz holds (docs/training.md, "What a run writes"): the partition
+    (``multiplicities`` sum to ``n + (k - 1) |indices|``), where the split came (``separate_epoch``
+    full epochs, then ``separate_steps`` iterations), per class the sizes, mean losses (NaN when empty)
+    and USEFUL's 2-means diagnostics (``chosen_cluster`` -1: no cluster), and the outputs at the split
+    for a picture of it (the paper's Figure 3): ``losses``, ``logits`` and ``split_features`` (what
+    the 2-means clusters, :func:`theory.useful.split_features` at ``split_on``), float32."""
     labels = np.asarray(labels)
     losses = np.asarray(losses, dtype=np.float64)
     logits = np.asarray(logits)
