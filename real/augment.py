@@ -2,10 +2,9 @@
 uint8 tensors (N, C, H, W); each batch is augmented there, without per-sample Python loops).
 
 Randomness comes from an explicit ``torch.Generator`` (on the data's device), so a seed fixes the
-augmentation stream; ``generator=None`` uses torch's global RNG.
-
-``trivial_augment`` is torchvision's TrivialAugmentWide, batched: see :mod:`real.trivial_augment` for
-its operations, magnitudes and exactness.
+augmentation stream; ``generator=None`` uses torch's global RNG.  ``trivial_augment`` is
+torchvision's TrivialAugmentWide, batched (:mod:`real.trivial_augment`: its operations, magnitudes
+and exactness).
 """
 
 from __future__ import annotations
@@ -25,11 +24,8 @@ __all__ = ["AUGMENTS", "COPY_AUGMENTS", "normalize", "random_crop_flip", "trivia
 
 
 def _stats(values: Sequence[float] | torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Per-channel values as a (1, C, 1, 1) tensor on ``x``'s device.
-
-    A tensor already there (as the Augmenter keeps them) is used as is: building it from a Python
-    sequence every batch would be a host-to-device copy, which blocks the host on CUDA.
-    """
+    """Per-channel values as a (1, C, 1, 1) tensor on ``x``'s device; a tensor already there (as the
+    Augmenter keeps them) is used as is (a host-to-device copy per batch would block the host)."""
     if isinstance(values, torch.Tensor) and values.device == x.device and values.dtype == dtype:
         t = values.reshape(-1)
     else:
@@ -39,28 +35,20 @@ def _stats(values: Sequence[float] | torch.Tensor, x: torch.Tensor, dtype: torch
     return t.view(1, -1, 1, 1)
 
 
-def normalize(
-    x_uint8: torch.Tensor,
-    mean: Sequence[float] | torch.Tensor,
-    std: Sequence[float] | torch.Tensor,
-    *,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor, *,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``(x / 255 - mean_c) / std_c`` per channel c of an (N, C, H, W) uint8 batch."""
     return (x_uint8.to(dtype) / 255.0 - _stats(mean, x_uint8, dtype)) / _stats(std, x_uint8, dtype)
 
 
-def random_crop_flip(
-    x: torch.Tensor, *, padding: int = 4, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random crop of the zero-padded batch and horizontal flip with probability 1/2, per sample.
-
-    As torchvision's ``RandomCrop(H, padding)`` then ``RandomHorizontalFlip()``: with ``xp`` the
-    input zero-padded by ``padding`` on each side and offsets ``dy, dx ~ U{0..2 padding}``,
+def random_crop_flip(x: torch.Tensor, *, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop of the zero-padded batch and horizontal flip with probability 1/2, per sample, as
+    torchvision's ``RandomCrop(H, padding)`` then ``RandomHorizontalFlip()``: with ``xp`` the input
+    zero-padded by ``padding`` on each side and offsets ``dy, dx ~ U{0..2 padding}``,
 
         out[n, c, i, j] = xp[n, c, dy_n + i, dx_n + (W - 1 - j if flip_n else j)].
 
-    Works on any dtype (uint8 or float), shape (N, C, H, W); one gather for the whole batch.
+    Any dtype, shape (N, C, H, W); one gather for the whole batch.
     """
     check_int("padding", padding, low=0)
     check(x.ndim == 4, "x", tuple(x.shape), "an (N, C, H, W) batch")
@@ -70,31 +58,22 @@ def random_crop_flip(
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
     flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device)
     xp = F.pad(x, (padding,) * 4) if padding else x
-    i = torch.arange(h, device=x.device)
     j = torch.arange(w, device=x.device)
-    rows = dy[:, None] + i  # (N, H)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = dx[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # (N, W)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     return xp[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def mixup(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    alpha: float,
-    num_classes: int,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixUp (Zhang et al., 2018) with one ``lam ~ Beta(alpha, alpha)`` per batch:
+def mixup(x: torch.Tensor, y: torch.Tensor, *, alpha: float, num_classes: int,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_mixed, y_soft)``: MixUp (Zhang et al., 2018) of a float batch ``x``, labels or soft targets ``y``:
 
         x_mixed = lam x + (1 - lam) x[perm],   y_soft = lam onehot(y) + (1 - lam) onehot(y[perm])
 
-    ``x`` float (N, ...); ``y`` int labels (N,) or soft targets (N, C); returns y_soft (N, C) float.
-    ``lam`` is drawn with numpy from a seed taken from ``generator`` (torch's Beta takes no
-    generator); ``perm`` is a random permutation from ``generator``.
-    """
+    one ``lam ~ Beta(alpha, alpha)`` per batch, drawn with numpy from a seed from ``generator`` (torch's
+    Beta takes none), and ``perm`` a random permutation from ``generator``."""
     check_number("alpha", alpha, low=0.0, low_open=True)
     check_int("num_classes", num_classes, low=1)
     check(x.is_floating_point(), "x", x.dtype, "a floating-point batch (normalize first)")
@@ -106,19 +85,18 @@ def mixup(
     return lam * x + (1.0 - lam) * x[perm], lam * soft + (1.0 - lam) * soft[perm]
 
 
-def symmetric_label_noise(
-    labels: np.ndarray, *, rate: float, num_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Replace each label with probability ``rate`` by a uniformly random *different* class.
+def symmetric_label_noise(labels: np.ndarray, *, rate: float, num_classes: int, seed: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """``(noisy_labels, flipped_mask)``, each label replaced with probability ``rate`` by a uniformly
+    drawn *other* class, a function of ``seed``:
 
         flipped_i ~ Bernoulli(rate),   noisy_i = (y_i + u_i) mod C,   u_i ~ U{1..C-1}
-
-    Returns ``(noisy_labels, flipped_mask)``; deterministic given ``seed``.
     """
     check_number("rate", rate, low=0.0, high=1.0)
     check_int("num_classes", num_classes, low=2)
     labels = np.asarray(labels)
-    check(labels.ndim == 1 and bool(np.all((labels >= 0) & (labels < num_classes))), "labels", labels.shape, f"a 1-d array of classes in [0, {num_classes})")
+    check(labels.ndim == 1 and bool(np.all((labels >= 0) & (labels < num_classes))), "labels", labels.shape,
+          f"a 1-d array of classes in [0, {num_classes})")
     rng = np.random.default_rng(seed)
     flipped = rng.random(labels.shape[0]) < rate
     shift = rng.integers(1, num_classes, size=labels.shape[0])
@@ -140,28 +118,15 @@ COPY_AUGMENTS: dict[str, Transform | None] = {  # what the extra copies of upsam
 
 
 class Augmenter:
-    """The per-batch transform of the trainer, in torchvision users' order: ``augment`` (a key of
-    :data:`AUGMENTS`), then TrivialAugmentWide on uint8 (optional), then normalize; all on ``device`` with its own
-    generator seeded by ``seed`` (each batch draws the crop offsets and flips, then the operations,
-    bins and signs).
+    """The trainer's per-batch transform, in torchvision users' order: ``augment`` (a key of
+    :data:`AUGMENTS`), then TrivialAugmentWide on uint8 (optional), then normalize; on ``device``, with
+    its own generator seeded by ``seed`` (each batch draws the crop offsets and flips, then the
+    operations, bins and signs), saved and restored by ``state_dict`` / ``load_state_dict``.  Its
+    values are TrainConfig's, not re-validated."""
 
-    ``state_dict()`` / ``load_state_dict()`` save and restore the generator (for resuming).
-    """
-
-    def __init__(
-        self,
-        *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        augment: str = "crop-flip",
-        trivial_augment: bool = False,
-        copy_augment: str = "trivial-augment",
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-    ):
-        check(augment in AUGMENTS, "augment", augment, "one of " + ", ".join(AUGMENTS))
-        check(copy_augment in COPY_AUGMENTS, "copy_augment", copy_augment, "one of " + ", ".join(COPY_AUGMENTS))
-        check_int("seed", seed, low=0)
+    def __init__(self, *, mean: Sequence[float], std: Sequence[float], augment: str = "crop-flip",
+                 trivial_augment: bool = False, copy_augment: str = "trivial-augment", seed: int = 0,
+                 device: str | torch.device = "cpu"):
         self.mean, self.std = tuple(mean), tuple(std)
         self.augment, self.trivial_augment = AUGMENTS[augment], trivial_augment
         self.copy_augment = COPY_AUGMENTS[copy_augment]
@@ -172,10 +137,9 @@ class Augmenter:
         self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
 
     def __call__(self, x_uint8: torch.Tensor, copies: torch.Tensor | None = None) -> torch.Tensor:
-        """The augmented, normalized batch.  ``copies`` (bool, one per image; ``--copy-augment``,
-        TADA's variant) marks extra copies of upsampled examples: they also receive
-        TrivialAugmentWide.  It is drawn for the whole batch and kept where ``copies`` is set, so the
-        draws do not depend on how many copies a batch holds and nothing waits for the host."""
+        """The augmented, normalized batch.  ``copies`` (bool per image, ``--copy-augment``) marks extra
+        copies of upsampled examples, which also get TrivialAugmentWide (TADA's variant): drawn for the
+        whole batch and kept where set, so the draws do not depend on the copies and nothing waits for the host."""
         x = self.augment(x_uint8, self.generator)
         if self.trivial_augment:
             x = trivial_augment(x, generator=self.generator)

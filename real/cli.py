@@ -1,25 +1,10 @@
 """``useful-train`` (also ``python -m real``): full-scale training with and without USEFUL.
 
-Subcommands::
-
-    useful-train run [--preset NAME] [--config FILE.toml] [--FIELD VALUE ...]   one training run
-    useful-train compare RUN_DIR [RUN_DIR ...]                                  table over runs
-    useful-train presets                                                        list the presets
-    useful-train sharpness RUN_DIR [RUN_DIR ...]                                Hessian sharpness of runs
-    useful-train grid FILE                                                      a grid of runs, here or on Slurm
-    useful-train download DATASET --data-dir DIR                                fetch and verify a data set
-    useful-train config [--preset NAME] [--FIELD VALUE ...]                     the resolved configuration
-    useful-train reproduce --out DIR [--quick] [--full] [--seeds S]             the real-data claims report
-
-``run``'s flags are :class:`~real.config.TrainConfig`'s fields with dashes; values merge as
-defaults < preset < ``--config`` TOML < command line.  ``--resume`` with an ``--out`` holding a run
-takes that run's config.json as the base instead of defaults and preset (so
-``useful-train run --out DIR --resume`` is enough) and refuses flags that change what is computed.  An invalid value, unknown key or missing data set ends
-with exit status 2 and one line on stderr; a run that diverges exits 1.
-
-The subcommands are one plain dict, :data:`COMMANDS` (name -> help, flags, handler); those that live
-with what they do come from their modules' ``add_arguments`` and ``command`` (real/compare.py,
-real/sharpness.py, real/grid.py, real/download.py, real/reproduce.py).
+Subcommands (:data:`COMMANDS`, ``useful-train --help``): run, config, presets, compare, sharpness,
+grid, download, reproduce: one plain dict (name -> help, flags, handler), most from their modules'
+``add_arguments`` and ``command``.  ``run``'s flags are :class:`~real.config.TrainConfig`'s fields
+with dashes (:func:`resolve_run_config`).  An invalid value, unknown key or missing data set ends with
+exit status 2 and one line on stderr; a run that diverges exits 1.
 """
 
 from __future__ import annotations
@@ -50,16 +35,8 @@ __all__ = ["main", "COMMANDS", "resolve_run_config", "config_toml"]
 
 def _setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# run
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, datefmt="%H:%M:%S", stream=sys.stderr,
+                        format="%(asctime)s " + (f"[rank {rank}] " if rank else "") + "%(levelname)s %(message)s")
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,11 +50,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_run_config(args: argparse.Namespace | dict[str, Any], *, with_sources: bool = False):
     """The :class:`~real.config.TrainConfig` of ``run``'s arguments: defaults < preset (with the
     values of the run's optimizer) < ``--config`` TOML < flags (:func:`real.config.resolve_train_config`).
-
-    With ``--resume`` and an existing run in ``--out``, its stored configuration replaces defaults and
-    preset as the base (the preset is already in it), so ``run --out DIR --resume`` is enough; the
-    trainer then refuses flags or TOML values that change what is computed.  ``with_sources`` also
-    returns where each value came from."""
+    With ``--resume`` and a run in ``--out``, its stored configuration replaces defaults and preset, so
+    ``run --out DIR --resume`` is enough (the trainer refuses values that change what is computed).
+    ``with_sources``: also where each value came from."""
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     config_path, preset = given.get("config"), given.get("preset")
     cfg, sources = resolve_train_config(given, config_path=config_path, preset=preset)
@@ -93,20 +68,14 @@ def _interrupt(signum, frame) -> None:
 def _run(args: argparse.Namespace) -> int:
     cfg = resolve_run_config(args)
     _setup_logging()
-
     # SIGTERM (scancel, a preemption, torchrun stopping its workers) ends the run like Ctrl-C: the
     # last checkpoint stays and the run lock is released, so a requeued job on another node can resume.
     signal.signal(signal.SIGTERM, _interrupt)
-
     try:
         summary = train(cfg)
     except DatasetError as err:
         raise ConfigError("--data-dir", message=f"--data-dir: {err}") from None
     return 0 if summary.get("status") == "completed" else 1
-
-
-# ----------------------------------------------------------------------------------------------
-# presets
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -115,10 +84,6 @@ def _presets(args: argparse.Namespace) -> int:
     for name in names:
         print(f"{name:<{width}}  {describe_preset(name)}")
     return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# config
 
 
 def config_toml(cfg, sources: dict[str, str]) -> str:
@@ -131,10 +96,7 @@ def config_toml(cfg, sources: dict[str, str]) -> str:
              "# Save it and pass it back with --config FILE; a comment says where each value came from."]
     width = max(len(k) for k in data)
     for key, value in data.items():
-        if value is None:
-            lines.append(f"# {key} is not set".ljust(width + 24) + f"  # {sources[key]}")
-            continue
-        text = tomli_w.dumps({key: value}).strip()
+        text = f"# {key} is not set" if value is None else tomli_w.dumps({key: value}).strip()
         lines.append(f"{text:<{width + 24}}  # {sources[key]}")
     return "\n".join(lines) + "\n"
 

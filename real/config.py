@@ -1,38 +1,24 @@
 """The trainer's configuration: one frozen dataclass, validated field by field.
 
-Every field is a command-line flag of ``useful-train run`` (the name with dashes, e.g.
-``--separate-epoch``), a key of a ``--config`` TOML file and a key of a preset
-(``real/presets/NAME.toml``).  Precedence: defaults < preset < TOML file < command line.
-Conversion and error reporting are :mod:`theory.plumbing.config`'s, so a bad value reads the same
-whatever its source::
-
-    error: --lr: got -1.0, expected a number in (0, inf)
-
-The fully resolved configuration is written to ``RUN_DIR/config.json``.
+Every field is a flag of ``useful-train run`` (``--separate-epoch``), a key of a ``--config`` TOML
+file and of a preset (``real/presets/NAME.toml``); defaults < preset < TOML file < command line.
+Conversion and errors are :mod:`theory.plumbing.config`'s, so a bad value reads the same whatever its
+source (``error: --lr: got -1.0, expected a number in (0, inf)``).  Written to ``RUN_DIR/config.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from theory.plumbing.config import (
-    ConfigError,
-    canonical_numbers,
-    check,
-    check_choice,
-    check_int,
-    check_number,
-    config_file_values,
-    doc,
-    config_from_mapping,
-    given_values,
-    load_toml,
-    to_jsonable,
-)
+from theory.plumbing.config import (ConfigError, canonical_numbers, check, check_choice, check_int, check_number,
+                                    config_file_values, config_from_mapping, doc, given_values, load_toml,
+                                    to_jsonable)
 from theory.useful import JTT_UPWEIGHT, PARTITIONS, SPLIT_ON
 
 from .augment import AUGMENTS, COPY_AUGMENTS
@@ -44,27 +30,10 @@ from .planted import EASY_FEATURES
 from .schedules import SCHEDULES
 from .tensorboard import check_installed
 
-__all__ = [
-    "TrainConfig",
-    "PARTITIONS",
-    "UPWEIGHT_NORMALIZATIONS",
-    "AUGMENTS",
-    "COPY_AUGMENTS",
-    "PRECISIONS",
-    "MEMORY_FORMATS",
-    "RUN_CONTROL_FIELDS",
-    "preset_names",
-    "load_preset",
-    "describe_preset",
-    "Setting",
-    "setting_names",
-    "load_setting",
-    "split_preset_name",
-    "resolve_train_config",
-    "config_to_dict",
-    "computed_config",
-    "default_out",
-]
+__all__ = ["TrainConfig", "PARTITIONS", "UPWEIGHT_NORMALIZATIONS", "AUGMENTS", "COPY_AUGMENTS", "PRECISIONS",
+           "MEMORY_FORMATS", "RUN_CONTROL_FIELDS", "preset_names", "load_preset", "describe_preset", "Setting",
+           "setting_names", "load_setting", "split_preset_name", "resolve_train_config", "config_to_dict",
+           "computed_config", "default_out"]
 
 # One tuple of names per choice (the others live with their builders: DATASETS, MODELS, OPTIMIZERS,
 # SCHEDULES, DEVICES); the dataclass's Literal types are built from them.
@@ -158,8 +127,8 @@ class TrainConfig:
     tensorboard: bool = doc(False, "TensorBoard event files in OUT/tensorboard (needs the tensorboard package)")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_data(self)
-        _check_planted(self)
         _check_optimization(self)
         _check_useful(self)
         _check_run_control(self)
@@ -167,33 +136,48 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """A short name for the run (used for the default output directory)."""
-        parts = [self.dataset, self.model, self.optimizer]
-        if self.useful:
-            parts.append("useful" if self.partition == "useful" else self.partition)
-            if self.upweight:
-                parts.append("upweight")
-        parts.append(f"s{self.seed}")
-        return "-".join(parts)
+        """A short name for the run (the default output directory's)."""
+        useful = [self.partition] + (["upweight"] if self.upweight else []) if self.useful else []
+        return "-".join([self.dataset, self.model, self.optimizer, *useful, f"s{self.seed}"])
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def _default(field: str) -> Any:
     return TrainConfig.__dataclass_fields__[field].default
 
 
+# The fields whose choices are a registry's keys, read when checked (a registry extended after import counts).
+_REGISTRIES = {"dataset": "DATASETS", "model": "MODELS", "optimizer": "OPTIMIZERS", "partition": "PARTITIONS",
+               "augment": "AUGMENTS", "copy_augment": "COPY_AUGMENTS"}
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Every bool field holds a bool and every Literal field one of its choices."""
+    for name, kind in _field_types().items():
+        value = getattr(cfg, name)
+        if kind is bool:
+            check(isinstance(value, bool), _flag(name), value, "true or false")
+        elif typing.get_origin(kind) is Literal:
+            choices = tuple(globals()[_REGISTRIES[name]]) if name in _REGISTRIES else typing.get_args(kind)
+            check_choice(_flag(name), value, choices)
+
+
 def _only_with(cfg: TrainConfig, field: str, condition: bool, needs: str) -> None:
     """A field that only acts under ``condition`` must keep its default otherwise (an accepted flag acts)."""
     value, default = getattr(cfg, field), _default(field)
-    check(condition or value == default, "--" + field.replace("_", "-"), value, f"{default!r} (the default) unless {needs}")
-
-
-def _check_bool(cfg: TrainConfig, *fields: str) -> None:
-    for field in fields:
-        check(isinstance(getattr(cfg, field), bool), "--" + field.replace("_", "-"), getattr(cfg, field), "true or false")
+    check(condition or value == default, _flag(field), value, f"{default!r} (the default) unless {needs}")
 
 
 def _check_data(cfg: TrainConfig) -> None:
-    check_choice("--dataset", cfg.dataset, DATASETS)
+    """The data set, and the planted easy feature (the flags that only act with it refused without it)."""
     if cfg.data_dir is not None:
         check(isinstance(cfg.data_dir, str) and cfg.data_dir != "", "--data-dir", cfg.data_dir, "a directory")
         if cfg.dataset != "synthetic" and not cfg.download:  # --download creates it
@@ -203,16 +187,11 @@ def _check_data(cfg: TrainConfig) -> None:
     if cfg.long_tail_ratio is not None:
         check_number("--long-tail-ratio", cfg.long_tail_ratio, low=1.0, high=FLOAT32_MAX)
     check_number("--label-noise", cfg.label_noise, low=0.0, high=1.0, high_open=True)
-
-
-def _check_planted(cfg: TrainConfig) -> None:
-    """The planted easy feature; the flags that only act with it are refused without it."""
     if cfg.train_subset is not None:
         check_int("--train-subset", cfg.train_subset, low=2)
     if cfg.test_subset is not None:
         check_int("--test-subset", cfg.test_subset, low=1)
     check_number("--contrast", cfg.contrast, low=0.0, high=1.0, low_open=True)
-    check_choice("--easy-feature", cfg.easy_feature, EASY_FEATURES)
     check_number("--easy-fraction", cfg.easy_fraction, low=0.0, high=1.0, low_open=True)
     check_int("--easy-size", cfg.easy_size, low=1, high=64)
     check_int("--group-window", cfg.group_window, low=1)
@@ -226,19 +205,14 @@ def _check_planted(cfg: TrainConfig) -> None:
 
 
 def _check_optimization(cfg: TrainConfig) -> None:
-    check_choice("--model", cfg.model, MODELS)
-    check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
-    check_choice("--asam-variant", cfg.asam_variant, ASAM_VARIANTS)
     _only_with(cfg, "asam_variant", cfg.optimizer == "asam", "--optimizer asam")
     check_int("--epochs", cfg.epochs, low=1)
     check_int("--batch-size", cfg.batch_size, low=1)
     check_number("--lr", cfg.lr, low=0.0, low_open=True, high=FLOAT32_MAX)
     check_number("--momentum", cfg.momentum, low=0.0, high=1.0, high_open=True)
-    _check_bool(cfg, "nesterov", "trivial_augment")
     check(not cfg.nesterov or cfg.momentum > 0, "--nesterov", cfg.nesterov, "false when --momentum is 0")
     check_number("--weight-decay", cfg.weight_decay, low=0.0, high=FLOAT32_MAX)
     check_number("--rho", cfg.rho, low=0.0, high=FLOAT32_MAX)  # 0: SAM's two passes at the same point
-    check_choice("--schedule", cfg.schedule, SCHEDULES)
     check_number("--warmup-epochs", cfg.warmup_epochs, low=0.0, high=float(cfg.epochs))
     check(isinstance(cfg.milestones, tuple), "--milestones", cfg.milestones, "a list of epochs")
     for m in cfg.milestones:
@@ -246,12 +220,10 @@ def _check_optimization(cfg: TrainConfig) -> None:
     check(list(cfg.milestones) == sorted(set(cfg.milestones)), "--milestones", cfg.milestones, "strictly increasing epochs")
     check_number("--gamma", cfg.gamma, low=0.0, high=1.0, low_open=True)
     check_number("--label-smoothing", cfg.label_smoothing, low=0.0, high=1.0, high_open=True)
-    check_choice("--augment", cfg.augment, AUGMENTS)
     check_number("--mixup-alpha", cfg.mixup_alpha, low=0.0, high=FLOAT32_MAX)
 
 
 def _check_useful(cfg: TrainConfig) -> None:
-    _check_bool(cfg, "useful", "upweight")
     if cfg.separate_epoch != "auto":
         # The pre-split phase runs on the first epochs of the full schedule: it must fit in it.
         check_int("--separate-epoch", cfg.separate_epoch, low=1, high=cfg.epochs if cfg.useful else None)
@@ -260,10 +232,8 @@ def _check_useful(cfg: TrainConfig) -> None:
         check(cfg.separate_epoch == "auto", "--separate-iteration", cfg.separate_iteration,
               "no --separate-epoch beside it (give one of the two; --separate-epoch auto clears a preset's)")
     check_int("--upsample-factor", cfg.upsample_factor, low=1)
-    check_choice("--partition", cfg.partition, PARTITIONS)
     check(cfg.useful or cfg.partition == "useful", "--partition", cfg.partition,
           "'useful' unless --useful is given (a partition is only used by a USEFUL run)")
-    check_choice("--split-on", cfg.split_on, SPLIT_ON)
     _only_with(cfg, "split_on", cfg.useful and cfg.partition in ("useful", "random"),
                "--useful with --partition useful or random (the partitions that run USEFUL's 2-means)")
     check_number("--quantile", cfg.quantile, low=0.0, high=1.0, high_open=True)
@@ -273,11 +243,9 @@ def _check_useful(cfg: TrainConfig) -> None:
     check(cfg.partition != "jtt" or cfg.upsample_factor == _default("upsample_factor"), "--upsample-factor",
           cfg.upsample_factor, "2 (its default) with --partition jtt, whose multiplicity is --jtt-upweight")
     check(cfg.useful or not cfg.upweight, "--upweight", cfg.upweight, "false unless --useful is given")
-    check_choice("--upweight-normalization", cfg.upweight_normalization, UPWEIGHT_NORMALIZATIONS)
     _only_with(cfg, "upweight_normalization", cfg.upweight, "--upweight is given")
     check(cfg.partition != "class-balanced" or cfg.upsample_factor == 2, "--upsample-factor", cfg.upsample_factor,
           "2 (its default) with --partition class-balanced, which gives class c the multiplicity n_max / n_c")
-    check_choice("--copy-augment", cfg.copy_augment, COPY_AUGMENTS)
     if cfg.copy_augment != "none":
         check(cfg.useful and not cfg.upweight, "--copy-augment", cfg.copy_augment,
               "'none' unless --useful upsamples with copies (not with --upweight)")
@@ -287,10 +255,6 @@ def _check_useful(cfg: TrainConfig) -> None:
 
 def _check_run_control(cfg: TrainConfig) -> None:
     check_int("--seed", cfg.seed, low=0, high=2**31 - 1)
-    _check_bool(cfg, "deterministic", "compile", "download", "tensorboard", "resume", "overwrite")
-    check_choice("--device", cfg.device, DEVICES)
-    check_choice("--precision", cfg.precision, PRECISIONS)
-    check_choice("--memory-format", cfg.memory_format, MEMORY_FORMATS)
     if cfg.out is not None:
         check(isinstance(cfg.out, str) and cfg.out != "", "--out", cfg.out, "a directory path")
     check_int("--eval-batch-size", cfg.eval_batch_size, low=1)
@@ -328,18 +292,13 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Presets: a setting (data set and model) with its per-optimizer values.
-#
-# real/presets/SETTING.toml holds the setting's TrainConfig keys at the top level, a table per
-# optimizer with the values that apply when the run uses that optimizer (``[sam] rho = 0.1``), a
-# ``description`` and a ``[chosen]`` table: every value that is not the paper's, with why it was
-# chosen (keys ``field`` or ``optimizer.field``).  Preset names are ``SETTING-OPTIMIZER`` for every
-# optimizer (``cifar10-resnet18-sam``) and ``SETTING`` itself (its own ``optimizer``, else sgd).
-#
-# Resolution (lowest first): defaults < the setting's keys < the table of the run's optimizer (the
-# one given by --optimizer / the TOML file / the preset name) < the --config TOML file < flags.  So
-# ``--preset cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius, and an explicit
-# ``--rho`` wins.
+# Presets.  real/presets/SETTING.toml (a data set and model) holds TrainConfig keys at the top level,
+# a table per optimizer with the values for a run with it (``[sam] rho = 0.1``), a ``description``
+# and ``[chosen]``: each value that is not the paper's, with why (keys ``field`` or ``optimizer.field``).
+# Presets are ``SETTING-OPTIMIZER`` (``cifar10-resnet18-sam``) and ``SETTING`` (its own ``optimizer``,
+# else sgd).  Resolution: defaults < the setting's keys < the table of the run's optimizer (from
+# --optimizer, the TOML file or the preset name) < --config TOML < flags; so ``--preset
+# cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius, and an explicit --rho wins.
 
 PRESET_KEYS = ("description", "chosen", "in_paper")  # top-level keys of a setting file that are not TrainConfig fields
 
@@ -357,10 +316,8 @@ class Setting:
     in_paper: bool = True  # False: a setting of this package's (``in_paper = false``): none of its values is the paper's
 
     def source(self, key: str, optimizer: str | None = None) -> str:
-        """``"chosen: why"`` or ``"paper"`` for a value the setting gives (never "paper" for a setting
-        the paper does not have)."""
-        reason = self.chosen.get(f"{optimizer}.{key}") if optimizer else None
-        reason = reason or self.chosen.get(key)
+        """``"chosen: why"`` or ``"paper"`` (never for a setting the paper lacks) for a value it gives."""
+        reason = (self.chosen.get(f"{optimizer}.{key}") if optimizer else None) or self.chosen.get(key)
         if reason:
             return f"chosen: {reason}"
         return "paper" if self.in_paper else "chosen: the paper has no such setting"
@@ -384,8 +341,7 @@ def preset_names() -> tuple[str, ...]:
 
 
 def split_preset_name(name: str) -> tuple[str, str | None]:
-    """``(setting, optimizer)`` of a preset name (optimizer None for a bare setting name); an unknown
-    name is a :class:`ConfigError` on ``--preset``."""
+    """``(setting, optimizer or None)`` of a preset name; an unknown one is a ConfigError on ``--preset``."""
     settings = setting_names()
     if name in settings:
         return name, None
@@ -400,32 +356,28 @@ def load_setting(setting: str) -> Setting:
     that name no value of the file: each a ConfigError naming the file)."""
     path = Path(str(_presets_dir() / f"{setting}.toml"))
     data = load_toml(path)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"preset", "optimizer"}  # optimizer: top level only
 
     def keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
-        out = {}
-        for key, value in table.items():
-            name = key.replace("-", "_")
-            if name not in fields or name in ("preset", "optimizer"):
+        for key in table:
+            if key.replace("-", "_") not in fields:
                 raise ConfigError(key, message=f"{path}: unknown key {where}{key!r} in preset")
-            out[name] = value
-        return out
+        return {key.replace("-", "_"): value for key, value in table.items()}
 
-    config = keys({k: v for k, v in data.items() if k not in PRESET_KEYS and not isinstance(v, dict)}, "")
-    if "optimizer" in data and not isinstance(data["optimizer"], dict):
+    top = {k: v for k, v in data.items() if k not in (*PRESET_KEYS, "optimizer") and not isinstance(v, dict)}
+    config = keys(top, "")
+    if not isinstance(data.get("optimizer", {}), dict):  # the setting's own optimizer (the preset SETTING's)
         check_choice("optimizer", data["optimizer"], OPTIMIZERS)
         config["optimizer"] = data["optimizer"]
-    per_optimizer = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key not in PRESET_KEYS:
-            if key not in OPTIMIZERS:
-                raise ConfigError(key, message=f"{path}: table [{key}] is not an optimizer ({', '.join(OPTIMIZERS)})")
-            per_optimizer[key] = keys(value, f"{key}.")
+    tables = {k: v for k, v in data.items() if isinstance(v, dict) and k not in PRESET_KEYS}
+    for key in tables:
+        if key not in OPTIMIZERS:
+            raise ConfigError(key, message=f"{path}: table [{key}] is not an optimizer ({', '.join(OPTIMIZERS)})")
+    per_optimizer = {key: keys(value, f"{key}.") for key, value in tables.items()}
     chosen = dict(data.get("chosen", {}))
     for key in chosen:
         opt, _, field = key.rpartition(".")
-        present = field.replace("-", "_") in (per_optimizer.get(opt, {}) if opt else config)
-        if not present:
+        if field.replace("-", "_") not in (per_optimizer.get(opt, {}) if opt else config):
             raise ConfigError(key, message=f"{path}: [chosen] names {key!r}, which the preset does not set")
     in_paper = data.get("in_paper", True)
     check(isinstance(in_paper, bool), "in_paper", in_paper, f"true or false in {path}")
@@ -433,23 +385,27 @@ def load_setting(setting: str) -> Setting:
                    description=str(data.get("description", "")), in_paper=in_paper)
 
 
-def load_preset(name: str, optimizer: str | None = None) -> dict[str, Any]:
-    """The TrainConfig keys preset ``name`` gives for a run with ``optimizer`` (default: the preset's
-    own): the setting's keys, its optimizer, that optimizer's table, and ``preset = name``."""
+def _preset(name: str, optimizer: str | None = None) -> tuple[Setting, str, dict[str, Any]]:
+    """The setting of preset ``name``, the run's optimizer (``optimizer``, else the preset's own) and
+    the TrainConfig keys the preset gives it: the setting's keys, its optimizer, that optimizer's
+    table, and ``preset = name``."""
     setting_name, own = split_preset_name(name)
     setting = load_setting(setting_name)
     own = own or setting.config.get("optimizer", "sgd")
     opt = optimizer or own
-    return {**setting.config, "optimizer": own, **setting.per_optimizer.get(opt, {}), "preset": name}
+    return setting, opt, {**setting.config, "optimizer": own, **setting.per_optimizer.get(opt, {}), "preset": name}
+
+
+def load_preset(name: str, optimizer: str | None = None) -> dict[str, Any]:
+    """The TrainConfig keys preset ``name`` gives a run with ``optimizer`` (default: the preset's own)."""
+    return _preset(name, optimizer)[2]
 
 
 def describe_preset(name: str) -> str:
     """A preset's one-line description, with the radius each optimizer takes."""
-    setting_name, own = split_preset_name(name)
-    setting = load_setting(setting_name)
+    setting, opt, _ = _preset(name)
     radii = "; ".join(f"{o} rho {t['rho']:g} ({setting.source('rho', o).split(':')[0]})"
                       for o, t in setting.per_optimizer.items() if "rho" in t)
-    opt = own or setting.config.get("optimizer", "sgd")
     return f"{setting.description} [{opt}]" + (f"; {radii}" if radii else "")
 
 
@@ -465,17 +421,12 @@ def legacy_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Resolution: defaults < preset < --config TOML < flags, each value with its source.
-
-
 def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = None, preset: str | None = None,
                          stored: Mapping[str, Any] | None = None) -> tuple[TrainConfig, dict[str, str]]:
     """The configuration of ``given`` (flags: field -> raw value, None when not given) over the
     ``--config`` TOML file over the preset (or, when resuming, over the ``stored`` configuration of
     the run), and the source of each value: ``default``, ``preset NAME (paper)``, ``preset NAME
     (chosen: why)``, ``stored run``, ``--config FILE`` or ``command line``."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     toml = config_file_values(TrainConfig, config_path) if config_path is not None else {}
     flags = given_values(TrainConfig, given)
     merged: dict[str, Any] = {}
@@ -485,10 +436,7 @@ def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = 
         sources.update({k: "stored run" for k in stored})
     elif preset is not None:
         optimizer = flags.get("optimizer", toml.get("optimizer"))
-        layer = load_preset(preset, optimizer=optimizer if optimizer in OPTIMIZERS else None)
-        setting_name, _ = split_preset_name(preset)
-        setting = load_setting(setting_name)
-        opt = optimizer if optimizer in OPTIMIZERS else layer["optimizer"]
+        setting, opt, layer = _preset(preset, optimizer if optimizer in OPTIMIZERS else None)
         merged.update(layer)
         for key in layer:
             table = opt if key in setting.per_optimizer.get(opt, {}) else None
@@ -499,4 +447,4 @@ def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = 
     merged.update(flags)
     sources.update({k: "command line" for k in flags})
     cfg = config_from_mapping(TrainConfig, merged, source=str(config_path) if config_path else "command line")
-    return cfg, {f: sources.get(f, "default") for f in fields}
+    return cfg, {f.name: sources.get(f.name, "default") for f in dataclasses.fields(TrainConfig)}

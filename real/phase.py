@@ -1,10 +1,7 @@
-"""One training phase: a model from its seeded initialization, its optimizer, schedule and
-augmentation, the index list it trains on; and the process settings a run needs (determinism,
-numeric precision, memory layout).
-
+"""One training phase: a model from its seeded initialization, its optimizer, schedule, augmentation
+and index list; and the process settings of a run (determinism, numeric precision, memory layout).
 A USEFUL run has two phases built the same way: ``separate`` (the original list, until the split)
-and ``main`` (a fresh model from the same seed on the upsampled list).  A run without USEFUL has only
-``main``.
+and ``main`` (a fresh model from the same seed on the upsampled list); a run without USEFUL, ``main``.
 
 Randomness: the initialization is ``torch.manual_seed(seed)`` then ``build_model``; each epoch's
 permutation, augmentation, MixUp and global torch RNG are reseeded from ``(seed, epoch[, rank])``
@@ -67,8 +64,7 @@ class Numerics:
     bf16: bool
     layout: torch.memory_format
 
-    def autocast(self):
-        """The context the forward passes run in: bf16 autocast, or nothing (float32)."""
+    def autocast(self):  # the context of the forward passes
         return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
 
@@ -81,11 +77,10 @@ def resolve_numerics(cfg: TrainConfig, device: torch.device) -> Numerics:
 
 @contextlib.contextmanager
 def process_settings(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
-    """Deterministic mode (``--deterministic``): fixed kernels, cuDNN deterministic, one CPU thread
-    (results then do not depend on the core count); on CUDA the kernels without a deterministic
-    version (e.g. adaptive average pooling's backward) warn instead of failing.  Otherwise cuDNN
-    autotuning and TF32 matmuls on CUDA.  The process's settings are restored afterwards (tests and
-    benchmarks run many trainings in one process)."""
+    """``--deterministic``: fixed kernels, cuDNN deterministic, one CPU thread (results independent of
+    the core count); on CUDA, kernels without a deterministic version (e.g. adaptive average pooling's
+    backward) warn instead of failing.  Otherwise cuDNN autotuning and TF32 matmuls on CUDA.  Restored
+    afterwards (tests and benchmarks run many trainings in one process)."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     matmul = torch.get_float32_matmul_precision()
@@ -112,7 +107,6 @@ def process_settings(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
 @dataclass
 class Phase:
     """What one phase trains, on which index list, for how many steps per epoch."""
-
     name: str
     raw_model: torch.nn.Module  # the module whose state is saved
     model: torch.nn.Module  # what is called (DDP- and/or compile-wrapped)
@@ -144,17 +138,14 @@ class Phase:
 def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *,
                 multiplicities: np.ndarray | None = None, numerics: Numerics | None = None) -> Phase:
     """A fresh model (:func:`init_model`), optimizer and schedule for ``cfg.epochs`` epochs over the
-    index list: ``arange(N)``, or ``repeat(arange(N), multiplicities)`` for USEFUL's main phase (with
-    ``--upweight`` the list stays ``arange(N)`` and the multiplicities become loss weights).  The
-    configuration was validated once (:class:`~real.config.TrainConfig`); nothing here re-checks it."""
+    index list ``arange(N)``, or ``repeat(arange(N), multiplicities)`` in USEFUL's main phase (with
+    ``--upweight``, ``arange(N)`` and the multiplicities as loss weights).  ``cfg`` is trusted."""
     device = info.device
     numerics = numerics or resolve_numerics(cfg, device)
     raw = init_model(cfg, data)
     digest = state_digest(raw.state_dict())
     raw = raw.to(device=device, memory_format=numerics.layout)
-    model = D.wrap_ddp(raw, info)
-    if cfg.compile:
-        model = torch.compile(model)
+    model = torch.compile(D.wrap_ddp(raw, info)) if cfg.compile else D.wrap_ddp(raw, info)
     optimizer = build_optimizer(cfg.optimizer, raw.named_parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, rho=cfg.rho,
                                 asam_variant=cfg.asam_variant)

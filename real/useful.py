@@ -1,19 +1,9 @@
 """USEFUL's policy in the full-scale trainer: when to split, the split, what the partition file holds.
 
-The split rule itself (per-class 2-means on the logits, or on what ``--split-on`` names; upsample the
-higher-loss cluster by k) and the baseline partitions are :mod:`theory.useful`'s; this module
-
-* decides where the pre-split phase ends (:func:`split_point`): after a fixed epoch
-  (``--separate-epoch N``), at a fixed iteration (``--separate-iteration N``, possibly inside an
-  epoch), or by :func:`auto_separate_epoch`, the paper's "where the training error's decrease slows";
-* computes the logits and per-example losses on the un-augmented training set (eval mode,
-  :func:`compute_outputs`) and picks the partition named by ``--partition`` (:func:`make_partition`),
-  on rank 0, the mask broadcast to the other ranks (:func:`split`);
-* says what the partition file holds (:func:`partition_arrays`; real/rundir.py writes it);
-* offers the same split to any PyTorch loop, without the trainer's data format:
-  :func:`loader_outputs` (logits and losses of a model over a plain, un-augmented DataLoader) and
-  :func:`partition_outputs` (the partition from them); :class:`real.sampler.UpsampleSampler` then
-  yields the upsampled list (docs/training.md, "USEFUL in your own training loop").
+The split rule (per-class 2-means on what ``--split-on`` names, the higher-loss cluster upsampled by
+k) and the baselines are :mod:`theory.useful`'s; here are :func:`split_point`, :func:`split` (on rank
+0, broadcast), :func:`partition_arrays` (partition.npz), and the same split for any PyTorch loop,
+:func:`loader_outputs` then :func:`partition_outputs` (docs/training.md, "USEFUL in your own training loop").
 
 The automatic rule
 ------------------
@@ -40,14 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from theory.plumbing.config import (
-    ConfigError,
-    check,
-    check_allocation,
-    check_choice,
-    check_int,
-    check_number,
-)
+from theory.plumbing.config import ConfigError, check, check_allocation, check_choice, check_int, check_number
 from theory.useful import JTT_UPWEIGHT, PARTITIONS, Partition, PartitionOptions, build_partition, split_features
 
 from . import distributed as D
@@ -56,22 +39,9 @@ from .config import TrainConfig
 from .data import TrainData
 from .phase import steps_per_epoch
 
-__all__ = [
-    "AUTO_WARMUP",
-    "AUTO_FRACTION",
-    "AUTO_CAP_FRACTION",
-    "auto_cap",
-    "auto_separate_epoch",
-    "SplitPoint",
-    "split_point",
-    "check_feasible",
-    "compute_outputs",
-    "loader_outputs",
-    "make_partition",
-    "partition_outputs",
-    "partition_arrays",
-    "split",
-]
+__all__ = ["AUTO_WARMUP", "AUTO_FRACTION", "AUTO_CAP_FRACTION", "auto_cap", "auto_separate_epoch", "SplitPoint",
+           "split_point", "check_feasible", "compute_outputs", "loader_outputs", "make_partition",
+           "partition_outputs", "partition_arrays", "split"]
 
 log = logging.getLogger("real.useful")
 
@@ -81,38 +51,20 @@ AUTO_CAP_FRACTION = 0.1
 
 
 def auto_cap(epochs: int, *, warmup: int = AUTO_WARMUP, cap_fraction: float = AUTO_CAP_FRACTION) -> int:
-    """The latest separating epoch of the automatic rule: ``ceil(cap_fraction * epochs)`` (at least 1).
-
-    A budget of at most ``warmup / cap_fraction`` epochs (10 with the defaults) thus separates after
-    its first epoch: the rule needs ``warmup + 1`` epochs to see a slowdown, more than 10 % of it."""
+    """The automatic rule's cap, ``ceil(cap_fraction * epochs)``, at least 1 and at most ``epochs``."""
     check_int("epochs", epochs, low=1)
     check_int("warmup", warmup, low=1)
     return min(epochs, max(1, math.ceil(cap_fraction * epochs)))
 
 
-def auto_separate_epoch(
-    errors: Sequence[float],
-    *,
-    initial_error: float,
-    cap: int,
-    warmup: int = AUTO_WARMUP,
-    fraction: float = AUTO_FRACTION,
-) -> int | None:
-    """The separating epoch decided from the training-error history, or None (train another epoch).
+def auto_separate_epoch(errors: Sequence[float], *, initial_error: float, cap: int, warmup: int = AUTO_WARMUP,
+                        fraction: float = AUTO_FRACTION) -> int | None:
+    """The separating epoch from the training errors of epochs 1..t so far, or None (train another).
 
-    Parameters
-    ----------
-    errors : training error of epochs 1, 2, ..., t (so far), in [0, 1].
-    initial_error : the error before training (``1 - 1/C``).
-    cap : the epoch at which to separate if the decrease never slows (see :func:`auto_cap`).
-    warmup : number of first epochs whose average decrease is the reference speed.
-    fraction : the decrease counts as slowed when below ``fraction`` times the reference.
-
-    Returns the first epoch ``t`` in ``warmup+1 .. len(errors)`` with
-    ``errors[t-2] - errors[t-1] < fraction * (initial_error - errors[warmup-1]) / warmup``
-    (1-based epochs), else ``cap`` if ``len(errors) >= cap``, else None.  A pure function of its
-    arguments (the trainer calls it after every pre-split epoch, also after resuming).
-    """
+    The first epoch ``t`` in ``warmup+1 .. len(errors)`` with ``errors[t-2] - errors[t-1] < fraction *
+    (initial_error - errors[warmup-1]) / warmup`` (1-based epochs), else ``cap`` (:func:`auto_cap`) if
+    ``len(errors) >= cap``, else None.  A pure function (called after every pre-split epoch, also
+    after resuming)."""
     check_int("cap", cap, low=1)
     check_int("warmup", warmup, low=1)
     check_number("fraction", fraction, low=0.0)
@@ -126,208 +78,6 @@ def auto_separate_epoch(
                 if e[t - 2] - e[t - 1] < fraction * reference:
                     return t
     return cap if len(e) >= cap else None
-
-
-@torch.no_grad()
-def compute_outputs(
-    model: nn.Module,
-    x_uint8: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 1024,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, C) float64 and per-example cross-entropy losses (N,) of ``model`` in eval mode on
-    the un-augmented, normalized images, in float32 (no autocast: the split needs precise logits).
-
-    The model's train/eval mode is restored afterwards.
-    """
-    batches = ((normalize(x_uint8[start : start + batch_size], mean, std).contiguous(memory_format=memory_format),
-                labels[start : start + batch_size]) for start in range(0, x_uint8.shape[0], batch_size))
-    logits, losses, _ = _eval_outputs(model, batches)
-    return logits, losses
-
-
-@torch.no_grad()
-def _eval_outputs(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits (float64), per-example cross-entropy losses (float64) and labels of ``model`` in eval
-    mode over ``batches`` of ``(x, y)``, in float32 (the split's one definition of its outputs)."""
-    was_training = model.training
-    model.eval()
-    logits_all, losses_all, labels_all = [], [], []
-    try:
-        for x, y in batches:
-            logits = model(x).float()
-            losses_all.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
-            logits_all.append(logits.double().cpu())
-            labels_all.append(y.cpu())
-    finally:
-        model.train(was_training)
-    check(len(logits_all) > 0, "loader", "no batches", "at least one batch")
-    return torch.cat(logits_all).numpy(), torch.cat(losses_all).numpy(), torch.cat(labels_all).numpy()
-
-
-@torch.no_grad()
-def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits (N, C), labels (N,) and per-example cross-entropy losses (N,) of ``model`` over a plain
-    ``DataLoader``, as numpy arrays in the loader's order: :func:`partition_outputs`'s arguments.
-
-    ``loader`` yields ``(inputs, labels, ...)`` batches of the **un-augmented** training set in a
-    fixed order (``shuffle=False``), so row i is example i; a ``DataLoader`` with a random sampler is
-    refused.  The model runs in eval mode (its mode is restored), without autocast, batches moved to
-    ``device`` (default: the device of the model's first parameter).
-    """
-    sampler = getattr(loader, "sampler", None)
-    check(not isinstance(sampler, torch.utils.data.RandomSampler), "loader", "shuffle=True",
-          "a loader in the data set's order (shuffle=False): row i of the outputs must be example i")
-    if device is None:
-        device = next(iter(model.parameters()), torch.empty(0)).device
-    batches = ((batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)) for batch in loader)
-    logits, losses, labels = _eval_outputs(model, batches)
-    return logits, labels, losses
-
-
-def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, method: str = "useful",
-                      quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
-    """USEFUL's partition from a model's logits (N, C), labels (N,) and per-example losses (N,) at the
-    separating epoch (numpy arrays or tensors, e.g. from :func:`loader_outputs`): exactly the
-    trainer's rule, :func:`make_partition` (``method`` is ``--partition``; ``useful``: per class,
-    2-means on the logits (or ``split_on``), the higher-loss cluster upsampled by ``k``).  Its
-    ``multiplicities`` go to :class:`real.sampler.UpsampleSampler`."""
-    def as_numpy(a):
-        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
-    check_choice("method", method, PARTITIONS)
-    return make_partition(method, as_numpy(logits), as_numpy(labels), as_numpy(losses), k=k, seed=seed,
-                          quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
-
-
-def make_partition(
-    method: str,
-    logits: np.ndarray,
-    labels: np.ndarray,
-    losses: np.ndarray,
-    *,
-    k: int,
-    seed: int,
-    quantile: float = 0.5,
-    split_on: str = "logits",
-    jtt_upweight: int = JTT_UPWEIGHT,
-) -> Partition:
-    """The partition ``method`` (``--partition``, a key of :data:`theory.useful.PARTITIONS`) from the
-    outputs at the separating epoch (:func:`theory.useful.build_partition`).
-
-    * ``useful``: :func:`theory.useful.useful_partition`, per-class 2-means on ``split_on`` (the
-      logits, the softmax outputs or the per-example loss), the higher-loss cluster gets ``k``;
-    * ``random``: as many examples per class as USEFUL's cluster, drawn at random (its 2-means
-      diagnostics are kept in ``classes``);
-    * ``quantile``: per class, the examples above the class's ``quantile`` of losses;
-    * ``misclassified``: the misclassified examples, multiplicity ``k``;
-    * ``jtt``: JTT's error set (the misclassified examples) with multiplicity ``jtt_upweight``
-      (JTT's lambda_up; :func:`theory.useful.jtt_partition`), not ``k``;
-    * ``eiil``: EIIL's inferred environments (Creager et al., 2021) on the logits, then per class the
-      environment with the higher mean loss upsampled by ``k`` (:func:`theory.useful.eiil_partition`);
-    * ``class-balanced``: each class c gets multiplicity ``round(n_max / n_c)`` (the long-tailed
-      baseline; the outputs are not used).
-    """
-    options = PartitionOptions(quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
-    return build_partition(method, logits, np.asarray(labels), losses, k=k, seed=seed, options=options)
-
-
-def partition_arrays(
-    partition: Partition,
-    labels: np.ndarray,
-    losses: np.ndarray,
-    *,
-    logits: np.ndarray,
-    num_classes: int,
-    separated_at: "SplitPoint",
-    upweight: bool,
-    split_on: str = "logits",
-    copy_augment: str = "none",
-    flipped: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """What partition.npz holds.
-
-    ``indices`` (upsampled examples), ``upsample`` (mask), ``multiplicities`` (k or 1, they sum to
-    ``n + (k - 1) |indices|``; per class for ``class-balanced``; ``--jtt-upweight`` for ``jtt``),
-    ``k``, ``method``, ``upweight`` (loss weights instead of copies), ``copy_augment`` (what the
-    extra copies receive), ``separate_epoch`` and ``separate_steps`` (the split came after that many
-    full epochs and that many further iterations); per class c: ``class_sizes``,
-    ``upsampled_per_class``, ``mean_loss_upsampled`` / ``mean_loss_rest`` (NaN when empty), and
-    USEFUL's 2-means diagnostics ``cluster_sizes`` (C, 2), ``cluster_mean_losses`` (C, 2),
-    ``chosen_cluster`` (C,; -1 when the class upsampled nothing or the method has no clusters);
-    ``losses`` (per-example loss at the separating epoch) and, with label noise,
-    ``label_noise_flipped``.  The model's outputs at the split, for a picture of it (e.g. a t-SNE,
-    the paper's Figure 3): ``logits`` (N, C) float32, the eval-mode logits of the un-augmented
-    training set the partition was computed from; ``split_features`` float32, what USEFUL's per-class
-    2-means clusters (:func:`theory.useful.split_features` at ``split_on``: the logits (N, C), their
-    softmax (N, C) or the losses (N, 1)); ``split_on`` (a str).  The partitions that run no 2-means
-    (all but ``useful`` and ``random``) have ``split_on`` = ``logits``: their features are the logits.
-    """
-    labels = np.asarray(labels)
-    losses = np.asarray(losses, dtype=np.float64)
-    logits = np.asarray(logits)
-    check(logits.ndim == 2 and logits.shape[0] == len(labels), "logits", logits.shape, f"({len(labels)}, C)")
-    mask = np.asarray(partition.upsample, dtype=bool)
-    arrays = {
-        "indices": partition.indices.astype(np.int64),
-        "upsample": mask,
-        "multiplicities": np.asarray(partition.multiplicities, dtype=np.int64),
-        "k": np.int64(partition.k),
-        "method": np.array(partition.method),
-        "upweight": np.bool_(upweight),
-        "copy_augment": np.array(copy_augment),
-        "separate_epoch": np.int64(separated_at.epochs),
-        "separate_steps": np.int64(separated_at.steps),
-        "num_classes": np.int64(num_classes),
-        **_class_arrays(partition, labels, losses, mask, num_classes),
-        "losses": losses.astype(np.float32),
-        "logits": logits.astype(np.float32),
-        "split_features": split_features(logits, losses, split_on).astype(np.float32),
-        "split_on": np.array(split_on),
-    }
-    if flipped is not None:
-        arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
-    return arrays
-
-
-def _class_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, mask: np.ndarray,
-                  num_classes: int) -> dict[str, np.ndarray]:
-    """partition.npz's per-class arrays: sizes, upsampled counts, mean losses, 2-means diagnostics."""
-    loss_up = np.full(num_classes, np.nan)
-    loss_rest = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        sel = labels == c
-        if np.any(sel & mask):
-            loss_up[c] = losses[sel & mask].mean()
-        if np.any(sel & ~mask):
-            loss_rest[c] = losses[sel & ~mask].mean()
-    cluster_sizes = np.zeros((num_classes, 2), dtype=np.int64)
-    cluster_losses = np.full((num_classes, 2), np.nan)
-    chosen = np.full(num_classes, -1, dtype=np.int64)
-    for split in partition.classes:
-        c = int(split.label)
-        cluster_sizes[c] = split.sizes
-        cluster_losses[c] = split.mean_losses
-        chosen[c] = split.chosen
-    return {
-        "class_sizes": np.bincount(labels, minlength=num_classes).astype(np.int64),
-        "upsampled_per_class": np.bincount(labels[mask], minlength=num_classes).astype(np.int64),
-        "mean_loss_upsampled": loss_up,
-        "mean_loss_rest": loss_rest,
-        "cluster_sizes": cluster_sizes,
-        "cluster_mean_losses": cluster_losses,
-        "chosen_cluster": chosen,
-    }
-
-
-
-# ----------------------------------------------------------------------------------------------
-# When to split, and the split.
 
 
 @dataclass(frozen=True)
@@ -357,22 +107,142 @@ def split_point(cfg: TrainConfig, metrics: Sequence[dict], steps_per_epoch: int,
 
 
 def check_feasible(cfg: TrainConfig, n_train: int, world_size: int) -> None:
-    """What can only be checked once the data set's size is known, checked before anything is
-    written: a batch per epoch, a separating iteration inside the schedule, room for the upsampled
-    index list (the worst case, every example upsampled)."""
-    if cfg.batch_size % world_size:
-        raise ConfigError("--batch-size", cfg.batch_size, f"a multiple of the number of processes ({world_size})")
+    """Checked once the data set's size is known, before anything is written: a batch per epoch, the
+    separating iteration inside the schedule, room for the upsampled index list (every example upsampled)."""
+    check(cfg.batch_size % world_size == 0, "--batch-size", cfg.batch_size,
+          f"a multiple of the number of processes ({world_size})")
     steps = steps_per_epoch(n_train, cfg.batch_size, world_size)
     if steps < 1:
         raise ConfigError("--batch-size", message=f"--batch-size: {n_train} training examples over {world_size} "
                                                   "process(es) give no batch of at least 2 examples")
-    if cfg.useful and cfg.separate_iteration is not None and cfg.separate_iteration > cfg.epochs * steps:
-        raise ConfigError("--separate-iteration", message=f"--separate-iteration: got {cfg.separate_iteration}, "
-                          f"expected at most the {cfg.epochs * steps} iterations of --epochs {cfg.epochs}")
+    if cfg.useful and cfg.separate_iteration is not None:
+        check(cfg.separate_iteration <= cfg.epochs * steps, "--separate-iteration", cfg.separate_iteration,
+              f"at most the {cfg.epochs * steps} iterations of --epochs {cfg.epochs}")
     if cfg.useful and not cfg.upweight:
-        flag, k = ("--jtt-upweight", cfg.jtt_upweight) if cfg.partition == "jtt" else ("--upsample-factor",
-                                                                                     cfg.upsample_factor)
+        jtt = cfg.partition == "jtt"
+        flag, k = ("--jtt-upweight", cfg.jtt_upweight) if jtt else ("--upsample-factor", cfg.upsample_factor)
         check_allocation(flag, 3 * 8 * n_train * k, f"the upsampled index list ({n_train} examples, k = {k})")
+
+
+@torch.no_grad()
+def _eval_outputs(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The split's outputs: logits, per-example cross-entropy losses (float64 of float32, no autocast)
+    and labels of ``model`` in eval mode (restored after) over ``(x, y)`` batches."""
+    was_training = model.training
+    model.eval()
+    logits_all, losses_all, labels_all = [], [], []
+    try:
+        for x, y in batches:
+            logits = model(x).float()
+            losses_all.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
+            logits_all.append(logits.double().cpu())
+            labels_all.append(y.cpu())
+    finally:
+        model.train(was_training)
+    check(len(logits_all) > 0, "loader", "no batches", "at least one batch")
+    return torch.cat(logits_all).numpy(), torch.cat(losses_all).numpy(), torch.cat(labels_all).numpy()
+
+
+def compute_outputs(model: nn.Module, x_uint8: torch.Tensor, labels: torch.Tensor, *, mean: Sequence[float],
+                    std: Sequence[float], batch_size: int = 1024,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, C) and losses (N,) of :func:`_eval_outputs` on the un-augmented, normalized images."""
+    batches = ((normalize(x_uint8[start : start + batch_size], mean, std).contiguous(memory_format=memory_format),
+                labels[start : start + batch_size]) for start in range(0, x_uint8.shape[0], batch_size))
+    return _eval_outputs(model, batches)[:2]
+
+
+def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (N, C), labels (N,) and losses (N,) of :func:`_eval_outputs` over a plain ``DataLoader``
+    of ``(inputs, labels, ...)`` batches of the **un-augmented** training set in its order (row i is
+    example i; a random sampler is refused), moved to ``device`` (default: the model's): the
+    arguments of :func:`partition_outputs`."""
+    sampler = getattr(loader, "sampler", None)
+    check(not isinstance(sampler, torch.utils.data.RandomSampler), "loader", "shuffle=True",
+          "a loader in the data set's order (shuffle=False): row i of the outputs must be example i")
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    batches = ((batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)) for batch in loader)
+    logits, losses, labels = _eval_outputs(model, batches)
+    return logits, labels, losses
+
+
+def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, method: str = "useful",
+                      quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
+    """The trainer's partition (:func:`make_partition`, ``method`` its ``--partition``) from numpy
+    arrays or tensors, e.g. :func:`loader_outputs`'s; its ``multiplicities`` go to
+    :class:`real.sampler.UpsampleSampler`."""
+    check_choice("method", method, PARTITIONS)
+    logits, labels, losses = (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+                              for a in (logits, labels, losses))
+    return make_partition(method, logits, labels, losses, k=k, seed=seed, quantile=quantile, split_on=split_on,
+                          jtt_upweight=jtt_upweight)
+
+
+def make_partition(method: str, logits: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, k: int, seed: int,
+                   quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
+    """The partition ``method`` (a key of :data:`theory.useful.PARTITIONS`, where each is described)
+    from the outputs at the separating epoch.  ``useful`` and ``random`` run the per-class 2-means on
+    ``split_on``; ``jtt`` has multiplicity ``jtt_upweight``, not ``k``; ``class-balanced`` gives class c
+    ``round(n_max / n_c)``."""
+    options = PartitionOptions(quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
+    return build_partition(method, logits, np.asarray(labels), losses, k=k, seed=seed, options=options)
+
+
+def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, *, logits: np.ndarray,
+                     num_classes: int, separated_at: SplitPoint, upweight: bool, split_on: str = "logits",
+                     copy_augment: str = "none", flipped: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """What partition.npz holds (docs/training.md, "What a run writes"): the partition
+    (``multiplicities`` sum to ``n + (k - 1) |indices|``), where the split came (``separate_epoch``
+    full epochs, then ``separate_steps`` iterations), per class the sizes, mean losses (NaN when empty)
+    and USEFUL's 2-means diagnostics (``chosen_cluster`` -1: no cluster), and the outputs at the split
+    for a picture of it (the paper's Figure 3): ``losses``, ``logits`` and ``split_features`` (what
+    the 2-means clusters, :func:`theory.useful.split_features` at ``split_on``), float32."""
+    labels = np.asarray(labels)
+    losses = np.asarray(losses, dtype=np.float64)
+    logits = np.asarray(logits)
+    check(logits.ndim == 2 and logits.shape[0] == len(labels), "logits", logits.shape, f"({len(labels)}, C)")
+    mask = np.asarray(partition.upsample, dtype=bool)
+
+    def class_means(m: np.ndarray) -> np.ndarray:  # per class c, the mean loss over m & (labels == c); NaN if empty
+        return np.array([losses[m & (labels == c)].mean() if np.any(m & (labels == c)) else np.nan
+                         for c in range(num_classes)], dtype=np.float64)
+
+    cluster_sizes = np.zeros((num_classes, 2), dtype=np.int64)
+    cluster_losses = np.full((num_classes, 2), np.nan)
+    chosen = np.full(num_classes, -1, dtype=np.int64)
+    for split in partition.classes:
+        c = int(split.label)
+        cluster_sizes[c] = split.sizes
+        cluster_losses[c] = split.mean_losses
+        chosen[c] = split.chosen
+    arrays = {
+        "indices": partition.indices.astype(np.int64),
+        "upsample": mask,
+        "multiplicities": np.asarray(partition.multiplicities, dtype=np.int64),
+        "k": np.int64(partition.k),
+        "method": np.array(partition.method),
+        "upweight": np.bool_(upweight),
+        "copy_augment": np.array(copy_augment),
+        "separate_epoch": np.int64(separated_at.epochs),
+        "separate_steps": np.int64(separated_at.steps),
+        "num_classes": np.int64(num_classes),
+        "class_sizes": np.bincount(labels, minlength=num_classes).astype(np.int64),
+        "upsampled_per_class": np.bincount(labels[mask], minlength=num_classes).astype(np.int64),
+        "mean_loss_upsampled": class_means(mask),
+        "mean_loss_rest": class_means(~mask),
+        "cluster_sizes": cluster_sizes,
+        "cluster_mean_losses": cluster_losses,
+        "chosen_cluster": chosen,
+        "losses": losses.astype(np.float32),
+        "logits": logits.astype(np.float32),
+        "split_features": split_features(logits, losses, split_on).astype(np.float32),
+        "split_on": np.array(split_on),
+    }
+    if flipped is not None:
+        arrays["label_noise_flipped"] = np.asarray(flipped, dtype=bool)
+    return arrays
 
 
 def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, at: SplitPoint,
@@ -396,9 +266,6 @@ def split(model: nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo,
                  " (as loss weights)" if cfg.upweight else "")
     multiplicities = D.broadcast_array(multiplicities, shape=(n,), dtype=np.int64, device=info.device)
     if partition is None:  # the other ranks: the same k as rank 0's partition
-        if cfg.partition == "jtt":
-            k = cfg.jtt_upweight
-        elif cfg.partition == "class-balanced":
-            k = int(multiplicities.max())
+        k = {"jtt": cfg.jtt_upweight, "class-balanced": int(multiplicities.max())}.get(cfg.partition, k)
         partition = Partition.from_multiplicities(multiplicities, k=k, method=cfg.partition)
     return partition, arrays
