@@ -9,8 +9,8 @@ checkpoint after every epoch (real/rundir.py), so a run killed at any point resu
     train            set up, open the run directory, pre-split phase and split, main phase, finish
     pre_split_phase  USEFUL's epochs on the original data until the split, and the split
     run_epoch        one epoch: train, evaluate, log, checkpoint
-    train_epoch  the step loop (SGD or SAM steps, real/optim.py)
-    evaluate     test loss and accuracy
+    train_epoch      the step loop (SGD or SAM steps, real/optim.py)
+    evaluate         test loss and accuracy
 """
 
 from __future__ import annotations
