@@ -85,14 +85,12 @@ def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> None:
         raise ConfigError("--out", message=f"--out: {out} holds a report ({', '.join(present)}); pass --overwrite "
                                            "to replace it or --resume to continue it")
     for name in REPORT_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
+        (out / name).unlink(missing_ok=True)
     if runs.is_dir():
         for run in sorted(runs.iterdir()):
             if run.is_dir() and is_run_dir(run):
                 for name in (*RUN_FILES, "run.lock"):
-                    with contextlib.suppress(FileNotFoundError):
-                        (run / name).unlink()
+                    (run / name).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     run.rmdir()  # kept if the user put something else in it
         with contextlib.suppress(OSError):
