@@ -1,26 +1,19 @@
 """``useful-train reproduce``: the paper's mechanism on real images, as a claims report.
 
 The real-data twin of ``useful-sim reproduce`` (the same claims.json schema, SPEC section 3), in the
-same shape: the plan of runs (:mod:`real.reproduce_plan`: settings, one job per run keyed by what it
-computes, the process pool, reading runs back), the claims (:mod:`real.reproduce_claims`, one
-function per claim), the figures (:mod:`real.reproduce_figures`) and, here, the report folder and
-its markdown summary, and the command.
+same shape: the plan of runs (:mod:`real.reproduce_plan`), the claims (:mod:`real.reproduce_claims`,
+one function per claim), the figures (:mod:`real.reproduce_figures`) and, here, the report folder,
+its markdown summary and the command.
 
 The data are Fashion-MNIST with a planted fast-learnable feature (real/planted.py): in a fraction
-alpha of the training and test images a white square at a label-determined position on the border,
-the clothing at a reduced contrast (the slow feature's strength, the analog of beta_d).  Each seed is
-one paired experiment: the same training subset, planted examples and initialization are trained
-with SGD, SAM, SGD+USEFUL and random upsampling of as many examples (the compute-matched baseline);
-SGD recording the split USEFUL would make at the other contrasts and for the other clustering
-inputs (``--split-inputs``); SGD, USEFUL and random upsampling on the unmodified images; with
-``--full`` also SAM at the radii of ``--rho-grid`` and a long-budget arm (``--long-epochs``) on the
-unmodified images, where training accuracy should reach 99 %.  Every run is a real run directory
-under ``OUT/runs/`` (``useful-train compare`` reads them), reused only for exactly its configuration.
-
-The claims (:data:`real.reproduce_claims.REQUIRED_IDS`, and :data:`~real.reproduce_claims.FULL_IDS`
-when their arms ran): ``real_easy_first``, ``real_sam_more_uniform``, ``real_early_outputs_separate``,
-``real_useful_helps``, ``real_useful_plain``, ``real_contrast_sweep``, ``real_split_inputs``,
-``real_sam_rho_sweep``, ``real_long_budget`` (docs/reproduce.md gives their rules and numbers).
+alpha of the images a white square at a label-determined position on the border, the clothing at a
+reduced contrast (the slow feature's strength, the analog of beta_d).  Each seed is one paired
+experiment: the same subset, planted examples and initialization trained with SGD, SAM, SGD+USEFUL
+and random upsampling of as many examples (the compute-matched baseline); SGD recording the split at
+the other contrasts and clustering inputs; SGD, USEFUL and random upsampling on the unmodified images;
+with ``--full`` also SAM at the radii of ``--rho-grid`` and a long-budget arm (``--long-epochs``).
+Every run is a real run directory under ``OUT/runs/`` (``useful-train compare`` reads them), reused
+only for exactly its configuration.  docs/reproduce.md gives the claims' rules and numbers.
 """
 
 from __future__ import annotations
@@ -36,28 +29,9 @@ from theory.plumbing.atomic import atomic_write_json, atomic_write_text
 from theory.plumbing.claims import claims_lines, summarize
 from theory.plumbing.config import ConfigError, add_config_arguments, resolve_config, to_jsonable
 
-from .reproduce_claims import (
-    FULL_IDS,
-    REQUIRED_IDS,
-    early_gap,
-    fit_iteration,
-    judge,
-    split_quality,
-)
-from .reproduce_plan import (
-    FULL_FIELDS,
-    QUICK_FIELDS,
-    RUNS,
-    Job,
-    ReproduceSettings,
-    RunResult,
-    check_cached,
-    load_result,
-    merge_short_windows,
-    plan,
-    run_digest,
-    run_jobs,
-)
+from .reproduce_claims import FULL_IDS, REQUIRED_IDS, early_gap, fit_iteration, judge, split_quality
+from .reproduce_plan import (FULL_FIELDS, QUICK_FIELDS, RUNS, Job, ReproduceSettings, RunResult, check_cached,
+                             load_result, merge_short_windows, plan, run_digest, run_jobs)
 
 __all__ = ["REQUIRED_IDS", "FULL_IDS", "ReproduceSettings", "Job", "plan", "reproduce", "judge", "summarize",
            "fit_iteration", "early_gap", "merge_short_windows", "split_quality", "run_digest", "check_cached",
@@ -111,14 +85,12 @@ def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> None:
         raise ConfigError("--out", message=f"--out: {out} holds a report ({', '.join(present)}); pass --overwrite "
                                            "to replace it or --resume to continue it")
     for name in REPORT_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
+        (out / name).unlink(missing_ok=True)
     if runs.is_dir():
         for run in sorted(runs.iterdir()):
             if run.is_dir() and is_run_dir(run):
                 for name in (*RUN_FILES, "run.lock"):
-                    with contextlib.suppress(FileNotFoundError):
-                        (run / name).unlink()
+                    (run / name).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     run.rmdir()  # kept if the user put something else in it
         with contextlib.suppress(OSError):
@@ -191,33 +163,6 @@ def _diff(d: dict) -> str:
     return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
-def _row_easy_first(v: dict, S: int) -> str:
-    return (f"running train acc >= {v['threshold']:g}: with the square at iteration "
-            f"{_mean_pm(v['T_with_easy'], 1, 1)}, "
-            f"without it at {_mean_pm(v['T_without_easy'], 1, 1)} ({v['without_never_fit_seeds']} of {S} seeds never "
-            f"within {v['iterations']} iterations); ratio {_mean_pm(v['T_without_over_T_with'], 1, 1)}")
-
-
-def _row_sam_uniform(v: dict, S: int) -> str:
-    return (f"mean gap over the first {v['early_iterations']} iterations: SGD {_mean_pm(v['gap_sgd'])}, SAM (rho "
-            f"{v['rho']:g}) {_mean_pm(v['gap_sam'])}, SGD+USEFUL {_mean_pm(v['gap_sgd_useful'])}")
-
-
-def _row_separate(v: dict, S: int) -> str:
-    return (f"at iteration {v['separate_iteration']} on the {v['split_on']}: precision "
-            f"{_mean_pm(v['precision'], 1, 2)}, "
-            f"recall {_mean_pm(v['recall'], 1, 2)}; {_mean_pm(v['upsampled'], 1, 0)} upsampled of whom "
-            f"{v['without_easy_examples']} lack the square (chance precision {v['chance_precision']:.2f})")
-
-
-def _row_helps(v: dict, S: int) -> str:
-    acc = v["test_acc_without_easy"]
-    return ("test acc without the square: SGD " + _mean_pm(acc["sgd"]) + ", USEFUL " + _mean_pm(acc["useful"])
-            + ", random " + _mean_pm(acc["random"]) + ", SAM " + _mean_pm(acc["sam"]) + f"; paired (points): USEFUL - "
-            f"SGD {_diff(v['useful_minus_sgd'])}, USEFUL - random {_diff(v['useful_minus_random'])}, random - SGD "
-            f"{_diff(v['random_minus_sgd'])}")
-
-
 def _row_plain(v: dict, S: int) -> str:
     acc, tr = v["test_acc"], v["train_acc_final"]
     return ("test acc: SGD " + _mean_pm(acc["sgd"]) + ", USEFUL " + _mean_pm(acc["useful"]) + ", random "
@@ -226,34 +171,39 @@ def _row_plain(v: dict, S: int) -> str:
             f"{_mean_pm(tr['useful'])}, random {_mean_pm(tr['random'])}")
 
 
-def _row_contrast(v: dict, S: int) -> str:
-    parts = [f"c={g:g}: SGD {a['mean']:.3f}, split P/R {p['mean']:.2f}/{r['mean']:.2f}" for g, a, p, r in
-             zip(v["contrast"], v["test_acc_without_easy_sgd"], v["split_precision"], v["split_recall"])]
-    return "test acc without the square and the split's precision / recall: " + "; ".join(parts)
-
-
-def _row_split_inputs(v: dict, S: int) -> str:
-    return "precision / recall vs has_easy == False: " + "; ".join(
-        f"{n} {_mean_pm(x['precision'], 1, 2)} / {_mean_pm(x['recall'], 1, 2)}" for n, x in v["inputs"].items())
-
-
-def _row_rho(v: dict, S: int) -> str:
-    parts = [f"rho {r:g}: {_mean_pm(g)} (square fit at {_mean_pm(t, 1, 0)})" for r, g, t in
-             zip(v["rho"], v["gap"], v["T_with_easy"])]
-    onset = "none" if v["onset_rho"] is None else f"{v['onset_rho']:g}"
-    return (f"mean early gap, SGD {_mean_pm(v['gap_sgd'])} (square fit at {_mean_pm(v['T_with_easy_sgd'], 1, 0)}); "
-            + "; ".join(parts) + f"; SAM more uniform from rho = {onset}")
-
-
-def _row_long(v: dict, S: int) -> str:
-    return (f"{v['epochs']} epochs, {v['train_subset']} images, regime (train acc >= {v['train_acc_required']:g}) "
-            f"{'reached' if v['regime_reached'] else 'NOT reached'}; " + _row_plain(v, S))
-
-
-ROWS = {"real_easy_first": _row_easy_first, "real_sam_more_uniform": _row_sam_uniform,
-        "real_early_outputs_separate": _row_separate, "real_useful_helps": _row_helps, "real_useful_plain": _row_plain,
-        "real_contrast_sweep": _row_contrast, "real_split_inputs": _row_split_inputs, "real_sam_rho_sweep": _row_rho,
-        "real_long_budget": _row_long}
+ROWS: dict[str, Callable[[dict, int], str]] = {  # each claim's numbers in short: (values, seeds) -> text
+    "real_easy_first": lambda v, S: (
+        f"running train acc >= {v['threshold']:g}: with the square at iteration {_mean_pm(v['T_with_easy'], 1, 1)}, "
+        f"without it at {_mean_pm(v['T_without_easy'], 1, 1)} ({v['without_never_fit_seeds']} of {S} seeds never "
+        f"within {v['iterations']} iterations); ratio {_mean_pm(v['T_without_over_T_with'], 1, 1)}"),
+    "real_sam_more_uniform": lambda v, S: (
+        f"mean gap over the first {v['early_iterations']} iterations: SGD {_mean_pm(v['gap_sgd'])}, SAM (rho "
+        f"{v['rho']:g}) {_mean_pm(v['gap_sam'])}, SGD+USEFUL {_mean_pm(v['gap_sgd_useful'])}"),
+    "real_early_outputs_separate": lambda v, S: (
+        f"at iteration {v['separate_iteration']} on the {v['split_on']}: precision {_mean_pm(v['precision'], 1, 2)}, "
+        f"recall {_mean_pm(v['recall'], 1, 2)}; {_mean_pm(v['upsampled'], 1, 0)} upsampled of whom "
+        f"{v['without_easy_examples']} lack the square (chance precision {v['chance_precision']:.2f})"),
+    "real_useful_helps": lambda v, S: (
+        "test acc without the square: " + ", ".join(f"{name} {_mean_pm(v['test_acc_without_easy'][m])}" for m, name in
+                                                   (("sgd", "SGD"), ("useful", "USEFUL"), ("random", "random"),
+                                                    ("sam", "SAM")))
+        + f"; paired (points): USEFUL - SGD {_diff(v['useful_minus_sgd'])}, USEFUL - random "
+          f"{_diff(v['useful_minus_random'])}, random - SGD {_diff(v['random_minus_sgd'])}"),
+    "real_useful_plain": _row_plain,
+    "real_contrast_sweep": lambda v, S: "test acc without the square and the split's precision / recall: " + "; ".join(
+        f"c={g:g}: SGD {a['mean']:.3f}, split P/R {p['mean']:.2f}/{r['mean']:.2f}" for g, a, p, r in
+        zip(v["contrast"], v["test_acc_without_easy_sgd"], v["split_precision"], v["split_recall"])),
+    "real_split_inputs": lambda v, S: "precision / recall vs has_easy == False: " + "; ".join(
+        f"{n} {_mean_pm(x['precision'], 1, 2)} / {_mean_pm(x['recall'], 1, 2)}" for n, x in v["inputs"].items()),
+    "real_sam_rho_sweep": lambda v, S: (
+        f"mean early gap, SGD {_mean_pm(v['gap_sgd'])} (square fit at {_mean_pm(v['T_with_easy_sgd'], 1, 0)}); "
+        + "; ".join(f"rho {r:g}: {_mean_pm(g)} (square fit at {_mean_pm(t, 1, 0)})" for r, g, t in
+                    zip(v["rho"], v["gap"], v["T_with_easy"]))
+        + f"; SAM more uniform from rho = {'none' if v['onset_rho'] is None else format(v['onset_rho'], 'g')}"),
+    "real_long_budget": lambda v, S: (
+        f"{v['epochs']} epochs, {v['train_subset']} images, regime (train acc >= {v['train_acc_required']:g}) "
+        f"{'reached' if v['regime_reached'] else 'NOT reached'}; " + _row_plain(v, S)),
+}
 
 
 def split_inputs_table(v: dict) -> list[str]:
@@ -289,14 +239,13 @@ def claims_markdown(report: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="report folder (claims.json, claims.md, "
                         "figures, runs/); required, no default")
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 1000 training and 2000 test images, batch 32, "
-                        "4 epochs, 2 contrasts (a few minutes); off by default")
-    parser.add_argument("--full", action="store_true", help="add the rho sweep (--rho-grid 0.1,0.2,0.5,1) and the "
-                        "long-budget arm (--long-epochs 60); off by default")
-    parser.add_argument("--overwrite", action="store_true", help="replace the report (and its runs) in --out; off "
-                        "by default")
-    parser.add_argument("--resume", action="store_true", help="continue the report in --out, reusing runs of "
-                        "exactly the same configuration; off by default")
+    for flag, text in (("--quick", "2 seeds, 1000 training and 2000 test images, batch 32, 4 epochs, 2 contrasts (a "
+                                   "few minutes)"),
+                       ("--full", "add the rho sweep (--rho-grid 0.1,0.2,0.5,1) and the long-budget arm (--long-epochs "
+                                  "60)"),
+                       ("--overwrite", "replace the report (and its runs) in --out"),
+                       ("--resume", "continue the report in --out, reusing runs of exactly the same configuration")):
+        parser.add_argument(flag, action="store_true", help=text + "; off by default")
     parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of these settings (default: "
                         "none)")
     add_config_arguments(parser, ReproduceSettings)

@@ -1,20 +1,13 @@
-"""The figures of ``useful-train reproduce`` (matplotlib, Agg), one PNG per claim:
+"""The figures of ``useful-train reproduce`` (matplotlib, Agg), one PNG per claim (mean ± std over seeds):
 
 - real_easy_first.png: running training accuracy of the examples with and without the easy feature
-  over iterations, for SGD, SAM and SGD+USEFUL (its pre-split phase dotted), mean ± std over seeds;
-- real_sam_more_uniform.png: the gap between the two groups over iterations (the early window shaded);
-- real_early_outputs_separate.png: the split's precision and recall per seed (USEFUL and random
-  upsampling), and against the contrast;
-- real_useful_helps.png: the paired differences per seed with their mean and 95 % interval, on the
-  planted data (test examples without the feature) and on the unmodified images;
-- real_contrast_sweep.png: accuracy without the feature, split quality and fit iterations against
-  the contrast;
-- real_split_inputs.png: the split's precision and recall per seed for each clustering input;
-- real_sam_rho_sweep.png (with --rho-grid): SAM's early gap and the iteration at which it fits the
-  square against rho, SGD's as a line;
-- real_split_tsne.png: the paper's Figure 3, a 2-D t-SNE (scikit-learn, random_state 0) of the
-  logits at the split of USEFUL's seed-0 run, coloured by cluster (upsampled or not) and by
-  has_easy; beside it the unmodified images' run (has_easy unknown there).
+  for SGD, SAM and SGD+USEFUL (its pre-split phase dotted); real_sam_more_uniform.png: their gap;
+- real_early_outputs_separate.png: the split's precision and recall per seed, and against the contrast;
+- real_useful_helps.png: the paired differences per seed with their mean and 95 % interval (planted,
+  unmodified images, long budget); real_contrast_sweep.png: the numbers against the contrast;
+- real_split_inputs.png: the split per clustering input; real_sam_rho_sweep.png: SAM against rho;
+- real_split_tsne.png: the paper's Figure 3, a 2-D t-SNE (scikit-learn, random_state 0) of the logits
+  at the split of USEFUL's seed-0 runs, by cluster and by has_easy.
 """
 
 from __future__ import annotations
@@ -34,6 +27,7 @@ __all__ = ["draw_all", "draw_tsne", "tsne_embedding", "TSNE_POINTS", "TSNE_SEED"
 COLORS = {"sgd": "tab:blue", "sam": "tab:red", "useful": "tab:green", "random": "tab:gray"}
 LABELS = {"sgd": "SGD", "sam": "SAM", "useful": "SGD+USEFUL", "random": "SGD+random upsampling"}
 GROUP_STYLE = {1: ("-", "with the square"), 0: ("--", "without it")}
+CONTRAST = "contrast of the clothing (beta_d analog)"
 TSNE_POINTS = 3000  # at most this many training examples in the t-SNE (drawn with TSNE_SEED)
 TSNE_SEED = 0
 
@@ -43,6 +37,24 @@ def _save(fig, path: Path) -> None:
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
+
+
+def _finish(ax, xlabel=None, ylabel=None, title=None, legend=8, grid=True, **legend_kw) -> None:
+    """A panel's labels, grid and legend (after everything is drawn: the legend takes what is there)."""
+    for setter, text in ((ax.set_xlabel, xlabel), (ax.set_ylabel, ylabel), (ax.set_title, title)):
+        if text is not None:
+            setter(text)
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend, **legend_kw)
+
+
+def _errorbar(ax, x, summaries, **kw) -> list[float]:
+    """Means ± std of a sweep's summaries (a point no seed reached: nan); returns the means."""
+    m = [v["mean"] if v["mean"] is not None else np.nan for v in summaries]
+    ax.errorbar(x, m, yerr=[v["std"] if v["std"] is not None else 0.0 for v in summaries], marker="o", capsize=3,
+                **kw)
+    return m
 
 
 def _curves(results, data, method, seeds, prefix=""):
@@ -79,10 +91,7 @@ def draw_easy_first(path, s, results, data, seeds):
                         label=f"{text} (pre-split)" if group == 1 else None)
             ax.axvline(s.separate_iteration, color="black", lw=0.8, ls=":")
         ax.axhline(s.fit_threshold, color="0.6", lw=0.8)
-        ax.set_title(f"{LABELS[method]} (contrast {s.contrast:g})")
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        _finish(ax, "iteration", None, f"{LABELS[method]} (contrast {s.contrast:g})", loc="lower right")
     axes[0].set_ylabel(f"running training accuracy (windows of {s.group_window} iterations)")
     fig.suptitle(f"the examples with the square are fit first (mean ± std over {len(seeds)} seeds)", fontsize=10)
     _save(fig, path)
@@ -95,42 +104,33 @@ def draw_gap(path, s, results, data, seeds):
         _band(ax, x, acc[:, :, 1] - acc[:, :, 0], COLORS[method], LABELS[method])
     ax.axvspan(0, s.early_iterations, color="0.9", zorder=0, label=f"first {s.early_iterations} iterations")
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("accuracy with the square - without it")
-    ax.set_title(f"gap between the groups (training, running; contrast {s.contrast:g})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "iteration", "accuracy with the square - without it",
+            f"gap between the groups (training, running; contrast {s.contrast:g})")
     _save(fig, path)
 
 
+def _rule_lines(ax, s, chance) -> None:
+    ax.axhline(s.split_threshold, color="black", lw=0.8, ls="--", label=f"rule: {s.split_threshold:g}")
+    ax.axhline(chance, color="tab:red", lw=0.8, ls=":", label="chance precision")
+    ax.set_ylim(0, 1.05)
+
+
 def draw_split(path, s, claims, seeds):
-    sep = claims["real_early_outputs_separate"]["values"]
-    sweep = claims["real_contrast_sweep"]["values"]
+    sep, sweep = claims["real_early_outputs_separate"]["values"], claims["real_contrast_sweep"]["values"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    width = 0.2
     for k, (key, name, color) in enumerate((("precision", "USEFUL precision", "tab:green"),
                                             ("recall", "USEFUL recall", "tab:olive"),
                                             ("precision_random_upsampling", "random precision", "tab:gray"),
                                             ("recall_random_upsampling", "random recall", "0.75"))):
-        ax.bar(np.arange(len(seeds)) + (k - 1.5) * width, sep[key]["per_seed"], width, color=color, label=name)
-    ax.axhline(s.split_threshold, color="black", lw=0.8, ls="--", label=f"rule: {s.split_threshold:g}")
-    ax.axhline(sep["chance_precision"], color="tab:red", lw=0.8, ls=":", label="chance precision")
-    ax.set_xticks(range(len(seeds)), [f"seed {i}" for i in seeds])
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"split at iteration {s.separate_iteration} vs has_easy (contrast {s.contrast:g})")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    grid = sweep["contrast"]
+        axes[0].bar(np.arange(len(seeds)) + (k - 1.5) * 0.2, sep[key]["per_seed"], 0.2, color=color, label=name)
+    _rule_lines(axes[0], s, sep["chance_precision"])
+    axes[0].set_xticks(range(len(seeds)), [f"seed {i}" for i in seeds])
+    _finish(axes[0], title=f"split at iteration {s.separate_iteration} vs has_easy (contrast {s.contrast:g})",
+            legend=7, grid=False)
     for key, color in (("split_precision", "tab:green"), ("split_recall", "tab:olive")):
-        m = [v["mean"] for v in sweep[key]]
-        e = [v["std"] for v in sweep[key]]
-        ax.errorbar(grid, m, yerr=e, marker="o", color=color, capsize=3, label=key.replace("split_", ""))
-    ax.set_xlabel("contrast of the clothing (beta_d analog)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("USEFUL's split against the contrast")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        _errorbar(axes[1], sweep["contrast"], sweep[key], color=color, label=key.replace("split_", ""))
+    axes[1].set_ylim(0, 1.05)
+    _finish(axes[1], CONTRAST, title="USEFUL's split against the contrast")
     _save(fig, path)
 
 
@@ -152,10 +152,11 @@ def _diff_panel(ax, entries, title):
 
 
 def draw_paired(path, claims):
+    pairs = (("USEFUL - SGD", "useful_minus_sgd"), ("USEFUL - random", "useful_minus_random"),
+             ("random - SGD", "random_minus_sgd"))
     helps = claims["real_useful_helps"]["values"]
     panels = [("planted: test accuracy without the square (seeds: dots; mean and 95% interval)",
-               [("USEFUL - SGD", helps["useful_minus_sgd"]), ("USEFUL - random", helps["useful_minus_random"]),
-                ("random - SGD", helps["random_minus_sgd"]), ("SAM - SGD", helps["sam_minus_sgd"])])]
+               [(name, helps[key]) for name, key in pairs] + [("SAM - SGD", helps["sam_minus_sgd"])])]
     for cid, title in (("real_useful_plain", "unmodified Fashion-MNIST: test accuracy"),
                        ("real_long_budget", "unmodified, long budget: test accuracy")):
         if cid in claims:
@@ -163,9 +164,7 @@ def draw_paired(path, claims):
             if cid == "real_long_budget":
                 title += f" ({v['epochs']} epochs; >= {v['train_acc_required']:g} train acc "
                 title += "reached)" if v["regime_reached"] else "NOT reached)"
-            panels.append((title, [("USEFUL - SGD", v["useful_minus_sgd"]),
-                                   ("USEFUL - random", v["useful_minus_random"]),
-                                   ("random - SGD", v["random_minus_sgd"])]))
+            panels.append((title, [(name, v[key]) for name, key in pairs]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     for ax, (title, entries) in zip(np.atleast_1d(axes), panels):
         _diff_panel(ax, entries, title)
@@ -174,26 +173,17 @@ def draw_paired(path, claims):
 
 def draw_sweep(path, s, claims):
     sweep = claims["real_contrast_sweep"]["values"]
-    grid = sweep["contrast"]
-
-    def line(ax, key, label, **kw):
-        m = [v["mean"] for v in sweep[key]]
-        e = [v["std"] for v in sweep[key]]
-        ax.errorbar(grid, m, yerr=e, marker="o", capsize=3, label=label, **kw)
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    line(axes[0], "test_acc_without_easy_sgd", "SGD", color=COLORS["sgd"])
-    axes[0].set_ylabel("test accuracy without the square")
-    line(axes[1], "split_precision", "precision", color="tab:green")
-    line(axes[1], "split_recall", "recall", color="tab:olive")
+    lines = ((0, "test_acc_without_easy_sgd", "SGD", COLORS["sgd"]), (1, "split_precision", "precision", "tab:green"),
+             (1, "split_recall", "recall", "tab:olive"),
+             (2, "gap_sgd", f"SGD, first {s.early_iterations} iterations", COLORS["sgd"]))
+    for k, key, label, color in lines:
+        _errorbar(axes[k], sweep["contrast"], sweep[key], label=label, color=color)
     axes[1].set_ylim(0, 1.05)
-    axes[1].set_ylabel(f"USEFUL's split at iteration {sweep['separate_iteration']} vs has_easy")
-    line(axes[2], "gap_sgd", f"SGD, first {s.early_iterations} iterations", color=COLORS["sgd"])
-    axes[2].set_ylabel("mean gap: training accuracy with - without the square")
-    for ax in axes:
-        ax.set_xlabel("contrast of the clothing (beta_d analog)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    for ax, ylabel in zip(axes, ("test accuracy without the square",
+                                 f"USEFUL's split at iteration {sweep['separate_iteration']} vs has_easy",
+                                 "mean gap: training accuracy with - without the square")):
+        _finish(ax, CONTRAST, ylabel)
     fig.suptitle(f"the contrast sweep (mean ± std over {s.seeds} seeds)", fontsize=10)
     _save(fig, path)
 
@@ -202,20 +192,17 @@ def draw_split_inputs(path, s, claims):
     v = claims["real_split_inputs"]["values"]
     names = list(v["inputs"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.38
     for k, (key, color) in enumerate((("precision", "tab:green"), ("recall", "tab:olive"))):
         for j, name in enumerate(names):
             per = np.asarray(v["inputs"][name][key]["per_seed"], float)
-            x = j + (k - 0.5) * width
-            ax.bar(x, np.nanmean(per), width, color=color, label=key if j == 0 else None)
+            x = j + (k - 0.5) * 0.38
+            ax.bar(x, np.nanmean(per), 0.38, color=color, label=key if j == 0 else None)
             ax.scatter(np.full(per.size, x), per, color="black", s=10, zorder=3)
-    ax.axhline(s.split_threshold, color="black", lw=0.8, ls="--", label=f"rule: {s.split_threshold:g}")
-    ax.axhline(v["chance_precision"], color="tab:red", lw=0.8, ls=":", label="chance precision")
+    _rule_lines(ax, s, v["chance_precision"])
     ax.set_xticks(range(len(names)), [f"2-means on the {n}" for n in names], fontsize=8)
-    ax.set_ylim(0, 1.05)
     ax.set_title(f"split at iteration {v['separate_iteration']} vs has_easy == False (bars: mean; dots: seeds)",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    _finish(ax, legend=7, grid=False)
     _save(fig, path)
 
 
@@ -225,9 +212,7 @@ def draw_rho_sweep(path, s, claims):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, sgd_key, label in ((axes[0], "gap", "gap_sgd", f"mean gap, first {v['early_iterations']} iterations"),
                                     (axes[1], "T_with_easy", "T_with_easy_sgd", "iteration the square is fit")):
-        m = [x["mean"] if x["mean"] is not None else np.nan for x in v[key]]
-        e = [x["std"] if x["std"] is not None else 0.0 for x in v[key]]
-        ax.errorbar(rho, m, yerr=e, marker="o", capsize=3, color=COLORS["sam"], label="SAM")
+        m = _errorbar(ax, rho, v[key], color=COLORS["sam"], label="SAM")
         if v[sgd_key]["mean"] is not None:
             ax.axhline(v[sgd_key]["mean"], color=COLORS["sgd"], label="SGD")
         never = [r for r, x in zip(rho, m) if np.isnan(x)]  # no seed reached it (e.g. the square never fit)
@@ -237,10 +222,7 @@ def draw_rho_sweep(path, s, claims):
         ax.set_xscale("log")
         ax.set_xticks(rho, [f"{r:g}" for r in rho])
         ax.minorticks_off()
-        ax.set_xlabel("rho")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _finish(ax, "rho", label)
     onset = "none" if v["onset_rho"] is None else f"{v['onset_rho']:g}"
     fig.suptitle(f"SAM against rho (mean ± std over {s.seeds} seeds); more uniform than SGD in every seed from "
                  f"rho = {onset}", fontsize=10)
@@ -254,18 +236,17 @@ def tsne_embedding(features: np.ndarray, n: int = TSNE_POINTS, seed: int = TSNE_
     rows = np.sort(np.random.default_rng(seed).permutation(len(features))[:n])
     x = np.asarray(features, np.float64)[rows]
     tsne = TSNE(n_components=2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed)
-    emb = tsne.fit_transform(x)
-    return emb, rows
+    return tsne.fit_transform(x), rows
 
 
 def _scatter(ax, emb, mask, labels, title):
     for value, (color, text) in ((False, labels[0]), (True, labels[1])):
         sel = mask == value
         ax.scatter(emb[sel, 0], emb[sel, 1], s=3, color=color, alpha=0.6, label=f"{text} ({int(sel.sum())})")
-    ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=7, markerscale=3)
+    ax.set_title(title, fontsize=9)
+    _finish(ax, legend=7, grid=False, markerscale=3)
 
 
 def draw_tsne(path, planted, plain=None, iteration=None):
@@ -276,12 +257,13 @@ def draw_tsne(path, planted, plain=None, iteration=None):
     emb, rows = tsne_embedding(planted.partition["logits"])
     up = planted.partition["upsample"].astype(bool)[rows]
     has = planted.easy["has_easy_train"].astype(bool)[rows]
-    _scatter(axes[0], emb, up, (("0.7", "not upsampled"), ("tab:green", "upsampled")), "planted: USEFUL's clusters")
+    clusters = (("0.7", "not upsampled"), ("tab:green", "upsampled"))
+    _scatter(axes[0], emb, up, clusters, "planted: USEFUL's clusters")
     _scatter(axes[1], emb, ~has, (("0.7", "with the square"), ("tab:red", "without it")), "planted: has_easy")
     if plain is not None:
         emb2, rows2 = tsne_embedding(plain.partition["logits"])
-        _scatter(axes[2], emb2, plain.partition["upsample"].astype(bool)[rows2],
-                 (("0.7", "not upsampled"), ("tab:green", "upsampled")), "unmodified images: USEFUL's clusters")
+        _scatter(axes[2], emb2, plain.partition["upsample"].astype(bool)[rows2], clusters,
+                 "unmodified images: USEFUL's clusters")
     at = f" at iteration {iteration}" if iteration is not None else ""
     fig.suptitle(f"t-SNE of the logits{at} (seed-0 runs; {len(rows)} training examples; sklearn TSNE, random_state "
                  f"{TSNE_SEED})", fontsize=10)
@@ -291,24 +273,21 @@ def draw_tsne(path, planted, plain=None, iteration=None):
 def draw_all(out: Path, s, results, claims_list) -> dict:
     """Every figure of the report; returns ``{"drawn": [names], "skipped": {name: why}}``."""
     claims = {c["id"]: c for c in claims_list}
-    seeds = list(range(s.seeds))
-    data = f"c{s.contrast:g}"
-    draw_easy_first(out / "real_easy_first.png", s, results, data, seeds)
-    draw_gap(out / "real_sam_more_uniform.png", s, results, data, seeds)
-    draw_split(out / "real_early_outputs_separate.png", s, claims, seeds)
-    draw_paired(out / "real_useful_helps.png", claims)
-    draw_sweep(out / "real_contrast_sweep.png", s, claims)
-    draw_split_inputs(out / "real_split_inputs.png", s, claims)
-    drawn = ["real_easy_first.png", "real_sam_more_uniform.png", "real_early_outputs_separate.png",
-             "real_useful_helps.png", "real_contrast_sweep.png", "real_split_inputs.png"]
+    seeds, data = list(range(s.seeds)), f"c{s.contrast:g}"
+    drawers = {"real_easy_first.png": lambda p: draw_easy_first(p, s, results, data, seeds),
+               "real_sam_more_uniform.png": lambda p: draw_gap(p, s, results, data, seeds),
+               "real_early_outputs_separate.png": lambda p: draw_split(p, s, claims, seeds),
+               "real_useful_helps.png": lambda p: draw_paired(p, claims),
+               "real_contrast_sweep.png": lambda p: draw_sweep(p, s, claims),
+               "real_split_inputs.png": lambda p: draw_split_inputs(p, s, claims)}
     if "real_sam_rho_sweep" in claims:
-        draw_rho_sweep(out / "real_sam_rho_sweep.png", s, claims)
-        drawn.append("real_sam_rho_sweep.png")
-    skipped = {}
+        drawers["real_sam_rho_sweep.png"] = lambda p: draw_rho_sweep(p, s, claims)
     planted, plain = results[(data, "useful", 0)], results[("plain", "useful", 0)]
-    if "logits" in planted.partition and "logits" in plain.partition:
-        draw_tsne(out / "real_split_tsne.png", planted, plain, s.separate_iteration)
-        drawn.append("real_split_tsne.png")
-    else:
-        skipped["real_split_tsne.png"] = "the partition file holds no logits (a trainer that does not record them)"
-    return {"drawn": drawn, "skipped": skipped}
+    tsne = "logits" in planted.partition and "logits" in plain.partition
+    if tsne:
+        drawers["real_split_tsne.png"] = lambda p: draw_tsne(p, planted, plain, s.separate_iteration)
+    for name, draw in drawers.items():
+        draw(out / name)
+    skipped = {} if tsne else {"real_split_tsne.png": "the partition file holds no logits (a trainer that does not "
+                                                      "record them)"}
+    return {"drawn": list(drawers), "skipped": skipped}

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import logging
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -88,11 +88,30 @@ class ReproduceSettings:
     data_dir: str | None = doc(None, "folder with Fashion-MNIST's four idx files (unset: Debian's copy)")
 
     def __post_init__(self) -> None:
-        _check_data(self)
-        _check_grids(self)
-        _check_rules(self)
-        _check_long(self)
-        check_int("--workers", self.workers, low=1, high=64)
+        for name, (low, high, *opened) in _RANGES.items():
+            value, flag = getattr(self, name), "--" + name.replace("_", "-")
+            if isinstance(low, float):
+                check_number(flag, value, low=low, high=high, low_open=bool(opened), high_open=opened == [True, True])
+            elif value is not None or name != "test_subset":  # test_subset unset: all of them
+                check_int(flag, value, low=low, high=high)
+        check_int("--separate-iteration", self.separate_iteration, low=1,
+                  high=max(1, self.epochs * (self.train_subset // self.batch_size)))
+        check_int("--early-iterations", self.early_iterations, low=self.group_window)
+        _check_list("--contrast-grid", self.contrast_grid, "at least two contrasts", 2,
+                    lambda c: check_number("--contrast-grid", c, low=0.0, high=1.0, low_open=True))
+        check(list(self.contrast_grid) == sorted(set(self.contrast_grid)), "--contrast-grid", self.contrast_grid,
+              "strictly increasing contrasts")
+        check(self.contrast in self.contrast_grid, "--contrast", self.contrast, "one of --contrast-grid")
+        _check_list("--rho-grid", self.rho_grid, "a list of radii", 0,
+                    lambda r: check_number("--rho-grid", r, low=0.0, low_open=True))
+        _check_list("--split-inputs", self.split_inputs, "at least one of " + ", ".join(SPLIT_INPUTS), 1,
+                    lambda x: check_choice("--split-inputs", x, SPLIT_INPUTS))
+        check(len(set(self.split_inputs)) == len(self.split_inputs), "--split-inputs", self.split_inputs, "no repeats")
+        check_choice("--split-on", self.split_on, SPLIT_INPUTS)
+        check(self.split_on in self.split_inputs, "--split-on", self.split_on, "one of --split-inputs")
+        if self.long_epochs:
+            check(self.long_epochs >= 2, "--long-epochs", self.long_epochs, "0 or at least 2")
+            check_int("--long-separate-epoch", self.long_separate_epoch, low=1, high=self.long_epochs - 1)
         check_choice("--device", self.device, DEVICES)
         if self.data_dir is not None:
             check(isinstance(self.data_dir, str) and Path(self.data_dir).expanduser().is_dir(), "--data-dir",
@@ -104,60 +123,20 @@ class ReproduceSettings:
         return tuple(sorted({self.rho, *self.rho_grid}))
 
 
-def _check_data(s: ReproduceSettings) -> None:
-    check_int("--seeds", s.seeds, low=1)
-    check_int("--train-subset", s.train_subset, low=20)
-    if s.test_subset is not None:
-        check_int("--test-subset", s.test_subset, low=20)
-    check_int("--epochs", s.epochs, low=1)
-    check_int("--batch-size", s.batch_size, low=2)
-    check_number("--lr", s.lr, low=0.0, low_open=True)
-    check_number("--rho", s.rho, low=0.0, low_open=True)
-    check_number("--easy-fraction", s.easy_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_int("--easy-size", s.easy_size, low=1, high=6)
-    check_number("--contrast", s.contrast, low=0.0, high=1.0, low_open=True)
-    steps = s.train_subset // s.batch_size
-    check_int("--separate-iteration", s.separate_iteration, low=1, high=max(1, s.epochs * steps))
-    check_int("--upsample-factor", s.upsample_factor, low=2)
+# Each field's range: (low, high) for an int; (low, high, open at low[, open at high]) for a number.
+_RANGES: dict[str, tuple] = {
+    "seeds": (1, None), "train_subset": (20, None), "test_subset": (20, None), "epochs": (1, None),
+    "batch_size": (2, None), "lr": (0.0, None, True), "rho": (0.0, None, True), "easy_fraction": (0.0, 1.0, True, True),
+    "easy_size": (1, 6), "contrast": (0.0, 1.0, True), "upsample_factor": (2, None), "group_window": (1, None),
+    "fit_threshold": (0.0, 1.0, True), "easy_first_ratio": (1.0, None), "split_threshold": (0.0, 1.0),
+    "sweep_tolerance": (0.0, None), "long_epochs": (0, None), "long_train_subset": (20, None),
+    "long_test_subset": (20, None), "long_train_acc": (0.0, 1.0, True), "workers": (1, 64)}
 
 
-def _check_grids(s: ReproduceSettings) -> None:
-    check(isinstance(s.contrast_grid, tuple) and len(s.contrast_grid) >= 2, "--contrast-grid", s.contrast_grid,
-          "at least two contrasts")
-    for c in s.contrast_grid:
-        check_number("--contrast-grid", c, low=0.0, high=1.0, low_open=True)
-    check(list(s.contrast_grid) == sorted(set(s.contrast_grid)), "--contrast-grid", s.contrast_grid,
-          "strictly increasing contrasts")
-    check(s.contrast in s.contrast_grid, "--contrast", s.contrast, "one of --contrast-grid")
-    check(isinstance(s.rho_grid, tuple), "--rho-grid", s.rho_grid, "a list of radii")
-    for r in s.rho_grid:
-        check_number("--rho-grid", r, low=0.0, low_open=True)
-    check(isinstance(s.split_inputs, tuple) and len(s.split_inputs) >= 1, "--split-inputs", s.split_inputs,
-          "at least one of " + ", ".join(SPLIT_INPUTS))
-    for name in s.split_inputs:
-        check_choice("--split-inputs", name, SPLIT_INPUTS)
-    check(len(set(s.split_inputs)) == len(s.split_inputs), "--split-inputs", s.split_inputs, "no repeats")
-    check_choice("--split-on", s.split_on, SPLIT_INPUTS)
-    check(s.split_on in s.split_inputs, "--split-on", s.split_on, "one of --split-inputs")
-
-
-def _check_rules(s: ReproduceSettings) -> None:
-    check_int("--group-window", s.group_window, low=1)
-    check_int("--early-iterations", s.early_iterations, low=s.group_window)
-    check_number("--fit-threshold", s.fit_threshold, low=0.0, high=1.0, low_open=True)
-    check_number("--easy-first-ratio", s.easy_first_ratio, low=1.0)
-    check_number("--split-threshold", s.split_threshold, low=0.0, high=1.0)
-    check_number("--sweep-tolerance", s.sweep_tolerance, low=0.0)
-
-
-def _check_long(s: ReproduceSettings) -> None:
-    check_int("--long-epochs", s.long_epochs, low=0)
-    check_int("--long-train-subset", s.long_train_subset, low=20)
-    check_int("--long-test-subset", s.long_test_subset, low=20)
-    check_number("--long-train-acc", s.long_train_acc, low=0.0, high=1.0, low_open=True)
-    if s.long_epochs:
-        check(s.long_epochs >= 2, "--long-epochs", s.long_epochs, "0 or at least 2")
-        check_int("--long-separate-epoch", s.long_separate_epoch, low=1, high=s.long_epochs - 1)
+def _check_list(flag: str, values: Any, expected: str, least: int, each: Callable[[Any], None]) -> None:
+    check(isinstance(values, tuple) and len(values) >= least, flag, values, expected)
+    for value in values:
+        each(value)
 
 
 # --quick: fewer seeds, a smaller subset, a shorter budget, two contrasts.
@@ -289,38 +268,31 @@ def _train_job(cfg: TrainConfig) -> dict:
     return train(cfg)
 
 
-def _check_done(job: Job, summary: dict) -> None:
-    if summary.get("status") != "completed":
-        raise EnvironmentFailure(f"run {job.config.out} ended with status {summary.get('status')!r}: "
-                                 f"{summary.get('message', '')}")
-
-
 def run_jobs(jobs: Sequence[Job], *, workers: int, on_done: Callable[[Job, dict, float], None]) -> None:
     """Train every job (``workers`` processes, the longest jobs first); a run that does not complete
     is an :class:`EnvironmentFailure` naming it."""
+    def done(job: Job, summary: dict, start: float) -> None:
+        if summary.get("status") != "completed":
+            raise EnvironmentFailure(f"run {job.config.out} ended with status {summary.get('status')!r}: "
+                                     f"{summary.get('message', '')}")
+        on_done(job, summary, time.perf_counter() - start)
+
     order = sorted(jobs, key=lambda j: -j.cost)
     if workers == 1:
         for job in order:
             start = time.perf_counter()
-            summary = _train_job(job.config)
-            _check_done(job, summary)
-            on_done(job, summary, time.perf_counter() - start)
+            done(job, _train_job(job.config), start)
         return
     import multiprocessing
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         started = {pool.submit(_train_job, job.config): (job, time.perf_counter()) for job in order}
-        pending = set(started)
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job, start = started[future]
-                    summary = future.result()
-                    _check_done(job, summary)
-                    on_done(job, summary, time.perf_counter() - start)
+            for future in as_completed(started):
+                job, start = started[future]
+                done(job, future.result(), start)
         except BaseException:
-            for future in pending:
+            for future in started:
                 future.cancel()
             raise
 
@@ -376,24 +348,14 @@ def merge_short_windows(groups: dict, prefix: str = "") -> dict:
     """group_accuracy.npz's windows with each window shorter than half the window length (the end of
     an epoch) merged into the window before it, accuracies recomputed from the counts."""
     start, end = groups[prefix + "start"], groups[prefix + "end"]
-    seen, correct = groups[prefix + "seen"], groups[prefix + "correct"]
-    keep: list[int] = []
-    rows: list[list] = []
-    for i in range(len(end)):
-        if rows and end[i] - start[i] < int(groups[prefix + "window"]) / 2:
-            rows[-1][1] = end[i]
-            rows[-1][2] = rows[-1][2] + seen[i]
-            rows[-1][3] = rows[-1][3] + correct[i]
-        else:
-            rows.append([start[i], end[i], seen[i].copy(), correct[i].copy()])
-            keep.append(i)
+    first = np.flatnonzero((end - start >= int(groups[prefix + "window"]) / 2) | (np.arange(len(end)) == 0))
     out = dict(groups)
-    if rows:
-        out[prefix + "start"] = np.array([r[0] for r in rows])
-        out[prefix + "end"] = np.array([r[1] for r in rows])
-        out[prefix + "seen"] = np.stack([r[2] for r in rows])
-        out[prefix + "correct"] = np.stack([r[3] for r in rows])
-        out[prefix + "epoch"] = groups[prefix + "epoch"][keep]
+    if first.size:
+        last = np.r_[first[1:] - 1, len(end) - 1]
+        out.update({prefix + "start": start[first], prefix + "end": end[last], prefix + "epoch":
+                    groups[prefix + "epoch"][first]})
+        for key in ("seen", "correct"):
+            out[prefix + key] = np.add.reduceat(groups[prefix + key], first, axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[prefix + "accuracy"] = np.where(out[prefix + "seen"] > 0, out[prefix + "correct"]
                                                 / np.maximum(out[prefix + "seen"], 1), np.nan)
