@@ -168,6 +168,10 @@ def _paired_note(v: dict) -> str:
     text = (f"USEFUL - SGD {_pts(vs_sgd)}, USEFUL - random {_pts(vs_rand)}, random - SGD {_pts(rand_sgd)} "
             f"(mean paired difference [95% interval], {vs_sgd['n']} seeds): an interval that reaches 0 is not "
             "told apart from seed noise")
+    if vs_sgd["n"] < MIN_SEEDS:
+        text += f"; with fewer than {MIN_SEEDS} seeds no interval counts as evidence (the rule)"
+    elif any(d["n"] >= 2 and d["std"] == 0 for d in (vs_sgd, vs_rand)):
+        text += "; a difference equal in every seed has an interval of zero width, which the rule does not count"
     if _above_zero(vs_sgd) and not _above_zero(vs_rand) and _above_zero(rand_sgd):
         text += ("; random upsampling of as many examples gains as much over SGD: at this budget the gain comes "
                  "from the extra steps, not from the split")
