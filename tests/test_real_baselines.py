@@ -227,3 +227,23 @@ def test_the_trainer_gives_jtt_its_upweight(tmp_path):
     np.testing.assert_array_equal(part["upsample"], part["logits"].argmax(1) != _train_labels(cfg))
     np.testing.assert_array_equal(part["multiplicities"], np.where(part["upsample"], 7, 1))
     assert summary["train_list_length"] == cfg.synthetic_train + 6 * int(part["upsample"].sum())
+
+
+def test_a_run_stored_before_the_new_fields_resumes_as_what_it_computed():
+    """ASAM was davda54's mode and JTT's multiplicity was --upsample-factor before asam_variant and
+    jtt_upweight existed: a stored configuration without them compares equal to that computation,
+    not to today's defaults (which would resume it as another optimizer or partition)."""
+    from real.config import TrainConfig, computed_config, legacy_fields
+    from real.rundir import config_differences
+
+    old_asam = {k: v for k, v in computed_config(TrainConfig(optimizer="asam", asam_variant="davda54")).items()
+                if k != "asam_variant"}
+    assert legacy_fields(old_asam)["asam_variant"] == "davda54"
+    assert config_differences(old_asam, TrainConfig(optimizer="asam", asam_variant="davda54")) == []
+    assert [d[0] for d in config_differences(old_asam, TrainConfig(optimizer="asam"))] == ["asam_variant"]
+    old_sgd = {k: v for k, v in computed_config(TrainConfig()).items() if k != "asam_variant"}
+    assert config_differences(old_sgd, TrainConfig()) == []  # only ASAM runs had another meaning
+    old_jtt = {k: v for k, v in computed_config(TrainConfig(useful=True, partition="jtt")).items()
+               if k != "jtt_upweight"}
+    old_jtt["upsample_factor"] = 6
+    assert config_differences(old_jtt, TrainConfig(useful=True, partition="jtt", jtt_upweight=6)) == []
