@@ -32,7 +32,7 @@ from .tensorboard import check_installed
 
 __all__ = ["TrainConfig", "PARTITIONS", "UPWEIGHT_NORMALIZATIONS", "AUGMENTS", "COPY_AUGMENTS", "PRECISIONS",
            "MEMORY_FORMATS", "RUN_CONTROL_FIELDS", "preset_names", "load_preset", "describe_preset", "Setting",
-           "setting_names", "load_setting", "split_preset_name", "resolve_train_config", "config_to_dict",
+           "setting_names", "load_setting", "split_preset_name", "resolve_train_config",
            "computed_config", "default_out"]
 
 # One tuple of names per choice (the others live with their builders: DATASETS, MODELS, OPTIMIZERS,
@@ -284,11 +284,6 @@ def computed_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
 def default_out(cfg: TrainConfig) -> str:
     """``runs/<dataset>-<model>-<optimizer>[-useful]-s<seed>`` when ``--out`` is not given."""
     return str(Path("runs") / cfg.run_name)
-
-
-def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The configuration as plain JSON data (what config.json holds)."""
-    return to_jsonable(cfg)
 
 
 # ----------------------------------------------------------------------------------------------

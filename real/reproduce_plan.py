@@ -32,7 +32,7 @@ import numpy as np
 
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import ConfigError, check, check_choice, check_int, check_number, config_digest, doc
-from theory.useful import SPLIT_ON as SPLIT_INPUTS
+from theory.useful import SPLIT_ON
 
 from .config import TrainConfig, computed_config
 from .distributed import DEVICES
@@ -66,8 +66,8 @@ class ReproduceSettings:
     contrast_grid: tuple[float, ...] = doc((0.25, 0.5, 1.0), "contrasts of the sweep, increasing, in (0, 1], >= 2")
     separate_iteration: int = doc(60, "USEFUL's split after this many iterations, 1 to the run's iterations")
     upsample_factor: int = doc(2, "k: copies of each upsampled example, >= 2")
-    split_on: Literal[SPLIT_INPUTS] = doc("logits", "what the main USEFUL runs' 2-means clusters, in --split-inputs")
-    split_inputs: tuple[str, ...] = doc(SPLIT_INPUTS, "the clustering inputs whose split is measured against "
+    split_on: Literal[SPLIT_ON] = doc("logits", "what the main USEFUL runs' 2-means clusters, in --split-inputs")
+    split_inputs: tuple[str, ...] = doc(SPLIT_ON, "the clustering inputs whose split is measured against "
                                                       "has_easy (logits, softmax, loss; comma-separated)")
     group_window: int = doc(10, "iterations per window of the per-group running training accuracy, >= 1")
     early_iterations: int = doc(120, "the early gap is averaged over the first this many iterations, "
@@ -104,10 +104,10 @@ class ReproduceSettings:
         check(self.contrast in self.contrast_grid, "--contrast", self.contrast, "one of --contrast-grid")
         _check_list("--rho-grid", self.rho_grid, "a list of radii", 0,
                     lambda r: check_number("--rho-grid", r, low=0.0, low_open=True))
-        _check_list("--split-inputs", self.split_inputs, "at least one of " + ", ".join(SPLIT_INPUTS), 1,
-                    lambda x: check_choice("--split-inputs", x, SPLIT_INPUTS))
+        _check_list("--split-inputs", self.split_inputs, "at least one of " + ", ".join(SPLIT_ON), 1,
+                    lambda x: check_choice("--split-inputs", x, SPLIT_ON))
         check(len(set(self.split_inputs)) == len(self.split_inputs), "--split-inputs", self.split_inputs, "no repeats")
-        check_choice("--split-on", self.split_on, SPLIT_INPUTS)
+        check_choice("--split-on", self.split_on, SPLIT_ON)
         check(self.split_on in self.split_inputs, "--split-on", self.split_on, "one of --split-inputs")
         if self.long_epochs:
             check(self.long_epochs >= 2, "--long-epochs", self.long_epochs, "0 or at least 2")

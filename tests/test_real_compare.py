@@ -11,7 +11,8 @@ import pytest
 
 from real.cli import COMMANDS, main
 from real.compare import compare, group_runs, load_runs, paired_time_ratio
-from real.config import TrainConfig, config_to_dict
+from real.config import TrainConfig
+from theory.plumbing.config import to_jsonable
 from real.rundir import FORMAT
 from real.train import train
 from theory.plumbing.config import ConfigError
@@ -22,7 +23,7 @@ TINY = dict(dataset="synthetic", model="cnn-small", synthetic_train=64, syntheti
 def fake_run(path: Path, *, seed: int, acc: float | None, wall: float, status: str = "completed",
              metrics: bool = True, train_seconds: float | None = None, **config) -> Path:
     path.mkdir(parents=True)
-    cfg = config_to_dict(TrainConfig(**{**TINY, "seed": seed, "out": str(path), **config}))
+    cfg = to_jsonable(TrainConfig(**{**TINY, "seed": seed, "out": str(path), **config}))
     (path / "config.json").write_text(json.dumps({"format": FORMAT, **cfg}))
     summary = {"status": status, "message": "" if status == "completed" else "training diverged: x",
                "final_test_acc": acc, "best_test_acc": acc, "wall_seconds": wall}

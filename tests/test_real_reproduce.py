@@ -23,7 +23,7 @@ import real.datasets
 from real.cli import main
 from real.compare import compare, paired_difference
 from real import reproduce_claims as rc
-from real.config import config_to_dict
+from theory.plumbing.config import to_jsonable
 from real.reproduce import (
     FIGURES,
     REQUIRED_IDS,
@@ -151,16 +151,16 @@ def test_a_cached_run_is_reused_only_for_its_configuration(tmp_path):
     folder = Path(job.config.out)
     folder.mkdir(parents=True)
     assert check_cached(job) is False  # nothing there
-    (folder / CONFIG).write_text(json.dumps({**config_to_dict(job.config), "format": FORMAT}))
+    (folder / CONFIG).write_text(json.dumps({**to_jsonable(job.config), "format": FORMAT}))
     assert check_cached(job) is False  # its configuration, but not completed: it resumes
     (folder / "summary.json").write_text(json.dumps({"status": "completed"}))
     assert check_cached(job) is True
     other = dataclasses.replace(job.config, upsample_factor=3)  # another configuration in the same folder
-    (folder / CONFIG).write_text(json.dumps({**config_to_dict(other), "format": FORMAT}))
+    (folder / CONFIG).write_text(json.dumps({**to_jsonable(other), "format": FORMAT}))
     with pytest.raises(ConfigError, match="^--resume: .*upsample_factor: 3, the plan asks for 2"):
         check_cached(job)
     moved = dataclasses.replace(job.config, device="cuda", eval_batch_size=64)  # how it runs, not what it computes
-    (folder / CONFIG).write_text(json.dumps({**config_to_dict(moved), "format": FORMAT}))
+    (folder / CONFIG).write_text(json.dumps({**to_jsonable(moved), "format": FORMAT}))
     assert check_cached(job) is True
 
 
