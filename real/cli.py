@@ -33,26 +33,19 @@ from .train import train  # noqa: E402
 __all__ = ["main", "COMMANDS", "resolve_run_config", "config_toml"]
 
 
-def _setup_logging() -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, datefmt="%H:%M:%S", stream=sys.stderr,
-                        format="%(asctime)s " + (f"[rank {rank}] " if rank else "") + "%(levelname)s %(message)s")
-
-
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of TrainConfig keys (flags override it)")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="a TOML file of TrainConfig keys (flags override it)")
     parser.add_argument("--preset", metavar="NAME", default=None,
-                        help="a setting of the paper as the base, e.g. cifar10-resnet18-sgd (useful-train presets lists them); "
-                             "--optimizer picks the setting's values for that optimizer")
+                        help="a setting of the paper as the base, e.g. cifar10-resnet18-sgd (useful-train presets "
+                             "lists them); --optimizer picks the setting's values for that optimizer")
     add_config_arguments(parser, TrainConfig, exclude=("preset",))
 
 
 def resolve_run_config(args: argparse.Namespace | dict[str, Any], *, with_sources: bool = False):
-    """The :class:`~real.config.TrainConfig` of ``run``'s arguments: defaults < preset (with the
-    values of the run's optimizer) < ``--config`` TOML < flags (:func:`real.config.resolve_train_config`).
-    With ``--resume`` and a run in ``--out``, its stored configuration replaces defaults and preset, so
-    ``run --out DIR --resume`` is enough (the trainer refuses values that change what is computed).
-    ``with_sources``: also where each value came from."""
+    """``run``'s :class:`~real.config.TrainConfig`: defaults < preset < ``--config`` < flags (``with_sources``:
+    also each value's source).  With ``--resume`` and a run in ``--out``, its stored configuration replaces
+    defaults and preset, so ``run --out DIR --resume`` is enough (the trainer refuses changes to what is computed)."""
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     config_path, preset = given.get("config"), given.get("preset")
     cfg, sources = resolve_train_config(given, config_path=config_path, preset=preset)
@@ -61,16 +54,14 @@ def resolve_run_config(args: argparse.Namespace | dict[str, Any], *, with_source
     return (cfg, sources) if with_sources else cfg
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def _run(args: argparse.Namespace) -> int:
     cfg = resolve_run_config(args)
-    _setup_logging()
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, datefmt="%H:%M:%S", stream=sys.stderr,
+                        format="%(asctime)s " + (f"[rank {rank}] " if rank else "") + "%(levelname)s %(message)s")
     # SIGTERM (scancel, a preemption, torchrun stopping its workers) ends the run like Ctrl-C: the
     # last checkpoint stays and the run lock is released, so a requeued job on another node can resume.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(cfg)
     except DatasetError as err:
@@ -102,8 +93,7 @@ def config_toml(cfg, sources: dict[str, str]) -> str:
 
 
 def _config(args: argparse.Namespace) -> int:
-    cfg, sources = resolve_run_config(args, with_sources=True)
-    sys.stdout.write(config_toml(cfg, sources))
+    sys.stdout.write(config_toml(*resolve_run_config(args, with_sources=True)))
     return 0
 
 
@@ -122,13 +112,11 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser("useful-train", "Full-scale training with USEFUL (upsample early for uniform learning), "
                         "SGD/SAM/ASAM.", COMMANDS).parse_args(argv)
     return args.handler(args)
-
-
-main = cli_entry(_main)
 
 
 if __name__ == "__main__":  # pragma: no cover

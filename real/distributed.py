@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from theory.plumbing.config import ConfigError
 
-__all__ = ["DistInfo", "setup", "session", "cleanup", "resolve_device", "all_reduce_sum", "all_reduce_max",
+__all__ = ["DistInfo", "setup", "session", "resolve_device", "all_reduce_sum", "all_reduce_max",
            "broadcast_array", "broadcast_object", "wrap_ddp", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -72,16 +72,12 @@ def setup(preference: str = "auto") -> DistInfo:
 
 @contextlib.contextmanager
 def session(preference: str = "auto"):
-    """:func:`setup`, then :func:`cleanup` however the block ends."""
+    """:func:`setup`, then leave the process group (if any) however the block ends."""
     try:
         yield setup(preference)
     finally:
-        cleanup()
-
-
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _active() -> bool:
@@ -90,21 +86,20 @@ def _active() -> bool:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place (identity in a world of one)."""
-    return _all_reduce(t, dist.ReduceOp.SUM)
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     """Maximum over ranks, in place (identity in a world of one)."""
-    return _all_reduce(t, dist.ReduceOp.MAX)
-
-
-def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if _active():
-        dist.all_reduce(t, op=op)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
-def broadcast_array(array: np.ndarray | None, *, shape: tuple[int, ...], dtype: np.dtype, device: torch.device) -> np.ndarray:
+def broadcast_array(array: np.ndarray | None, *, shape: tuple[int, ...], dtype: np.dtype,
+                    device: torch.device) -> np.ndarray:
     """Rank 0's ``array`` on every rank (the others pass None; ``shape`` and ``dtype`` known to all)."""
     if not _active():
         assert array is not None

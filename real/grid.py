@@ -1,22 +1,12 @@
 """``useful-train grid FILE``: a grid of training runs (settings x seeds), here or on Slurm.
 
-A grid file is TOML (docs/training.md describes it)::
-
-    out = "runs/useful-cifar10"          # the grid's folder
-    seeds = [0, 1, 2]
-    [base]                               # TrainConfig keys of every run (a preset's underneath)
-    preset = "cifar10-resnet18-sgd"
-    [axes]                               # every combination of these values is a setting
-    optimizer = ["sgd", "sam"]
-    [slurm]                              # sbatch options, for --launcher submitit
-    time = "12:00:00"
-
-A run's configuration is, lowest first: the preset (its values for the run's optimizer), ``[base]``,
-the axis values, the seed.  Two runs of one resolved configuration are refused naming both, as is a
-run folder holding another configuration.  Each run is ``python -m real run --config
-OUT/configs/<name>.toml --out OUT/runs/<name> [--resume]``; ``OUT/grid.json`` lists them.  Completed
-runs (and diverged ones, unless asked) are skipped.  On Slurm, submitit (an optional extra) submits
-the runs left to do as one job array of :class:`TrainJob`; ``OUT/jobs/<name>.json`` records what it got.
+A grid file (TOML, docs/training.md) has ``out`` (the grid's folder), ``seeds``, ``[base]`` (TrainConfig
+keys of every run), ``[axes]`` (each combination of their values is a setting) and ``[slurm]`` (sbatch
+options).  A run's configuration is, lowest first: the preset (its values for the run's optimizer),
+``[base]``, the axis values, the seed.  Each run is ``python -m real run --config OUT/configs/<name>.toml
+--out OUT/runs/<name> [--resume]``; ``OUT/grid.json`` lists them.  Completed runs (and diverged ones,
+unless asked) are skipped.  On Slurm, submitit (an optional extra) submits the runs left to do as one job
+array of :class:`TrainJob`; ``OUT/jobs/<name>.json`` records what it got.
 """
 
 from __future__ import annotations
@@ -167,9 +157,8 @@ def _gpus(options: Mapping[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A grid: ``base`` keys of every run, ``axes`` (field -> values: the settings are their product),
-    ``seeds``, ``out_root`` (runs/, configs/, jobs/, grid.json), ``slurm`` options (checked here),
-    ``source`` (for messages)."""
+    """A grid: ``base`` keys of every run, ``axes`` (field -> values; the settings are their product), ``seeds``,
+    ``out_root`` (holds runs/, configs/, jobs/, grid.json), ``slurm`` options (checked here), ``source``."""
 
     base: Mapping[str, Any] = field(default_factory=dict)
     axes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
@@ -306,10 +295,10 @@ def expand_runs(spec: GridSpec) -> list[GridRun]:
     return runs
 
 
-def _left_to_do(spec: GridSpec, runs: Sequence[GridRun], rerun_diverged: bool) -> list[str | None]:
-    """Per run: why it is skipped (``completed``, ``diverged``) or None (to run).  A run directory
+def _left_to_do(spec: GridSpec, rerun_diverged: bool) -> tuple[list[GridRun], list[str | None]]:
+    """The runs, and per run why it is skipped (``completed``, ``diverged``) or None (to run).  A run directory
     holding a run of another configuration is a :class:`ConfigError` naming the run and the fields."""
-    reasons: list[str | None] = []
+    runs, reasons = expand_runs(spec), []
     for run in runs:
         if is_run_dir(run.run_dir) and (diff := config_differences(read_config(run.run_dir), run.resolved)):
             fields = ", ".join(f"{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff)
@@ -317,7 +306,7 @@ def _left_to_do(spec: GridSpec, runs: Sequence[GridRun], rerun_diverged: bool) -
                                              f"configuration ({fields}); change 'out' or remove that folder")
         status = run_status(run.run_dir)
         reasons.append(status if status == "completed" or (status == "diverged" and not rerun_diverged) else None)
-    return reasons
+    return runs, reasons
 
 
 def run_command(run: GridRun, *, resume: bool, gpus: int = 1) -> list[str]:
@@ -362,12 +351,10 @@ def _outcome(run: GridRun, code: int) -> dict[str, Any]:
 
 def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[str]], Any] | None = None,
               rerun_diverged: bool = False, stop_on_error: bool = False) -> list[dict]:
-    """Run the grid here, one run after another (``--resume`` where a folder holds a run's files).
-    ``dry_run`` writes and runs nothing; ``runner(command)`` returns the exit status (or has
-    ``returncode``; default: a subprocess).  Per run: its entry, ``status`` one of dry-run, skipped,
-    completed, diverged, failed, not-run (after ``stop_on_error``)."""
-    runs = expand_runs(spec)
-    skips = _left_to_do(spec, runs, rerun_diverged)
+    """Run the grid here, one run after another (``--resume`` where a folder holds a run's files); per run
+    an entry, ``status`` one of dry-run, skipped, completed, diverged, failed, not-run (after ``stop_on_error``).
+    ``runner(command)`` returns the exit status or has ``returncode`` (default: a subprocess)."""
+    runs, skips = _left_to_do(spec, rerun_diverged)
     if not dry_run:
         write_run_files(spec, runs)
     runner = runner or (lambda command: subprocess.run(command, check=False))
@@ -400,22 +387,18 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
 
 class TrainJob:
     """What one Slurm task runs (submitit pickles it): the run's command (with ``--resume``) in ``cwd``.
+    The training process ignores submitit's warning signal (USR2, before the time limit or on preemption);
+    submitit then calls :meth:`checkpoint`, which stops it with SIGINT (the run keeps its last checkpoint
+    and releases its lock) and hands this job back to be requeued."""
 
-    The training process ignores submitit's warning signal (USR2, before the time limit or on
-    preemption); submitit then calls :meth:`checkpoint`, which stops it with SIGINT (the run keeps
-    its last epoch's checkpoint and releases its lock) and hands this job back to be requeued.
-    """
+    _child: subprocess.Popen | None = None  # the training process, while __call__ runs
 
     def __init__(self, name: str, command: Sequence[str], cwd: str, run_dir: str, stop_timeout_s: float = 60.0):
         self.name, self.command, self.cwd, self.run_dir = name, list(command), cwd, run_dir
         self.stop_timeout_s = stop_timeout_s
-        self._child: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_child"}  # the process stays here
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _child=None)
 
     def __call__(self) -> dict:
         if run_status(os.path.join(self.cwd, self.run_dir)) == "completed":
@@ -436,8 +419,7 @@ class TrainJob:
         return {"name": self.name, "status": status, "returncode": code}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        """Stop the training process (SIGINT; SIGKILL after ``stop_timeout_s``); return this job for
-        submitit to requeue."""
+        """Stop the training process (SIGINT; SIGKILL after ``stop_timeout_s``); return this job to requeue."""
         import submitit
 
         child = self._child
@@ -498,10 +480,9 @@ def _plan_jobs(spec: GridSpec, runs: Sequence[GridRun], skips: Sequence[str | No
         entry = {"name": run.name, "run_dir": run.run_dir, "status": None, "reason": None, "job_id": None,
                  "job_file": str(job_file), "command": command}
         results.append(entry)
-        previous = _recorded_job_id(job_file)
         if skip is not None:
             entry.update(status="skipped", reason=skip, job_file=None)
-        elif previous is not None and previous in queued:
+        elif (previous := _recorded_job_id(job_file)) in queued:  # None (no job recorded) never is
             entry.update(status="queued", reason="still in the queue", job_id=previous)
         else:
             todo.append((entry, {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file, **common,
@@ -534,11 +515,9 @@ def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> None:
 
 def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool = False) -> list[dict]:
     """Submit the runs left to do as one job array through submitit, recording in ``OUT/jobs/<name>.json``
-    what submitit gets (``dry_run``: only that, with neither submitit nor Slurm).  Per run: its entry,
-    ``status`` one of dry-run, submitted, queued (its job still is), skipped, failed.  Every refusal
-    (no time limit, no submitit or sbatch, a run folder of another configuration) comes first."""
-    runs = expand_runs(spec)
-    skips = _left_to_do(spec, runs, rerun_diverged)
+    what submitit gets (``dry_run``: only that, with neither submitit nor Slurm); every refusal comes first.
+    Per run an entry, ``status`` one of dry-run, submitted, queued (its job still is), skipped, failed."""
+    runs, skips = _left_to_do(spec, rerun_diverged)
     _executor_parameters(spec)  # a time limit is needed, dry run or not
     submitit = None
     if not dry_run:  # the optional extra, imported only to submit
@@ -574,9 +553,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--launcher", choices=("local", "submitit"), default="local",
                         help="local: run here, one after another; submitit: one Slurm job array (needs "
                              f"{INSTALL}) (default: local)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="run and submit nothing: list the commands; submitit: also write OUT/jobs/*.json "
-                             "(default: off)")
+    parser.add_argument("--dry-run", action="store_true", help="run and submit nothing: list the commands; "
+                                                               "submitit: also write OUT/jobs/*.json (default: off)")
     parser.add_argument("--partition", metavar="NAME", default=None,
                         help="submitit only: Slurm partition (default: [slurm] partition, else Slurm's default)")
     parser.add_argument("--time", metavar="LIMIT", default=None,
@@ -593,21 +571,8 @@ def add_arguments(parser) -> None:
                         help="local only: stop at the first run that fails (default: off, go on with the others)")
 
 
-def _print_results(spec: GridSpec, results: Sequence[dict], slurm_dry_run: bool) -> None:
-    for entry in results:
-        print(f"{entry['status']:<10} {entry['name']}" + (f"  ({entry['reason']})" if entry.get("reason") else "")
-              + (f"  job {entry['job_id']}" if entry.get("job_id") else ""))
-        if entry["status"] == "dry-run":
-            print("           " + shlex.join(entry["command"]))
-    if slurm_dry_run:
-        print(f"job specifications (what would be passed to submitit): {Path(spec.out_root) / 'jobs'}/*.json")
-    counts = collections.Counter(entry["status"] for entry in results)
-    print(f"{len(results)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f"; results: useful-train compare {shlex.quote(str(Path(spec.out_root) / 'runs'))}/*")
-
-
 def command(args) -> int:
-    """``useful-train grid FILE``: exit 0, or 1 when a run failed or diverged."""
+    """``useful-train grid FILE``: a line per run and a count; exit 0, or 1 when a run failed or diverged."""
     flags = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
     if args.launcher == "local" and flags:
         flag = "--" + next(iter(flags)).replace("_", "-")
@@ -623,5 +588,14 @@ def command(args) -> int:
     else:
         spec = dataclasses.replace(spec, slurm={**spec.slurm, **flags})
         results = submit_slurm(spec, dry_run=args.dry_run, rerun_diverged=args.rerun_diverged)
-    _print_results(spec, results, slurm_dry_run=args.launcher == "submitit" and args.dry_run)
+    for entry in results:
+        print(f"{entry['status']:<10} {entry['name']}" + (f"  ({entry['reason']})" if entry.get("reason") else "")
+              + (f"  job {entry['job_id']}" if entry.get("job_id") else ""))
+        if entry["status"] == "dry-run":
+            print("           " + shlex.join(entry["command"]))
+    if args.launcher == "submitit" and args.dry_run:
+        print(f"job specifications (what would be passed to submitit): {Path(spec.out_root) / 'jobs'}/*.json")
+    counts = collections.Counter(entry["status"] for entry in results)
+    print(f"{len(results)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; results: useful-train compare {shlex.quote(str(Path(spec.out_root) / 'runs'))}/*")
     return 1 if any(e["status"] in ("failed", "diverged") for e in results) else 0
