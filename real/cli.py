@@ -1,10 +1,8 @@
 """``useful-train`` (also ``python -m real``): full-scale training with and without USEFUL.
 
-Subcommands (:data:`COMMANDS`, ``useful-train --help``): run, config, presets, compare, sharpness,
-grid, download, reproduce: one plain dict (name -> help, flags, handler), most from their modules'
-``add_arguments`` and ``command``.  ``run``'s flags are :class:`~real.config.TrainConfig`'s fields
-with dashes (:func:`resolve_run_config`).  An invalid value, unknown key or missing data set ends with
-exit status 2 and one line on stderr; a run that diverges exits 1.
+The subcommands are :data:`COMMANDS` (most from their modules' ``add_arguments`` and ``command``); ``run``'s
+flags are :class:`~real.config.TrainConfig`'s fields with dashes (:func:`resolve_run_config`).  An invalid
+value, unknown key or missing data set ends with exit status 2 and one line on stderr; a run that diverges exits 1.
 """
 
 from __future__ import annotations

@@ -123,7 +123,5 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """``DistributedDataParallel`` around ``model`` when distributed, else ``model`` itself."""
     if not info.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)

@@ -41,8 +41,7 @@ from .optim import OPTIMIZERS
 from .rundir import config_differences, has_run_files, is_run_dir, read_config, read_summary, run_status
 
 __all__ = ["GridSpec", "GridRun", "TrainJob", "load_grid", "expand_runs", "slurm_options", "slurm_minutes",
-           "run_command", "write_run_files", "run_local", "submit_slurm", "HELP", "add_arguments", "command",
-]
+           "run_command", "write_run_files", "run_local", "submit_slurm", "HELP", "add_arguments", "command"]
 
 HELP = "run a grid of configurations x seeds here, or submit it to Slurm (submitit)"
 INSTALL = "pip install 'useful-sb[slurm]'"
@@ -467,33 +466,6 @@ def _recorded_job_id(job_file: Path) -> str | None:
     return None if job_id is None else str(job_id)
 
 
-def _plan_jobs(spec: GridSpec, runs: Sequence[GridRun], skips: Sequence[str | None],
-               queued: set[str]) -> tuple[list[dict], list[tuple[dict, dict]]]:
-    """Per run its result entry; and the runs to submit, (entry, job record) each, in job arrays."""
-    jobs_dir, gpus = Path(spec.out_root).absolute() / "jobs", _gpus(spec.slurm)
-    common = {"executor": "submitit.SlurmExecutor", "folder": str(jobs_dir / "submitit"),
-              "parameters": _executor_parameters(spec), "function": f"{TrainJob.__module__}.{TrainJob.__qualname__}",
-              "cwd": os.getcwd(), "job_id": None, "log": None}
-    results, todo = [], []
-    for run, skip in zip(runs, skips):
-        command, job_file = run_command(run, resume=True, gpus=gpus), jobs_dir / f"{run.name}.json"
-        entry = {"name": run.name, "run_dir": run.run_dir, "status": None, "reason": None, "job_id": None,
-                 "job_file": str(job_file), "command": command}
-        results.append(entry)
-        if skip is not None:
-            entry.update(status="skipped", reason=skip, job_file=None)
-        elif (previous := _recorded_job_id(job_file)) in queued:  # None (no job recorded) never is
-            entry.update(status="queued", reason="still in the queue", job_id=previous)
-        else:
-            todo.append((entry, {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file, **common,
-                                 "command": command}))
-    chunks = [todo[i : i + MAX_ARRAY] for i in range(0, len(todo), MAX_ARRAY)]  # a job array each (one run: a job)
-    for chunk in chunks:
-        for i, (_, record) in enumerate(chunk):
-            record["array"] = {"index": i, "size": len(chunk)} if len(chunk) > 1 else None
-    return results, chunks
-
-
 def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> None:
     """Submit one job array (submitit's batch) and record each run's job, or why sbatch refused."""
     first = chunk[0][1]
@@ -518,7 +490,7 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
     what submitit gets (``dry_run``: only that, with neither submitit nor Slurm); every refusal comes first.
     Per run an entry, ``status`` one of dry-run, submitted, queued (its job still is), skipped, failed."""
     runs, skips = _left_to_do(spec, rerun_diverged)
-    _executor_parameters(spec)  # a time limit is needed, dry run or not
+    parameters = _executor_parameters(spec)  # a time limit is needed, dry run or not
     submitit = None
     if not dry_run:  # the optional extra, imported only to submit
         try:
@@ -527,14 +499,33 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
             raise ConfigError("--launcher", message=f"--launcher submitit needs the optional package submitit: "
                                                     f"{INSTALL} (--dry-run writes the job specifications "
                                                     "without it)") from None
-    results, chunks = _plan_jobs(spec, runs, skips, set() if dry_run else _queued_job_ids())
+    queued = set() if dry_run else _queued_job_ids()
+    jobs_dir, gpus = Path(spec.out_root).absolute() / "jobs", _gpus(spec.slurm)
+    common = {"executor": "submitit.SlurmExecutor", "folder": str(jobs_dir / "submitit"), "parameters": parameters,
+              "function": f"{TrainJob.__module__}.{TrainJob.__qualname__}", "cwd": os.getcwd(), "job_id": None,
+              "log": None}
+    results, todo = [], []
+    for run, skip in zip(runs, skips):
+        command, job_file = run_command(run, resume=True, gpus=gpus), jobs_dir / f"{run.name}.json"
+        entry = {"name": run.name, "run_dir": run.run_dir, "status": None, "reason": None, "job_id": None,
+                 "job_file": str(job_file), "command": command}
+        results.append(entry)
+        if skip is not None:
+            entry.update(status="skipped", reason=skip, job_file=None)
+        elif (previous := _recorded_job_id(job_file)) in queued:  # None (no job recorded) never is
+            entry.update(status="queued", reason="still in the queue", job_id=previous)
+        else:
+            todo.append((entry, {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file, **common,
+                                 "command": command}))
     write_run_files(spec, runs)
-    for chunk in chunks:
-        if dry_run:
-            for entry, record in chunk:
+    for first in range(0, len(todo), MAX_ARRAY):  # a job array each (one run: a job)
+        chunk = todo[first : first + MAX_ARRAY]
+        for i, (entry, record) in enumerate(chunk):
+            record["array"] = {"index": i, "size": len(chunk)} if len(chunk) > 1 else None
+            if dry_run:
                 atomic_write_json(entry["job_file"], {**record, "dry_run": True})
                 entry["status"] = "dry-run"
-        else:
+        if not dry_run:
             _submit_array(submitit, chunk)
     return results
 
