@@ -252,10 +252,9 @@ class _DataUnpickler(pickle.Unpickler):
     """Refuses any global but :data:`_PICKLE_GLOBALS` (``posix.system``, any class) before it runs."""
 
     def find_class(self, module: str, name: str) -> object:
-        found = _PICKLE_GLOBALS.get((module, name))
-        if found is None:
+        if (module, name) not in _PICKLE_GLOBALS:
             raise _Refused(f"{module}.{name}")
-        return found
+        return _PICKLE_GLOBALS[module, name]
 
 
 def _unpickle(info: DatasetInfo, path: Path, label_key: str) -> Split:
@@ -565,7 +564,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
     if long_tail_ratio is not None:
         keep = long_tailed_indices(train_y, long_tail_ratio, seed)
         train_x, train_y = train_x[keep], train_y[keep]
-    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
     return Dataset(key, as_tensor(train_x, np.uint8), as_tensor(train_y, np.int64), as_tensor(test[0], np.uint8),
                    as_tensor(test[1], np.int64), num_classes, *_channel_stats(train_x))
 

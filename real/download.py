@@ -360,20 +360,19 @@ def _member_path(info: DatasetInfo, archive: Path, member: str, kind: str, stagi
     return staging.joinpath(*parts) if parts else None
 
 
-def _tar_kind(member: tarfile.TarInfo) -> str:
+def _kind(member: tarfile.TarInfo | zipfile.ZipInfo) -> str:
+    """``"file"``, ``"dir"``, or why the archive member is refused."""
+    if isinstance(member, zipfile.ZipInfo):
+        mode = member.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            return "is a symbolic link"
+        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return "is a device or other special file"
+        return "dir" if member.is_dir() else "file"
     if member.issym() or member.islnk():
         return f"is a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
     return ("file" if member.isreg() else "dir" if member.isdir() else "is a FIFO" if member.isfifo()
             else "is a device file" if member.ischr() or member.isblk() else "is not a regular file or folder")
-
-
-def _zip_kind(member: zipfile.ZipInfo) -> str:
-    mode = member.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "is a symbolic link"
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        return "is a device or other special file"
-    return "dir" if member.is_dir() else "file"
 
 
 def _unpack(info: DatasetInfo, archive: Path, staging: Path, root: Path) -> None:
@@ -381,9 +380,9 @@ def _unpack(info: DatasetInfo, archive: Path, staging: Path, root: Path) -> None
     try:
         with zipfile.ZipFile(archive) if info.unpack == "zip" else tarfile.open(archive, "r:gz") as ar:
             if info.unpack == "zip":
-                members = [(m.filename, _zip_kind(m), partial(ar.open, m)) for m in ar.infolist()]
+                members = [(m.filename, _kind(m), partial(ar.open, m)) for m in ar.infolist()]
             else:  # read as a stream
-                members = ((m.name, _tar_kind(m), partial(ar.extractfile, m)) for m in ar)
+                members = ((m.name, _kind(m), partial(ar.extractfile, m)) for m in ar)
             checked = ((_member_path(info, archive, name, kind, staging, root), kind, data)
                        for name, kind, data in members)
             for dest, kind, data in (list(checked) if info.unpack == "zip" else checked):
