@@ -69,8 +69,8 @@ class Installed:
 
 
 def ensure_dataset(name: str, data_dir: str | os.PathLike | None, **options) -> Path:
-    """Make sure ``data_dir`` (created if missing) holds the data set ``name``, downloading it if needed;
-    return its folder.  Options (keywords of :func:`_ensure`): ``sources`` (default
+    """Make sure ``data_dir`` (created if missing; None: Debian's fashion-mnist only) holds the data set ``name``,
+    downloading it if needed; return its folder.  Options (docs/training.md): ``sources`` (default
     :data:`real.datasets.DATASETS`), ``mirror``, ``timeout`` (seconds a read may stall), ``retries``
     (waiting ``backoff * 2**k`` s), ``progress`` (a bar on stderr; None: when stderr is a terminal)."""
     return _ensure(name, data_dir, **options).path
