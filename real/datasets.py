@@ -44,8 +44,7 @@ Split = tuple[np.ndarray, np.ndarray]
 
 
 class DatasetError(ConfigError):
-    """A data set is missing, truncated or malformed: a ConfigError (one line, exit 2) whose field is the
-    flag that chose the files (``--data-dir`` unless told otherwise)."""
+    """A data set is missing, truncated or malformed: a ConfigError on the flag that chose the files."""
 
     def __init__(self, message: str, field: str = "--data-dir"):
         super().__init__(field, message=message)
@@ -183,9 +182,8 @@ def _describe(value: object) -> str:
 
 
 def _integer_labels(name: str, raw: object, path: Path, key: str, num_classes: int) -> np.ndarray:
-    """int64 labels, each in range, from a flat list/tuple of integers or a 1-d integer array.  Anything
-    else is refused: floats (also integral ones such as 3.0, never truncated), booleans, nesting, other
-    dtypes.  The range is checked on Python integers, before a cast could wrap 2**64 - 1 to -1."""
+    """int64 labels from a flat list/tuple of integers or a 1-d integer array, else refused.  The range is
+    checked on Python integers, before a cast could wrap 2**64 - 1 to -1."""
     if isinstance(raw, np.ndarray):
         if raw.ndim != 1 or raw.dtype.kind not in "iu":
             want = "a flat list of integer labels" if raw.ndim != 1 else "integer labels"
@@ -251,14 +249,12 @@ _PICKLE_GLOBALS: dict[tuple[str, str], object] = {
 
 
 class _DataUnpickler(pickle.Unpickler):
-    """Builds dict, list, tuple, str, bytes, numbers, bool, None, numpy arrays and scalars only: any global
-    but :data:`_PICKLE_GLOBALS` (``posix.system``, ``builtins.eval``, any class) is refused before it runs."""
+    """Refuses any global but :data:`_PICKLE_GLOBALS` (``posix.system``, any class) before it runs."""
 
     def find_class(self, module: str, name: str) -> object:
-        found = _PICKLE_GLOBALS.get((module, name))
-        if found is None:
+        if (module, name) not in _PICKLE_GLOBALS:
             raise _Refused(f"{module}.{name}")
-        return found
+        return _PICKLE_GLOBALS[module, name]
 
 
 def _unpickle(info: DatasetInfo, path: Path, label_key: str) -> Split:
@@ -381,10 +377,9 @@ def _load_cinic10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
 def _load_tinyimagenet(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
     """Classes from wnids.txt; the test split is val/, labelled by val/val_annotations.txt."""
     path = _need("tinyimagenet", root / "wnids.txt")
-    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    wnids = sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not wnids or len(set(wnids)) != len(wnids):
         raise _error("tinyimagenet", "empty or duplicated class ids in", path)
-    wnids.sort()
     train = _class_folders(info, root / "train", wnids, "images", (".jpeg", ".jpg"))
     index, paths, labels = {wnid: i for i, wnid in enumerate(wnids)}, [], []
     path = _need("tinyimagenet", root / "val" / "val_annotations.txt")
@@ -407,11 +402,8 @@ def _load_tinyimagenet(info: DatasetInfo, root: Path) -> tuple[Split, Split, int
 
 
 def _read_idx(root: Path, stem: str, magic: int, image_dims: list[int]) -> tuple[np.ndarray, Path]:
-    """Read the idx file ``stem`` or ``stem.gz``, checking its magic number, dims and byte count.
-
-    The header comes first, and the memory the size it announces needs is checked before the body is
-    read (a gzip stream is decompressed incrementally, never past the announced size plus one byte, so
-    a small file cannot expand into an unannounced huge allocation)."""
+    """Read the idx file ``stem`` or ``stem.gz``, checking its magic number, dims and byte count.  The body
+    is read only up to the size the header announces (plus one byte), after checking the memory it needs."""
     path = root / stem if (root / stem).is_file() else _need("fashion-mnist", root / f"{stem}.gz")
     ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
     header_len = 4 * (1 + ndim)
@@ -457,10 +449,8 @@ _SYNTHETIC_CHUNK = 1024  # images whose float64 temporaries (5 arrays) exist at 
 
 def _synthetic_split(rng: np.random.Generator, n: int, colours: np.ndarray,
                      patterns: np.ndarray, colour_prob: float = 0.8) -> Split:
-    """Balanced labels; every image carries its class's pattern, most also its class's colour.
-
-    The noise is drawn chunk by chunk: the generator's stream, hence every pixel, is that of one draw of
-    the whole array, and the float64 temporaries stay small whatever ``n`` is."""
+    """Balanced labels; every image carries its class's pattern, most also its class's colour.  The noise is
+    drawn chunk by chunk (the same stream as one whole draw), so the float64 temporaries stay small."""
     labels = rng.permutation(np.arange(n) % len(colours)).astype(np.int64)
     has_colour = rng.random(n) < colour_prob
     images = np.empty((n, *patterns.shape[1:]), dtype=np.uint8)
@@ -560,12 +550,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
                  long_tail_ratio: float | None = None) -> Dataset:
     """Load the data set ``name`` (one of :data:`DATASETS`; case-insensitive, ``_`` for ``-``) as uint8 tensors.
 
-    ``data_dir``: its folder or the folder's parent (None: :func:`default_data_dir`; ignored for
-    ``synthetic``).  ``seed`` seeds the synthetic data and the long-tailed subset of the training split
-    that ``long_tail_ratio`` (``n_max / n_min`` >= 1, :func:`long_tailed_indices`) keeps.  A DatasetError
-    (one line naming the file) for an unknown name or a missing, truncated, malformed or unsafe file; a
-    ConfigError (``--data-dir``, ``--synthetic-train`` or ``--synthetic-test``) before allocating more
-    memory than the machine has."""
+    ``data_dir``: its folder or the folder's parent (None: :func:`default_data_dir`).  ``seed`` seeds the
+    synthetic data and the long-tailed training subset that ``long_tail_ratio`` (:func:`long_tailed_indices`)
+    keeps."""
     key = _canonical(name)
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -577,17 +564,15 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
     if long_tail_ratio is not None:
         keep = long_tailed_indices(train_y, long_tail_ratio, seed)
         train_x, train_y = train_x[keep], train_y[keep]
-    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
     return Dataset(key, as_tensor(train_x, np.uint8), as_tensor(train_y, np.int64), as_tensor(test[0], np.uint8),
                    as_tensor(test[1], np.int64), num_classes, *_channel_stats(train_x))
 
 
 def long_tailed_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -> np.ndarray:
-    """Sorted int64 indices into ``labels`` (1-d, integers >= 0) of a CIFAR-LT style long-tailed subset.
-
-    Class ``c`` of ``C = labels.max() + 1`` keeps ``floor(n_max * imbalance_ratio ** (-c / (C - 1)))``
-    examples (at least 1, at most the ones it has; ``n_max`` the largest class count; ratio >= 1, 1 keeps
-    all), chosen uniformly at random without replacement with ``seed``."""
+    """Sorted int64 indices into ``labels`` (1-d, integers >= 0) of a CIFAR-LT style long-tailed subset: class
+    ``c`` of ``C`` keeps ``floor(n_max * imbalance_ratio ** (-c / (C - 1)))`` examples (at least 1, at most
+    the ones it has), chosen uniformly at random without replacement with ``seed``."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-d integer array, got {labels.dtype} with shape {labels.shape}")

@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import errno
 import fcntl
-import itertools
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from theory.plumbing.atomic import atomic_write_json
 from theory.plumbing.cli import EnvironmentFailure
 from theory.plumbing.config import ConfigError, check_int, check_number
 
-from .datasets import DATASETS, DatasetError, DatasetInfo, RemoteFile, default_data_dir, load_dataset
+from .datasets import DATASETS, DatasetError, DatasetInfo, RemoteFile, _canonical, default_data_dir, load_dataset
 
 __all__ = ["HELP", "MARKER", "Installed", "add_arguments", "command", "ensure_dataset"]
 
@@ -70,16 +69,10 @@ class Installed:
 
 
 def ensure_dataset(name: str, data_dir: str | os.PathLike | None, **options) -> Path:
-    """Make sure ``data_dir`` (created if missing; the ``--data-dir`` training takes) holds the data set
-    ``name``, downloading it if needed; return its folder.  ``data_dir`` None is allowed only for
-    ``fashion-mnist`` with Debian's ``dataset-fashion-mnist``.
-
-    Options: ``sources`` (the records, default :data:`real.datasets.DATASETS`); ``mirror`` (http or
-    https, replaces the record's base address, file names kept); ``timeout`` (seconds a connection or
-    read may stall, 60); ``retries`` (after a network failure, 5) waiting ``backoff * 2**k`` seconds
-    (``backoff`` 1); ``progress`` (a bar on stderr; None: when stderr is a terminal).  A ConfigError
-    (exit 2) for bad input, a checksum mismatch, an unsafe archive member or files the loader rejects;
-    EnvironmentFailure (exit 1) when the network or the disk fails."""
+    """Make sure ``data_dir`` (created if missing; None: Debian's fashion-mnist only) holds the data set ``name``,
+    downloading it if needed; return its folder.  Options (docs/training.md): ``sources`` (default
+    :data:`real.datasets.DATASETS`), ``mirror``, ``timeout`` (seconds a read may stall), ``retries``
+    (waiting ``backoff * 2**k`` s), ``progress`` (a bar on stderr; None: when stderr is a terminal)."""
     return _ensure(name, data_dir, **options).path
 
 
@@ -87,7 +80,7 @@ def _ensure(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None
             sources: Mapping[str, DatasetInfo] | None = None, timeout: float = 60.0, retries: int = 5,
             backoff: float = 1.0, progress: bool | None = None) -> Installed:
     registry = DATASETS if sources is None else sources
-    key = name.strip().lower().replace("_", "-")
+    key = _canonical(name)
     if key not in registry or not registry[key].files:
         choices = ", ".join(sorted(k for k, info in registry.items() if info.files))
         raise ConfigError("dataset", message=f"download: nothing to download for {name!r}; choose one of: {choices}")
@@ -97,8 +90,8 @@ def _ensure(name: str, data_dir: str | os.PathLike | None, *, mirror: str | None
     check_number("--backoff", backoff, low=0.0)
     base = info.base_url if mirror is None else _base_url(mirror)
     if data_dir is None:
-        if default_data_dir(key) is not None:
-            return Installed(default_data_dir(key), "debian", ("Debian's dataset-fashion-mnist package",))
+        if (debian := default_data_dir(key)) is not None:
+            return Installed(debian, "debian", ("Debian's dataset-fashion-mnist package",))
         raise ConfigError("--data-dir", message=f"--data-dir: needed to download {key} (the folder to put it in)")
     if not str(data_dir).strip():
         raise ConfigError("--data-dir", message="--data-dir: got '', expected a folder")
@@ -134,6 +127,8 @@ def _locked(root: Path):
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)  # makes an install's rename durable
         os.close(fd)  # releases the lock
 
 
@@ -154,20 +149,30 @@ def _inventory(folder: Path) -> tuple[int, int]:
 
 
 def _present(info: DatasetInfo, root: Path) -> Installed | None:
-    """The data set already in ``root/<folder>`` or ``root``, or None.  Ours (it has :data:`MARKER`) must
-    be unchanged, any other folder accepted by the loader; one that is neither is refused, never
-    modified (an empty ``root/<folder>`` is removed: there is nothing in it to lose)."""
+    """The data set already in ``root/<folder>`` or ``root``, or None (an empty ``root/<folder>`` is removed:
+    there is nothing in it to lose)."""
     target = root / info.folder
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
     for folder in (target, root):
-        if not folder.exists() or (folder == root and not ((root / MARKER).is_file() or _probe(root, info))):
+        marker = folder / MARKER
+        if not folder.exists() or (folder == root and not (marker.is_file() or _probe(root, info))):
             continue
         if folder.is_symlink() or not folder.is_dir():
             raise DatasetError(f"{info.name}: {folder} exists and is not a folder; it is left as is: move it "
                                f"away or choose another --data-dir")
-        if (folder / MARKER).is_file():
-            _check_marker(info, folder)
+        if marker.is_file():  # ours: the same data set, with as many files and bytes
+            try:
+                record = json.loads(marker.read_text())
+                expected, dataset = (int(record["files"]), int(record["bytes"])), record["dataset"]
+            except (ValueError, KeyError, TypeError, OSError):
+                raise DatasetError(f"{info.name}: {marker} is unreadable; remove {folder} and download again") from None
+            if dataset != info.name:
+                raise DatasetError(f"{info.name}: {folder} holds {dataset!r} (see {marker}); choose another --data-dir")
+            if (found := _inventory(folder)) != expected:
+                raise DatasetError(f"{info.name}: {folder} was installed by useful-train with {expected[0]} files "
+                                   f"({expected[1]} bytes) but now has {found[0]} files ({found[1]} bytes); it is "
+                                   f"left as is: remove it and download again")
             log.info("%s is already in %s (installed by useful-train, unchanged)", info.name, folder)
             return Installed(folder, "present")
         log.info("%s: checking %s with the loader", info.name, folder)
@@ -180,23 +185,6 @@ def _present(info: DatasetInfo, root: Path) -> Installed | None:
         log.info("%s is already in %s (the loader accepts it)", info.name, folder)
         return Installed(folder, "accepted")
     return None
-
-
-def _check_marker(info: DatasetInfo, folder: Path) -> None:
-    """A folder useful-train installed must hold the same data set, with as many files and bytes."""
-    marker = folder / MARKER
-    try:
-        record = json.loads(marker.read_text())
-        expected, dataset = (int(record["files"]), int(record["bytes"])), record["dataset"]
-    except (ValueError, KeyError, TypeError, OSError):
-        raise DatasetError(f"{info.name}: {marker} is unreadable; remove {folder} and download again") from None
-    if dataset != info.name:
-        raise DatasetError(f"{info.name}: {folder} holds {dataset!r} (see {marker}); choose another --data-dir")
-    found = _inventory(folder)
-    if found != expected:
-        raise DatasetError(f"{info.name}: {folder} was installed by useful-train with {expected[0]} files "
-                           f"({expected[1]} bytes) but now has {found[0]} files ({found[1]} bytes); it is left "
-                           f"as is: remove it and download again")
 
 
 # --- installing
@@ -286,13 +274,7 @@ def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[tuple[Path, bo
     if target.exists() or target.is_symlink():
         raise DatasetError(f"{info.name}: {target} appeared while unpacking; it is left as is and nothing was "
                            f"installed")
-    os.rename(folder, target)
-    with contextlib.suppress(OSError):  # make the rename durable
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    os.rename(folder, target)  # made durable by _locked's fsync of root
     return target
 
 
@@ -326,8 +308,13 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, ti
     mismatch, with fixed waits; ours retry network failures only, with exponential backoff."""
     known = None if remote.md5 is None else f"md5:{remote.md5}"
     logger = pooch.get_logger()  # pooch logs every download to stderr; ours are logged already
-    for attempt in itertools.count():
-        bar = _progress_bar(remote.filename) if progress else False
+    for attempt in range(retries + 1):
+        bar = False
+        if progress:  # total=1 until pooch sets the Content-Length: pooch tests the bar's truth, which needs a total
+            from tqdm import tqdm
+
+            bar = tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.filename, file=sys.stderr,
+                       leave=False)
         downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=timeout,
                                           headers={"Accept-Encoding": "identity"})  # the bytes the MD5 is of
         level = logger.level
@@ -354,13 +341,6 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, ti
                 bar.close()
 
 
-def _progress_bar(label: str):
-    from tqdm import tqdm
-
-    # total=1 until pooch sets the Content-Length: pooch tests the bar's truth, which needs a total.
-    return tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr, leave=False)
-
-
 # --- unpacking: by hand, because pooch's Untar/Unzip write whatever the archive holds (links, devices,
 # '..' and absolute paths); every member is checked before it is written
 
@@ -380,20 +360,19 @@ def _member_path(info: DatasetInfo, archive: Path, member: str, kind: str, stagi
     return staging.joinpath(*parts) if parts else None
 
 
-def _tar_kind(member: tarfile.TarInfo) -> str:
+def _kind(member: tarfile.TarInfo | zipfile.ZipInfo) -> str:
+    """``"file"``, ``"dir"``, or why the archive member is refused."""
+    if isinstance(member, zipfile.ZipInfo):
+        mode = member.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            return "is a symbolic link"
+        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return "is a device or other special file"
+        return "dir" if member.is_dir() else "file"
     if member.issym() or member.islnk():
         return f"is a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
     return ("file" if member.isreg() else "dir" if member.isdir() else "is a FIFO" if member.isfifo()
             else "is a device file" if member.ischr() or member.isblk() else "is not a regular file or folder")
-
-
-def _zip_kind(member: zipfile.ZipInfo) -> str:
-    mode = member.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "is a symbolic link"
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        return "is a device or other special file"
-    return "dir" if member.is_dir() else "file"
 
 
 def _unpack(info: DatasetInfo, archive: Path, staging: Path, root: Path) -> None:
@@ -401,9 +380,9 @@ def _unpack(info: DatasetInfo, archive: Path, staging: Path, root: Path) -> None
     try:
         with zipfile.ZipFile(archive) if info.unpack == "zip" else tarfile.open(archive, "r:gz") as ar:
             if info.unpack == "zip":
-                members = [(m.filename, _zip_kind(m), partial(ar.open, m)) for m in ar.infolist()]
+                members = [(m.filename, _kind(m), partial(ar.open, m)) for m in ar.infolist()]
             else:  # read as a stream
-                members = ((m.name, _tar_kind(m), partial(ar.extractfile, m)) for m in ar)
+                members = ((m.name, _kind(m), partial(ar.extractfile, m)) for m in ar)
             checked = ((_member_path(info, archive, name, kind, staging, root), kind, data)
                        for name, kind, data in members)
             for dest, kind, data in (list(checked) if info.unpack == "zip" else checked):
