@@ -224,9 +224,9 @@ def _check_useful(cfg: TrainConfig) -> None:
     if cfg.separate_epoch != "auto":
         # The pre-split phase runs on the first epochs of the full schedule: it must fit in it.
         check_int("--separate-epoch", cfg.separate_epoch, low=1, high=cfg.epochs if cfg.useful else None)
-    check(cfg.separate_iteration is None or cfg.separate_epoch == "auto", "--separate-iteration",
-          cfg.separate_iteration, "no --separate-epoch beside it (give one of the two; --separate-epoch auto clears "
-          "a preset's)")
+    if cfg.separate_iteration is not None:
+        check(cfg.separate_epoch == "auto", "--separate-iteration", cfg.separate_iteration,
+              "no --separate-epoch beside it (give one of the two; --separate-epoch auto clears a preset's)")
     check(cfg.useful or cfg.partition == "useful", "--partition", cfg.partition,
           "'useful' unless --useful is given (a partition is only used by a USEFUL run)")
     _only_with(cfg, "split_on", cfg.useful and cfg.partition in ("useful", "random"),

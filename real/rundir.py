@@ -70,6 +70,8 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, PARTITION, LEARNING_STATS, CL
 
 
 # Reading a run directory (compare, grid, sharpness, the CLI's --resume).
+
+
 def _refusal(flag: str, text: str) -> ConfigError:
     """A one-line ConfigError on ``flag`` (exit 2)."""
     return ConfigError(flag, message=f"{flag}: {text}")
@@ -225,6 +227,8 @@ def iter_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 # What a run carries from epoch to epoch and phase to phase.
+
+
 @dataclass
 class RunState:
     """The run's record besides the phase's own state: saved in every checkpoint."""
@@ -275,6 +279,8 @@ class RunState:
 
 
 # An open run.
+
+
 class Run:
     """A run directory opened by :func:`open_run` for one session (a context manager that releases the
     lock).  ``state`` is the run's record; ``done``: the folder holds a completed run, nothing to train."""
@@ -361,6 +367,8 @@ class Run:
 
 
 # Opening a run: fresh, resume or done.
+
+
 def remove_run_files(path: str | os.PathLike) -> None:
     """Remove the files a run writes (RUN_FILES and the event files) from ``path``, nothing else."""
     path = Path(path)
