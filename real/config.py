@@ -49,9 +49,8 @@ RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_b
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run.  Each field's one-line help (``doc``) is its flag's ``--help`` text;
-    docs/training.md explains them in context.  This is the one validator: the builders (optimizer,
-    schedule, phase, partition) trust what it accepted; a flag that cannot act is refused."""
+    """One training run; each field's ``doc`` is its flag's ``--help`` (docs/training.md explains them).  The one
+    validator: the builders (optimizer, schedule, phase, partition) trust it; a flag that cannot act is refused."""
 
     # Data.
     dataset: Literal[tuple(DATASETS)] = doc("cifar10", "the data set (useful-train download NAME fetches it)")
@@ -127,7 +126,7 @@ class TrainConfig:
     tensorboard: bool = doc(False, "TensorBoard event files in OUT/tensorboard (needs the tensorboard package)")
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        _check_fields(self)
         _check_data(self)
         _check_optimization(self)
         _check_useful(self)
@@ -152,6 +151,18 @@ def _default(field: str) -> Any:
 # The fields whose choices are a registry's keys, read when checked (a registry extended after import counts).
 _REGISTRIES = {"dataset": "DATASETS", "model": "MODELS", "optimizer": "OPTIMIZERS", "partition": "PARTITIONS",
                "augment": "AUGMENTS", "copy_augment": "COPY_AUGMENTS"}
+# The range of each numeric field (None: unbounded), checked with :func:`check_int` (``[low, high]``) or
+# :func:`check_number` (ends "[", "(" and "]", ")": closed or open); a field whose default is None may be unset.
+_RANGES: dict[str, tuple] = {
+    "synthetic_train": (2, None), "synthetic_test": (1, None), "long_tail_ratio": ("[", 1.0, FLOAT32_MAX, "]"),
+    "label_noise": ("[", 0.0, 1.0, ")"), "train_subset": (2, None), "test_subset": (1, None),
+    "contrast": ("(", 0.0, 1.0, "]"), "easy_fraction": ("(", 0.0, 1.0, "]"), "easy_size": (1, 64),
+    "group_window": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(", 0.0, FLOAT32_MAX, "]"),
+    "momentum": ("[", 0.0, 1.0, ")"), "weight_decay": ("[", 0.0, FLOAT32_MAX, "]"),
+    "rho": ("[", 0.0, FLOAT32_MAX, "]"), "gamma": ("(", 0.0, 1.0, "]"), "label_smoothing": ("[", 0.0, 1.0, ")"),
+    "mixup_alpha": ("[", 0.0, FLOAT32_MAX, "]"), "separate_iteration": (1, None), "upsample_factor": (1, None),
+    "quantile": ("[", 0.0, 1.0, ")"), "jtt_upweight": (2, None), "seed": (0, 2**31 - 1), "eval_batch_size": (1, None),
+}
 
 
 @functools.cache
@@ -159,15 +170,22 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _check_types(cfg: TrainConfig) -> None:
-    """Every bool field holds a bool and every Literal field one of its choices."""
+def _check_fields(cfg: TrainConfig) -> None:
+    """Each field alone: a bool, one of its choices (a Literal field) or a number in its range."""
     for name, kind in _field_types().items():
-        value = getattr(cfg, name)
+        value, flag = getattr(cfg, name), _flag(name)
         if kind is bool:
-            check(isinstance(value, bool), _flag(name), value, "true or false")
+            check(isinstance(value, bool), flag, value, "true or false")
         elif typing.get_origin(kind) is Literal:
             choices = tuple(globals()[_REGISTRIES[name]]) if name in _REGISTRIES else typing.get_args(kind)
-            check_choice(_flag(name), value, choices)
+            check_choice(flag, value, choices)
+        elif name in _RANGES and (value is not None or _default(name) is not None):
+            bounds = _RANGES[name]
+            if len(bounds) == 2:
+                check_int(flag, value, low=bounds[0], high=bounds[1])
+            else:
+                left, low, high, right = bounds
+                check_number(flag, value, low=low, high=high, low_open=left == "(", high_open=right == ")")
 
 
 def _only_with(cfg: TrainConfig, field: str, condition: bool, needs: str) -> None:
@@ -182,22 +200,9 @@ def _check_data(cfg: TrainConfig) -> None:
         check(isinstance(cfg.data_dir, str) and cfg.data_dir != "", "--data-dir", cfg.data_dir, "a directory")
         if cfg.dataset != "synthetic" and not cfg.download:  # --download creates it
             check(Path(cfg.data_dir).expanduser().is_dir(), "--data-dir", cfg.data_dir, "an existing directory")
-    check_int("--synthetic-train", cfg.synthetic_train, low=2)
-    check_int("--synthetic-test", cfg.synthetic_test, low=1)
-    if cfg.long_tail_ratio is not None:
-        check_number("--long-tail-ratio", cfg.long_tail_ratio, low=1.0, high=FLOAT32_MAX)
-    check_number("--label-noise", cfg.label_noise, low=0.0, high=1.0, high_open=True)
-    if cfg.train_subset is not None:
-        check_int("--train-subset", cfg.train_subset, low=2)
-    if cfg.test_subset is not None:
-        check_int("--test-subset", cfg.test_subset, low=1)
-    check_number("--contrast", cfg.contrast, low=0.0, high=1.0, low_open=True)
-    check_number("--easy-fraction", cfg.easy_fraction, low=0.0, high=1.0, low_open=True)
-    check_int("--easy-size", cfg.easy_size, low=1, high=64)
-    check_int("--group-window", cfg.group_window, low=1)
     for field in ("easy_fraction", "easy_size", "group_window"):
         _only_with(cfg, field, cfg.easy_feature != "none", "--easy-feature is given")
-    if cfg.easy_feature != "none":  # the square's position codes the label: crops, flips and TrivialAugment would move it
+    if cfg.easy_feature != "none":  # the square's position codes the label: nothing may move it
         check(cfg.augment == "none", "--augment", cfg.augment, "'none' with --easy-feature (crops and flips "
               "move the label-placed square)")
         check(not cfg.trivial_augment, "--trivial-augment", cfg.trivial_augment,
@@ -206,21 +211,13 @@ def _check_data(cfg: TrainConfig) -> None:
 
 def _check_optimization(cfg: TrainConfig) -> None:
     _only_with(cfg, "asam_variant", cfg.optimizer == "asam", "--optimizer asam")
-    check_int("--epochs", cfg.epochs, low=1)
-    check_int("--batch-size", cfg.batch_size, low=1)
-    check_number("--lr", cfg.lr, low=0.0, low_open=True, high=FLOAT32_MAX)
-    check_number("--momentum", cfg.momentum, low=0.0, high=1.0, high_open=True)
     check(not cfg.nesterov or cfg.momentum > 0, "--nesterov", cfg.nesterov, "false when --momentum is 0")
-    check_number("--weight-decay", cfg.weight_decay, low=0.0, high=FLOAT32_MAX)
-    check_number("--rho", cfg.rho, low=0.0, high=FLOAT32_MAX)  # 0: SAM's two passes at the same point
     check_number("--warmup-epochs", cfg.warmup_epochs, low=0.0, high=float(cfg.epochs))
     check(isinstance(cfg.milestones, tuple), "--milestones", cfg.milestones, "a list of epochs")
     for m in cfg.milestones:
         check_int("--milestones", m, low=1, high=cfg.epochs)
-    check(list(cfg.milestones) == sorted(set(cfg.milestones)), "--milestones", cfg.milestones, "strictly increasing epochs")
-    check_number("--gamma", cfg.gamma, low=0.0, high=1.0, low_open=True)
-    check_number("--label-smoothing", cfg.label_smoothing, low=0.0, high=1.0, high_open=True)
-    check_number("--mixup-alpha", cfg.mixup_alpha, low=0.0, high=FLOAT32_MAX)
+    check(list(cfg.milestones) == sorted(set(cfg.milestones)), "--milestones", cfg.milestones,
+          "strictly increasing epochs")
 
 
 def _check_useful(cfg: TrainConfig) -> None:
@@ -228,17 +225,13 @@ def _check_useful(cfg: TrainConfig) -> None:
         # The pre-split phase runs on the first epochs of the full schedule: it must fit in it.
         check_int("--separate-epoch", cfg.separate_epoch, low=1, high=cfg.epochs if cfg.useful else None)
     if cfg.separate_iteration is not None:
-        check_int("--separate-iteration", cfg.separate_iteration, low=1)
         check(cfg.separate_epoch == "auto", "--separate-iteration", cfg.separate_iteration,
               "no --separate-epoch beside it (give one of the two; --separate-epoch auto clears a preset's)")
-    check_int("--upsample-factor", cfg.upsample_factor, low=1)
     check(cfg.useful or cfg.partition == "useful", "--partition", cfg.partition,
           "'useful' unless --useful is given (a partition is only used by a USEFUL run)")
     _only_with(cfg, "split_on", cfg.useful and cfg.partition in ("useful", "random"),
                "--useful with --partition useful or random (the partitions that run USEFUL's 2-means)")
-    check_number("--quantile", cfg.quantile, low=0.0, high=1.0, high_open=True)
     _only_with(cfg, "quantile", cfg.partition == "quantile", "--partition quantile")
-    check_int("--jtt-upweight", cfg.jtt_upweight, low=2)
     _only_with(cfg, "jtt_upweight", cfg.partition == "jtt", "--partition jtt")
     check(cfg.partition != "jtt" or cfg.upsample_factor == _default("upsample_factor"), "--upsample-factor",
           cfg.upsample_factor, "2 (its default) with --partition jtt, whose multiplicity is --jtt-upweight")
@@ -254,12 +247,11 @@ def _check_useful(cfg: TrainConfig) -> None:
 
 
 def _check_run_control(cfg: TrainConfig) -> None:
-    check_int("--seed", cfg.seed, low=0, high=2**31 - 1)
     if cfg.out is not None:
         check(isinstance(cfg.out, str) and cfg.out != "", "--out", cfg.out, "a directory path")
-    check_int("--eval-batch-size", cfg.eval_batch_size, low=1)
     if cfg.download:
-        check(cfg.dataset != "synthetic", "--download", cfg.download, "false for the synthetic data set (it is generated)")
+        check(cfg.dataset != "synthetic", "--download", cfg.download,
+              "false for the synthetic data set (it is generated)")
         check(cfg.data_dir is not None or cfg.dataset == "fashion-mnist", "--download", cfg.download,
               "a --data-dir to download into")
     if cfg.mirror is not None:
@@ -274,9 +266,8 @@ def _check_run_control(cfg: TrainConfig) -> None:
 
 
 def computed_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """What a run computes: its configuration as JSON data without :data:`RUN_CONTROL_FIELDS` (where
-    it lives, how it is run).  Two runs compute the same thing iff these are equal: the one identity
-    that resuming (real/rundir.py), grids (real/grid.py) and the reproduce report key runs by."""
+    """What a run computes: its JSON configuration without :data:`RUN_CONTROL_FIELDS`; the one identity that
+    resuming (real/rundir.py), grids (real/grid.py) and the reproduce report key runs by."""
     data = to_jsonable(config) if isinstance(config, TrainConfig) else dict(config)
     return {k: v for k, v in data.items() if k not in RUN_CONTROL_FIELDS}
 
@@ -286,29 +277,25 @@ def default_out(cfg: TrainConfig) -> str:
     return str(Path("runs") / cfg.run_name)
 
 
-# ----------------------------------------------------------------------------------------------
-# Presets.  real/presets/SETTING.toml (a data set and model) holds TrainConfig keys at the top level,
-# a table per optimizer with the values for a run with it (``[sam] rho = 0.1``), a ``description``
-# and ``[chosen]``: each value that is not the paper's, with why (keys ``field`` or ``optimizer.field``).
-# Presets are ``SETTING-OPTIMIZER`` (``cifar10-resnet18-sam``) and ``SETTING`` (its own ``optimizer``,
-# else sgd).  Resolution: defaults < the setting's keys < the table of the run's optimizer (from
-# --optimizer, the TOML file or the preset name) < --config TOML < flags; so ``--preset
-# cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius, and an explicit --rho wins.
+# Presets.  real/presets/SETTING.toml (a data set and model) holds TrainConfig keys, a table per optimizer
+# (``[sam] rho = 0.1``), a ``description`` and ``[chosen]``: why each value that is not the paper's was chosen.
+# Presets are ``SETTING-OPTIMIZER`` and ``SETTING`` (its own ``optimizer``, else sgd).  Resolution: defaults <
+# the setting's keys < the table of the run's optimizer (from --optimizer, the TOML file or the preset name) <
+# --config TOML < flags: ``--preset cifar10-resnet18-sgd --optimizer sam`` runs SAM at the setting's radius.
 
 PRESET_KEYS = ("description", "chosen", "in_paper")  # top-level keys of a setting file that are not TrainConfig fields
 
 
 @dataclass(frozen=True)
 class Setting:
-    """A preset file: ``config`` (TrainConfig keys), ``per_optimizer`` (optimizer -> keys),
-    ``chosen`` (key or ``optimizer.key`` -> why it is not the paper's value), ``description``."""
+    """A preset file; ``chosen`` maps a key or ``optimizer.key`` to why it is not the paper's value."""
 
     name: str
     config: Mapping[str, Any]
     per_optimizer: Mapping[str, Mapping[str, Any]]
     chosen: Mapping[str, str]
     description: str
-    in_paper: bool = True  # False: a setting of this package's (``in_paper = false``): none of its values is the paper's
+    in_paper: bool = True  # false: a setting of this package's, none of its values is the paper's
 
     def source(self, key: str, optimizer: str | None = None) -> str:
         """``"chosen: why"`` or ``"paper"`` (never for a setting the paper lacks) for a value it gives."""
@@ -347,8 +334,7 @@ def split_preset_name(name: str) -> tuple[str, str | None]:
 
 
 def load_setting(setting: str) -> Setting:
-    """Read and check a setting file (unknown keys, tables of unknown optimizers, ``chosen`` entries
-    that name no value of the file: each a ConfigError naming the file)."""
+    """Read and check a setting file (unknown keys and tables, ``chosen`` entries naming no value: ConfigErrors)."""
     path = Path(str(_presets_dir() / f"{setting}.toml"))
     data = load_toml(path)
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"preset", "optimizer"}  # optimizer: top level only
@@ -381,9 +367,7 @@ def load_setting(setting: str) -> Setting:
 
 
 def _preset(name: str, optimizer: str | None = None) -> tuple[Setting, str, dict[str, Any]]:
-    """The setting of preset ``name``, the run's optimizer (``optimizer``, else the preset's own) and
-    the TrainConfig keys the preset gives it: the setting's keys, its optimizer, that optimizer's
-    table, and ``preset = name``."""
+    """The setting of preset ``name``, the run's optimizer (``optimizer``, else the preset's own) and its keys."""
     setting_name, own = split_preset_name(name)
     setting = load_setting(setting_name)
     own = own or setting.config.get("optimizer", "sgd")
@@ -405,9 +389,8 @@ def describe_preset(name: str) -> str:
 
 
 def legacy_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored run configuration with the fields added since it was written set to what that run
-    computed (not to today's defaults, which may compute something else): ASAM was davda54's mode,
-    JTT's multiplicity was ``upsample_factor``."""
+    """A stored run configuration with the fields added since set to what that run computed (not today's
+    defaults): ASAM was davda54's mode, JTT's multiplicity was ``upsample_factor``."""
     out = dict(stored)
     if out.get("optimizer") == "asam":
         out.setdefault("asam_variant", "davda54")
@@ -418,14 +401,11 @@ def legacy_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
 
 def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = None, preset: str | None = None,
                          stored: Mapping[str, Any] | None = None) -> tuple[TrainConfig, dict[str, str]]:
-    """The configuration of ``given`` (flags: field -> raw value, None when not given) over the
-    ``--config`` TOML file over the preset (or, when resuming, over the ``stored`` configuration of
-    the run), and the source of each value: ``default``, ``preset NAME (paper)``, ``preset NAME
-    (chosen: why)``, ``stored run``, ``--config FILE`` or ``command line``."""
+    """The configuration of ``given`` (flags: field -> raw value or None) over the ``--config`` TOML file over
+    the preset (or the ``stored`` run's configuration, when resuming), and the source of each value."""
     toml = config_file_values(TrainConfig, config_path) if config_path is not None else {}
     flags = given_values(TrainConfig, given)
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    merged, sources = {}, {}
     if stored is not None:
         merged.update(legacy_fields(stored))
         sources.update({k: "stored run" for k in stored})
@@ -437,9 +417,8 @@ def resolve_train_config(given: Mapping[str, Any], *, config_path: str | None = 
             table = opt if key in setting.per_optimizer.get(opt, {}) else None
             where = f"preset {preset}" + (f", its [{table}] values" if table else "")
             sources[key] = f"{where} ({setting.source(key, table)})"
-    merged.update(toml)
-    sources.update({k: f"--config {config_path}" for k in toml})
-    merged.update(flags)
-    sources.update({k: "command line" for k in flags})
+    for layer, source in ((toml, f"--config {config_path}"), (flags, "command line")):
+        merged.update(layer)
+        sources.update({k: source for k in layer})
     cfg = config_from_mapping(TrainConfig, merged, source=str(config_path) if config_path else "command line")
     return cfg, {f.name: sources.get(f.name, "default") for f in dataclasses.fields(TrainConfig)}

@@ -15,11 +15,10 @@ The one owner of the run-directory format (no other module names a run file)::
     DIR/sharpness.json      useful-train sharpness's report (written later, on request)
     DIR/tensorboard/        TensorBoard event files (--tensorboard; real/tensorboard.py writes them)
 
-Rank 0 writes every file atomically (theory.plumbing.atomic): a reader, or a run resumed after
-``kill -9``, sees the old file or the new one.  The checkpoint is written before metrics.jsonl, which
-may lag it and never leads it.  :func:`open_run` takes the lock and decides before writing anything
-(:func:`_decide`); a folder with run files whose config.json is not ours is refused, ``--overwrite``
-included: nothing of the user's is touched.
+Rank 0 writes every file atomically (theory.plumbing.atomic): a reader, or a run resumed after ``kill -9``,
+sees the old file or the new one.  The checkpoint is written before metrics.jsonl, which may lag it and never
+leads it.  :func:`open_run` locks and decides before writing anything; a folder with run files whose
+config.json is not ours is refused, ``--overwrite`` included: nothing of the user's is touched.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -41,7 +39,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from theory.plumbing.atomic import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, to_json
+from theory.plumbing.atomic import atomic_open, atomic_save_npz, atomic_write_json, atomic_write_text, to_json
 from theory.plumbing.cli import os_error_line
 from theory.plumbing.config import ConfigError, config_from_mapping, to_jsonable
 from theory.plumbing.lock import RunLock, RunLockError
@@ -295,13 +293,12 @@ class Run:
         self._fresh = False  # this session started the run (nothing was there to resume)
         self.board = None  # rank 0's TensorBoard writer (--tensorboard), opened by open_run
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type=None, *exc: object) -> None:
-        """Close the TensorBoard writer and release the lock.  A fresh run that fails (or is stopped)
-        before its first checkpoint leaves no files: the next command would refuse its config.json as
-        an unfinished run with nothing to resume."""
+        """Close the TensorBoard writer and release the lock.  A fresh run that fails before its first
+        checkpoint leaves no files (the next command would refuse them as an unfinished run)."""
         try:
             if self.board is not None:
                 self.board.close()
@@ -318,9 +315,8 @@ class Run:
         if not self.info.is_main:
             return
         payload = {"format": FORMAT, "config": to_jsonable(self.cfg), **ph.state_dict(), "run": self.state.state_dict()}
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write_bytes(self.path / CHECKPOINT, buffer.getvalue())
+        with atomic_open(self.path / CHECKPOINT) as fh:
+            torch.save(payload, fh)
         self._write_metrics()
 
     def restore(self, ph) -> None:
@@ -349,8 +345,7 @@ class Run:
 
     def finish(self, summary: dict, *, learning: tuple[dict, str | None] | None, curves_png: bytes | None,
                easy_feature: Mapping[str, np.ndarray] | None = None) -> dict:
-        """Write the learning statistics, the planted feature and per-group accuracy (``--easy-feature``),
-        metrics, the summary and the curves (rank 0); return the summary."""
+        """Write the run's closing files (rank 0) and return the summary."""
         if not self.info.is_main:
             return summary
         if easy_feature is not None:
@@ -366,7 +361,8 @@ class Run:
         self._write_metrics()
         atomic_write_json(self.path / SUMMARY, summary)
         if curves_png is not None:
-            atomic_write_bytes(self.path / CURVES, curves_png)
+            with atomic_open(self.path / CURVES) as fh:
+                fh.write(curves_png)
         return summary
 
 
@@ -380,23 +376,13 @@ def remove_run_files(path: str | os.PathLike) -> None:
         file.unlink(missing_ok=True)
 
 
-def _foreign_files(path: Path) -> list[str]:
-    """Run-file names in ``path`` when its config.json is not ours (or absent): not ours to touch."""
-    if is_run_dir(path):
-        return []
-    return [name for name in RUN_FILES if (path / name).exists()] + \
-        [f"{TENSORBOARD}/{p.name}" for p in event_files(path / TENSORBOARD)][:1]
-
-
 def _decide(cfg: TrainConfig, path: Path) -> str:
-    """Rank 0, lock held: ``"fresh"``, ``"resume"`` or ``"done"``; a refusal is a ConfigError on --out.
-
-    ``--overwrite`` (or no run files): fresh; a completed run: done with ``--resume``, else refused; an
-    unfinished or diverged one: refused without ``--resume``, resumed with it (fresh if it died before
-    its first checkpoint)."""
+    """Rank 0, lock held: ``"fresh"``, ``"resume"`` or ``"done"``; a refusal is a ConfigError on --out."""
     if path.exists() and not path.is_dir():
         raise _refusal("--out", f"{path} exists and is not a directory")
-    foreign = _foreign_files(path)
+    # Run files beside a config.json that is not ours (or none): the user's, not ours to touch.
+    foreign = [] if is_run_dir(path) else [name for name in RUN_FILES if (path / name).exists()] + [
+        f"{TENSORBOARD}/{p.name}" for p in event_files(path / TENSORBOARD)][:1]
     if foreign:
         raise _refusal("--out", f"{path} holds {', '.join(foreign)} not written by useful-train (config.json without "
                                 "its marker); choose another folder")
@@ -425,9 +411,8 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
 
 
 def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
-    """``(field, stored value, current value)`` for each field that changes what is computed and differs
-    (run-control fields aside).  A field the stored run predates counts as what it computed
-    (:func:`real.config.legacy_fields`), else as its default."""
+    """``(field, stored value, current value)`` for each computed field that differs; a field the stored run
+    predates counts as what it computed (:func:`real.config.legacy_fields`), else as its default."""
     stored = legacy_fields(stored)
     current, defaults = computed_config(cfg), computed_config(TrainConfig())
     return [(name, stored.get(name, defaults[name]), current[name]) for name in current
@@ -467,28 +452,21 @@ def _decision(cfg: TrainConfig, info: D.DistInfo, lock: RunLock | None) -> str:
     return decision
 
 
-def _checked_checkpoint(cfg: TrainConfig, path: Path, decision: str) -> dict | None:
-    """The checkpoint to resume from (None for a done run), once the stored run is shown to be ``cfg``."""
-    try:
-        ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
-    except ConfigError as err:  # an empty, truncated or foreign checkpoint: nothing to resume from
-        raise _refusal("--resume", str(err).split(": ", 1)[-1] + "; pass --overwrite to start over") from None
-    diff = config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
-    if diff:
-        raise ConfigError(diff[0][0], message=f"--resume: the configuration differs from the run in {path}: "
-                          + ", ".join(f"--{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff))
-    return ckpt
-
-
 def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
-    """Open ``cfg.out`` for training: lock, decide (rank 0, broadcast), check a stored run's configuration,
-    then write config.json.  Nothing is written before every check has passed; a refusal is one
-    ConfigError on ``--out`` (or ``--resume``, or the first field that differs from the stored run)."""
+    """Open ``cfg.out``: lock, decide (rank 0, broadcast), check a stored run's configuration, then write
+    config.json; nothing is written before every check has passed (a refusal is one ConfigError)."""
     path = Path(cfg.out)
     run = Run(path, cfg, info, RunLock(path) if info.is_main else None)
     try:
         decision = _decision(cfg, info, run.lock)
-        ckpt = None if decision == "fresh" else _checked_checkpoint(cfg, path, decision)
+        try:
+            ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
+        except ConfigError as err:  # an empty, truncated or foreign checkpoint: nothing to resume from
+            raise _refusal("--resume", str(err).split(": ", 1)[-1] + "; pass --overwrite to start over") from None
+        diff = [] if decision == "fresh" else config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
+        if diff:  # the stored run must be this configuration
+            raise ConfigError(diff[0][0], message=f"--resume: the configuration differs from the run in {path}: "
+                              + ", ".join(f"--{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff))
         if decision == "done":
             run.done = True
             log.info("%s is already completed; nothing to resume", path)
