@@ -1,19 +1,10 @@
 """``useful-train reproduce``: the paper's mechanism on real images, as a claims report.
 
-The real-data twin of ``useful-sim reproduce`` (the same claims.json schema, SPEC section 3), in the
-same shape: the plan of runs (:mod:`real.reproduce_plan`), the claims (:mod:`real.reproduce_claims`,
-one function per claim), the figures (:mod:`real.reproduce_figures`) and, here, the report folder,
-its markdown summary and the command.
-
-The data are Fashion-MNIST with a planted fast-learnable feature (real/planted.py): in a fraction
-alpha of the images a white square at a label-determined position on the border, the clothing at a
-reduced contrast (the slow feature's strength, the analog of beta_d).  Each seed is one paired
-experiment: the same subset, planted examples and initialization trained with SGD, SAM, SGD+USEFUL
-and random upsampling of as many examples (the compute-matched baseline); SGD recording the split at
-the other contrasts and clustering inputs; SGD, USEFUL and random upsampling on the unmodified images;
-with ``--full`` also SAM at the radii of ``--rho-grid`` and a long-budget arm (``--long-epochs``).
-Every run is a real run directory under ``OUT/runs/`` (``useful-train compare`` reads them), reused
-only for exactly its configuration.  docs/reproduce.md gives the claims' rules and numbers.
+The real-data twin of ``useful-sim reproduce`` (the same claims.json schema, SPEC section 3), in its shape: the
+plan (:mod:`real.reproduce_plan`), the claims (:mod:`real.reproduce_claims`), the figures
+(:mod:`real.reproduce_figures`) and, here, the report folder, its markdown summary and the command.  The data are
+Fashion-MNIST with a planted fast-learnable feature (real/planted.py); each seed is one paired experiment (the
+same subset, planted examples and initialization).  docs/reproduce.md gives the runs, the claims' rules and numbers.
 """
 
 from __future__ import annotations
@@ -43,8 +34,7 @@ CLAIMS, CLAIMS_MD = "claims.json", "claims.md"
 TSNE = "real_split_tsne.png"  # the paper's Figure 3: t-SNE of the outputs at the split
 FIGURES = ("real_easy_first.png", "real_sam_more_uniform.png", "real_early_outputs_separate.png",
            "real_useful_helps.png", "real_contrast_sweep.png", "real_split_inputs.png", TSNE)
-FULL_FIGURES = ("real_sam_rho_sweep.png",)
-REPORT_FILES = (CLAIMS, CLAIMS_MD, *FIGURES, *FULL_FIGURES)  # the report's files (--overwrite removes exactly these)
+REPORT_FILES = (CLAIMS, CLAIMS_MD, *FIGURES, "real_sam_rho_sweep.png")  # what --overwrite removes (and the runs)
 _DEBIAN_PACKAGE = "dataset-fashion-mnist"
 HELP = ("the real-data claims report: Fashion-MNIST with a planted easy feature, SGD, SAM, USEFUL and random "
         "upsampling paired by seed (claims.json, claims.md, figures, runs/)")
@@ -55,8 +45,7 @@ HELP = ("the real-data claims report: Fashion-MNIST with a planted easy feature,
 
 
 def check_data(data_dir: str | None) -> None:
-    """Fashion-MNIST must be readable before anything starts: otherwise one line (exit 2) that names
-    Debian's package (or the folder given)."""
+    """Fashion-MNIST must be readable before anything starts: otherwise one line naming Debian's package."""
     from .datasets import DatasetError, load_dataset
 
     try:
@@ -109,7 +98,7 @@ def train_all(settings: ReproduceSettings, out: Path, stage: Callable[[str], Non
     (out / RUNS).mkdir(parents=True, exist_ok=True)
     count = [0]
 
-    def done(job: Job, summary: dict, seconds: float) -> None:
+    def done(job: Job, summary: dict) -> None:
         count[0] += 1
         stage(f"[{count[0]}/{len(todo)}] {job.name}: test acc {summary['final_test_acc']:.4f} "
               f"({summary['wall_seconds']:.0f} s)")
@@ -206,28 +195,21 @@ ROWS: dict[str, Callable[[dict, int], str]] = {  # each claim's numbers in short
 }
 
 
-def split_inputs_table(v: dict) -> list[str]:
-    """real_split_inputs as its own table: per input, precision and recall per seed."""
-    lines = ["| split on | precision (per seed) | recall (per seed) | upsampled (mean) | meets the rule |",
-             "| --- | --- | --- | ---: | --- |"]
-    for name, x in v["inputs"].items():
-        p = ", ".join(f"{a:.2f}" for a in x["precision"]["per_seed"])
-        r = ", ".join(f"{a:.2f}" for a in x["recall"]["per_seed"])
-        lines.append(f"| {name} | {p} | {r} | {x['upsampled']['mean']:.0f} | {'yes' if x['meets_rule'] else 'no'} |")
-    return lines
-
-
 def claims_markdown(report: dict) -> str:
     """The claims as a markdown table (the numbers each claim was judged on, in short), the split
-    inputs' table and the notes of the claims that do not hold."""
+    inputs' table (per input, precision and recall per seed) and the notes of the claims that do not hold."""
     S = report["seeds"]
     lines = [f"| claim | holds | numbers (mean ± std over {S} seeds; paired differences: mean [95% interval]) |",
              "| --- | --- | --- |"]
     lines += [f"| {c['id']} | {'yes' if c['holds'] else 'no'} | {ROWS[c['id']](c['values'], S)} |"
               for c in report["claims"]]
-    split = next(c for c in report["claims"] if c["id"] == "real_split_inputs")
-    lines += ["", f"The split at iteration {split['values']['separate_iteration']} against has_easy == False:", ""]
-    lines += split_inputs_table(split["values"])
+    split = next(c["values"] for c in report["claims"] if c["id"] == "real_split_inputs")
+    lines += ["", f"The split at iteration {split['separate_iteration']} against has_easy == False:", "",
+              "| split on | precision (per seed) | recall (per seed) | upsampled (mean) | meets the rule |",
+              "| --- | --- | --- | ---: | --- |"]
+    for name, x in split["inputs"].items():
+        p, r = (", ".join(f"{a:.2f}" for a in x[k]["per_seed"]) for k in ("precision", "recall"))
+        lines.append(f"| {name} | {p} | {r} | {x['upsampled']['mean']:.0f} | {'yes' if x['meets_rule'] else 'no'} |")
     notes = [f"- {x['id']}: {x['note']}" for x in report["claims"] if x.get("note")]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
@@ -239,15 +221,14 @@ def claims_markdown(report: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="report folder (claims.json, claims.md, "
                         "figures, runs/); required, no default")
-    for flag, text in (("--quick", "2 seeds, 1000 training and 2000 test images, batch 32, 4 epochs, 2 contrasts (a "
-                                   "few minutes)"),
-                       ("--full", "add the rho sweep (--rho-grid 0.1,0.2,0.5,1) and the long-budget arm (--long-epochs "
-                                  "60)"),
-                       ("--overwrite", "replace the report (and its runs) in --out"),
-                       ("--resume", "continue the report in --out, reusing runs of exactly the same configuration")):
+    switches = {
+        "--quick": "2 seeds, 1000 training and 2000 test images, batch 32, 4 epochs, 2 contrasts (a few minutes)",
+        "--full": "add the rho sweep (--rho-grid 0.1,0.2,0.5,1) and the long-budget arm (--long-epochs 60)",
+        "--overwrite": "replace the report (and its runs) in --out",
+        "--resume": "continue the report in --out, reusing runs of exactly the same configuration"}
+    for flag, text in switches.items():
         parser.add_argument(flag, action="store_true", help=text + "; off by default")
-    parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of these settings (default: "
-                        "none)")
+    parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of these settings (default: none)")
     add_config_arguments(parser, ReproduceSettings)
 
 

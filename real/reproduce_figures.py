@@ -1,13 +1,5 @@
-"""The figures of ``useful-train reproduce`` (matplotlib, Agg), one PNG per claim (mean ± std over seeds):
-
-- real_easy_first.png: running training accuracy of the examples with and without the easy feature
-  for SGD, SAM and SGD+USEFUL (its pre-split phase dotted); real_sam_more_uniform.png: their gap;
-- real_early_outputs_separate.png: the split's precision and recall per seed, and against the contrast;
-- real_useful_helps.png: the paired differences per seed with their mean and 95 % interval (planted,
-  unmodified images, long budget); real_contrast_sweep.png: the numbers against the contrast;
-- real_split_inputs.png: the split per clustering input; real_sam_rho_sweep.png: SAM against rho;
-- real_split_tsne.png: the paper's Figure 3, a 2-D t-SNE (scikit-learn, random_state 0) of the logits
-  at the split of USEFUL's seed-0 runs, by cluster and by has_easy.
+"""The figures of ``useful-train reproduce`` (matplotlib, Agg): one PNG per claim (mean ± std over seeds) and
+real_split_tsne.png, the paper's Figure 3 (a t-SNE of the logits at the split); docs/reproduce.md shows each.
 """
 
 from __future__ import annotations
@@ -57,10 +49,10 @@ def _errorbar(ax, x, summaries, **kw) -> list[float]:
     return m
 
 
-def _curves(results, data, method, seeds, prefix=""):
+def _curves(results, s, method, prefix=""):
     """A common grid of iterations and the (seeds, points, 2) running accuracies of each seed
     interpolated onto it (the seeds' windows differ where their upsampled lists differ in length)."""
-    groups = [results[(data, method, i)].groups for i in seeds]
+    groups = [results[(f"c{s.contrast:g}", method, i)].groups for i in range(s.seeds)]
     centres = [(g[prefix + "start"] + g[prefix + "end"]) / 2 for g in groups]
     x = centres[int(np.argmin([c[-1] for c in centres]))]
 
@@ -78,14 +70,14 @@ def _band(ax, x, values, color, label, ls="-"):
     ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, lw=0)
 
 
-def draw_easy_first(path, s, results, data, seeds):
+def draw_easy_first(path, s, results, claims):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
     for ax, method in zip(axes, ("sgd", "sam", "useful")):
-        x, acc = _curves(results, data, method, seeds)
+        x, acc = _curves(results, s, method)
         for group, (ls, text) in GROUP_STYLE.items():
             _band(ax, x, acc[:, :, group], COLORS[method], f"{text} (main phase)" if method == "useful" else text, ls)
         if method == "useful":
-            xs, pre = _curves(results, data, method, seeds, prefix="separate_")
+            xs, pre = _curves(results, s, method, prefix="separate_")
             for group, (_, text) in GROUP_STYLE.items():
                 ax.plot(xs, np.nanmean(pre[:, :, group], 0), ":", color="black", lw=1,
                         label=f"{text} (pre-split)" if group == 1 else None)
@@ -93,14 +85,14 @@ def draw_easy_first(path, s, results, data, seeds):
         ax.axhline(s.fit_threshold, color="0.6", lw=0.8)
         _finish(ax, "iteration", None, f"{LABELS[method]} (contrast {s.contrast:g})", loc="lower right")
     axes[0].set_ylabel(f"running training accuracy (windows of {s.group_window} iterations)")
-    fig.suptitle(f"the examples with the square are fit first (mean ± std over {len(seeds)} seeds)", fontsize=10)
+    fig.suptitle(f"the examples with the square are fit first (mean ± std over {s.seeds} seeds)", fontsize=10)
     _save(fig, path)
 
 
-def draw_gap(path, s, results, data, seeds):
+def draw_gap(path, s, results, claims):
     fig, ax = plt.subplots(figsize=(7, 4))
     for method in ("sgd", "sam", "useful"):
-        x, acc = _curves(results, data, method, seeds)
+        x, acc = _curves(results, s, method)
         _band(ax, x, acc[:, :, 1] - acc[:, :, 0], COLORS[method], LABELS[method])
     ax.axvspan(0, s.early_iterations, color="0.9", zorder=0, label=f"first {s.early_iterations} iterations")
     ax.axhline(0, color="black", lw=0.6)
@@ -115,16 +107,16 @@ def _rule_lines(ax, s, chance) -> None:
     ax.set_ylim(0, 1.05)
 
 
-def draw_split(path, s, claims, seeds):
+def draw_split(path, s, results, claims):
     sep, sweep = claims["real_early_outputs_separate"]["values"], claims["real_contrast_sweep"]["values"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for k, (key, name, color) in enumerate((("precision", "USEFUL precision", "tab:green"),
                                             ("recall", "USEFUL recall", "tab:olive"),
                                             ("precision_random_upsampling", "random precision", "tab:gray"),
                                             ("recall_random_upsampling", "random recall", "0.75"))):
-        axes[0].bar(np.arange(len(seeds)) + (k - 1.5) * 0.2, sep[key]["per_seed"], 0.2, color=color, label=name)
+        axes[0].bar(np.arange(s.seeds) + (k - 1.5) * 0.2, sep[key]["per_seed"], 0.2, color=color, label=name)
     _rule_lines(axes[0], s, sep["chance_precision"])
-    axes[0].set_xticks(range(len(seeds)), [f"seed {i}" for i in seeds])
+    axes[0].set_xticks(range(s.seeds), [f"seed {i}" for i in range(s.seeds)])
     _finish(axes[0], title=f"split at iteration {s.separate_iteration} vs has_easy (contrast {s.contrast:g})",
             legend=7, grid=False)
     for key, color in (("split_precision", "tab:green"), ("split_recall", "tab:olive")):
@@ -151,7 +143,7 @@ def _diff_panel(ax, entries, title):
     ax.grid(axis="y", alpha=0.3)
 
 
-def draw_paired(path, claims):
+def draw_paired(path, s, results, claims):
     pairs = (("USEFUL - SGD", "useful_minus_sgd"), ("USEFUL - random", "useful_minus_random"),
              ("random - SGD", "random_minus_sgd"))
     helps = claims["real_useful_helps"]["values"]
@@ -171,7 +163,7 @@ def draw_paired(path, claims):
     _save(fig, path)
 
 
-def draw_sweep(path, s, claims):
+def draw_sweep(path, s, results, claims):
     sweep = claims["real_contrast_sweep"]["values"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     lines = ((0, "test_acc_without_easy_sgd", "SGD", COLORS["sgd"]), (1, "split_precision", "precision", "tab:green"),
@@ -188,7 +180,7 @@ def draw_sweep(path, s, claims):
     _save(fig, path)
 
 
-def draw_split_inputs(path, s, claims):
+def draw_split_inputs(path, s, results, claims):
     v = claims["real_split_inputs"]["values"]
     names = list(v["inputs"])
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -206,7 +198,7 @@ def draw_split_inputs(path, s, claims):
     _save(fig, path)
 
 
-def draw_rho_sweep(path, s, claims):
+def draw_rho_sweep(path, s, results, claims):
     v = claims["real_sam_rho_sweep"]["values"]
     rho = v["rho"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -273,21 +265,16 @@ def draw_tsne(path, planted, plain=None, iteration=None):
 def draw_all(out: Path, s, results, claims_list) -> dict:
     """Every figure of the report; returns ``{"drawn": [names], "skipped": {name: why}}``."""
     claims = {c["id"]: c for c in claims_list}
-    seeds, data = list(range(s.seeds)), f"c{s.contrast:g}"
-    drawers = {"real_easy_first.png": lambda p: draw_easy_first(p, s, results, data, seeds),
-               "real_sam_more_uniform.png": lambda p: draw_gap(p, s, results, data, seeds),
-               "real_early_outputs_separate.png": lambda p: draw_split(p, s, claims, seeds),
-               "real_useful_helps.png": lambda p: draw_paired(p, claims),
-               "real_contrast_sweep.png": lambda p: draw_sweep(p, s, claims),
-               "real_split_inputs.png": lambda p: draw_split_inputs(p, s, claims)}
+    drawers = {"real_easy_first.png": draw_easy_first, "real_sam_more_uniform.png": draw_gap,
+               "real_early_outputs_separate.png": draw_split, "real_useful_helps.png": draw_paired,
+               "real_contrast_sweep.png": draw_sweep, "real_split_inputs.png": draw_split_inputs}
     if "real_sam_rho_sweep" in claims:
-        drawers["real_sam_rho_sweep.png"] = lambda p: draw_rho_sweep(p, s, claims)
-    planted, plain = results[(data, "useful", 0)], results[("plain", "useful", 0)]
-    tsne = "logits" in planted.partition and "logits" in plain.partition
-    if tsne:
-        drawers["real_split_tsne.png"] = lambda p: draw_tsne(p, planted, plain, s.separate_iteration)
+        drawers["real_sam_rho_sweep.png"] = draw_rho_sweep
     for name, draw in drawers.items():
-        draw(out / name)
-    skipped = {} if tsne else {"real_split_tsne.png": "the partition file holds no logits (a trainer that does not "
-                                                      "record them)"}
-    return {"drawn": list(drawers), "skipped": skipped}
+        draw(out / name, s, results, claims)
+    planted, plain = results[(f"c{s.contrast:g}", "useful", 0)], results[("plain", "useful", 0)]
+    if "logits" not in planted.partition or "logits" not in plain.partition:
+        return {"drawn": list(drawers), "skipped": {"real_split_tsne.png": "the partition file holds no logits (a "
+                                                                           "trainer that does not record them)"}}
+    draw_tsne(out / "real_split_tsne.png", planted, plain, s.separate_iteration)
+    return {"drawn": [*drawers, "real_split_tsne.png"], "skipped": {}}

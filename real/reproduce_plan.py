@@ -1,20 +1,12 @@
 """The plan of ``useful-train reproduce``: its settings, one job per run, running them, reading them back.
 
-Every run is a real run directory under ``OUT/runs/`` named ``DATA-METHOD-seedS-DIGEST``: its data
-(``c<contrast>`` planted, ``plain`` unmodified, ``long`` the unmodified images at the long budget),
-its method and seed, and the first ten hex digits of the digest of what it computes
-(:func:`real.config.computed_config`).  A run is reused only when the configuration stored in its
-folder computes exactly what the plan asks for (:func:`check_cached`, before anything trains); the
-trainer's own ``--resume`` check refuses a mismatch a second time.
-
-The methods (``Job.method``):
-
-* ``sgd``, ``sam`` (at ``--rho``), ``useful`` (SGD+USEFUL, its 2-means on ``--split-on``),
-  ``random`` (as many examples per class upsampled at random: the compute-matched baseline);
-* ``sgd_split``: USEFUL with k = 1 (its main phase is SGD itself) that records the split USEFUL would
-  make, at the contrasts of the sweep;
-* ``sam_rho<r>``: SAM at each further radius of ``--rho-grid`` (the rho sweep);
-* ``split_<input>``: ``sgd_split`` clustering each further input of ``--split-inputs``.
+Every run is a run directory ``OUT/runs/DATA-METHOD-seedS-DIGEST``.  DATA is ``c<contrast>`` (planted), ``plain``
+(unmodified) or ``long`` (unmodified, the long budget); DIGEST starts the digest of what the run computes
+(:func:`real.config.computed_config`), and a stored run is reused only if it computes exactly that
+(:func:`check_cached`; the trainer's ``--resume`` refuses a mismatch a second time).  METHOD is ``sgd``, ``sam``
+(at ``--rho``), ``useful``, ``random`` (as many examples upsampled at random: the compute-matched baseline),
+``sgd_split`` (USEFUL with k = 1, whose main phase is SGD itself, recording the split at the sweep's other
+contrasts), ``sam_rho<r>`` (the rho sweep) or ``split_<input>`` (``sgd_split`` clustering another input).
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +98,6 @@ class ReproduceSettings:
         _check_list("--split-inputs", self.split_inputs, "at least one of " + ", ".join(SPLIT_ON), 1,
                     lambda x: check_choice("--split-inputs", x, SPLIT_ON))
         check(len(set(self.split_inputs)) == len(self.split_inputs), "--split-inputs", self.split_inputs, "no repeats")
-        check_choice("--split-on", self.split_on, SPLIT_ON)
         check(self.split_on in self.split_inputs, "--split-on", self.split_on, "one of --split-inputs")
         if self.long_epochs:
             check(self.long_epochs >= 2, "--long-epochs", self.long_epochs, "0 or at least 2")
@@ -182,20 +172,6 @@ def data_label(contrast: float | None) -> str:
     return "plain" if contrast is None else f"c{contrast:g}"
 
 
-def _base_kwargs(s: ReproduceSettings, data: str, seed: int) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(
-        dataset="fashion-mnist", data_dir=s.data_dir, model="cnn-small", epochs=s.epochs, batch_size=s.batch_size,
-        lr=s.lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment="none", train_subset=s.train_subset,
-        test_subset=s.test_subset, seed=seed, deterministic=True, device=s.device, resume=True,
-        memory_format="channels_last", eval_batch_size=256)
-    if data == LONG:
-        kw.update(epochs=s.long_epochs, train_subset=s.long_train_subset, test_subset=s.long_test_subset)
-    elif data != "plain":
-        kw.update(easy_feature="patch", easy_fraction=s.easy_fraction, easy_size=s.easy_size,
-                  contrast=float(data[1:]), group_window=s.group_window)
-    return kw
-
-
 def _method_kwargs(s: ReproduceSettings, method: str, data: str) -> dict[str, Any]:
     if method == "sam":
         return dict(optimizer="sam", rho=s.rho)
@@ -210,12 +186,20 @@ def _method_kwargs(s: ReproduceSettings, method: str, data: str) -> dict[str, An
                 split_on=split_on, **when)
 
 
-def job_config(s: ReproduceSettings, method: str, data: str, seed: int, out: Path | None) -> TrainConfig:
-    """The :class:`TrainConfig` of one run, in ``out/runs/`` when ``out`` is given."""
-    cfg = TrainConfig(**_base_kwargs(s, data, seed), **_method_kwargs(s, method, data))
-    if out is not None:
-        cfg = dataclasses.replace(cfg, out=str(out / RUNS / Job(method, data, seed, cfg).name))
-    return cfg
+def job_config(s: ReproduceSettings, method: str, data: str, seed: int, out: Path) -> TrainConfig:
+    """The :class:`TrainConfig` of one run, in ``out/runs/``."""
+    kw: dict[str, Any] = dict(
+        dataset="fashion-mnist", data_dir=s.data_dir, model="cnn-small", epochs=s.epochs, batch_size=s.batch_size,
+        lr=s.lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment="none", train_subset=s.train_subset,
+        test_subset=s.test_subset, seed=seed, deterministic=True, device=s.device, resume=True,
+        memory_format="channels_last", eval_batch_size=256)
+    if data == LONG:
+        kw.update(epochs=s.long_epochs, train_subset=s.long_train_subset, test_subset=s.long_test_subset)
+    elif data != "plain":
+        kw.update(easy_feature="patch", easy_fraction=s.easy_fraction, easy_size=s.easy_size,
+                  contrast=float(data[1:]), group_window=s.group_window)
+    cfg = TrainConfig(**kw, **_method_kwargs(s, method, data))
+    return dataclasses.replace(cfg, out=str(out / RUNS / Job(method, data, seed, cfg).name))
 
 
 def arms(s: ReproduceSettings) -> list[tuple[str, str]]:
@@ -268,29 +252,27 @@ def _train_job(cfg: TrainConfig) -> dict:
     return train(cfg)
 
 
-def run_jobs(jobs: Sequence[Job], *, workers: int, on_done: Callable[[Job, dict, float], None]) -> None:
+def run_jobs(jobs: Sequence[Job], *, workers: int, on_done: Callable[[Job, dict], None]) -> None:
     """Train every job (``workers`` processes, the longest jobs first); a run that does not complete
     is an :class:`EnvironmentFailure` naming it."""
-    def done(job: Job, summary: dict, start: float) -> None:
+    def done(job: Job, summary: dict) -> None:
         if summary.get("status") != "completed":
             raise EnvironmentFailure(f"run {job.config.out} ended with status {summary.get('status')!r}: "
                                      f"{summary.get('message', '')}")
-        on_done(job, summary, time.perf_counter() - start)
+        on_done(job, summary)
 
     order = sorted(jobs, key=lambda j: -j.cost)
     if workers == 1:
         for job in order:
-            start = time.perf_counter()
-            done(job, _train_job(job.config), start)
+            done(job, _train_job(job.config))
         return
     import multiprocessing
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        started = {pool.submit(_train_job, job.config): (job, time.perf_counter()) for job in order}
+        started = {pool.submit(_train_job, job.config): job for job in order}
         try:
             for future in as_completed(started):
-                job, start = started[future]
-                done(job, future.result(), start)
+                done(started[future], future.result())
         except BaseException:
             for future in started:
                 future.cancel()
@@ -333,11 +315,9 @@ def load_result(job: Job) -> RunResult:
 
     path, cfg = Path(job.config.out), job.config
     planted = cfg.easy_feature != "none"
-    groups = None
-    if planted:
-        groups = merge_short_windows(read_group_accuracy(path))
-        if cfg.useful:
-            groups = merge_short_windows(groups, "separate_")
+    groups = merge_short_windows(read_group_accuracy(path)) if planted else None
+    if planted and cfg.useful:
+        groups = merge_short_windows(groups, "separate_")
     partition = read_partition(path) if cfg.useful else None
     labels = _train_labels(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.seed) if cfg.useful else None
     return RunResult(job=job, summary=read_summary(path), metrics=read_metrics(path), groups=groups,
