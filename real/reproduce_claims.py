@@ -18,37 +18,34 @@ from theory.plumbing.cli import EnvironmentFailure
 from .compare import paired_difference
 from .reproduce_plan import LONG, ReproduceSettings, RunResult, data_label
 
-__all__ = ["REQUIRED_IDS", "FULL_IDS", "judge", "fit_iteration", "early_gap", "split_quality", "class_precision",
-           *(f"claim_{n}" for n in ("easy_first", "sam_more_uniform", "early_outputs_separate", "useful_helps",
-                                    "useful_plain", "contrast_sweep", "split_inputs", "sam_rho_sweep", "long_budget"))]
-
 REQUIRED_IDS = ("real_easy_first", "real_sam_more_uniform", "real_early_outputs_separate", "real_useful_helps",
                 "real_useful_plain", "real_contrast_sweep", "real_split_inputs")
 FULL_IDS = ("real_sam_rho_sweep", "real_long_budget")  # with --rho-grid and --long-epochs (--full)
 
+__all__ = ["REQUIRED_IDS", "FULL_IDS", "judge", "fit_iteration", "early_gap", "split_quality", "class_precision",
+           *("claim_" + cid[len("real_"):] for cid in REQUIRED_IDS + FULL_IDS)]
+
 Results = Mapping[tuple[str, str, int], RunResult]
 
 _MORE = " test accuracy exceeds SGD's and that of random upsampling of as many examples."
-STATEMENTS = {  # each claim's statement and figure
-    "real_easy_first": ("Under SGD the training examples with the easy feature are fit long before the rest.",
-                        "real_easy_first.png"),
+STATEMENTS = {  # each claim's statement; its figure is ID.png, the unmodified images' claims real_useful_helps.png
+    "real_easy_first": "Under SGD the training examples with the easy feature are fit long before the rest.",
     "real_sam_more_uniform": ("Early in training SAM's gap between the training accuracy of the examples with and "
-                              "without the easy feature is smaller than SGD's.", "real_sam_more_uniform.png"),
+                              "without the easy feature is smaller than SGD's."),
     "real_early_outputs_separate": ("At the separating iteration, USEFUL's high-loss 2-means cluster of each class "
-                                    "is the examples without the easy feature.", "real_early_outputs_separate.png"),
+                                    "is the examples without the easy feature."),
     "real_useful_helps": ("SGD+USEFUL's test accuracy on the test examples without the easy feature exceeds SGD's "
-                          "and that of random upsampling of as many examples.", "real_useful_helps.png"),
-    "real_useful_plain": ("On the unmodified images, SGD+USEFUL's" + _MORE, "real_useful_helps.png"),
+                          "and that of random upsampling of as many examples."),
+    "real_useful_plain": "On the unmodified images, SGD+USEFUL's" + _MORE,
     "real_contrast_sweep": ("As the clothing's contrast (the analog of beta_d) grows, SGD's test accuracy on the "
-                            "examples without the easy feature rises and the early split separates them less well.",
-                            "real_contrast_sweep.png"),
+                            "examples without the easy feature rises and the early split separates them less well."),
     "real_split_inputs": ("On at least one of the clustering inputs (logits, softmax outputs, per-example loss), "
                           "USEFUL's high-loss 2-means cluster at the separating iteration is the examples without "
-                          "the easy feature.", "real_split_inputs.png"),
+                          "the easy feature."),
     "real_sam_rho_sweep": ("For some radius rho in the sweep, SAM's early gap between the examples with and without "
-                           "the easy feature is smaller than SGD's.", "real_sam_rho_sweep.png"),
+                           "the easy feature is smaller than SGD's."),
     "real_long_budget": ("In the long-budget regime (training accuracy >= 99 %) on the unmodified images, "
-                         "SGD+USEFUL's" + _MORE, "real_useful_helps.png"),
+                         "SGD+USEFUL's" + _MORE),
 }
 PAIRED_RULE = ("the 95% t-interval (at least 3 seeds whose differences vary) of the mean paired (by seed) difference "
                "of {} lies above 0 for SGD+USEFUL - SGD and for SGD+USEFUL - random upsampling")
@@ -56,7 +53,8 @@ MIN_SEEDS = 3  # an interval from 2 seeds (or with no spread at all) is no evide
 
 
 def _claim(cid: str, holds: bool, values: dict, rule: str, note: str | None) -> dict[str, Any]:
-    return claim(cid, STATEMENTS[cid][0], holds, values, rule, STATEMENTS[cid][1], note)
+    figure = "real_useful_helps.png" if cid in ("real_useful_plain", "real_long_budget") else f"{cid}.png"
+    return claim(cid, STATEMENTS[cid], holds, values, rule, figure, note)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,10 +181,9 @@ def claim_easy_first(s: ReproduceSettings, results: Results) -> dict[str, Any]:
     t_easy, t_rest = _fits(s, sgd, 1), _fits(s, sgd, 0)
     ratio = [None if e is None else (r if r is not None else math.inf) / e for e, r in zip(t_easy, t_rest)]
     bad = [i for i, r in enumerate(ratio) if r is None or r < s.easy_first_ratio]
-    at_split = []
-    for r in sgd:  # both groups' running accuracy in the window that contains the split (or the last one)
-        i = int(min(np.searchsorted(r.groups["end"], s.separate_iteration), len(r.groups["end"]) - 1))
-        at_split.append(r.groups["accuracy"][i].astype(float))
+    # both groups' running accuracy in the window that contains the split (or the last one)
+    at_split = [r.groups["accuracy"][min(np.searchsorted(r.groups["end"], s.separate_iteration),
+                                         len(r.groups["end"]) - 1)].astype(float) for r in sgd]
     ok = not bad
     return _claim(
         "real_easy_first", ok,
@@ -324,9 +321,8 @@ def claim_contrast_sweep(s: ReproduceSettings, results: Results) -> dict[str, An
 
 
 def _split_runs(s: ReproduceSettings, results: Results, name: str) -> list[RunResult]:
-    """The runs that split on ``name`` (their configuration's --split-on); one whose partition file records
-    another input is refused, and so is one that records none where ``name`` is not the logits (the default
-    of a trainer whose --split-on does not act)."""
+    """The runs that split on ``name``; refused if their partition file records another input, or none where
+    ``name`` is not the logits (the default of a trainer whose --split-on does not act)."""
     runs = _main(s, results, "useful" if name == s.split_on else f"split_{name}")
     for r in runs:
         recorded, where = r.partition.get("split_on"), r.job.config.out if r.job is not None else "a run"
@@ -402,10 +398,6 @@ def claim_long_budget(s: ReproduceSettings, results: Results) -> dict[str, Any]:
         f"epoch {s.long_separate_epoch}) ends with running training accuracy >= {s.long_train_acc:g} (the regime "
         "was reached), and " + PAIRED_RULE.format("test accuracy"),
         "; ".join(notes + ([] if helps else [_paired_note(v)])) or None)
-
-
-# ----------------------------------------------------------------------------------------------
-# All of them.
 
 
 def judge(s: ReproduceSettings, results: Results) -> dict[str, Any]:

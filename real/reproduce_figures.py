@@ -33,9 +33,7 @@ def _save(fig, path: Path) -> None:
 
 def _finish(ax, xlabel=None, ylabel=None, title=None, legend=8, grid=True, **legend_kw) -> None:
     """A panel's labels, grid and legend (after everything is drawn: the legend takes what is there)."""
-    for setter, text in ((ax.set_xlabel, xlabel), (ax.set_ylabel, ylabel), (ax.set_title, title)):
-        if text is not None:
-            setter(text)
+    ax.set(**{k: v for k, v in (("xlabel", xlabel), ("ylabel", ylabel), ("title", title)) if v is not None})
     if grid:
         ax.grid(alpha=0.3)
     ax.legend(fontsize=legend, **legend_kw)
@@ -44,8 +42,7 @@ def _finish(ax, xlabel=None, ylabel=None, title=None, legend=8, grid=True, **leg
 def _errorbar(ax, x, summaries, **kw) -> list[float]:
     """Means ± std of a sweep's summaries (a point no seed reached: nan); returns the means."""
     m = [v["mean"] if v["mean"] is not None else np.nan for v in summaries]
-    ax.errorbar(x, m, yerr=[v["std"] if v["std"] is not None else 0.0 for v in summaries], marker="o", capsize=3,
-                **kw)
+    ax.errorbar(x, m, yerr=[v["std"] or 0.0 for v in summaries], marker="o", capsize=3, **kw)
     return m
 
 
@@ -211,8 +208,7 @@ def draw_rho_sweep(path, s, results, claims):
         if never:
             top = np.nanmax(m + [v[sgd_key]["mean"] or np.nan])
             ax.scatter(never, np.full(len(never), top * 1.05), marker="x", color=COLORS["sam"], label="never")
-        ax.set_xscale("log")
-        ax.set_xticks(rho, [f"{r:g}" for r in rho])
+        ax.set(xscale="log", xticks=rho, xticklabels=[f"{r:g}" for r in rho])
         ax.minorticks_off()
         _finish(ax, "rho", label)
     onset = "none" if v["onset_rho"] is None else f"{v['onset_rho']:g}"
@@ -226,17 +222,15 @@ def tsne_embedding(features: np.ndarray, n: int = TSNE_POINTS, seed: int = TSNE_
     from sklearn.manifold import TSNE
 
     rows = np.sort(np.random.default_rng(seed).permutation(len(features))[:n])
-    x = np.asarray(features, np.float64)[rows]
     tsne = TSNE(n_components=2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed)
-    return tsne.fit_transform(x), rows
+    return tsne.fit_transform(np.asarray(features, np.float64)[rows]), rows
 
 
 def _scatter(ax, emb, mask, labels, title):
     for value, (color, text) in ((False, labels[0]), (True, labels[1])):
         sel = mask == value
         ax.scatter(emb[sel, 0], emb[sel, 1], s=3, color=color, alpha=0.6, label=f"{text} ({int(sel.sum())})")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     ax.set_title(title, fontsize=9)
     _finish(ax, legend=7, grid=False, markerscale=3)
 
@@ -247,11 +241,10 @@ def draw_tsne(path, planted, plain=None, iteration=None):
     panels = 2 + (plain is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6))
     emb, rows = tsne_embedding(planted.partition["logits"])
-    up = planted.partition["upsample"].astype(bool)[rows]
-    has = planted.easy["has_easy_train"].astype(bool)[rows]
     clusters = (("0.7", "not upsampled"), ("tab:green", "upsampled"))
-    _scatter(axes[0], emb, up, clusters, "planted: USEFUL's clusters")
-    _scatter(axes[1], emb, ~has, (("0.7", "with the square"), ("tab:red", "without it")), "planted: has_easy")
+    _scatter(axes[0], emb, planted.partition["upsample"].astype(bool)[rows], clusters, "planted: USEFUL's clusters")
+    _scatter(axes[1], emb, ~planted.easy["has_easy_train"].astype(bool)[rows],
+             (("0.7", "with the square"), ("tab:red", "without it")), "planted: has_easy")
     if plain is not None:
         emb2, rows2 = tsne_embedding(plain.partition["logits"])
         _scatter(axes[2], emb2, plain.partition["upsample"].astype(bool)[rows2], clusters,

@@ -61,8 +61,7 @@ class ReproduceSettings:
     split_inputs: tuple[str, ...] = doc(SPLIT_ON, "the clustering inputs whose split is measured against "
                                                       "has_easy (logits, softmax, loss; comma-separated)")
     group_window: int = doc(10, "iterations per window of the per-group running training accuracy, >= 1")
-    early_iterations: int = doc(120, "the early gap is averaged over the first this many iterations, "
-                                     ">= --group-window")
+    early_iterations: int = doc(120, "the early gap is averaged over the first this many iterations, >= --group-window")
     fit_threshold: float = doc(0.9, "running training accuracy at which a group counts as fit, (0, 1]")
     easy_first_ratio: float = doc(5.0, "real_easy_first: T_without / T_with at least this, >= 1")
     split_threshold: float = doc(0.9, "the split's precision and recall must reach this, [0, 1]")
@@ -70,10 +69,8 @@ class ReproduceSettings:
     long_epochs: int = doc(0, "epochs of the long-budget arm on the unmodified images (0: no arm; --full: 60)")
     long_train_subset: int = doc(1000, "training images of the long-budget arm, >= 20")
     long_test_subset: int = doc(2000, "test images of the long-budget arm (evaluated every epoch), >= 20")
-    long_separate_epoch: int = doc(6, "the long-budget arm's USEFUL splits after this many epochs, "
-                                      "1 to --long-epochs - 1")
-    long_train_acc: float = doc(0.99, "the long-budget regime: every run's final training accuracy at least "
-                                      "this, (0, 1]")
+    long_separate_epoch: int = doc(6, "epochs before the long-budget USEFUL runs split, 1 to --long-epochs - 1")
+    long_train_acc: float = doc(0.99, "the long-budget regime: each run's final train accuracy at least this, (0, 1]")
     workers: int = doc(2, "training processes at a time, 1-64 (one thread each)")
     device: Literal[DEVICES] = doc("cpu", "where the runs train")
     data_dir: str | None = doc(None, "folder with Fashion-MNIST's four idx files (unset: Debian's copy)")
@@ -136,10 +133,6 @@ QUICK_FIELDS: dict[str, Any] = {"seeds": 2, "train_subset": 1000, "test_subset":
 FULL_FIELDS: dict[str, Any] = {"rho_grid": (0.1, 0.2, 0.5, 1.0), "long_epochs": 60}
 
 
-# ----------------------------------------------------------------------------------------------
-# The plan: one job per run.
-
-
 @dataclass(frozen=True)
 class Job:
     """One training run: ``data`` is ``c<contrast>`` (planted), ``plain`` or ``long``."""
@@ -168,8 +161,8 @@ def run_digest(cfg: TrainConfig) -> str:
     return config_digest(computed_config(cfg))
 
 
-def data_label(contrast: float | None) -> str:
-    return "plain" if contrast is None else f"c{contrast:g}"
+def data_label(contrast: float) -> str:
+    return f"c{contrast:g}"
 
 
 def _method_kwargs(s: ReproduceSettings, method: str, data: str) -> dict[str, Any]:
@@ -202,8 +195,8 @@ def job_config(s: ReproduceSettings, method: str, data: str, seed: int, out: Pat
     return dataclasses.replace(cfg, out=str(out / RUNS / Job(method, data, seed, cfg).name))
 
 
-def arms(s: ReproduceSettings) -> list[tuple[str, str]]:
-    """The ``(data, method)`` pairs every seed trains."""
+def plan(s: ReproduceSettings, out: Path) -> list[Job]:
+    """Every run of the report: the same ``(data, method)`` pairs for each seed."""
     main = data_label(s.contrast)
     pairs = [(main, m) for m in ("sgd", "sam", "useful", "random")]
     pairs += [(data_label(c), "sgd_split") for c in s.contrast_grid if c != s.contrast]
@@ -212,13 +205,8 @@ def arms(s: ReproduceSettings) -> list[tuple[str, str]]:
     pairs += [(main, f"sam_rho{r:g}") for r in s.rhos if r != s.rho]
     if s.long_epochs:
         pairs += [(LONG, m) for m in ("sgd", "useful", "random")]
-    return pairs
-
-
-def plan(s: ReproduceSettings, out: Path) -> list[Job]:
-    """Every run of the report, seed by seed."""
     return [Job(method, data, seed, job_config(s, method, data, seed, out))
-            for seed in range(s.seeds) for data, method in arms(s)]
+            for seed in range(s.seeds) for data, method in pairs]
 
 
 def check_cached(job: Job) -> bool:
@@ -229,8 +217,7 @@ def check_cached(job: Job) -> bool:
     path = Path(job.config.out)
     if not (path / CONFIG).exists():
         return False
-    stored = computed_config(load_run_config(path))
-    wanted = computed_config(job.config)
+    stored, wanted = computed_config(load_run_config(path)), computed_config(job.config)
     diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if diff:
         raise ConfigError("--resume", message=f"--resume: {path} holds a run of another configuration ("
@@ -238,10 +225,6 @@ def check_cached(job: Job) -> bool:
                           "move it away or pass --overwrite")
     summary = read_summary(path)
     return bool(summary and summary.get("status") == "completed")
-
-
-# ----------------------------------------------------------------------------------------------
-# Running the jobs.
 
 
 def _train_job(cfg: TrainConfig) -> dict:
@@ -277,10 +260,6 @@ def run_jobs(jobs: Sequence[Job], *, workers: int, on_done: Callable[[Job, dict]
             for future in started:
                 future.cancel()
             raise
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading the runs back.
 
 
 @dataclass
@@ -336,7 +315,6 @@ def merge_short_windows(groups: dict, prefix: str = "") -> dict:
                     groups[prefix + "epoch"][first]})
         for key in ("seen", "correct"):
             out[prefix + key] = np.add.reduceat(groups[prefix + key], first, axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[prefix + "accuracy"] = np.where(out[prefix + "seen"] > 0, out[prefix + "correct"]
-                                                / np.maximum(out[prefix + "seen"], 1), np.nan)
+        seen = out[prefix + "seen"]
+        out[prefix + "accuracy"] = np.where(seen > 0, out[prefix + "correct"] / np.maximum(seen, 1), np.nan)
     return out
