@@ -1,25 +1,17 @@
 """``useful-train reproduce``: the paper's mechanism on real images, as a claims report.
 
-The real-data twin of ``useful-sim reproduce`` (the same claims.json schema, SPEC section 3), in the
-same shape: the plan of runs (:mod:`real.reproduce_plan`), the claims (:mod:`real.reproduce_claims`,
-one function per claim), the figures (:mod:`real.reproduce_figures`) and, here, the report folder,
-its markdown summary and the command.
-
-The data are Fashion-MNIST with a planted fast-learnable feature (real/planted.py): in a fraction
-alpha of the images a white square at a label-determined position on the border, the clothing at a
-reduced contrast (the slow feature's strength, the analog of beta_d).  Each seed is one paired
-experiment: the same subset, planted examples and initialization trained with SGD, SAM, SGD+USEFUL
-and random upsampling of as many examples (the compute-matched baseline); SGD recording the split at
-the other contrasts and clustering inputs; SGD, USEFUL and random upsampling on the unmodified images;
-with ``--full`` also SAM at the radii of ``--rho-grid`` and a long-budget arm (``--long-epochs``).
-Every run is a real run directory under ``OUT/runs/`` (``useful-train compare`` reads them), reused
-only for exactly its configuration.  docs/reproduce.md gives the claims' rules and numbers.
+The real-data twin of ``useful-sim reproduce`` (the same claims.json schema, SPEC section 3), in its shape: the
+plan (:mod:`real.reproduce_plan`), the claims (:mod:`real.reproduce_claims`), the figures
+(:mod:`real.reproduce_figures`) and, here, the report folder, its markdown summary and the command.  The data are
+Fashion-MNIST with a planted fast-learnable feature (real/planted.py); each seed is one paired experiment (the
+same subset, planted examples and initialization).  docs/reproduce.md gives the runs, the claims' rules and numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -43,20 +35,14 @@ CLAIMS, CLAIMS_MD = "claims.json", "claims.md"
 TSNE = "real_split_tsne.png"  # the paper's Figure 3: t-SNE of the outputs at the split
 FIGURES = ("real_easy_first.png", "real_sam_more_uniform.png", "real_early_outputs_separate.png",
            "real_useful_helps.png", "real_contrast_sweep.png", "real_split_inputs.png", TSNE)
-FULL_FIGURES = ("real_sam_rho_sweep.png",)
-REPORT_FILES = (CLAIMS, CLAIMS_MD, *FIGURES, *FULL_FIGURES)  # the report's files (--overwrite removes exactly these)
+REPORT_FILES = (CLAIMS, CLAIMS_MD, *FIGURES, "real_sam_rho_sweep.png")  # what --overwrite removes (and the runs)
 _DEBIAN_PACKAGE = "dataset-fashion-mnist"
 HELP = ("the real-data claims report: Fashion-MNIST with a planted easy feature, SGD, SAM, USEFUL and random "
         "upsampling paired by seed (claims.json, claims.md, figures, runs/)")
 
 
-# ----------------------------------------------------------------------------------------------
-# The report folder.
-
-
 def check_data(data_dir: str | None) -> None:
-    """Fashion-MNIST must be readable before anything starts: otherwise one line (exit 2) that names
-    Debian's package (or the folder given)."""
+    """Fashion-MNIST must be readable before anything starts: otherwise one line naming Debian's package."""
     from .datasets import DatasetError, load_dataset
 
     try:
@@ -70,9 +56,8 @@ def check_data(data_dir: str | None) -> None:
 
 
 def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse a folder that holds a report unless ``--overwrite`` (remove the report's files and its
-    run directories, nothing else) or ``--resume`` (keep the runs: each is reused only for its exact
-    configuration, an unfinished one continues from its checkpoint)."""
+    """Refuse a folder that holds a report unless ``--overwrite`` (remove the report's files and run directories,
+    nothing else) or ``--resume`` (keep the runs: reused only for their exact configuration, resumed if unfinished)."""
     from .rundir import RUN_FILES, is_run_dir
 
     if out.exists() and not out.is_dir():
@@ -97,29 +82,6 @@ def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> None:
             runs.rmdir()
 
 
-# ----------------------------------------------------------------------------------------------
-# The report.
-
-
-def train_all(settings: ReproduceSettings, out: Path, stage: Callable[[str], None]) -> list[Job]:
-    """Every run of the plan, those already completed with exactly their configuration reused."""
-    jobs = plan(settings, out)
-    cached = [job for job in jobs if check_cached(job)]  # refuses a folder of another configuration first
-    todo = [job for job in jobs if job not in cached]
-    (out / RUNS).mkdir(parents=True, exist_ok=True)
-    count = [0]
-
-    def done(job: Job, summary: dict, seconds: float) -> None:
-        count[0] += 1
-        stage(f"[{count[0]}/{len(todo)}] {job.name}: test acc {summary['final_test_acc']:.4f} "
-              f"({summary['wall_seconds']:.0f} s)")
-
-    stage(f"{len(jobs)} runs ({settings.seeds} seeds), {len(cached)} reused, {len(todo)} to train on "
-          f"{settings.workers} worker(s) in {out / RUNS}")
-    run_jobs(todo, workers=settings.workers, on_done=done)
-    return jobs
-
-
 def reproduce(settings: ReproduceSettings, out_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
               on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every run (reusing those of the same configuration already in ``OUT/runs``), judge
@@ -131,7 +93,19 @@ def reproduce(settings: ReproduceSettings, out_dir: str | Path, *, overwrite: bo
     out = Path(out_dir)
     check_data(settings.data_dir)
     prepare_out(out, overwrite=overwrite, resume=resume)
-    jobs = train_all(settings, out, stage)
+    jobs = plan(settings, out)
+    cached = [job for job in jobs if check_cached(job)]  # refuses a folder of another configuration first
+    todo = [job for job in jobs if job not in cached]
+    (out / RUNS).mkdir(parents=True, exist_ok=True)
+    count = itertools.count(1)
+
+    def done(job: Job, summary: dict) -> None:
+        stage(f"[{next(count)}/{len(todo)}] {job.name}: test acc {summary['final_test_acc']:.4f} "
+              f"({summary['wall_seconds']:.0f} s)")
+
+    stage(f"{len(jobs)} runs ({settings.seeds} seeds), {len(cached)} reused, {len(todo)} to train on "
+          f"{settings.workers} worker(s) in {out / RUNS}")
+    run_jobs(todo, workers=settings.workers, on_done=done)
     results: dict[tuple[str, str, int], RunResult] = {j.key: load_result(j) for j in jobs}
     stage("claims")
     configuration = {k: v for k, v in to_jsonable(settings).items() if k != "workers"}  # results do not depend on it
@@ -145,14 +119,8 @@ def reproduce(settings: ReproduceSettings, out_dir: str | Path, *, overwrite: bo
     return report
 
 
-# ----------------------------------------------------------------------------------------------
-# The markdown summary.
-
-
-def _mean_pm(v: dict, scale: float = 1.0, digits: int = 3) -> str:
-    if v.get("mean") is None:
-        return "n/a"
-    return f"{scale * v['mean']:.{digits}f} ± {scale * v['std']:.{digits}f}"
+def _mean_pm(v: dict, digits: int = 3) -> str:
+    return "n/a" if v.get("mean") is None else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
 
 
 def _diff(d: dict) -> str:
@@ -173,15 +141,15 @@ def _row_plain(v: dict, S: int) -> str:
 
 ROWS: dict[str, Callable[[dict, int], str]] = {  # each claim's numbers in short: (values, seeds) -> text
     "real_easy_first": lambda v, S: (
-        f"running train acc >= {v['threshold']:g}: with the square at iteration {_mean_pm(v['T_with_easy'], 1, 1)}, "
-        f"without it at {_mean_pm(v['T_without_easy'], 1, 1)} ({v['without_never_fit_seeds']} of {S} seeds never "
-        f"within {v['iterations']} iterations); ratio {_mean_pm(v['T_without_over_T_with'], 1, 1)}"),
+        f"running train acc >= {v['threshold']:g}: with the square at iteration {_mean_pm(v['T_with_easy'], 1)}, "
+        f"without it at {_mean_pm(v['T_without_easy'], 1)} ({v['without_never_fit_seeds']} of {S} seeds never "
+        f"within {v['iterations']} iterations); ratio {_mean_pm(v['T_without_over_T_with'], 1)}"),
     "real_sam_more_uniform": lambda v, S: (
         f"mean gap over the first {v['early_iterations']} iterations: SGD {_mean_pm(v['gap_sgd'])}, SAM (rho "
         f"{v['rho']:g}) {_mean_pm(v['gap_sam'])}, SGD+USEFUL {_mean_pm(v['gap_sgd_useful'])}"),
     "real_early_outputs_separate": lambda v, S: (
-        f"at iteration {v['separate_iteration']} on the {v['split_on']}: precision {_mean_pm(v['precision'], 1, 2)}, "
-        f"recall {_mean_pm(v['recall'], 1, 2)}; {_mean_pm(v['upsampled'], 1, 0)} upsampled of whom "
+        f"at iteration {v['separate_iteration']} on the {v['split_on']}: precision {_mean_pm(v['precision'], 2)}, "
+        f"recall {_mean_pm(v['recall'], 2)}; {_mean_pm(v['upsampled'], 0)} upsampled of whom "
         f"{v['without_easy_examples']} lack the square (chance precision {v['chance_precision']:.2f})"),
     "real_useful_helps": lambda v, S: (
         "test acc without the square: " + ", ".join(f"{name} {_mean_pm(v['test_acc_without_easy'][m])}" for m, name in
@@ -194,10 +162,10 @@ ROWS: dict[str, Callable[[dict, int], str]] = {  # each claim's numbers in short
         f"c={g:g}: SGD {a['mean']:.3f}, split P/R {p['mean']:.2f}/{r['mean']:.2f}" for g, a, p, r in
         zip(v["contrast"], v["test_acc_without_easy_sgd"], v["split_precision"], v["split_recall"])),
     "real_split_inputs": lambda v, S: "precision / recall vs has_easy == False: " + "; ".join(
-        f"{n} {_mean_pm(x['precision'], 1, 2)} / {_mean_pm(x['recall'], 1, 2)}" for n, x in v["inputs"].items()),
+        f"{n} {_mean_pm(x['precision'], 2)} / {_mean_pm(x['recall'], 2)}" for n, x in v["inputs"].items()),
     "real_sam_rho_sweep": lambda v, S: (
-        f"mean early gap, SGD {_mean_pm(v['gap_sgd'])} (square fit at {_mean_pm(v['T_with_easy_sgd'], 1, 0)}); "
-        + "; ".join(f"rho {r:g}: {_mean_pm(g)} (square fit at {_mean_pm(t, 1, 0)})" for r, g, t in
+        f"mean early gap, SGD {_mean_pm(v['gap_sgd'])} (square fit at {_mean_pm(v['T_with_easy_sgd'], 0)}); "
+        + "; ".join(f"rho {r:g}: {_mean_pm(g)} (square fit at {_mean_pm(t, 0)})" for r, g, t in
                     zip(v["rho"], v["gap"], v["T_with_easy"]))
         + f"; SAM more uniform from rho = {'none' if v['onset_rho'] is None else format(v['onset_rho'], 'g')}"),
     "real_long_budget": lambda v, S: (
@@ -206,48 +174,36 @@ ROWS: dict[str, Callable[[dict, int], str]] = {  # each claim's numbers in short
 }
 
 
-def split_inputs_table(v: dict) -> list[str]:
-    """real_split_inputs as its own table: per input, precision and recall per seed."""
-    lines = ["| split on | precision (per seed) | recall (per seed) | upsampled (mean) | meets the rule |",
-             "| --- | --- | --- | ---: | --- |"]
-    for name, x in v["inputs"].items():
-        p = ", ".join(f"{a:.2f}" for a in x["precision"]["per_seed"])
-        r = ", ".join(f"{a:.2f}" for a in x["recall"]["per_seed"])
-        lines.append(f"| {name} | {p} | {r} | {x['upsampled']['mean']:.0f} | {'yes' if x['meets_rule'] else 'no'} |")
-    return lines
-
-
 def claims_markdown(report: dict) -> str:
     """The claims as a markdown table (the numbers each claim was judged on, in short), the split
-    inputs' table and the notes of the claims that do not hold."""
+    inputs' table (per input, precision and recall per seed) and the notes of the claims that do not hold."""
     S = report["seeds"]
     lines = [f"| claim | holds | numbers (mean ± std over {S} seeds; paired differences: mean [95% interval]) |",
              "| --- | --- | --- |"]
     lines += [f"| {c['id']} | {'yes' if c['holds'] else 'no'} | {ROWS[c['id']](c['values'], S)} |"
               for c in report["claims"]]
-    split = next(c for c in report["claims"] if c["id"] == "real_split_inputs")
-    lines += ["", f"The split at iteration {split['values']['separate_iteration']} against has_easy == False:", ""]
-    lines += split_inputs_table(split["values"])
+    split = next(c["values"] for c in report["claims"] if c["id"] == "real_split_inputs")
+    lines += ["", f"The split at iteration {split['separate_iteration']} against has_easy == False:", "",
+              "| split on | precision (per seed) | recall (per seed) | upsampled (mean) | meets the rule |",
+              "| --- | --- | --- | ---: | --- |"]
+    for name, x in split["inputs"].items():
+        p, r = (", ".join(f"{a:.2f}" for a in x[k]["per_seed"]) for k in ("precision", "recall"))
+        lines.append(f"| {name} | {p} | {r} | {x['upsampled']['mean']:.0f} | {'yes' if x['meets_rule'] else 'no'} |")
     notes = [f"- {x['id']}: {x['note']}" for x in report["claims"] if x.get("note")]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
-
-
-# ----------------------------------------------------------------------------------------------
-# The command.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="report folder (claims.json, claims.md, "
                         "figures, runs/); required, no default")
-    for flag, text in (("--quick", "2 seeds, 1000 training and 2000 test images, batch 32, 4 epochs, 2 contrasts (a "
-                                   "few minutes)"),
-                       ("--full", "add the rho sweep (--rho-grid 0.1,0.2,0.5,1) and the long-budget arm (--long-epochs "
-                                  "60)"),
-                       ("--overwrite", "replace the report (and its runs) in --out"),
-                       ("--resume", "continue the report in --out, reusing runs of exactly the same configuration")):
+    switches = {
+        "--quick": "2 seeds, 1000 training and 2000 test images, batch 32, 4 epochs, 2 contrasts (a few minutes)",
+        "--full": "add the rho sweep (--rho-grid 0.1,0.2,0.5,1) and the long-budget arm (--long-epochs 60)",
+        "--overwrite": "replace the report (and its runs) in --out",
+        "--resume": "continue the report in --out, reusing runs of exactly the same configuration"}
+    for flag, text in switches.items():
         parser.add_argument(flag, action="store_true", help=text + "; off by default")
-    parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of these settings (default: "
-                        "none)")
+    parser.add_argument("--config", metavar="FILE", default=None, help="a TOML file of these settings (default: none)")
     add_config_arguments(parser, ReproduceSettings)
 
 

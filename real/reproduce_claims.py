@@ -1,15 +1,8 @@
-"""The claims of ``useful-train reproduce``, one function per claim, each judged by its rule.
+"""The claims of ``useful-train reproduce``, one function per claim: each reads the runs keyed ``(data, method,
+seed)`` and returns :func:`theory.plumbing.claims.claim`'s format (rule, per-seed numbers, a note when it fails).
 
-Every function reads the runs, keyed ``(data, method, seed)`` (:class:`real.reproduce_plan.RunResult`),
-and returns :func:`theory.plumbing.claims.claim`'s format: the rule in words, the per-seed numbers
-(:func:`summarize`), ``holds`` as it comes out and a note that says why a claim does not hold.
-:func:`judge` runs those whose runs the plan made (the rho sweep and the long-budget arm only with
-their settings, ``--full``).
-
-"Without the easy feature" is ``has_easy_train == False`` (easy_feature.npz): the training examples
-whose image carries no planted square, whose only feature is the clothing (the slow feature).  The
-split's precision is the fraction of the upsampled examples that lack the square; its recall the
-fraction of the examples lacking it that were upsampled.
+"Without the easy feature" is ``has_easy_train == False`` (easy_feature.npz).  The split's precision is the
+fraction of the upsampled examples that lack the square; its recall the fraction of those lacking it upsampled.
 """
 
 from __future__ import annotations
@@ -25,37 +18,34 @@ from theory.plumbing.cli import EnvironmentFailure
 from .compare import paired_difference
 from .reproduce_plan import LONG, ReproduceSettings, RunResult, data_label
 
-__all__ = ["REQUIRED_IDS", "FULL_IDS", "judge", "fit_iteration", "early_gap", "split_quality", "class_precision",
-           *(f"claim_{n}" for n in ("easy_first", "sam_more_uniform", "early_outputs_separate", "useful_helps",
-                                    "useful_plain", "contrast_sweep", "split_inputs", "sam_rho_sweep", "long_budget"))]
-
 REQUIRED_IDS = ("real_easy_first", "real_sam_more_uniform", "real_early_outputs_separate", "real_useful_helps",
                 "real_useful_plain", "real_contrast_sweep", "real_split_inputs")
 FULL_IDS = ("real_sam_rho_sweep", "real_long_budget")  # with --rho-grid and --long-epochs (--full)
 
+__all__ = ["REQUIRED_IDS", "FULL_IDS", "judge", "fit_iteration", "early_gap", "split_quality", "class_precision",
+           *("claim_" + cid[len("real_"):] for cid in REQUIRED_IDS + FULL_IDS)]
+
 Results = Mapping[tuple[str, str, int], RunResult]
 
 _MORE = " test accuracy exceeds SGD's and that of random upsampling of as many examples."
-STATEMENTS = {  # each claim's statement and figure
-    "real_easy_first": ("Under SGD the training examples with the easy feature are fit long before the rest.",
-                        "real_easy_first.png"),
+STATEMENTS = {  # each claim's statement; its figure is ID.png, the unmodified images' claims real_useful_helps.png
+    "real_easy_first": "Under SGD the training examples with the easy feature are fit long before the rest.",
     "real_sam_more_uniform": ("Early in training SAM's gap between the training accuracy of the examples with and "
-                              "without the easy feature is smaller than SGD's.", "real_sam_more_uniform.png"),
+                              "without the easy feature is smaller than SGD's."),
     "real_early_outputs_separate": ("At the separating iteration, USEFUL's high-loss 2-means cluster of each class "
-                                    "is the examples without the easy feature.", "real_early_outputs_separate.png"),
+                                    "is the examples without the easy feature."),
     "real_useful_helps": ("SGD+USEFUL's test accuracy on the test examples without the easy feature exceeds SGD's "
-                          "and that of random upsampling of as many examples.", "real_useful_helps.png"),
-    "real_useful_plain": ("On the unmodified images, SGD+USEFUL's" + _MORE, "real_useful_helps.png"),
+                          "and that of random upsampling of as many examples."),
+    "real_useful_plain": "On the unmodified images, SGD+USEFUL's" + _MORE,
     "real_contrast_sweep": ("As the clothing's contrast (the analog of beta_d) grows, SGD's test accuracy on the "
-                            "examples without the easy feature rises and the early split separates them less well.",
-                            "real_contrast_sweep.png"),
+                            "examples without the easy feature rises and the early split separates them less well."),
     "real_split_inputs": ("On at least one of the clustering inputs (logits, softmax outputs, per-example loss), "
                           "USEFUL's high-loss 2-means cluster at the separating iteration is the examples without "
-                          "the easy feature.", "real_split_inputs.png"),
+                          "the easy feature."),
     "real_sam_rho_sweep": ("For some radius rho in the sweep, SAM's early gap between the examples with and without "
-                           "the easy feature is smaller than SGD's.", "real_sam_rho_sweep.png"),
+                           "the easy feature is smaller than SGD's."),
     "real_long_budget": ("In the long-budget regime (training accuracy >= 99 %) on the unmodified images, "
-                         "SGD+USEFUL's" + _MORE, "real_useful_helps.png"),
+                         "SGD+USEFUL's" + _MORE),
 }
 PAIRED_RULE = ("the 95% t-interval (at least 3 seeds whose differences vary) of the mean paired (by seed) difference "
                "of {} lies above 0 for SGD+USEFUL - SGD and for SGD+USEFUL - random upsampling")
@@ -63,7 +53,8 @@ MIN_SEEDS = 3  # an interval from 2 seeds (or with no spread at all) is no evide
 
 
 def _claim(cid: str, holds: bool, values: dict, rule: str, note: str | None) -> dict[str, Any]:
-    return claim(cid, STATEMENTS[cid][0], holds, values, rule, STATEMENTS[cid][1], note)
+    figure = "real_useful_helps.png" if cid in ("real_useful_plain", "real_long_budget") else f"{cid}.png"
+    return claim(cid, STATEMENTS[cid], holds, values, rule, figure, note)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,16 +62,14 @@ def _claim(cid: str, holds: bool, values: dict, rule: str, note: str | None) -> 
 
 
 def fit_iteration(groups: dict, group: int, threshold: float, prefix: str = "") -> int | None:
-    """The first iteration (a window's end) at which ``group``'s running training accuracy reached
-    ``threshold``, or None if it never did."""
+    """The first window end at which ``group``'s running training accuracy reached ``threshold``, or None."""
     acc, end = groups[prefix + "accuracy"][:, group], groups[prefix + "end"]
     hit = np.flatnonzero(np.nan_to_num(acc, nan=-1.0) >= threshold)
     return int(end[hit[0]]) if hit.size else None
 
 
 def early_gap(groups: dict, until: int, prefix: str = "") -> float:
-    """Mean per iteration, over the windows ending at or before ``until``, of (accuracy with the easy
-    feature - accuracy without it): the area between the two groups' curves divided by its length."""
+    """Mean per iteration of (accuracy with the easy feature - without it) over the windows ending by ``until``."""
     acc, end, start = groups[prefix + "accuracy"], groups[prefix + "end"], groups[prefix + "start"]
     gap, length = acc[:, 1] - acc[:, 0], (end - start).astype(float)
     sel = (end <= until) & ~np.isnan(gap)
@@ -102,7 +91,7 @@ def class_precision(upsample: np.ndarray, has_easy: np.ndarray, labels: np.ndarr
 
 
 def _seeds(results: Results, data: str, method: str) -> list[RunResult]:
-    """The runs of ``(data, method)``, seed 0, 1, ... (every seed the plan trained)."""
+    """The runs of ``(data, method)``, seed 0, 1, ..."""
     n = 1 + max(seed for d, m, seed in results if (d, m) == (data, method))
     return [results[(data, method, i)] for i in range(n)]
 
@@ -151,12 +140,14 @@ def _pts(d: dict) -> str:
 
 
 def _comparison(results: Results, data: str, key: str, methods=("sgd", "useful", "random")) -> tuple[dict, dict]:
-    """The runs of each method on ``data``, their final ``key`` per seed, and the paired differences
-    USEFUL - SGD, USEFUL - random and random - SGD."""
+    """Each method's runs on ``data``; their final ``key`` and training accuracy per seed, and the paired
+    differences USEFUL - SGD, USEFUL - random and random - SGD."""
     runs = {m: _seeds(results, data, m) for m in methods}
     acc = {m: _final(r, key) for m, r in runs.items()}
     pairs = (("useful", "sgd"), ("useful", "random"), ("random", "sgd"))
-    return runs, {"acc": acc, **{f"{a}_minus_{b}": paired_difference(acc[a], acc[b]) for a, b in pairs}}
+    return runs, {key: {m: summarize(v) for m, v in acc.items()},
+                  "train_acc_final": {m: summarize(_final(runs[m], "train_acc")) for m in ("sgd", "useful", "random")},
+                  **{f"{a}_minus_{b}": paired_difference(acc[a], acc[b]) for a, b in pairs}}
 
 
 def _useful_wins(v: dict) -> bool:
@@ -181,23 +172,6 @@ def _paired_note(v: dict) -> str:
     return text
 
 
-def _split_input(result: RunResult) -> str:
-    """The input USEFUL's 2-means clustered, as partition.npz records it; a run that should have split on
-    something else than the logits but records nothing is refused (its --split-on did not act)."""
-    recorded = result.partition.get("split_on")
-    wanted = result.job.config.split_on if result.job is not None else None
-    if recorded is None:
-        if wanted not in (None, "logits"):
-            raise EnvironmentFailure(f"{result.job.config.out}: its partition file does not record split_on: this "
-                                     f"trainer's --split-on {wanted} does not act; the split inputs cannot be judged")
-        return "logits"
-    recorded = str(recorded)
-    if wanted is not None and recorded != wanted:
-        raise EnvironmentFailure(f"{result.job.config.out}: its partition file split on {recorded}, its configuration "
-                                 f"says {wanted}")
-    return recorded
-
-
 # ----------------------------------------------------------------------------------------------
 # The claims of the main comparison (at --contrast).
 
@@ -206,12 +180,11 @@ def claim_easy_first(s: ReproduceSettings, results: Results) -> dict[str, Any]:
     sgd = _main(s, results, "sgd")
     t_easy, t_rest = _fits(s, sgd, 1), _fits(s, sgd, 0)
     ratio = [None if e is None else (r if r is not None else math.inf) / e for e, r in zip(t_easy, t_rest)]
-    ok = all(e is not None and (r is None or r / e >= s.easy_first_ratio) for e, r in zip(t_easy, t_rest))
-    at_split = []
-    for r in sgd:  # both groups' running accuracy in the window that contains the split (or the last one)
-        i = int(min(np.searchsorted(r.groups["end"], s.separate_iteration), len(r.groups["end"]) - 1))
-        at_split.append(r.groups["accuracy"][i].astype(float))
     bad = [i for i, r in enumerate(ratio) if r is None or r < s.easy_first_ratio]
+    # both groups' running accuracy in the window that contains the split (or the last one)
+    at_split = [r.groups["accuracy"][min(np.searchsorted(r.groups["end"], s.separate_iteration),
+                                         len(r.groups["end"]) - 1)].astype(float) for r in sgd]
+    ok = not bad
     return _claim(
         "real_easy_first", ok,
         {"contrast": s.contrast, "threshold": s.fit_threshold, "T_with_easy": summarize(t_easy),
@@ -280,27 +253,22 @@ def claim_early_outputs_separate(s: ReproduceSettings, results: Results) -> dict
 
 def claim_useful_helps(s: ReproduceSettings, results: Results) -> dict[str, Any]:
     methods = ("sgd", "useful", "random", "sam")
-    runs, d = _comparison(results, data_label(s.contrast), "test_acc_without_easy", methods)
-    acc = d.pop("acc")
-    ok = _useful_wins(d)
+    runs, v = _comparison(results, data_label(s.contrast), "test_acc_without_easy", methods)
+    v.update({k: {m: summarize(_final(runs[m], k)) for m in methods} for k in ("test_acc_with_easy", "test_acc")})
+    v.update(sam_minus_sgd=paired_difference(*(_final(runs[m], "test_acc_without_easy") for m in ("sam", "sgd"))),
+             epochs=s.epochs, contrast=s.contrast)
+    ok = _useful_wins(v)
     return _claim(
-        "real_useful_helps", ok,
-        {"test_acc_without_easy": {m: summarize(v) for m, v in acc.items()},
-         **{k: {m: summarize(_final(runs[m], k)) for m in methods} for k in ("test_acc_with_easy", "test_acc")},
-         **d, "sam_minus_sgd": paired_difference(acc["sam"], acc["sgd"]),
-         "train_acc_final": {m: summarize(_final(runs[m], "train_acc")) for m in ("sgd", "useful", "random")},
-         "epochs": s.epochs, "contrast": s.contrast},
+        "real_useful_helps", ok, v,
         PAIRED_RULE.format("final test accuracy on the test examples without the easy feature")
         + " (the compute-matched baseline: as many examples per class, as many steps)",
-        None if ok else _paired_note(d))
+        None if ok else _paired_note(v))
 
 
 def _plain_comparison(results: Results, data: str) -> dict[str, Any]:
     """SGD, SGD+USEFUL and random upsampling on unmodified images: accuracies and paired differences."""
-    runs, d = _comparison(results, data, "test_acc")
-    return {"test_acc": {m: summarize(v) for m, v in d.pop("acc").items()},
-            "train_acc_final": {m: summarize(_final(r, "train_acc")) for m, r in runs.items()}, **d,
-            "upsampled": summarize([int(r.partition["upsample"].sum()) for r in runs["useful"]])}
+    runs, v = _comparison(results, data, "test_acc")
+    return {**v, "upsampled": summarize([int(r.partition["upsample"].sum()) for r in runs["useful"]])}
 
 
 def claim_useful_plain(s: ReproduceSettings, results: Results) -> dict[str, Any]:
@@ -353,10 +321,16 @@ def claim_contrast_sweep(s: ReproduceSettings, results: Results) -> dict[str, An
 
 
 def _split_runs(s: ReproduceSettings, results: Results, name: str) -> list[RunResult]:
+    """The runs that split on ``name``; refused if their partition file records another input, or none where
+    ``name`` is not the logits (the default of a trainer whose --split-on does not act)."""
     runs = _main(s, results, "useful" if name == s.split_on else f"split_{name}")
     for r in runs:
-        if _split_input(r) != name:
-            raise EnvironmentFailure(f"{r.job.config.out}: its partition file split on {_split_input(r)}, not {name}")
+        recorded, where = r.partition.get("split_on"), r.job.config.out if r.job is not None else "a run"
+        if recorded is None and name != "logits":
+            raise EnvironmentFailure(f"{where}: its partition file does not record split_on: this trainer's "
+                                     f"--split-on {name} does not act; the split inputs cannot be judged")
+        if recorded is not None and str(recorded) != name:
+            raise EnvironmentFailure(f"{where}: its partition file split on {recorded}, its configuration says {name}")
     return runs
 
 
@@ -426,19 +400,10 @@ def claim_long_budget(s: ReproduceSettings, results: Results) -> dict[str, Any]:
         "; ".join(notes + ([] if helps else [_paired_note(v)])) or None)
 
 
-# ----------------------------------------------------------------------------------------------
-# All of them.
-
-
-def claim_ids(s: ReproduceSettings) -> tuple[str, ...]:
-    """The claims a report of these settings judges: the required ones, the sweeps' when they ran."""
-    extra = (("real_sam_rho_sweep",) if len(s.rhos) > 1 else ()) + (("real_long_budget",) if s.long_epochs else ())
-    return REQUIRED_IDS + extra
-
-
 def judge(s: ReproduceSettings, results: Results) -> dict[str, Any]:
-    """The claims from the runs, keyed ``(data, method, seed)``."""
-    return {"claims": [CLAIMS[cid](s, results) for cid in claim_ids(s)]}
+    """The claims from the runs, keyed ``(data, method, seed)``: the required ones, the sweeps' when they ran."""
+    extra = (("real_sam_rho_sweep",) if len(s.rhos) > 1 else ()) + (("real_long_budget",) if s.long_epochs else ())
+    return {"claims": [CLAIMS[cid](s, results) for cid in REQUIRED_IDS + extra]}
 
 
 CLAIMS = {cid: globals()["claim_" + cid[len("real_"):]] for cid in REQUIRED_IDS + FULL_IDS}

@@ -1,13 +1,5 @@
-"""The figures of ``useful-train reproduce`` (matplotlib, Agg), one PNG per claim (mean ± std over seeds):
-
-- real_easy_first.png: running training accuracy of the examples with and without the easy feature
-  for SGD, SAM and SGD+USEFUL (its pre-split phase dotted); real_sam_more_uniform.png: their gap;
-- real_early_outputs_separate.png: the split's precision and recall per seed, and against the contrast;
-- real_useful_helps.png: the paired differences per seed with their mean and 95 % interval (planted,
-  unmodified images, long budget); real_contrast_sweep.png: the numbers against the contrast;
-- real_split_inputs.png: the split per clustering input; real_sam_rho_sweep.png: SAM against rho;
-- real_split_tsne.png: the paper's Figure 3, a 2-D t-SNE (scikit-learn, random_state 0) of the logits
-  at the split of USEFUL's seed-0 runs, by cluster and by has_easy.
+"""The figures of ``useful-train reproduce`` (matplotlib, Agg): one PNG per claim (mean ± std over seeds) and
+real_split_tsne.png, the paper's Figure 3 (a t-SNE of the logits at the split); docs/reproduce.md shows each.
 """
 
 from __future__ import annotations
@@ -41,9 +33,7 @@ def _save(fig, path: Path) -> None:
 
 def _finish(ax, xlabel=None, ylabel=None, title=None, legend=8, grid=True, **legend_kw) -> None:
     """A panel's labels, grid and legend (after everything is drawn: the legend takes what is there)."""
-    for setter, text in ((ax.set_xlabel, xlabel), (ax.set_ylabel, ylabel), (ax.set_title, title)):
-        if text is not None:
-            setter(text)
+    ax.set(**{k: v for k, v in (("xlabel", xlabel), ("ylabel", ylabel), ("title", title)) if v is not None})
     if grid:
         ax.grid(alpha=0.3)
     ax.legend(fontsize=legend, **legend_kw)
@@ -52,15 +42,14 @@ def _finish(ax, xlabel=None, ylabel=None, title=None, legend=8, grid=True, **leg
 def _errorbar(ax, x, summaries, **kw) -> list[float]:
     """Means ± std of a sweep's summaries (a point no seed reached: nan); returns the means."""
     m = [v["mean"] if v["mean"] is not None else np.nan for v in summaries]
-    ax.errorbar(x, m, yerr=[v["std"] if v["std"] is not None else 0.0 for v in summaries], marker="o", capsize=3,
-                **kw)
+    ax.errorbar(x, m, yerr=[v["std"] or 0.0 for v in summaries], marker="o", capsize=3, **kw)
     return m
 
 
-def _curves(results, data, method, seeds, prefix=""):
+def _curves(results, s, method, prefix=""):
     """A common grid of iterations and the (seeds, points, 2) running accuracies of each seed
     interpolated onto it (the seeds' windows differ where their upsampled lists differ in length)."""
-    groups = [results[(data, method, i)].groups for i in seeds]
+    groups = [results[(f"c{s.contrast:g}", method, i)].groups for i in range(s.seeds)]
     centres = [(g[prefix + "start"] + g[prefix + "end"]) / 2 for g in groups]
     x = centres[int(np.argmin([c[-1] for c in centres]))]
 
@@ -78,14 +67,14 @@ def _band(ax, x, values, color, label, ls="-"):
     ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, lw=0)
 
 
-def draw_easy_first(path, s, results, data, seeds):
+def draw_easy_first(path, s, results, claims):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
     for ax, method in zip(axes, ("sgd", "sam", "useful")):
-        x, acc = _curves(results, data, method, seeds)
+        x, acc = _curves(results, s, method)
         for group, (ls, text) in GROUP_STYLE.items():
             _band(ax, x, acc[:, :, group], COLORS[method], f"{text} (main phase)" if method == "useful" else text, ls)
         if method == "useful":
-            xs, pre = _curves(results, data, method, seeds, prefix="separate_")
+            xs, pre = _curves(results, s, method, prefix="separate_")
             for group, (_, text) in GROUP_STYLE.items():
                 ax.plot(xs, np.nanmean(pre[:, :, group], 0), ":", color="black", lw=1,
                         label=f"{text} (pre-split)" if group == 1 else None)
@@ -93,14 +82,14 @@ def draw_easy_first(path, s, results, data, seeds):
         ax.axhline(s.fit_threshold, color="0.6", lw=0.8)
         _finish(ax, "iteration", None, f"{LABELS[method]} (contrast {s.contrast:g})", loc="lower right")
     axes[0].set_ylabel(f"running training accuracy (windows of {s.group_window} iterations)")
-    fig.suptitle(f"the examples with the square are fit first (mean ± std over {len(seeds)} seeds)", fontsize=10)
+    fig.suptitle(f"the examples with the square are fit first (mean ± std over {s.seeds} seeds)", fontsize=10)
     _save(fig, path)
 
 
-def draw_gap(path, s, results, data, seeds):
+def draw_gap(path, s, results, claims):
     fig, ax = plt.subplots(figsize=(7, 4))
     for method in ("sgd", "sam", "useful"):
-        x, acc = _curves(results, data, method, seeds)
+        x, acc = _curves(results, s, method)
         _band(ax, x, acc[:, :, 1] - acc[:, :, 0], COLORS[method], LABELS[method])
     ax.axvspan(0, s.early_iterations, color="0.9", zorder=0, label=f"first {s.early_iterations} iterations")
     ax.axhline(0, color="black", lw=0.6)
@@ -115,16 +104,16 @@ def _rule_lines(ax, s, chance) -> None:
     ax.set_ylim(0, 1.05)
 
 
-def draw_split(path, s, claims, seeds):
+def draw_split(path, s, results, claims):
     sep, sweep = claims["real_early_outputs_separate"]["values"], claims["real_contrast_sweep"]["values"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for k, (key, name, color) in enumerate((("precision", "USEFUL precision", "tab:green"),
                                             ("recall", "USEFUL recall", "tab:olive"),
                                             ("precision_random_upsampling", "random precision", "tab:gray"),
                                             ("recall_random_upsampling", "random recall", "0.75"))):
-        axes[0].bar(np.arange(len(seeds)) + (k - 1.5) * 0.2, sep[key]["per_seed"], 0.2, color=color, label=name)
+        axes[0].bar(np.arange(s.seeds) + (k - 1.5) * 0.2, sep[key]["per_seed"], 0.2, color=color, label=name)
     _rule_lines(axes[0], s, sep["chance_precision"])
-    axes[0].set_xticks(range(len(seeds)), [f"seed {i}" for i in seeds])
+    axes[0].set_xticks(range(s.seeds), [f"seed {i}" for i in range(s.seeds)])
     _finish(axes[0], title=f"split at iteration {s.separate_iteration} vs has_easy (contrast {s.contrast:g})",
             legend=7, grid=False)
     for key, color in (("split_precision", "tab:green"), ("split_recall", "tab:olive")):
@@ -151,7 +140,7 @@ def _diff_panel(ax, entries, title):
     ax.grid(axis="y", alpha=0.3)
 
 
-def draw_paired(path, claims):
+def draw_paired(path, s, results, claims):
     pairs = (("USEFUL - SGD", "useful_minus_sgd"), ("USEFUL - random", "useful_minus_random"),
              ("random - SGD", "random_minus_sgd"))
     helps = claims["real_useful_helps"]["values"]
@@ -171,7 +160,7 @@ def draw_paired(path, claims):
     _save(fig, path)
 
 
-def draw_sweep(path, s, claims):
+def draw_sweep(path, s, results, claims):
     sweep = claims["real_contrast_sweep"]["values"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     lines = ((0, "test_acc_without_easy_sgd", "SGD", COLORS["sgd"]), (1, "split_precision", "precision", "tab:green"),
@@ -188,7 +177,7 @@ def draw_sweep(path, s, claims):
     _save(fig, path)
 
 
-def draw_split_inputs(path, s, claims):
+def draw_split_inputs(path, s, results, claims):
     v = claims["real_split_inputs"]["values"]
     names = list(v["inputs"])
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -206,7 +195,7 @@ def draw_split_inputs(path, s, claims):
     _save(fig, path)
 
 
-def draw_rho_sweep(path, s, claims):
+def draw_rho_sweep(path, s, results, claims):
     v = claims["real_sam_rho_sweep"]["values"]
     rho = v["rho"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -219,8 +208,7 @@ def draw_rho_sweep(path, s, claims):
         if never:
             top = np.nanmax(m + [v[sgd_key]["mean"] or np.nan])
             ax.scatter(never, np.full(len(never), top * 1.05), marker="x", color=COLORS["sam"], label="never")
-        ax.set_xscale("log")
-        ax.set_xticks(rho, [f"{r:g}" for r in rho])
+        ax.set(xscale="log", xticks=rho, xticklabels=[f"{r:g}" for r in rho])
         ax.minorticks_off()
         _finish(ax, "rho", label)
     onset = "none" if v["onset_rho"] is None else f"{v['onset_rho']:g}"
@@ -234,17 +222,15 @@ def tsne_embedding(features: np.ndarray, n: int = TSNE_POINTS, seed: int = TSNE_
     from sklearn.manifold import TSNE
 
     rows = np.sort(np.random.default_rng(seed).permutation(len(features))[:n])
-    x = np.asarray(features, np.float64)[rows]
     tsne = TSNE(n_components=2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed)
-    return tsne.fit_transform(x), rows
+    return tsne.fit_transform(np.asarray(features, np.float64)[rows]), rows
 
 
 def _scatter(ax, emb, mask, labels, title):
     for value, (color, text) in ((False, labels[0]), (True, labels[1])):
         sel = mask == value
         ax.scatter(emb[sel, 0], emb[sel, 1], s=3, color=color, alpha=0.6, label=f"{text} ({int(sel.sum())})")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     ax.set_title(title, fontsize=9)
     _finish(ax, legend=7, grid=False, markerscale=3)
 
@@ -255,11 +241,10 @@ def draw_tsne(path, planted, plain=None, iteration=None):
     panels = 2 + (plain is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6))
     emb, rows = tsne_embedding(planted.partition["logits"])
-    up = planted.partition["upsample"].astype(bool)[rows]
-    has = planted.easy["has_easy_train"].astype(bool)[rows]
     clusters = (("0.7", "not upsampled"), ("tab:green", "upsampled"))
-    _scatter(axes[0], emb, up, clusters, "planted: USEFUL's clusters")
-    _scatter(axes[1], emb, ~has, (("0.7", "with the square"), ("tab:red", "without it")), "planted: has_easy")
+    _scatter(axes[0], emb, planted.partition["upsample"].astype(bool)[rows], clusters, "planted: USEFUL's clusters")
+    _scatter(axes[1], emb, ~planted.easy["has_easy_train"].astype(bool)[rows],
+             (("0.7", "with the square"), ("tab:red", "without it")), "planted: has_easy")
     if plain is not None:
         emb2, rows2 = tsne_embedding(plain.partition["logits"])
         _scatter(axes[2], emb2, plain.partition["upsample"].astype(bool)[rows2], clusters,
@@ -273,21 +258,16 @@ def draw_tsne(path, planted, plain=None, iteration=None):
 def draw_all(out: Path, s, results, claims_list) -> dict:
     """Every figure of the report; returns ``{"drawn": [names], "skipped": {name: why}}``."""
     claims = {c["id"]: c for c in claims_list}
-    seeds, data = list(range(s.seeds)), f"c{s.contrast:g}"
-    drawers = {"real_easy_first.png": lambda p: draw_easy_first(p, s, results, data, seeds),
-               "real_sam_more_uniform.png": lambda p: draw_gap(p, s, results, data, seeds),
-               "real_early_outputs_separate.png": lambda p: draw_split(p, s, claims, seeds),
-               "real_useful_helps.png": lambda p: draw_paired(p, claims),
-               "real_contrast_sweep.png": lambda p: draw_sweep(p, s, claims),
-               "real_split_inputs.png": lambda p: draw_split_inputs(p, s, claims)}
+    drawers = {"real_easy_first.png": draw_easy_first, "real_sam_more_uniform.png": draw_gap,
+               "real_early_outputs_separate.png": draw_split, "real_useful_helps.png": draw_paired,
+               "real_contrast_sweep.png": draw_sweep, "real_split_inputs.png": draw_split_inputs}
     if "real_sam_rho_sweep" in claims:
-        drawers["real_sam_rho_sweep.png"] = lambda p: draw_rho_sweep(p, s, claims)
-    planted, plain = results[(data, "useful", 0)], results[("plain", "useful", 0)]
-    tsne = "logits" in planted.partition and "logits" in plain.partition
-    if tsne:
-        drawers["real_split_tsne.png"] = lambda p: draw_tsne(p, planted, plain, s.separate_iteration)
+        drawers["real_sam_rho_sweep.png"] = draw_rho_sweep
     for name, draw in drawers.items():
-        draw(out / name)
-    skipped = {} if tsne else {"real_split_tsne.png": "the partition file holds no logits (a trainer that does not "
-                                                      "record them)"}
-    return {"drawn": list(drawers), "skipped": skipped}
+        draw(out / name, s, results, claims)
+    planted, plain = results[(f"c{s.contrast:g}", "useful", 0)], results[("plain", "useful", 0)]
+    if "logits" not in planted.partition or "logits" not in plain.partition:
+        return {"drawn": list(drawers), "skipped": {"real_split_tsne.png": "the partition file holds no logits (a "
+                                                                           "trainer that does not record them)"}}
+    draw_tsne(out / "real_split_tsne.png", planted, plain, s.separate_iteration)
+    return {"drawn": [*drawers, "real_split_tsne.png"], "skipped": {}}

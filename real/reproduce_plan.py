@@ -1,20 +1,12 @@
 """The plan of ``useful-train reproduce``: its settings, one job per run, running them, reading them back.
 
-Every run is a real run directory under ``OUT/runs/`` named ``DATA-METHOD-seedS-DIGEST``: its data
-(``c<contrast>`` planted, ``plain`` unmodified, ``long`` the unmodified images at the long budget),
-its method and seed, and the first ten hex digits of the digest of what it computes
-(:func:`real.config.computed_config`).  A run is reused only when the configuration stored in its
-folder computes exactly what the plan asks for (:func:`check_cached`, before anything trains); the
-trainer's own ``--resume`` check refuses a mismatch a second time.
-
-The methods (``Job.method``):
-
-* ``sgd``, ``sam`` (at ``--rho``), ``useful`` (SGD+USEFUL, its 2-means on ``--split-on``),
-  ``random`` (as many examples per class upsampled at random: the compute-matched baseline);
-* ``sgd_split``: USEFUL with k = 1 (its main phase is SGD itself) that records the split USEFUL would
-  make, at the contrasts of the sweep;
-* ``sam_rho<r>``: SAM at each further radius of ``--rho-grid`` (the rho sweep);
-* ``split_<input>``: ``sgd_split`` clustering each further input of ``--split-inputs``.
+Every run is a run directory ``OUT/runs/DATA-METHOD-seedS-DIGEST``.  DATA is ``c<contrast>`` (planted), ``plain``
+(unmodified) or ``long`` (unmodified, the long budget); DIGEST starts the digest of what the run computes
+(:func:`real.config.computed_config`), and a stored run is reused only if it computes exactly that
+(:func:`check_cached`; the trainer's ``--resume`` refuses a mismatch a second time).  METHOD is ``sgd``, ``sam``
+(at ``--rho``), ``useful``, ``random`` (as many examples upsampled at random: the compute-matched baseline),
+``sgd_split`` (USEFUL with k = 1, whose main phase is SGD itself, recording the split at the sweep's other
+contrasts), ``sam_rho<r>`` (the rho sweep) or ``split_<input>`` (``sgd_split`` clustering another input).
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +61,7 @@ class ReproduceSettings:
     split_inputs: tuple[str, ...] = doc(SPLIT_ON, "the clustering inputs whose split is measured against "
                                                       "has_easy (logits, softmax, loss; comma-separated)")
     group_window: int = doc(10, "iterations per window of the per-group running training accuracy, >= 1")
-    early_iterations: int = doc(120, "the early gap is averaged over the first this many iterations, "
-                                     ">= --group-window")
+    early_iterations: int = doc(120, "the early gap is averaged over the first this many iterations, >= --group-window")
     fit_threshold: float = doc(0.9, "running training accuracy at which a group counts as fit, (0, 1]")
     easy_first_ratio: float = doc(5.0, "real_easy_first: T_without / T_with at least this, >= 1")
     split_threshold: float = doc(0.9, "the split's precision and recall must reach this, [0, 1]")
@@ -79,10 +69,8 @@ class ReproduceSettings:
     long_epochs: int = doc(0, "epochs of the long-budget arm on the unmodified images (0: no arm; --full: 60)")
     long_train_subset: int = doc(1000, "training images of the long-budget arm, >= 20")
     long_test_subset: int = doc(2000, "test images of the long-budget arm (evaluated every epoch), >= 20")
-    long_separate_epoch: int = doc(6, "the long-budget arm's USEFUL splits after this many epochs, "
-                                      "1 to --long-epochs - 1")
-    long_train_acc: float = doc(0.99, "the long-budget regime: every run's final training accuracy at least "
-                                      "this, (0, 1]")
+    long_separate_epoch: int = doc(6, "epochs before the long-budget USEFUL runs split, 1 to --long-epochs - 1")
+    long_train_acc: float = doc(0.99, "the long-budget regime: each run's final train accuracy at least this, (0, 1]")
     workers: int = doc(2, "training processes at a time, 1-64 (one thread each)")
     device: Literal[DEVICES] = doc("cpu", "where the runs train")
     data_dir: str | None = doc(None, "folder with Fashion-MNIST's four idx files (unset: Debian's copy)")
@@ -107,7 +95,6 @@ class ReproduceSettings:
         _check_list("--split-inputs", self.split_inputs, "at least one of " + ", ".join(SPLIT_ON), 1,
                     lambda x: check_choice("--split-inputs", x, SPLIT_ON))
         check(len(set(self.split_inputs)) == len(self.split_inputs), "--split-inputs", self.split_inputs, "no repeats")
-        check_choice("--split-on", self.split_on, SPLIT_ON)
         check(self.split_on in self.split_inputs, "--split-on", self.split_on, "one of --split-inputs")
         if self.long_epochs:
             check(self.long_epochs >= 2, "--long-epochs", self.long_epochs, "0 or at least 2")
@@ -146,10 +133,6 @@ QUICK_FIELDS: dict[str, Any] = {"seeds": 2, "train_subset": 1000, "test_subset":
 FULL_FIELDS: dict[str, Any] = {"rho_grid": (0.1, 0.2, 0.5, 1.0), "long_epochs": 60}
 
 
-# ----------------------------------------------------------------------------------------------
-# The plan: one job per run.
-
-
 @dataclass(frozen=True)
 class Job:
     """One training run: ``data`` is ``c<contrast>`` (planted), ``plain`` or ``long``."""
@@ -178,22 +161,8 @@ def run_digest(cfg: TrainConfig) -> str:
     return config_digest(computed_config(cfg))
 
 
-def data_label(contrast: float | None) -> str:
-    return "plain" if contrast is None else f"c{contrast:g}"
-
-
-def _base_kwargs(s: ReproduceSettings, data: str, seed: int) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(
-        dataset="fashion-mnist", data_dir=s.data_dir, model="cnn-small", epochs=s.epochs, batch_size=s.batch_size,
-        lr=s.lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment="none", train_subset=s.train_subset,
-        test_subset=s.test_subset, seed=seed, deterministic=True, device=s.device, resume=True,
-        memory_format="channels_last", eval_batch_size=256)
-    if data == LONG:
-        kw.update(epochs=s.long_epochs, train_subset=s.long_train_subset, test_subset=s.long_test_subset)
-    elif data != "plain":
-        kw.update(easy_feature="patch", easy_fraction=s.easy_fraction, easy_size=s.easy_size,
-                  contrast=float(data[1:]), group_window=s.group_window)
-    return kw
+def data_label(contrast: float) -> str:
+    return f"c{contrast:g}"
 
 
 def _method_kwargs(s: ReproduceSettings, method: str, data: str) -> dict[str, Any]:
@@ -210,16 +179,24 @@ def _method_kwargs(s: ReproduceSettings, method: str, data: str) -> dict[str, An
                 split_on=split_on, **when)
 
 
-def job_config(s: ReproduceSettings, method: str, data: str, seed: int, out: Path | None) -> TrainConfig:
-    """The :class:`TrainConfig` of one run, in ``out/runs/`` when ``out`` is given."""
-    cfg = TrainConfig(**_base_kwargs(s, data, seed), **_method_kwargs(s, method, data))
-    if out is not None:
-        cfg = dataclasses.replace(cfg, out=str(out / RUNS / Job(method, data, seed, cfg).name))
-    return cfg
+def job_config(s: ReproduceSettings, method: str, data: str, seed: int, out: Path) -> TrainConfig:
+    """The :class:`TrainConfig` of one run, in ``out/runs/``."""
+    kw: dict[str, Any] = dict(
+        dataset="fashion-mnist", data_dir=s.data_dir, model="cnn-small", epochs=s.epochs, batch_size=s.batch_size,
+        lr=s.lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment="none", train_subset=s.train_subset,
+        test_subset=s.test_subset, seed=seed, deterministic=True, device=s.device, resume=True,
+        memory_format="channels_last", eval_batch_size=256)
+    if data == LONG:
+        kw.update(epochs=s.long_epochs, train_subset=s.long_train_subset, test_subset=s.long_test_subset)
+    elif data != "plain":
+        kw.update(easy_feature="patch", easy_fraction=s.easy_fraction, easy_size=s.easy_size,
+                  contrast=float(data[1:]), group_window=s.group_window)
+    cfg = TrainConfig(**kw, **_method_kwargs(s, method, data))
+    return dataclasses.replace(cfg, out=str(out / RUNS / Job(method, data, seed, cfg).name))
 
 
-def arms(s: ReproduceSettings) -> list[tuple[str, str]]:
-    """The ``(data, method)`` pairs every seed trains."""
+def plan(s: ReproduceSettings, out: Path) -> list[Job]:
+    """Every run of the report: the same ``(data, method)`` pairs for each seed."""
     main = data_label(s.contrast)
     pairs = [(main, m) for m in ("sgd", "sam", "useful", "random")]
     pairs += [(data_label(c), "sgd_split") for c in s.contrast_grid if c != s.contrast]
@@ -228,13 +205,8 @@ def arms(s: ReproduceSettings) -> list[tuple[str, str]]:
     pairs += [(main, f"sam_rho{r:g}") for r in s.rhos if r != s.rho]
     if s.long_epochs:
         pairs += [(LONG, m) for m in ("sgd", "useful", "random")]
-    return pairs
-
-
-def plan(s: ReproduceSettings, out: Path) -> list[Job]:
-    """Every run of the report, seed by seed."""
     return [Job(method, data, seed, job_config(s, method, data, seed, out))
-            for seed in range(s.seeds) for data, method in arms(s)]
+            for seed in range(s.seeds) for data, method in pairs]
 
 
 def check_cached(job: Job) -> bool:
@@ -245,8 +217,7 @@ def check_cached(job: Job) -> bool:
     path = Path(job.config.out)
     if not (path / CONFIG).exists():
         return False
-    stored = computed_config(load_run_config(path))
-    wanted = computed_config(job.config)
+    stored, wanted = computed_config(load_run_config(path)), computed_config(job.config)
     diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if diff:
         raise ConfigError("--resume", message=f"--resume: {path} holds a run of another configuration ("
@@ -254,10 +225,6 @@ def check_cached(job: Job) -> bool:
                           "move it away or pass --overwrite")
     summary = read_summary(path)
     return bool(summary and summary.get("status") == "completed")
-
-
-# ----------------------------------------------------------------------------------------------
-# Running the jobs.
 
 
 def _train_job(cfg: TrainConfig) -> dict:
@@ -268,37 +235,31 @@ def _train_job(cfg: TrainConfig) -> dict:
     return train(cfg)
 
 
-def run_jobs(jobs: Sequence[Job], *, workers: int, on_done: Callable[[Job, dict, float], None]) -> None:
+def run_jobs(jobs: Sequence[Job], *, workers: int, on_done: Callable[[Job, dict], None]) -> None:
     """Train every job (``workers`` processes, the longest jobs first); a run that does not complete
     is an :class:`EnvironmentFailure` naming it."""
-    def done(job: Job, summary: dict, start: float) -> None:
+    def done(job: Job, summary: dict) -> None:
         if summary.get("status") != "completed":
             raise EnvironmentFailure(f"run {job.config.out} ended with status {summary.get('status')!r}: "
                                      f"{summary.get('message', '')}")
-        on_done(job, summary, time.perf_counter() - start)
+        on_done(job, summary)
 
     order = sorted(jobs, key=lambda j: -j.cost)
     if workers == 1:
         for job in order:
-            start = time.perf_counter()
-            done(job, _train_job(job.config), start)
+            done(job, _train_job(job.config))
         return
     import multiprocessing
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        started = {pool.submit(_train_job, job.config): (job, time.perf_counter()) for job in order}
+        started = {pool.submit(_train_job, job.config): job for job in order}
         try:
             for future in as_completed(started):
-                job, start = started[future]
-                done(job, future.result(), start)
+                done(started[future], future.result())
         except BaseException:
             for future in started:
                 future.cancel()
             raise
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading the runs back.
 
 
 @dataclass
@@ -333,11 +294,9 @@ def load_result(job: Job) -> RunResult:
 
     path, cfg = Path(job.config.out), job.config
     planted = cfg.easy_feature != "none"
-    groups = None
-    if planted:
-        groups = merge_short_windows(read_group_accuracy(path))
-        if cfg.useful:
-            groups = merge_short_windows(groups, "separate_")
+    groups = merge_short_windows(read_group_accuracy(path)) if planted else None
+    if planted and cfg.useful:
+        groups = merge_short_windows(groups, "separate_")
     partition = read_partition(path) if cfg.useful else None
     labels = _train_labels(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.seed) if cfg.useful else None
     return RunResult(job=job, summary=read_summary(path), metrics=read_metrics(path), groups=groups,
@@ -356,7 +315,6 @@ def merge_short_windows(groups: dict, prefix: str = "") -> dict:
                     groups[prefix + "epoch"][first]})
         for key in ("seen", "correct"):
             out[prefix + key] = np.add.reduceat(groups[prefix + key], first, axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[prefix + "accuracy"] = np.where(out[prefix + "seen"] > 0, out[prefix + "correct"]
-                                                / np.maximum(out[prefix + "seen"], 1), np.nan)
+        seen = out[prefix + "seen"]
+        out[prefix + "accuracy"] = np.where(seen > 0, out[prefix + "correct"] / np.maximum(seen, 1), np.nan)
     return out
