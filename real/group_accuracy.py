@@ -1,14 +1,9 @@
 """Training accuracy per group of examples at iteration granularity (a training-loop observer).
 
-With a planted easy feature (real/planted.py) the training set has two groups, without (0) and with (1)
-the feature.  For each window of ``window`` iterations, :class:`GroupAccuracy` counts each group's
-presentations and the correct ones (the training step's own prediction, on the training label):
-
-    acc_g(w) = #{correct presentations of group g in window w} / #{presentations of group g in w},
-
-which shows when each group is fit, also inside the first epoch.  Windows restart at each epoch (its
-last one may be shorter).  The counts stay on the device (one ``index_add_`` per batch); the host sees
-them once per epoch, at :meth:`GroupAccuracy.end_epoch`.
+With a planted easy feature (real/planted.py) the groups are without (0) and with (1) the feature.
+Per window of ``window`` iterations, the fraction of each group's presentations that the training
+step predicted right shows when each group is fit, also inside the first epoch.  Windows restart at
+each epoch; the counts stay on the device and reach the host once per epoch.
 """
 
 from __future__ import annotations
@@ -92,8 +87,7 @@ class GroupAccuracy:
                 "accuracy": accuracy, "groups": self.groups_host.astype(np.int8), "window": np.int64(self.window)}
 
     def state_dict(self) -> dict[str, Any]:
-        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), an open epoch's
-        counts included."""
+        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), open epoch included."""
         pending = None
         if self._open_epoch is not None and self._counts is not None:
             pending = {"epoch": self._open_epoch, "step": self._step, "counts": self._counts.cpu().clone()}
