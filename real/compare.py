@@ -305,10 +305,9 @@ def _panel(ax, title: str, members: Sequence[Group]) -> None:
         span = max(top - bottom, 0.5)
         ax.set_ylim(max(0.0, bottom - 0.6 * span), top + 0.3 * span)
     wide = len(members) > 4
-    ax.set_xticks(list(xs))
     times = [f"{t:.2f}x time" if math.isfinite(t := g.relative_time) else "time n/a" for g in members]
-    ax.set_xticklabels([f"{g.label}\n{t}" for g, t in zip(members, times)], fontsize=8,
-                       rotation=30 if wide else 0, ha="right" if wide else "center")
+    ax.set_xticks(list(xs), [f"{g.label}\n{t}" for g, t in zip(members, times)], fontsize=8,
+                  rotation=30 if wide else 0, ha="right" if wide else "center")
     ax.set(ylabel="test error (%)", title=title)
     ax.grid(axis="y", alpha=0.3)
 
@@ -325,9 +324,8 @@ def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimize
     panels: dict[tuple[str, str], list[Group]] = {}
     for g in groups:
         panels.setdefault((str(g.key.get("dataset")), str(g.key.get("model"))), []).append(g)
-    widest = max((len(p) for p in panels.values()), default=1)
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(max(3.0, 1.3 * widest + 1.0) * max(len(panels), 1), 4.2),
-                             squeeze=False)
+    widest, columns = max((len(p) for p in panels.values()), default=1), max(len(panels), 1)
+    fig, axes = plt.subplots(1, columns, figsize=(max(3.0, 1.3 * widest + 1.0) * columns, 4.2), squeeze=False)
     for ax, ((dataset, model), members) in zip(axes[0], panels.items()):
         _panel(ax, f"{dataset}, {model}", members)
     fig.suptitle(f"test error (mean ± std over seeds); training time relative to {baseline_optimizer.upper()}",

@@ -64,11 +64,10 @@ class GroupAccuracy:
             if all_reduce is not None:
                 counts = all_reduce(counts.clone())
             table = counts.cpu().numpy().reshape(slots, self.num_groups, 2)
-            for s in range(slots):
-                start = self.iterations + s * self.window
-                end = self.iterations + min((s + 1) * self.window, self._step)
-                row = np.concatenate([[epoch, start, end], table[s].sum(axis=1), table[s, :, 1]])
-                self.rows.append(row.astype(np.int64))
+            starts = self.iterations + self.window * np.arange(slots)
+            ends = np.minimum(starts + self.window, self.iterations + self._step)
+            rows = np.column_stack([np.full(slots, epoch), starts, ends, table.sum(axis=2), table[:, :, 1]])
+            self.rows.extend(rows.astype(np.int64))
             self._counts.zero_()
         self.iterations += self._step
         self._step, self._open_epoch = 0, None

@@ -71,9 +71,8 @@ class LearningStats:
         self._rows: list[np.ndarray] = []
         self._state = np.zeros(self.n, dtype=bool)  # c_{t,i} of the last committed epoch
         # The running form of learning_stats_from_history (the same numbers without the matrix), int64.
-        self._running = {"forgetting": np.zeros(self.n, dtype=np.int64), "first": np.full(self.n, -1, dtype=np.int64),
-                         "learned_from": np.full(self.n, -1, dtype=np.int64),
-                         "presentations": np.zeros(self.n, dtype=np.int64)}
+        self._running = {key: np.full(self.n, start, dtype=np.int64) for key, start in
+                         (("forgetting", 0), ("first", -1), ("learned_from", -1), ("presentations", 0))}
 
     def _check_epoch(self, epoch: int) -> None:
         if self._open_epoch is not None and epoch != self._open_epoch:
@@ -154,13 +153,11 @@ class LearningStats:
         self.epochs = [int(e) for e in state["epochs"]]
         self._state = np.unpackbits(np.asarray(state["state"], dtype=np.uint8), count=self.n).astype(bool)
         self._running = {key: np.asarray(state[key]).astype(np.int64) for key in self._running}
-        packed = state.get("history")
-        self._rows = []
-        if self.keep_history and packed is not None:
-            self._rows = list(np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1, count=self.n).astype(bool))
+        packed = state.get("history") if self.keep_history else None
+        self._rows = [] if packed is None else list(
+            np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1, count=self.n).astype(bool))
         self._counts, self._open_epoch = None, None
-        if state.get("pending") is not None:
-            pending = state["pending"]
+        if (pending := state.get("pending")) is not None:
             self.device = self.device or torch.device("cpu")
             self._counts = torch.stack([torch.as_tensor(pending["seen"]), torch.as_tensor(pending["correct"])]).to(
                 self.device, torch.int32)
@@ -215,11 +212,10 @@ def learning_report(learning: Mapping[str, LearningStats], upsample: np.ndarray 
             "counts as correct in an epoch when its minibatch prediction on its (augmented) training input was right "
             "at every presentation of the epoch; forgetting = correct in one epoch, wrong in the next "
             "(see real/learning_stats.py).", ""]
-    titles = {"main": "Main phase (trained on the upsampled data)",
-              "separate": "Pre-split phase (the epochs before the split, original data)"}
-    for name in ("main", "separate"):
+    for name, title in (("main", "Main phase (trained on the upsampled data)"),
+                        ("separate", "Pre-split phase (the epochs before the split, original data)")):
         if name in results and len(results[name]["epochs"]):
             epochs = results[name]["epochs"]
-            text += [f"## {titles[name]}: epochs {int(epochs[0])}-{int(epochs[-1])}", "",
+            text += [f"## {title}: epochs {int(epochs[0])}-{int(epochs[-1])}", "",
                      cluster_table(results[name], mask), ""]
     return arrays, "\n".join(text)

@@ -188,10 +188,9 @@ def sharpness_report(path: str | Path, *, batches: int = 10, batch_size: int = 1
     start = time.perf_counter()
     check_choice("dtype", dtype, ("float32", "float64"))
     dev, torch_dtype = resolve_device(device), getattr(torch, dtype)
-    model, data, cfg, info = load_run_model(path, data_dir=data_dir, device="cpu")
+    model, data, _, info = load_run_model(path, data_dir=data_dir, device="cpu")
     model = model.to(device=dev, dtype=torch_dtype)
-    ds = data.dataset
-    fixed = fixed_batches(data.train_x, data.train_y, mean=ds.mean, std=ds.std, batches=batches,
+    fixed = fixed_batches(data.train_x, data.train_y, mean=data.dataset.mean, std=data.dataset.std, batches=batches,
                           batch_size=batch_size, seed=seed, device=dev, dtype=torch_dtype)
     examples = sum(int(y.shape[0]) for _, y in fixed)
     with _evaluating(model):
@@ -201,17 +200,15 @@ def sharpness_report(path: str | Path, *, batches: int = 10, batch_size: int = 1
     trace = stderr = None
     if trace_samples > 0:
         trace, stderr = hessian_trace(model, F.cross_entropy, fixed, samples=trace_samples, seed=seed)
-    return {
-        "top_eigenvalues": [float(v) for v in eigs], "trace": trace, "trace_stderr": stderr,
-        "l1_norm": l1_norm(model),
-        "loss": sum(float(F.cross_entropy(logits, y, reduction="sum")) for logits, y in outputs) / examples,
-        "accuracy": sum(float((logits.argmax(1) == y).sum()) for logits, y in outputs) / examples,
-        "batches": len(fixed), "batch_size": batch_size, "examples": examples,
-        "parameters": sum(p.numel() for p in _params(model)), "hvp_count": hvps,
-        "k": k, "tol": tol, "trace_samples": trace_samples, "seed": seed,
-        "phase": info["phase"], "epoch": info["epoch"], "run_dir": info["run_dir"],
-        "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - start,
-    }
+    return {"top_eigenvalues": [float(v) for v in eigs], "trace": trace, "trace_stderr": stderr,
+            "l1_norm": l1_norm(model),
+            "loss": sum(float(F.cross_entropy(logits, y, reduction="sum")) for logits, y in outputs) / examples,
+            "accuracy": sum(float((logits.argmax(1) == y).sum()) for logits, y in outputs) / examples,
+            "batches": len(fixed), "batch_size": batch_size, "examples": examples,
+            "parameters": sum(p.numel() for p in _params(model)), "hvp_count": hvps,
+            "k": k, "tol": tol, "trace_samples": trace_samples, "seed": seed,
+            "phase": info["phase"], "epoch": info["epoch"], "run_dir": info["run_dir"],
+            "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - start}
 
 
 # The CLI: useful-train sharpness RUN_DIR...

@@ -1,8 +1,6 @@
 """TensorBoard event files of a run (``--tensorboard``): per-epoch scalars and USEFUL's split.
 
-Rank 0 writes them into the run directory's TensorBoard folder (the tags: docs/training.md).  Steps
-(:func:`global_step`) increase in the order a run writes them: main epoch e is step e, the split step 0,
-pre-split epoch e step ``e - epochs - 1``.
+Rank 0 writes them into the run directory's TensorBoard folder (the tags: docs/training.md).
 
 Resume.  An epoch is flushed before its checkpoint, so a killed run may leave steps on disk that its
 checkpoint lacks (and a session without ``--tensorboard`` leaves steps out).  So every session's file
@@ -42,7 +40,8 @@ def check_installed() -> None:
 
 
 def global_step(phase: str, epoch: int, epochs: int) -> int:
-    """The step of ``phase``'s epoch ``epoch`` in a run of ``epochs`` epochs (at most ``epochs`` pre-split)."""
+    """The step of ``phase``'s epoch ``epoch`` in a run of ``epochs`` epochs: main epoch e is step e (the split
+    step 0), pre-split epoch e step ``e - epochs - 1``, so steps increase in the order a run writes them."""
     return epoch if phase == "main" else epoch - epochs - 1
 
 
