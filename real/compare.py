@@ -1,16 +1,13 @@
 """``useful-train compare``: test error and training time over run directories (the paper's Figure 4).
 
-Runs are grouped by :func:`group_key` (the seeds of one configuration form a group).  Per group: test
-error ``1 - final_test_acc`` in %, mean and std over seeds; mean ``wall_seconds`` relative to the
-baseline group (:func:`_link`); and, paired seed by seed with the reference and (for USEFUL) the
-compute-matched ``partition = random`` group, the error difference (:func:`paired_difference`) and the
-``train_seconds`` ratio (:func:`paired_time_ratio`).  Runs not completed are listed as skipped.
+Runs are grouped by :func:`group_key` (the seeds of one configuration form a group), linked to their
+baseline, reference and compute-matched groups (:func:`_link`) and paired with them seed by seed; the
+table's columns are described in docs/training.md ("Comparing runs").
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -80,7 +77,7 @@ class Group:
         return {r.config.get("seed"): r.error for r in self.runs}
 
     def train_seconds_by_seed(self) -> dict[int, float]:
-            return {r.config.get("seed"): float(v) for r in self.runs
+        return {r.config.get("seed"): float(v) for r in self.runs
                 if _number(v := r.summary.get("train_seconds")) and v > 0}
 
     @property
@@ -89,9 +86,8 @@ class Group:
 
     @property
     def relative_time(self) -> float:
-        if self.baseline is None or not self.baseline.seconds > 0:
-            return math.nan
-        return self.seconds / self.baseline.seconds
+        has_baseline = self.baseline is not None and self.baseline.seconds > 0  # NaN seconds: no baseline
+        return self.seconds / self.baseline.seconds if has_baseline else math.nan
 
 
 def _run_seconds(path: Path, summary: dict) -> float | None:
@@ -129,8 +125,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunRecord], list[tup
 
 
 def group_key(config: dict) -> dict:
-    """The fields that define a run's group: the configuration without :data:`GROUP_IGNORE` and
-    without the fields that have no effect in it."""
+    """A run's group: the configuration without :data:`GROUP_IGNORE` and the fields without effect in it."""
     key = {k: v for k, v in config.items() if k not in GROUP_IGNORE}
     unused = set()
     if not key.get("useful"):
@@ -331,11 +326,9 @@ def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimize
     fig.suptitle(f"test error (mean ± std over seeds); training time relative to {baseline_optimizer.upper()}",
                  fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=plot_format(path), dpi=120)
-    plt.close(fig)
     with atomic_open(path, "wb") as fh:
-        fh.write(buffer.getvalue())
+        fig.savefig(fh, format=plot_format(path), dpi=120)
+    plt.close(fig)
 
 
 def plot_format(path: str | Path) -> str:

@@ -34,8 +34,7 @@ class GroupAccuracy:
         self.window, self.groups_host, self.device = int(window), groups, torch.device(device)
         self._groups = torch.as_tensor(groups, device=self.device)
         self._counts: torch.Tensor | None = None  # (capacity * G * 2,) int64, index (window * G + group) * 2 + correct
-        self._step = 0  # iterations of the open epoch so far
-        self._open_epoch: int | None = None
+        self._step, self._open_epoch = 0, None  # iterations of the open epoch so far, and its number
         self.iterations = 0  # iterations of all committed epochs
         self.rows: list[np.ndarray] = []  # committed windows: [epoch, start, end, seen_0.., correct_0..]
 
@@ -76,9 +75,8 @@ class GroupAccuracy:
         return np.stack(self.rows) if self.rows else np.zeros((0, 3 + 2 * self.num_groups), dtype=np.int64)
 
     def result(self) -> dict[str, np.ndarray]:
-        """``epoch``, ``start``, ``end`` (the window is iterations ``[start, end)`` of the phase), ``seen``
-        and ``correct`` ((windows, groups)), ``accuracy`` (NaN where a group was not seen), ``groups``
-        (each example's) and ``window``."""
+        """Per window (iterations ``[start, end)`` of the phase): ``epoch``, ``start``, ``end``, ``seen``,
+        ``correct`` and ``accuracy`` (NaN where a group was not seen); each example's ``groups``, ``window``."""
         G, rows = self.num_groups, self._table()
         seen, correct = rows[:, 3 : 3 + G], rows[:, 3 + G :]
         accuracy = np.where(seen > 0, correct / np.maximum(seen, 1), np.nan)
@@ -100,8 +98,7 @@ class GroupAccuracy:
                   device=device)
         obj.iterations = int(state["iterations"])
         obj.rows = list(state["rows"].numpy().astype(np.int64))
-        if state.get("pending") is not None:
-            pending = state["pending"]
+        if (pending := state.get("pending")) is not None:
             obj._counts = pending["counts"].to(device=obj.device, dtype=torch.int64)
             obj._step, obj._open_epoch = int(pending["step"]), int(pending["epoch"])
         return obj

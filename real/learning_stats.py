@@ -16,7 +16,6 @@ From the ``(T, n)`` bit matrix ``c`` with epoch labels ``e_1 < ... < e_T``:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,10 +31,9 @@ LEARNING_RULES = ("all", "any", "majority")
 def learning_stats_from_history(history: np.ndarray, epochs: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """The three statistics (int64, length n) of a (T, n) bool matrix ``history`` with the epoch labels
     ``epochs`` (default ``1..T``, strictly increasing)."""
-    h = np.asarray(history)
+    h = np.asarray(history).astype(bool, copy=False)
     if h.ndim != 2:
         raise ValueError(f"history must be a (epochs, n) matrix, got shape {h.shape}")
-    h = h.astype(bool, copy=False)
     t_count, n = h.shape
     labels = np.arange(1, t_count + 1, dtype=np.int64) if epochs is None else np.asarray(epochs, dtype=np.int64)
     if labels.shape != (t_count,):
@@ -55,9 +53,8 @@ def learning_stats_from_history(history: np.ndarray, epochs: Sequence[int] | Non
 
 
 class LearningStats:
-    """Per-example learning statistics accumulated during training: per batch two ``index_add_`` into
-    device counters (no host sync), moved to the host once per epoch.  ``keep_history`` keeps the
-    (epochs, n) bit matrix; the statistics come from running accumulators either way."""
+    """Per-example learning statistics accumulated during training, on the device (no host sync per batch);
+    ``keep_history`` keeps the (epochs, n) bit matrix, the statistics are running accumulators either way."""
 
     def __init__(self, n: int, *, keep_history: bool = True, rule: str = "all",
                  device: str | torch.device | None = None):
@@ -81,7 +78,7 @@ class LearningStats:
             raise ValueError(f"epoch {epoch} is not after the last committed epoch {self.epochs[-1]}")
 
     def update(self, indices: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray, epoch: int) -> None:
-        """Record one batch of example ``indices`` (B,) and whether each was right, ``correct`` (B,)."""
+        """Record one batch: example ``indices`` (B,), duplicates all counted, and whether each was right (B,)."""
         self._check_epoch(epoch)
         self._open_epoch = int(epoch)
         idx = torch.as_tensor(indices)
@@ -126,12 +123,10 @@ class LearningStats:
 
     def result(self) -> dict[str, np.ndarray]:
         """The three statistics, ``history`` (with ``keep_history``), ``presentations`` and ``epochs``."""
-        r = self._running
-        out = {"forgetting_count": r["forgetting"].copy(), "first_learned_epoch": r["first"].copy(),
-               "learned_from_epoch": r["learned_from"].copy()}
-        if self.keep_history:
-            out["history"] = self.history
-        return {**out, "presentations": r["presentations"].copy(), "epochs": np.asarray(self.epochs, dtype=np.int64)}
+        r, history = self._running, {"history": self.history} if self.keep_history else {}
+        return {"forgetting_count": r["forgetting"].copy(), "first_learned_epoch": r["first"].copy(),
+                "learned_from_epoch": r["learned_from"].copy(), **history, "presentations": r["presentations"].copy(),
+                "epochs": np.asarray(self.epochs, dtype=np.int64)}
 
     def state_dict(self) -> dict[str, Any]:
         """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), history bit-packed."""
@@ -164,10 +159,6 @@ class LearningStats:
             self._open_epoch = int(pending["epoch"])
 
 
-def _fmt(value: float, digits: int = 2) -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
-
-
 def cluster_table(stats: Mapping[str, np.ndarray], upsampled_mask: np.ndarray) -> str:
     """A markdown table comparing USEFUL's upsampled cluster with the rest and all examples.  The paper
     expects the upsampled (slow-learnable) cluster to be learned later and forgotten more often."""
@@ -189,8 +180,8 @@ def cluster_table(stats: Mapping[str, np.ndarray], upsampled_mask: np.ndarray) -
     if "presentations" in stats:
         means.append(("mean presentations", np.asarray(stats["presentations"], dtype=np.float64), everywhere, 1))
     rows = [("examples", [str(int(g.sum())) for g in groups])]
-    rows += [(label, [_fmt(float(values[g & where].mean()) if (g & where).any() else math.nan, digits)
-                      for g in groups]) for label, values, where, digits in means]
+    rows += [(label, [f"{values[g & where].mean():.{digits}f}" if (g & where).any() else "n/a" for g in groups])
+             for label, values, where, digits in means]
     lines = ["| statistic | upsampled | rest | all |", "| --- | ---: | ---: | ---: |"]
     return "\n".join(lines + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows])
 

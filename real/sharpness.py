@@ -39,11 +39,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _params(model: nn.Module) -> list[torch.Tensor]:
+def _params(model: nn.Module) -> tuple[list[torch.Tensor], int]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    return params
+    return params, sum(p.numel() for p in params)
 
 
 @contextlib.contextmanager
@@ -89,18 +89,17 @@ def _hvp(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], vector: to
 
 def hessian_vector_product(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], vector: torch.Tensor,
                            *, eval_mode: bool = True) -> torch.Tensor:
-    """Exact flat ``H v`` of the mean loss over ``batches``, theta the trainable parameters in
-    ``model.parameters()`` order, in their dtype and device."""
+    """Exact flat ``H v`` of the mean loss over ``batches``, theta the trainable parameters in order;
+    ``vector`` and the result are in their dtype and device."""
     with _evaluating(model, eval_mode):
-        return _hvp(model, loss_fn, batches, vector, _params(model))
+        return _hvp(model, loss_fn, batches, vector, _params(model)[0])
 
 
 def _top_eigs(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: int, tol: float,
               seed: int) -> tuple[np.ndarray, int]:
     """The ``k`` largest eigenvalues, decreasing, and the number of ``H v`` that Lanczos used."""
     check_int("k", k, low=1)
-    params = _params(model)
-    p = sum(q.numel() for q in params)
+    params, p = _params(model)
     if k >= p:
         raise ValueError(f"k = {k} eigenvalues need more than k parameters (the model has {p})")
     count = 0
@@ -130,8 +129,7 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *
     """Hutchinson's estimate of ``tr H`` over ``samples`` Rademacher vectors, and its standard error (NaN
     for one sample; the variance per sample is ``2 sum_{i != j} H_ij^2``)."""
     check_int("samples", samples, low=1)
-    params = _params(model)
-    p = sum(q.numel() for q in params)
+    params, p = _params(model)
     gen = torch.Generator().manual_seed(int(seed))
     z = np.empty(samples, dtype=np.float64)
     with _evaluating(model, eval_mode):
@@ -150,10 +148,8 @@ def load_run_model(path: str | Path, *, data_dir: str | None = None, device: str
     """``(model, data, cfg, info)`` of a run directory (or its checkpoint file): the checkpoint's model and
     the training data as the trainer loads them; ``info``: run_dir, checkpoint, phase, epoch."""
     ckpt_path = checkpoint_path(path)
-    overrides = {"out": None, "resume": False, "overwrite": False, "compile": False}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    cfg = load_run_config(ckpt_path.parent, **overrides)
+    data_dirs = {} if data_dir is None else {"data_dir": data_dir}
+    cfg = load_run_config(ckpt_path.parent, out=None, resume=False, overwrite=False, compile=False, **data_dirs)
     ckpt = load_checkpoint(ckpt_path)
     data = load_training_data(cfg, torch.device("cpu"))
     model = init_model(cfg, data)
@@ -205,13 +201,12 @@ def sharpness_report(path: str | Path, *, batches: int = 10, batch_size: int = 1
             "loss": sum(float(F.cross_entropy(logits, y, reduction="sum")) for logits, y in outputs) / examples,
             "accuracy": sum(float((logits.argmax(1) == y).sum()) for logits, y in outputs) / examples,
             "batches": len(fixed), "batch_size": batch_size, "examples": examples,
-            "parameters": sum(p.numel() for p in _params(model)), "hvp_count": hvps,
+            "parameters": _params(model)[1], "hvp_count": hvps,
             "k": k, "tol": tol, "trace_samples": trace_samples, "seed": seed,
             "phase": info["phase"], "epoch": info["epoch"], "run_dir": info["run_dir"],
             "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - start}
 
 
-# The CLI: useful-train sharpness RUN_DIR...
 _COUNTS = (("--batches", 10, 1, "fixed batches of the training set"), ("--batch-size", 128, 1, "examples per batch"),
            ("--k", 1, 1, "number of top Hessian eigenvalues"),
            ("--trace-samples", 50, 0, "Hutchinson samples for the trace (0 skips the trace)"))
