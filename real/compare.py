@@ -1,22 +1,13 @@
 """``useful-train compare``: test error and training time over run directories (the paper's Figure 4).
 
-Runs are grouped by :func:`group_key`, so the seeds of one configuration form one group.  Per group:
-test error ``1 - final_test_acc`` in %, mean and std over seeds (ddof = 1; 0 for one seed); the mean
-``wall_seconds`` (metrics.jsonl's summed ``seconds`` without it) relative to the baseline group (the
-same data set and model, ``--baseline-optimizer`` without USEFUL; among several, the one differing in
-the fewest fields).  Paired seed by seed over shared seeds, with the *reference* (the same setting,
-i.e. equal outside :data:`METHOD_FIELDS`, with the baseline optimizer and no USEFUL) and, for USEFUL,
-the compute-matched baseline (``partition = random``): the test error difference in points with its
-95 % t-interval (:func:`paired_difference`; none for fewer than 3 pairs, and the table says so), and
-the ratio of ``train_seconds`` (training epochs, USEFUL's pre-split ones included) to the
-reference's, mean ± std (:func:`paired_time_ratio`).  Runs without summary.json, not ``completed``
-or without an accuracy in [0, 1] are listed as skipped.  ``--out`` also draws the bar plot.
+Runs are grouped by :func:`group_key` (the seeds of one configuration form a group), linked to their
+baseline, reference and compute-matched groups (:func:`_link`) and paired with them seed by seed; the
+table's columns are described in docs/training.md ("Comparing runs").
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,8 +21,7 @@ from theory.plumbing.config import ConfigError
 from .config import RUN_CONTROL_FIELDS
 
 __all__ = ["GROUP_IGNORE", "METHOD_FIELDS", "group_key", "RunRecord", "Group", "load_runs", "group_runs",
-           "paired_difference", "pair_groups", "paired_time_ratio", "compare_markdown", "plot_compare",
-]
+           "paired_difference", "pair_groups", "paired_time_ratio", "compare_markdown", "plot_compare"]
 
 # The seed, the fields that say how to run rather than what to compute, and what is only recorded.
 GROUP_IGNORE = ("seed", "deterministic", "group_window", *RUN_CONTROL_FIELDS)
@@ -87,7 +77,6 @@ class Group:
         return {r.config.get("seed"): r.error for r in self.runs}
 
     def train_seconds_by_seed(self) -> dict[int, float]:
-        """summary.json's ``train_seconds`` per seed (runs without a positive finite one left out)."""
         return {r.config.get("seed"): float(v) for r in self.runs
                 if _number(v := r.summary.get("train_seconds")) and v > 0}
 
@@ -97,9 +86,8 @@ class Group:
 
     @property
     def relative_time(self) -> float:
-        if self.baseline is None or not self.baseline.seconds > 0:
-            return math.nan
-        return self.seconds / self.baseline.seconds
+        has_baseline = self.baseline is not None and self.baseline.seconds > 0  # NaN seconds: no baseline
+        return self.seconds / self.baseline.seconds if has_baseline else math.nan
 
 
 def _run_seconds(path: Path, summary: dict) -> float | None:
@@ -123,8 +111,7 @@ def _skip_reason(summary: dict | None) -> str | None:
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]:
-    """The completed runs and ``(path, reason)`` of the skipped ones.  A folder given twice (or by two
-    spellings) counts once; a path that is not a run directory is a :class:`ConfigError`."""
+    """The completed runs and ``(path, reason)`` of the skipped ones (a folder given twice counts once)."""
     from .rundir import iter_run_dirs, read_config, read_summary
 
     runs, skipped = [], []
@@ -138,9 +125,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunRecord], list[tup
 
 
 def group_key(config: dict) -> dict:
-    """The fields that define a run's group: the configuration without :data:`GROUP_IGNORE` and
-    without fields that have no effect in it (USEFUL's fields without ``useful``, ``quantile`` unless
-    the quantile partition, ``rho`` under SGD, the synthetic sizes for a real data set)."""
+    """A run's group: the configuration without :data:`GROUP_IGNORE` and the fields without effect in it."""
     key = {k: v for k, v in config.items() if k not in GROUP_IGNORE}
     unused = set()
     if not key.get("useful"):
@@ -183,7 +168,8 @@ def _label(groups: Sequence[Group]) -> None:
 
 
 def _link(groups: Sequence[Group], baseline_optimizer: str) -> None:
-    """Each group's paired ``reference`` and ``matched`` groups, and its ``baseline`` for the time."""
+    """Each group's paired ``reference`` and ``matched`` groups, and its ``baseline`` for the time: the
+    same data set and model with the baseline optimizer, no USEFUL (among several, the closest)."""
     fields = sorted({f for g in groups for f in g.key})
     for g in groups:
         same = [b for b in groups if b is not g and _setting(b.key) == _setting(g.key)]
@@ -199,8 +185,7 @@ def _link(groups: Sequence[Group], baseline_optimizer: str) -> None:
 
 
 def group_runs(runs: Sequence[RunRecord], *, baseline_optimizer: str = "sgd") -> list[Group]:
-    """Groups (sorted by data set, model, TrivialAugment, optimizer, USEFUL), labelled and linked to
-    their baseline, reference and compute-matched groups.  One configuration and seed twice is refused."""
+    """The groups, sorted, labelled and linked (:func:`_link`); one configuration and seed twice is refused."""
     groups: dict[str, Group] = {}
     for run in runs:
         key = group_key(run.config)
@@ -224,8 +209,8 @@ def _spread(values: np.ndarray) -> dict[str, Any]:
 
 
 def paired_difference(a, b, *, confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of the paired differences ``a_i - b_i``: ``mean``, ``std`` (ddof = 1), ``n``, ``low`` and
-    ``high`` (its ``confidence`` t-interval, scipy.stats.t; None for fewer than 2 pairs), ``per_seed``."""
+    """Mean of the paired differences ``a_i - b_i`` with its ``confidence`` t-interval ``low``, ``high``
+    (None for fewer than 2 pairs), ``std`` (ddof = 1), ``n`` and ``per_seed``."""
     from scipy import stats
 
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
@@ -237,7 +222,6 @@ def paired_difference(a, b, *, confidence: float = 0.95) -> dict[str, Any]:
 
 
 def _shared_seeds(g: Group, other: Group, by_seed) -> tuple[list, np.ndarray, np.ndarray]:
-    """The seeds both groups have a value for (``by_seed(group)``), and the two groups' values."""
     mine, theirs = by_seed(g), by_seed(other)
     seeds = sorted(set(mine) & set(theirs), key=str)
     return seeds, np.array([mine[s] for s in seeds], dtype=np.float64), np.array([theirs[s] for s in seeds])
@@ -252,8 +236,7 @@ def pair_groups(g: Group, other: Group | None) -> dict[str, Any] | None:
 
 
 def paired_time_ratio(g: Group, other: Group | None) -> dict[str, Any] | None:
-    """``train_seconds`` of ``g`` over ``other``'s, seed by seed over their shared seeds: ``mean``,
-    ``std`` (ddof = 1; None for one seed), ``n``, ``seeds``, ``per_seed`` (None without ``other``)."""
+    """``train_seconds`` of ``g`` over ``other``'s, paired over their shared ``seeds`` (None without ``other``)."""
     if other is None:
         return None
     seeds, mine, theirs = _shared_seeds(g, other, Group.train_seconds_by_seed)
@@ -317,17 +300,15 @@ def _panel(ax, title: str, members: Sequence[Group]) -> None:
         span = max(top - bottom, 0.5)
         ax.set_ylim(max(0.0, bottom - 0.6 * span), top + 0.3 * span)
     wide = len(members) > 4
-    ax.set_xticks(list(xs))
     times = [f"{t:.2f}x time" if math.isfinite(t := g.relative_time) else "time n/a" for g in members]
-    ax.set_xticklabels([f"{g.label}\n{t}" for g, t in zip(members, times)], fontsize=8,
-                       rotation=30 if wide else 0, ha="right" if wide else "center")
+    ax.set_xticks(list(xs), [f"{g.label}\n{t}" for g, t in zip(members, times)], fontsize=8,
+                  rotation=30 if wide else 0, ha="right" if wide else "center")
     ax.set(ylabel="test error (%)", title=title)
     ax.grid(axis="y", alpha=0.3)
 
 
 def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimizer: str = "sgd") -> None:
-    """The bar plot, one panel per data set and model, written atomically in the format of ``path``'s
-    suffix (:func:`plot_format`)."""
+    """The bar plot, one panel per data set and model, written atomically (format: :func:`plot_format`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,24 +319,20 @@ def plot_compare(groups: Sequence[Group], path: str | Path, *, baseline_optimize
     panels: dict[tuple[str, str], list[Group]] = {}
     for g in groups:
         panels.setdefault((str(g.key.get("dataset")), str(g.key.get("model"))), []).append(g)
-    widest = max((len(p) for p in panels.values()), default=1)
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(max(3.0, 1.3 * widest + 1.0) * max(len(panels), 1), 4.2),
-                             squeeze=False)
+    widest, columns = max((len(p) for p in panels.values()), default=1), max(len(panels), 1)
+    fig, axes = plt.subplots(1, columns, figsize=(max(3.0, 1.3 * widest + 1.0) * columns, 4.2), squeeze=False)
     for ax, ((dataset, model), members) in zip(axes[0], panels.items()):
         _panel(ax, f"{dataset}, {model}", members)
     fig.suptitle(f"test error (mean ± std over seeds); training time relative to {baseline_optimizer.upper()}",
                  fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=plot_format(path), dpi=120)
-    plt.close(fig)
     with atomic_open(path, "wb") as fh:
-        fh.write(buffer.getvalue())
+        fig.savefig(fh, format=plot_format(path), dpi=120)
+    plt.close(fig)
 
 
 def plot_format(path: str | Path) -> str:
-    """The figure's format from ``path``'s suffix (one of :data:`PLOT_FORMATS`; a ``plot.pdf`` gets PDF
-    bytes); another suffix, or a folder, is a ConfigError on ``--out``."""
+    """The figure's format from ``path``'s suffix; another suffix, or a folder, is a ConfigError on ``--out``."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError("--out", message=f"--out: {path} is a folder; give a file name such as fig4.png")
@@ -367,8 +344,7 @@ def plot_format(path: str | Path) -> str:
 
 def compare(run_dirs: Sequence[str | Path], *, out: str | Path | None = None,
             baseline_optimizer: str = "sgd") -> tuple[str, list[Group], list[tuple[str, str]]]:
-    """Load, group, tabulate (and plot to ``out``, checked before anything is read); returns
-    ``(markdown, groups, skipped)``."""
+    """``(markdown, groups, skipped)``, and the plot to ``out`` (checked before anything is read)."""
     if out is not None:
         plot_format(out)
     runs, skipped = load_runs(run_dirs)

@@ -1,14 +1,9 @@
 """Training accuracy per group of examples at iteration granularity (a training-loop observer).
 
-With a planted easy feature (real/planted.py) the training set has two groups, without (0) and with (1)
-the feature.  For each window of ``window`` iterations, :class:`GroupAccuracy` counts each group's
-presentations and the correct ones (the training step's own prediction, on the training label):
-
-    acc_g(w) = #{correct presentations of group g in window w} / #{presentations of group g in w},
-
-which shows when each group is fit, also inside the first epoch.  Windows restart at each epoch (its
-last one may be shorter).  The counts stay on the device (one ``index_add_`` per batch); the host sees
-them once per epoch, at :meth:`GroupAccuracy.end_epoch`.
+With a planted easy feature (real/planted.py) the groups are without (0) and with (1) the feature.
+Per window of ``window`` iterations, the fraction of each group's presentations that the training
+step predicted right shows when each group is fit, also inside the first epoch.  Windows restart at
+each epoch; the counts stay on the device and reach the host once per epoch.
 """
 
 from __future__ import annotations
@@ -39,8 +34,7 @@ class GroupAccuracy:
         self.window, self.groups_host, self.device = int(window), groups, torch.device(device)
         self._groups = torch.as_tensor(groups, device=self.device)
         self._counts: torch.Tensor | None = None  # (capacity * G * 2,) int64, index (window * G + group) * 2 + correct
-        self._step = 0  # iterations of the open epoch so far
-        self._open_epoch: int | None = None
+        self._step, self._open_epoch = 0, None  # iterations of the open epoch so far, and its number
         self.iterations = 0  # iterations of all committed epochs
         self.rows: list[np.ndarray] = []  # committed windows: [epoch, start, end, seen_0.., correct_0..]
 
@@ -69,11 +63,10 @@ class GroupAccuracy:
             if all_reduce is not None:
                 counts = all_reduce(counts.clone())
             table = counts.cpu().numpy().reshape(slots, self.num_groups, 2)
-            for s in range(slots):
-                start = self.iterations + s * self.window
-                end = self.iterations + min((s + 1) * self.window, self._step)
-                row = np.concatenate([[epoch, start, end], table[s].sum(axis=1), table[s, :, 1]])
-                self.rows.append(row.astype(np.int64))
+            starts = self.iterations + self.window * np.arange(slots)
+            ends = np.minimum(starts + self.window, self.iterations + self._step)
+            rows = np.column_stack([np.full(slots, epoch), starts, ends, table.sum(axis=2), table[:, :, 1]])
+            self.rows.extend(rows.astype(np.int64))
             self._counts.zero_()
         self.iterations += self._step
         self._step, self._open_epoch = 0, None
@@ -82,9 +75,8 @@ class GroupAccuracy:
         return np.stack(self.rows) if self.rows else np.zeros((0, 3 + 2 * self.num_groups), dtype=np.int64)
 
     def result(self) -> dict[str, np.ndarray]:
-        """``epoch``, ``start``, ``end`` (the window is iterations ``[start, end)`` of the phase), ``seen``
-        and ``correct`` ((windows, groups)), ``accuracy`` (NaN where a group was not seen), ``groups``
-        (each example's) and ``window``."""
+        """Per window (iterations ``[start, end)`` of the phase): ``epoch``, ``start``, ``end``, ``seen``,
+        ``correct`` and ``accuracy`` (NaN where a group was not seen); each example's ``groups``, ``window``."""
         G, rows = self.num_groups, self._table()
         seen, correct = rows[:, 3 : 3 + G], rows[:, 3 + G :]
         accuracy = np.where(seen > 0, correct / np.maximum(seen, 1), np.nan)
@@ -92,8 +84,7 @@ class GroupAccuracy:
                 "accuracy": accuracy, "groups": self.groups_host.astype(np.int8), "window": np.int64(self.window)}
 
     def state_dict(self) -> dict[str, Any]:
-        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), an open epoch's
-        counts included."""
+        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), open epoch included."""
         pending = None
         if self._open_epoch is not None and self._counts is not None:
             pending = {"epoch": self._open_epoch, "step": self._step, "counts": self._counts.cpu().clone()}
@@ -107,8 +98,7 @@ class GroupAccuracy:
                   device=device)
         obj.iterations = int(state["iterations"])
         obj.rows = list(state["rows"].numpy().astype(np.int64))
-        if state.get("pending") is not None:
-            pending = state["pending"]
+        if (pending := state.get("pending")) is not None:
             obj._counts = pending["counts"].to(device=obj.device, dtype=torch.int64)
             obj._step, obj._open_epoch = int(pending["step"]), int(pending["epoch"])
         return obj

@@ -1,24 +1,21 @@
 """Per-example learning statistics of the trainer (forgetting, first-learned epoch), and their
 comparison between USEFUL's upsampled cluster and the rest.
 
-Each minibatch already predicts each of its examples.  :class:`LearningStats` counts, per example
-``i`` and epoch ``t``, its presentations and correct ones, and at the end of the epoch reduces them to
-one bit ``c_{t,i}`` ("correct in epoch t") by a rule: ``"all"`` (default; correct at every presentation,
-an upsampled example is presented k times per epoch), ``"any"`` or ``"majority"`` (``2 correct >
+:class:`LearningStats` counts, per example ``i`` and epoch ``t``, its presentations and the correct
+minibatch predictions, and at the end of the epoch reduces them to one bit ``c_{t,i}`` by a rule:
+``"all"`` (default; correct at every presentation), ``"any"`` or ``"majority"`` (``2 correct >
 presented``).  An example not presented in epoch ``t`` keeps ``c_{t-1,i}`` (``c_{0,i} = 0``).
-
 From the ``(T, n)`` bit matrix ``c`` with epoch labels ``e_1 < ... < e_T``:
 
 * ``forgetting_count_i = #{t in 2..T : c_{t-1,i} = 1, c_{t,i} = 0}`` (Toneva et al., 2019, between
-  consecutive epochs rather than presentations, so an upsampled example is not counted twice per epoch);
+  epochs rather than presentations, so an upsampled example is not counted twice per epoch);
 * ``first_learned_epoch_i = e_t`` for the smallest ``t`` with ``c_{t,i} = 1``, else ``-1``;
-* ``learned_from_epoch_i = e_s`` for the smallest ``s`` with ``c_{t,i} = 1`` for all ``t >= s`` (the
-  final run of correct epochs), ``-1`` if ``c_{T,i} = 0``.
+* ``learned_from_epoch_i = e_s`` for the smallest ``s`` with ``c_{t,i} = 1`` for all ``t >= s``,
+  ``-1`` if ``c_{T,i} = 0``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,13 +29,11 @@ LEARNING_RULES = ("all", "any", "majority")
 
 
 def learning_stats_from_history(history: np.ndarray, epochs: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """``forgetting_count``, ``first_learned_epoch`` and ``learned_from_epoch`` (int64, length n; see the
-    module docstring) of a (T, n) bool matrix ``history[t, i]`` = example i correct in epoch t, with the
-    epoch labels ``epochs`` (default ``1..T``, strictly increasing)."""
-    h = np.asarray(history)
+    """The three statistics (int64, length n) of a (T, n) bool matrix ``history`` with the epoch labels
+    ``epochs`` (default ``1..T``, strictly increasing)."""
+    h = np.asarray(history).astype(bool, copy=False)
     if h.ndim != 2:
         raise ValueError(f"history must be a (epochs, n) matrix, got shape {h.shape}")
-    h = h.astype(bool, copy=False)
     t_count, n = h.shape
     labels = np.arange(1, t_count + 1, dtype=np.int64) if epochs is None else np.asarray(epochs, dtype=np.int64)
     if labels.shape != (t_count,):
@@ -58,14 +53,8 @@ def learning_stats_from_history(history: np.ndarray, epochs: Sequence[int] | Non
 
 
 class LearningStats:
-    """Per-example learning statistics accumulated during training (see the module docstring).
-
-    Per batch, ``update(idx, logits.argmax(1) == y, epoch)`` does two ``index_add_`` into int32 counters
-    on the device (duplicated indices, e.g. upsampled copies, all count; no host sync); ``end_epoch``
-    moves them to the host once.  ``keep_history`` keeps the (epochs, n) bit matrix (``n / 8`` bytes per
-    epoch in the state dict); the statistics come from running accumulators either way.  ``device``:
-    where the counters live (default: that of the first indices).
-    """
+    """Per-example learning statistics accumulated during training, on the device (no host sync per batch);
+    ``keep_history`` keeps the (epochs, n) bit matrix, the statistics are running accumulators either way."""
 
     def __init__(self, n: int, *, keep_history: bool = True, rule: str = "all",
                  device: str | torch.device | None = None):
@@ -79,9 +68,8 @@ class LearningStats:
         self._rows: list[np.ndarray] = []
         self._state = np.zeros(self.n, dtype=bool)  # c_{t,i} of the last committed epoch
         # The running form of learning_stats_from_history (the same numbers without the matrix), int64.
-        self._running = {"forgetting": np.zeros(self.n, dtype=np.int64), "first": np.full(self.n, -1, dtype=np.int64),
-                         "learned_from": np.full(self.n, -1, dtype=np.int64),
-                         "presentations": np.zeros(self.n, dtype=np.int64)}
+        self._running = {key: np.full(self.n, start, dtype=np.int64) for key, start in
+                         (("forgetting", 0), ("first", -1), ("learned_from", -1), ("presentations", 0))}
 
     def _check_epoch(self, epoch: int) -> None:
         if self._open_epoch is not None and epoch != self._open_epoch:
@@ -90,7 +78,7 @@ class LearningStats:
             raise ValueError(f"epoch {epoch} is not after the last committed epoch {self.epochs[-1]}")
 
     def update(self, indices: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray, epoch: int) -> None:
-        """Record one batch of example ``indices`` (B,) and whether each was right, ``correct`` (B,)."""
+        """Record one batch: example ``indices`` (B,), duplicates all counted, and whether each was right (B,)."""
         self._check_epoch(epoch)
         self._open_epoch = int(epoch)
         idx = torch.as_tensor(indices)
@@ -105,8 +93,7 @@ class LearningStats:
         self._counts[1].index_add_(0, idx, ok)
 
     def end_epoch(self, epoch: int, *, all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        """Commit ``epoch``: one bit per example by the rule, then the running statistics.
-        ``all_reduce`` (e.g. :func:`real.distributed.all_reduce_sum`) sums the counters over ranks first."""
+        """Commit ``epoch``: one bit per example by the rule (``all_reduce`` sums the counters over ranks)."""
         self._check_epoch(epoch)
         seen = good = np.zeros(self.n, dtype=np.int64)
         if self._counts is not None:
@@ -135,18 +122,14 @@ class LearningStats:
         return np.stack(self._rows) if self._rows else np.zeros((0, self.n), dtype=bool)
 
     def result(self) -> dict[str, np.ndarray]:
-        """The three statistics, ``history`` (with ``keep_history``), ``presentations`` per example and
-        ``epochs`` (the committed labels)."""
-        r = self._running
-        out = {"forgetting_count": r["forgetting"].copy(), "first_learned_epoch": r["first"].copy(),
-               "learned_from_epoch": r["learned_from"].copy()}
-        if self.keep_history:
-            out["history"] = self.history
-        return {**out, "presentations": r["presentations"].copy(), "epochs": np.asarray(self.epochs, dtype=np.int64)}
+        """The three statistics, ``history`` (with ``keep_history``), ``presentations`` and ``epochs``."""
+        r, history = self._running, {"history": self.history} if self.keep_history else {}
+        return {"forgetting_count": r["forgetting"].copy(), "first_learned_epoch": r["first"].copy(),
+                "learned_from_epoch": r["learned_from"].copy(), **history, "presentations": r["presentations"].copy(),
+                "epochs": np.asarray(self.epochs, dtype=np.int64)}
 
     def state_dict(self) -> dict[str, Any]:
-        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), history bit-packed;
-        an open epoch's counters too."""
+        """CPU tensors and plain data (a checkpoint loads with ``weights_only=True``), history bit-packed."""
         pending = None
         if self._open_epoch is not None and self._counts is not None:
             seen, correct = self._counts.cpu().clone()
@@ -165,79 +148,65 @@ class LearningStats:
         self.epochs = [int(e) for e in state["epochs"]]
         self._state = np.unpackbits(np.asarray(state["state"], dtype=np.uint8), count=self.n).astype(bool)
         self._running = {key: np.asarray(state[key]).astype(np.int64) for key in self._running}
-        packed = state.get("history")
-        self._rows = []
-        if self.keep_history and packed is not None:
-            self._rows = list(np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1, count=self.n).astype(bool))
+        packed = state.get("history") if self.keep_history else None
+        self._rows = [] if packed is None else list(
+            np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1, count=self.n).astype(bool))
         self._counts, self._open_epoch = None, None
-        if state.get("pending") is not None:
-            pending = state["pending"]
+        if (pending := state.get("pending")) is not None:
             self.device = self.device or torch.device("cpu")
             self._counts = torch.stack([torch.as_tensor(pending["seen"]), torch.as_tensor(pending["correct"])]).to(
                 self.device, torch.int32)
             self._open_epoch = int(pending["epoch"])
 
 
-def _fmt(value: float, digits: int = 2) -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
-
-
 def cluster_table(stats: Mapping[str, np.ndarray], upsampled_mask: np.ndarray) -> str:
-    """A markdown table comparing USEFUL's upsampled cluster with the rest (and all examples): counts,
-    mean forgetting, unforgettable (learned, never forgotten), never-learned and correct-at-the-end
-    fractions, mean first-learned and learned-from epochs (where defined), mean presentations (if
-    given).  The paper expects the upsampled (slow-learnable) cluster to be learned later and forgotten
-    more often."""
+    """A markdown table comparing USEFUL's upsampled cluster with the rest and all examples.  The paper
+    expects the upsampled (slow-learnable) cluster to be learned later and forgotten more often."""
     mask = np.asarray(upsampled_mask, dtype=bool).reshape(-1)
     forgetting = np.asarray(stats["forgetting_count"], dtype=np.float64)
     first = np.asarray(stats["first_learned_epoch"], dtype=np.float64)
     learned_from = np.asarray(stats["learned_from_epoch"], dtype=np.float64)
     if not (forgetting.shape == first.shape == learned_from.shape == mask.shape):
         raise ValueError(f"upsampled_mask has {mask.size} entries, the statistics {forgetting.size}")
-    groups = (mask, ~mask, np.ones_like(mask))
-
-    def mean(values: np.ndarray, where: np.ndarray) -> float:
-        return float(values[where].mean()) if where.any() else math.nan
-
+    everywhere = np.ones_like(mask)
+    groups = (mask, ~mask, everywhere)
     learned, at_end = first >= 0, learned_from >= 0
-    rows = [("examples", [str(int(g.sum())) for g in groups]),
-            ("mean forgetting count", [_fmt(mean(forgetting, g)) for g in groups]),
-            ("unforgettable fraction", [_fmt(mean(learned & (forgetting == 0), g), 3) for g in groups]),
-            ("never learned fraction", [_fmt(mean(~learned, g), 3) for g in groups]),
-            ("mean first-learned epoch", [_fmt(mean(first, g & learned)) for g in groups]),
-            ("mean learned-from epoch", [_fmt(mean(learned_from, g & at_end)) for g in groups]),
-            ("correct at the end fraction", [_fmt(mean(at_end, g), 3) for g in groups])]
+    # (label, values, the examples where they are defined, digits): a mean over each group
+    means = [("mean forgetting count", forgetting, everywhere, 2),
+             ("unforgettable fraction", learned & (forgetting == 0), everywhere, 3),
+             ("never learned fraction", ~learned, everywhere, 3),
+             ("mean first-learned epoch", first, learned, 2), ("mean learned-from epoch", learned_from, at_end, 2),
+             ("correct at the end fraction", at_end, everywhere, 3)]
     if "presentations" in stats:
-        presentations = np.asarray(stats["presentations"], dtype=np.float64)
-        rows.append(("mean presentations", [_fmt(mean(presentations, g), 1) for g in groups]))
+        means.append(("mean presentations", np.asarray(stats["presentations"], dtype=np.float64), everywhere, 1))
+    rows = [("examples", [str(int(g.sum())) for g in groups])]
+    rows += [(label, [f"{values[g & where].mean():.{digits}f}" if (g & where).any() else "n/a" for g in groups])
+             for label, values, where, digits in means]
     lines = ["| statistic | upsampled | rest | all |", "| --- | ---: | ---: | ---: |"]
     return "\n".join(lines + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows])
 
 
-def learning_report(learning: Mapping[str, LearningStats], upsample: np.ndarray | None, *,
-                    method: str = "", k: int = 1, separated_at: Mapping | None = None) -> tuple[dict[str, np.ndarray], str | None]:
-    """What learning_stats.npz and clusters.md hold: each phase's :meth:`LearningStats.result` (the
-    pre-split phase's keys prefixed ``separate_``) and ``upsample``; the markdown (None without a
-    partition) is each phase's :func:`cluster_table`."""
+def learning_report(learning: Mapping[str, LearningStats], upsample: np.ndarray | None, *, method: str = "",
+                    k: int = 1, separated_at: Mapping | None = None) -> tuple[dict[str, np.ndarray], str | None]:
+    """What learning_stats.npz (the pre-split phase's keys prefixed ``separate_``) and clusters.md (None
+    without a partition) hold."""
     results = {name: stats.result() for name, stats in learning.items()}
-    arrays: dict[str, np.ndarray] = {}
-    for name, result in results.items():
-        prefix = "" if name == "main" else f"{name}_"
-        arrays.update({prefix + key: np.asarray(value) for key, value in result.items()})
+    arrays = {("" if name == "main" else f"{name}_") + key: np.asarray(value)
+              for name, result in results.items() for key, value in result.items()}
     if upsample is None:
         return arrays, None
     mask = arrays["upsample"] = np.asarray(upsample, dtype=bool)
-    where = "" if not separated_at else f" after {separated_at.get('epoch')} epoch(s) and {separated_at.get('steps')} step(s)"
+    where = (f" after {separated_at.get('epoch')} epoch(s) and {separated_at.get('steps')} step(s)"
+             if separated_at else "")
     text = ["# Learning statistics of the upsampled cluster and the rest", "",
             f"Partition: {method}, k = {k}, {int(mask.sum())} of {mask.size} examples upsampled{where}.  An example "
             "counts as correct in an epoch when its minibatch prediction on its (augmented) training input was right "
             "at every presentation of the epoch; forgetting = correct in one epoch, wrong in the next "
             "(see real/learning_stats.py).", ""]
-    titles = {"main": "Main phase (trained on the upsampled data)",
-              "separate": "Pre-split phase (the epochs before the split, original data)"}
-    for name in ("main", "separate"):
+    for name, title in (("main", "Main phase (trained on the upsampled data)"),
+                        ("separate", "Pre-split phase (the epochs before the split, original data)")):
         if name in results and len(results[name]["epochs"]):
             epochs = results[name]["epochs"]
-            text += [f"## {titles[name]}: epochs {int(epochs[0])}-{int(epochs[-1])}", "",
+            text += [f"## {title}: epochs {int(epochs[0])}-{int(epochs[-1])}", "",
                      cluster_table(results[name], mask), ""]
     return arrays, "\n".join(text)

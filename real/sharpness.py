@@ -2,13 +2,10 @@
 (``useful-train sharpness RUN_DIR``).
 
 The objective is the example-weighted mean loss over fixed batches ``B_1..B_m`` of ``n_b`` examples,
-
-    L(theta) = sum_b n_b L_b(theta) / sum_b n_b,    L_b = loss_fn(model(x_b; theta), y_b)  (batch mean),
-
-in eval mode (batch norm's running statistics, no dropout; weight decay, which would add
-``weight_decay * I``, is not included).  ``H v`` is exact, by double backward (Pearlmutter's
-``H v = grad <grad L, v>``); the top eigenvalues are Lanczos on that operator
-(``scipy.sparse.linalg.eigsh``, ``which="LA"``), the trace is Hutchinson's ``E[v^T H v]``, ``v`` Rademacher.
+``L(theta) = sum_b n_b L_b(theta) / sum_b n_b`` with ``L_b`` the batch-mean ``loss_fn``, in eval mode
+(weight decay's ``weight_decay * I`` not included).  ``H v`` is exact, by double backward
+(``H v = grad <grad L, v>``); the top eigenvalues are Lanczos on that operator (``eigsh``,
+``which="LA"``), the trace is Hutchinson's ``E[v^T H v]``, ``v`` Rademacher.
 """
 
 from __future__ import annotations
@@ -26,7 +23,14 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
+from theory.plumbing.atomic import atomic_write_json
 from theory.plumbing.config import ConfigError, check, check_choice, check_int, check_number
+
+from .augment import normalize
+from .data import load_training_data
+from .distributed import resolve_device
+from .phase import init_model
+from .rundir import SHARPNESS, checkpoint_path, load_checkpoint, load_run_config
 
 __all__ = ["hessian_vector_product", "top_hessian_eigenvalues", "hessian_trace", "l1_norm", "fixed_batches",
            "load_run_model", "sharpness_report"]
@@ -35,17 +39,16 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _params(model: nn.Module) -> list[torch.Tensor]:
+def _params(model: nn.Module) -> tuple[list[torch.Tensor], int]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    return params
+    return params, sum(p.numel() for p in params)
 
 
 @contextlib.contextmanager
 def _evaluating(model: nn.Module, eval_mode: bool = True):
-    """Eval mode (if asked) and the math attention kernel (the fused ones have no double backward);
-    the model's mode is restored afterwards."""
+    """Eval mode (if asked) and the math attention kernel (the fused ones have no double backward)."""
     was_training = model.training
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -86,19 +89,17 @@ def _hvp(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], vector: to
 
 def hessian_vector_product(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], vector: torch.Tensor,
                            *, eval_mode: bool = True) -> torch.Tensor:
-    """Exact flat ``H v`` of the mean loss over ``batches`` (``loss_fn(logits, y)`` a batch mean), in the
-    parameters' dtype and device.  theta is the trainable parameters in ``model.parameters()`` order;
-    ``vector`` (p,) is converted to their dtype and device; the model's mode is restored."""
+    """Exact flat ``H v`` of the mean loss over ``batches``, theta the trainable parameters in order;
+    ``vector`` and the result are in their dtype and device."""
     with _evaluating(model, eval_mode):
-        return _hvp(model, loss_fn, batches, vector, _params(model))
+        return _hvp(model, loss_fn, batches, vector, _params(model)[0])
 
 
 def _top_eigs(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: int, tol: float,
               seed: int) -> tuple[np.ndarray, int]:
     """The ``k`` largest eigenvalues, decreasing, and the number of ``H v`` that Lanczos used."""
     check_int("k", k, low=1)
-    params = _params(model)
-    p = sum(q.numel() for q in params)
+    params, p = _params(model)
     if k >= p:
         raise ValueError(f"k = {k} eigenvalues need more than k parameters (the model has {p})")
     count = 0
@@ -117,21 +118,18 @@ def _top_eigs(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: in
 
 def top_hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: int = 1, *,
                             tol: float = 1e-3, seed: int = 0, eval_mode: bool = True) -> np.ndarray:
-    """The ``k`` largest (algebraic) Hessian eigenvalues of the mean loss over ``batches``, decreasing:
-    ARPACK's implicitly restarted Lanczos with relative accuracy ``tol``, start vector ``N(0, I)`` from
-    ``seed``."""
+    """The ``k`` largest (algebraic) Hessian eigenvalues, decreasing: ARPACK's Lanczos with relative
+    accuracy ``tol``, start vector ``N(0, I)`` from ``seed``."""
     with _evaluating(model, eval_mode):
         return _top_eigs(model, loss_fn, batches, k, tol, seed)[0]
 
 
 def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *, samples: int = 100, seed: int = 0,
                   eval_mode: bool = True) -> tuple[float, float]:
-    """Hutchinson's estimate of ``tr H`` and its standard error: ``z_s = v_s^T H v_s`` for ``samples``
-    Rademacher ``v_s``, ``mean(z)`` and ``std(z, ddof=1) / sqrt(S)`` (NaN for one sample).  The variance
-    per sample is ``2 sum_{i != j} H_ij^2``."""
+    """Hutchinson's estimate of ``tr H`` over ``samples`` Rademacher vectors, and its standard error (NaN
+    for one sample; the variance per sample is ``2 sum_{i != j} H_ij^2``)."""
     check_int("samples", samples, low=1)
-    params = _params(model)
-    p = sum(q.numel() for q in params)
+    params, p = _params(model)
     gen = torch.Generator().manual_seed(int(seed))
     z = np.empty(samples, dtype=np.float64)
     with _evaluating(model, eval_mode):
@@ -147,20 +145,11 @@ def l1_norm(model: nn.Module) -> float:
 
 
 def load_run_model(path: str | Path, *, data_dir: str | None = None, device: str | torch.device = "cpu"):
-    """``(model, data, cfg, info)`` of a run directory (or its checkpoint file): the checkpoint's model,
-    and the training data as the trainer loads them (label noise included).
-
-    config.json and checkpoint.pt are read through real/rundir.py (a foreign or crafted file is refused,
-    never executed); ``data_dir`` overrides the stored one.  ``info``: run_dir, checkpoint, phase, epoch."""
-    from .data import load_training_data
-    from .phase import init_model
-    from .rundir import checkpoint_path, load_checkpoint, load_run_config
-
+    """``(model, data, cfg, info)`` of a run directory (or its checkpoint file): the checkpoint's model and
+    the training data as the trainer loads them; ``info``: run_dir, checkpoint, phase, epoch."""
     ckpt_path = checkpoint_path(path)
-    overrides = {"out": None, "resume": False, "overwrite": False, "compile": False}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    cfg = load_run_config(ckpt_path.parent, **overrides)
+    data_dirs = {} if data_dir is None else {"data_dir": data_dir}
+    cfg = load_run_config(ckpt_path.parent, out=None, resume=False, overwrite=False, compile=False, **data_dirs)
     ckpt = load_checkpoint(ckpt_path)
     data = load_training_data(cfg, torch.device("cpu"))
     model = init_model(cfg, data)
@@ -178,10 +167,8 @@ def load_run_model(path: str | Path, *, data_dir: str | None = None, device: str
 def fixed_batches(x_uint8: torch.Tensor, y: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
                   batches: int, batch_size: int, seed: int = 0, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> list[Batch]:
-    """The first ``batches`` batches of ``batch_size`` of ``numpy.random.default_rng(seed).permutation(N)``
-    of the un-augmented examples, normalized and on ``device`` (the last one short if N is too small)."""
-    from .augment import normalize
-
+    """The first ``batches`` batches of ``batch_size`` of a seeded permutation of the un-augmented
+    examples, normalized and on ``device`` (the last one short if N is too small)."""
     if batches < 1 or batch_size < 1:
         raise ValueError(f"batches and batch_size must be positive, got {batches} and {batch_size}")
     order = torch.as_tensor(np.random.default_rng(seed).permutation(int(x_uint8.shape[0]))[: batches * batch_size])
@@ -189,51 +176,36 @@ def fixed_batches(x_uint8: torch.Tensor, y: torch.Tensor, *, mean: Sequence[floa
             for idx in torch.split(order, batch_size)]
 
 
-def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)
-
-
 def sharpness_report(path: str | Path, *, batches: int = 10, batch_size: int = 128, k: int = 1,
                      trace_samples: int = 50, seed: int = 0, device: str = "cpu", tol: float = 1e-3,
                      dtype: str = "float32", data_dir: str | None = None) -> dict[str, Any]:
-    """Sharpness of a run's checkpoint (:func:`load_run_model`, eval mode) on :func:`fixed_batches` of its
-    un-augmented training set, with the (un-smoothed) mean cross-entropy, as plain JSON data:
-    ``top_eigenvalues`` (decreasing), ``trace`` and ``trace_stderr`` (None when ``trace_samples = 0``),
-    ``l1_norm``, ``loss`` and ``accuracy`` on the sample, ``hvp_count`` (Lanczos's ``H v``), the
-    settings, the checkpoint's ``phase`` and ``epoch``, ``run_dir`` and ``seconds``."""
-    from .distributed import resolve_device
-
+    """Sharpness of a run's checkpoint on :func:`fixed_batches` of its training set, with the (un-smoothed)
+    mean cross-entropy, as plain JSON data (``trace`` None when ``trace_samples = 0``)."""
     start = time.perf_counter()
     check_choice("dtype", dtype, ("float32", "float64"))
     dev, torch_dtype = resolve_device(device), getattr(torch, dtype)
-    model, data, cfg, info = load_run_model(path, data_dir=data_dir, device="cpu")
+    model, data, _, info = load_run_model(path, data_dir=data_dir, device="cpu")
     model = model.to(device=dev, dtype=torch_dtype)
-    ds = data.dataset
-    fixed = fixed_batches(data.train_x, data.train_y, mean=ds.mean, std=ds.std, batches=batches,
+    fixed = fixed_batches(data.train_x, data.train_y, mean=data.dataset.mean, std=data.dataset.std, batches=batches,
                           batch_size=batch_size, seed=seed, device=dev, dtype=torch_dtype)
     examples = sum(int(y.shape[0]) for _, y in fixed)
     with _evaluating(model):
         with torch.no_grad():
             outputs = [(model(x), y) for x, y in fixed]
-        eigs, hvps = _top_eigs(model, _cross_entropy, fixed, k, tol, seed)
+        eigs, hvps = _top_eigs(model, F.cross_entropy, fixed, k, tol, seed)
     trace = stderr = None
     if trace_samples > 0:
-        trace, stderr = hessian_trace(model, _cross_entropy, fixed, samples=trace_samples, seed=seed)
-    return {
-        "top_eigenvalues": [float(v) for v in eigs], "trace": trace, "trace_stderr": stderr,
-        "l1_norm": l1_norm(model),
-        "loss": sum(float(F.cross_entropy(logits, y, reduction="sum")) for logits, y in outputs) / examples,
-        "accuracy": sum(float((logits.argmax(1) == y).sum()) for logits, y in outputs) / examples,
-        "batches": len(fixed), "batch_size": batch_size, "examples": examples,
-        "parameters": sum(p.numel() for p in _params(model)), "hvp_count": hvps,
-        "k": k, "tol": tol, "trace_samples": trace_samples, "seed": seed,
-        "phase": info["phase"], "epoch": info["epoch"], "run_dir": info["run_dir"],
-        "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - start,
-    }
+        trace, stderr = hessian_trace(model, F.cross_entropy, fixed, samples=trace_samples, seed=seed)
+    return {"top_eigenvalues": [float(v) for v in eigs], "trace": trace, "trace_stderr": stderr,
+            "l1_norm": l1_norm(model),
+            "loss": sum(float(F.cross_entropy(logits, y, reduction="sum")) for logits, y in outputs) / examples,
+            "accuracy": sum(float((logits.argmax(1) == y).sum()) for logits, y in outputs) / examples,
+            "batches": len(fixed), "batch_size": batch_size, "examples": examples,
+            "parameters": _params(model)[1], "hvp_count": hvps,
+            "k": k, "tol": tol, "trace_samples": trace_samples, "seed": seed,
+            "phase": info["phase"], "epoch": info["epoch"], "run_dir": info["run_dir"],
+            "dtype": dtype, "device": str(dev), "seconds": time.perf_counter() - start}
 
-
-# ----------------------------------------------------------------------------------------------
-# CLI: useful-train sharpness RUN_DIR...
 
 _COUNTS = (("--batches", 10, 1, "fixed batches of the training set"), ("--batch-size", 128, 1, "examples per batch"),
            ("--k", 1, 1, "number of top Hessian eigenvalues"),
@@ -256,8 +228,6 @@ def add_arguments(parser) -> None:
 
 def _targets(runs: list[str], out: str | None) -> list[Path]:
     """Where each report goes, checked before any work: a computed report must never be lost."""
-    from .rundir import SHARPNESS
-
     if out is not None:
         check(len(runs) == 1 or Path(out).name == out, "--out", out,
               "a file name (placed inside each RUN_DIR) when several RUN_DIRs are given")
@@ -275,8 +245,6 @@ def _targets(runs: list[str], out: str | None) -> list[Path]:
 
 
 def command(args) -> int:
-    from theory.plumbing.atomic import atomic_write_json
-
     for flag, _, low, _ in _COUNTS:
         check_int(flag, getattr(args, flag[2:].replace("-", "_")), low=low)
     check_number("--tol", args.tol, low=0.0, high=1.0, low_open=True)  # NaN would make ARPACK loop forever

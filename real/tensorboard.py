@@ -1,25 +1,12 @@
 """TensorBoard event files of a run (``--tensorboard``): per-epoch scalars and USEFUL's split.
 
-Rank 0 writes them with ``torch.utils.tensorboard.SummaryWriter`` into the run directory's TensorBoard
-folder, so ``tensorboard --logdir runs/`` shows every run.  Tensorboard is an optional extra; without it
-the flag is refused when the configuration is validated (:func:`check_installed`).
-
-Tags (float32): every epoch ``train/loss``, ``train/accuracy``, ``test/loss``, ``test/accuracy``,
-``train/lr``, ``train/images_per_second`` (prefixed ``separate/`` before USEFUL's split, so a USEFUL run's
-``train/loss`` and its baseline's are the same curve over the same epochs) and ``phase`` (0 before the
-split, 1 after); at the split ``split/upsampled``, ``split/upsampled_fraction``, ``split/mean_loss_upsampled``,
-``split/mean_loss_rest`` and per class c ``split/class_c/{size,mean_loss}_{upsampled,rest}``
-(partition.npz's numbers; an empty group has no mean loss).
-
-Steps (:func:`global_step`) increase in the order a run writes them: main epoch e is step e (the split
-is step 0), pre-split epoch e is step ``e - epochs - 1``.
+Rank 0 writes them into the run directory's TensorBoard folder (the tags: docs/training.md).
 
 Resume.  An epoch is flushed before its checkpoint, so a killed run may leave steps on disk that its
 checkpoint lacks (and a session without ``--tensorboard`` leaves steps out).  So every session's file
 starts with TensorBoard's purge marker at the first step a run can write (``SummaryWriter(purge_step=s)``:
 the reader drops every earlier event at a step >= s), then the checkpointed record (metrics.jsonl's rows,
-partition.npz's split) in step order, which also replaces the old values in TensorBoard's data server.
-The curves continue with each step once, the values of an uninterrupted run.
+partition.npz's split) in step order: the curves hold each step once, the values of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -53,7 +40,8 @@ def check_installed() -> None:
 
 
 def global_step(phase: str, epoch: int, epochs: int) -> int:
-    """The step of ``phase``'s epoch ``epoch`` in a run of ``epochs`` epochs (at most ``epochs`` pre-split)."""
+    """The step of ``phase``'s epoch ``epoch`` in a run of ``epochs`` epochs: main epoch e is step e (the split
+    step 0), pre-split epoch e step ``e - epochs - 1``, so steps increase in the order a run writes them."""
     return epoch if phase == "main" else epoch - epochs - 1
 
 
@@ -70,10 +58,9 @@ def split_scalars(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     losses = np.asarray(arrays["losses"], dtype=np.float64)
     sizes, up = np.asarray(arrays["class_sizes"]), np.asarray(arrays["upsampled_per_class"])
     out = {"split/upsampled": float(mask.sum()), "split/upsampled_fraction": float(mask.mean())}
-    if mask.any():
-        out["split/mean_loss_upsampled"] = float(losses[mask].mean())
-    if not mask.all():
-        out["split/mean_loss_rest"] = float(losses[~mask].mean())
+    for side, members in (("upsampled", mask), ("rest", ~mask)):
+        if members.any():  # an empty group has no mean loss
+            out[f"split/mean_loss_{side}"] = float(losses[members].mean())
     width = len(str(len(sizes) - 1))
     for c in range(len(sizes)):
         name = f"split/class_{c:0{width}d}/"
@@ -97,9 +84,8 @@ def _created(path: Path) -> int:
 
 
 class Board:
-    """The run's SummaryWriter (rank 0): one event file per session, flushed every epoch.  The file starts
-    with the purge marker and the checkpointed record: ``rows`` (metrics.jsonl's) and ``split``
-    (partition.npz's arrays, or None), as the module's docstring says."""
+    """The run's SummaryWriter (rank 0): one event file per session, flushed every epoch, that starts with
+    the purge marker and the checkpointed ``rows`` and ``split`` (or None), as the module docstring says."""
 
     def __init__(self, folder: Path, *, epochs: int, rows: Sequence[Mapping], split: Mapping[str, np.ndarray] | None):
         from torch.utils.tensorboard import SummaryWriter
