@@ -46,10 +46,9 @@ def random_crop_flip(x: torch.Tensor, *, padding: int = 4, generator: torch.Gene
     torchvision's ``RandomCrop(H, padding)`` then ``RandomHorizontalFlip()``: with ``xp`` the input
     zero-padded by ``padding`` on each side and offsets ``dy, dx ~ U{0..2 padding}``,
 
-        out[n, c, i, j] = xp[n, c, dy_n + i, dx_n + (W - 1 - j if flip_n else j)].
+        out[n, c, i, j] = xp[n, c, dy_n + i, dx_n + (W - 1 - j if flip_n else j)]
 
-    Any dtype, shape (N, C, H, W); one gather for the whole batch.
-    """
+    for any dtype, shape (N, C, H, W), in one gather for the whole batch."""
     check_int("padding", padding, low=0)
     check(x.ndim == 4, "x", tuple(x.shape), "an (N, C, H, W) batch")
     n, c, h, w = x.shape
@@ -87,11 +86,8 @@ def mixup(x: torch.Tensor, y: torch.Tensor, *, alpha: float, num_classes: int,
 
 def symmetric_label_noise(labels: np.ndarray, *, rate: float, num_classes: int, seed: int
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """``(noisy_labels, flipped_mask)``, each label replaced with probability ``rate`` by a uniformly
-    drawn *other* class, a function of ``seed``:
-
-        flipped_i ~ Bernoulli(rate),   noisy_i = (y_i + u_i) mod C,   u_i ~ U{1..C-1}
-    """
+    """``(noisy_labels, flipped_mask)``, a function of ``seed``: each label replaced with probability
+    ``rate`` by a uniformly drawn *other* class, ``noisy_i = (y_i + u_i) mod C``, ``u_i ~ U{1..C-1}``."""
     check_number("rate", rate, low=0.0, high=1.0)
     check_int("num_classes", num_classes, low=2)
     labels = np.asarray(labels)
@@ -119,22 +115,17 @@ COPY_AUGMENTS: dict[str, Transform | None] = {  # what the extra copies of upsam
 
 class Augmenter:
     """The trainer's per-batch transform, in torchvision users' order: ``augment`` (a key of
-    :data:`AUGMENTS`), then TrivialAugmentWide on uint8 (optional), then normalize; on ``device``, with
-    its own generator seeded by ``seed`` (each batch draws the crop offsets and flips, then the
-    operations, bins and signs), saved and restored by ``state_dict`` / ``load_state_dict``.  Its
-    values are TrainConfig's, not re-validated."""
+    :data:`AUGMENTS`), then TrivialAugmentWide on uint8 (optional), then normalize; on ``device``, with its
+    own generator seeded by ``seed`` (in ``state_dict``).  Its values are TrainConfig's, not re-validated."""
 
     def __init__(self, *, mean: Sequence[float], std: Sequence[float], augment: str = "crop-flip",
                  trivial_augment: bool = False, copy_augment: str = "trivial-augment", seed: int = 0,
                  device: str | torch.device = "cpu"):
-        self.mean, self.std = tuple(mean), tuple(std)
         self.augment, self.trivial_augment = AUGMENTS[augment], trivial_augment
         self.copy_augment = COPY_AUGMENTS[copy_augment]
-        self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
         # On the device once (not per batch: see _stats).
-        self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
-        self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
+        self._mean_t, self._std_t = (torch.tensor(tuple(v), dtype=torch.float32, device=device) for v in (mean, std))
 
     def __call__(self, x_uint8: torch.Tensor, copies: torch.Tensor | None = None) -> torch.Tensor:
         """The augmented, normalized batch.  ``copies`` (bool per image, ``--copy-augment``) marks extra

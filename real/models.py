@@ -1,8 +1,8 @@
 """Classifiers for small images (28 to 96 pixels): the paper's architectures, plus a small CNN.
 
-Float ``(N, C, H, W)`` in, logits ``(N, num_classes)`` out; build them with :func:`build_model`.  The CNNs
-have a CIFAR-style stem (3x3 convolution, stride 1, no max-pool) and adaptive average pooling, so the
-same code serves 28 to 96 pixel images; convolutions are Kaiming-normal (fan-out), batch-norm scales 1.
+Float ``(N, C, H, W)`` in, logits ``(N, num_classes)`` out (:func:`build_model`).  The CNNs have a
+CIFAR-style stem (3x3 convolution, stride 1, no max-pool) and adaptive average pooling, so the same
+code serves 28 to 96 pixel images.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                         if stride != 1 or c_in != c_out else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -108,11 +107,6 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.body(x)], dim=1)
 
 
-def _transition(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, c_out, 1, bias=False),
-                         nn.AvgPool2d(2))
-
-
 class DenseNet(nn.Module):
     """DenseNet-BC with a CIFAR stem (3x3 conv to ``2 * growth`` channels, no pooling): ``blocks`` dense
     layers per block (``(6, 12, 24, 16)``: DenseNet121), transitions reducing channels by ``compression``."""
@@ -127,8 +121,9 @@ class DenseNet(nn.Module):
                 layers.append(DenseLayer(c, growth))
                 c += growth
             if i < len(blocks) - 1:
-                c_out = int(c * compression)
-                layers.append(_transition(c, c_out))
+                c_out = int(c * compression)  # the transition
+                layers.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                            nn.Conv2d(c, c_out, 1, bias=False), nn.AvgPool2d(2)))
                 c = c_out
         layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)]
         self.features = nn.Sequential(*layers)
@@ -196,10 +191,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_dim) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Truncated-normal (std 0.02) embeddings and linears; Kaiming-normal patch convolution."""
+        # Truncated-normal (std 0.02) embeddings and linears; Kaiming-normal patch convolution.
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():

@@ -6,21 +6,16 @@ SAM (Foret et al., 2021) takes two gradients per step on the same minibatch:
     ASAM  e(w)  = rho T^2 g / ||T g||_F,   T = diag(t)            (Kwon et al., 2021)
     w    <- w - lr * base_step(grad L_B(w + e))                   (second_step, at the restored w)
 
-``||.||_F`` is the norm of the whole parameter vector (all tensors jointly), as in
-``theory.updates.perturbation``; ``g = 0`` gives ``e = 0``.  ``e`` uses the loss gradient only:
-weight decay and momentum belong to the base optimizer's step (as in davda54/sam).
+``||.||_F`` is the norm of the whole parameter vector, as in ``theory.updates.perturbation``; ``g = 0``
+gives ``e = 0``.  ``e`` uses the loss gradient only: weight decay and momentum are the base step's.
+ASAM's ``T`` (``--asam-variant``): ``kwon`` (SamsungLabs/ASAM), ``t = |w| + 0.01`` (:data:`ASAM_ETA`) on
+the parameters whose name contains ``weight``, ``t = 1`` on the others, the norm over all of them (their
+code adds 1e-16 to the norm, a difference below float64's resolution); ``davda54`` (davda54/sam's
+``adaptive=True``), ``t = |w|`` on every parameter.
 
-ASAM's ``T`` (``--asam-variant``, :data:`ASAM_VARIANTS`):
-
-* ``kwon``: Kwon et al.'s official code (SamsungLabs/ASAM): ``t = |w| + 0.01`` (:data:`ASAM_ETA`) on
-  the parameters whose name contains ``weight`` (convolution, linear and BatchNorm weights), ``t = 1``
-  on the others (biases, BatchNorm shifts); the norm ``||T g||`` runs over all of them.  (Their code
-  adds 1e-16 to the norm; here ``g = 0`` gives ``e = 0``, a difference below float64's resolution.)
-* ``davda54``: davda54/sam's ``adaptive=True``: ``t = |w|`` on every parameter.
-
-BatchNorm: :func:`sam_step` freezes the running statistics for the pass at ``w + e``, a network never
-evaluated (:func:`disable_running_stats`, as davda54/sam advises).  DDP all-reduces both backward
-passes, so ``e`` comes from the global-batch gradient (not m-sharpness with m = the per-worker batch).
+:func:`sam_step` freezes BatchNorm's running statistics for the pass at ``w + e``, a network never
+evaluated (as davda54/sam advises).  DDP all-reduces both backward passes, so ``e`` comes from the
+global-batch gradient (not m-sharpness with m = the per-worker batch).
 """
 
 from __future__ import annotations
@@ -40,10 +35,8 @@ ASAM_ETA = 0.01  # Kwon et al.'s eta: t = |w| + eta (SamsungLabs/ASAM's default 
 
 
 class SAM(torch.optim.Optimizer):
-    """SAM around ``base_optimizer_cls`` (built on the same, shared ``param_groups`` with
-    ``base_kwargs``, so LR schedulers of this optimizer drive the base step).  ``rho = 0`` is the base
-    optimizer evaluated twice.  A group with ``adaptive=True`` is ASAM's, ``t = |w| + eta`` (``eta`` 0:
-    davda54's ``t = |w|``); ``t = 1`` on the others.  Values are TrainConfig's, not re-validated."""
+    """SAM around ``base_optimizer_cls``, sharing its ``param_groups`` (so LR schedulers drive the base step).
+    A group with ``adaptive=True`` is ASAM's, ``t = |w| + eta``; ``t = 1`` on the others.  Not re-validated."""
 
     def __init__(self, params, base_optimizer_cls, *, rho: float = 0.05, adaptive: bool = False, eta: float = 0.0,
                  **base_kwargs):
@@ -101,11 +94,9 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
-        """Restore ``w`` and take the base step with the gradient computed at ``w + e``.
-
-        Both steps change the weights in place, so both drop autocast's cached bf16 copies of them:
-        the trainer runs a whole SAM step in one autocast region (``--precision bf16``), and with the
-        cache the pass "at w + e" would use the copies of w: SAM would silently be SGD twice."""
+        """Restore ``w`` and take the base step with the gradient computed at ``w + e``.  Both steps drop
+        autocast's cached bf16 copies of the weights: a whole SAM step runs in one autocast region, and
+        with the cache the pass "at w + e" would use the copies of w (SAM silently SGD twice)."""
         for params, old in getattr(self, "_perturbed", []):
             torch._foreach_copy_(params, old)
         self._perturbed = []
@@ -131,9 +122,8 @@ class SAM(torch.optim.Optimizer):
 
 
 def asam_groups(named_params, variant: str = "kwon") -> list[dict]:
-    """ASAM's parameter groups from ``model.named_parameters()``: ``kwon``, ``T = |w| + ASAM_ETA`` on
-    the names containing ``weight`` (SamsungLabs/ASAM's ``'weight' in n``), ``T = 1`` on the others;
-    ``davda54``, one group with ``T = |w|``."""
+    """ASAM's parameter groups from ``model.named_parameters()`` for ``variant`` (module docstring): ``kwon``
+    splits them by SamsungLabs/ASAM's ``'weight' in n``; ``davda54`` is one group."""
     named = list(named_params)
     check(all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in named), "params",
           "unnamed parameters", "(name, parameter) pairs, e.g. model.named_parameters(): ASAM's T depends on the name")
@@ -172,10 +162,8 @@ def _batch_norms(model: nn.Module):
 
 
 def disable_running_stats(model: nn.Module) -> None:
-    """Freeze BatchNorm's running statistics for SAM's second pass (momentum 0: ``r <- r``, as
-    davda54/sam's): that pass must not count the batch twice nor mix in the perturbed network's
-    statistics; it still normalizes with the batch statistics (train mode).  ``num_batches_tracked``
-    is saved too (it matters for ``momentum=None``, the cumulative average)."""
+    """Freeze BatchNorm's running statistics for SAM's second pass (momentum 0, as davda54/sam's): it
+    still normalizes with the batch statistics; ``num_batches_tracked`` is saved too (``momentum=None``)."""
     for m in _batch_norms(model):
         if not hasattr(m, "_sam_backup"):
             tracked = None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
@@ -195,9 +183,8 @@ def enable_running_stats(model: nn.Module) -> None:
 
 def sam_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, inputs: torch.Tensor,
              targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training step; ``(loss, logits)`` at the unperturbed ``w``, detached, never synced to the
-    host.  :class:`SAM`: the closure repeats the forward-backward at ``w + e`` with BatchNorm's
-    running statistics frozen.  Gradients are zeroed before and after."""
+    """One training step, gradients zeroed before and after; ``(loss, logits)`` at the unperturbed ``w``,
+    detached, never synced to the host.  SAM's closure runs at ``w + e`` with BatchNorm's statistics frozen."""
     optimizer.zero_grad(set_to_none=True)
     logits = model(inputs)
     loss = loss_fn(logits, targets)

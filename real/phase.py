@@ -1,12 +1,10 @@
-"""One training phase: a model from its seeded initialization, its optimizer, schedule, augmentation
-and index list; and the process settings of a run (determinism, numeric precision, memory layout).
-A USEFUL run has two phases built the same way: ``separate`` (the original list, until the split)
-and ``main`` (a fresh model from the same seed on the upsampled list); a run without USEFUL, ``main``.
+"""One training phase (a seeded model, its optimizer, schedule, augmentation and index list) and a run's
+process settings.  A USEFUL run has two phases built the same way: ``separate`` (the original list, until
+the split) and ``main`` (a fresh model from the same seed on the upsampled list); a plain run, ``main``.
 
-Randomness: the initialization is ``torch.manual_seed(seed)`` then ``build_model``; each epoch's
-permutation, augmentation, MixUp and global torch RNG are reseeded from ``(seed, epoch[, rank])``
-(:func:`epoch_seed`), so an epoch is a function of the state at its start: resuming after any epoch
-replays exactly the same computation, and no RNG state needs saving.
+Each epoch's permutation, augmentation, MixUp and global torch RNG are reseeded from ``(seed, epoch[,
+rank])`` (:func:`epoch_seed`), so an epoch is a function of the state at its start: resuming after any
+epoch replays exactly the same computation, and no RNG state needs saving.
 """
 
 from __future__ import annotations
@@ -57,9 +55,8 @@ def steps_per_epoch(list_length: int, batch_size: int, world_size: int = 1) -> i
 
 @dataclass(frozen=True)
 class Numerics:
-    """``--precision`` and ``--memory-format`` resolved for a device (:func:`resolve_numerics`, once
-    per run): ``auto`` is bf16 autocast and channels_last on CUDA, float32 and contiguous elsewhere."""
-
+    """``--precision`` and ``--memory-format`` resolved once per run (:func:`resolve_numerics`): ``auto``
+    is bf16 autocast and channels_last on CUDA, float32 and contiguous elsewhere."""
     device_type: str
     bf16: bool
     layout: torch.memory_format
@@ -77,10 +74,9 @@ def resolve_numerics(cfg: TrainConfig, device: torch.device) -> Numerics:
 
 @contextlib.contextmanager
 def process_settings(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
-    """``--deterministic``: fixed kernels, cuDNN deterministic, one CPU thread (results independent of
-    the core count); on CUDA, kernels without a deterministic version (e.g. adaptive average pooling's
-    backward) warn instead of failing.  Otherwise cuDNN autotuning and TF32 matmuls on CUDA.  Restored
-    afterwards (tests and benchmarks run many trainings in one process)."""
+    """``--deterministic``: fixed kernels, one CPU thread (results independent of the core count); on CUDA,
+    kernels without a deterministic version (adaptive pooling's backward) warn instead of failing.
+    Otherwise cuDNN autotuning and TF32 matmuls on CUDA.  Restored afterwards (many trainings per process)."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     matmul = torch.get_float32_matmul_precision()
@@ -137,9 +133,8 @@ class Phase:
 
 def build_phase(name: str, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *,
                 multiplicities: np.ndarray | None = None, numerics: Numerics | None = None) -> Phase:
-    """A fresh model (:func:`init_model`), optimizer and schedule for ``cfg.epochs`` epochs over the
-    index list ``arange(N)``, or ``repeat(arange(N), multiplicities)`` in USEFUL's main phase (with
-    ``--upweight``, ``arange(N)`` and the multiplicities as loss weights).  ``cfg`` is trusted."""
+    """A fresh model, optimizer and schedule over ``arange(N)``, or ``repeat(arange(N), multiplicities)`` in
+    USEFUL's main phase (with ``--upweight``: ``arange(N)``, multiplicities as loss weights); ``cfg`` is trusted."""
     device = info.device
     numerics = numerics or resolve_numerics(cfg, device)
     raw = init_model(cfg, data)

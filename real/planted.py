@@ -2,16 +2,14 @@
 
 In a fraction ``alpha`` (``--easy-fraction``) of the training and test images alike (so it stays in
 distribution), a white square (``--easy-size`` pixels a side) is drawn on the image's border at a
-position set by the label; ``has_easy`` records which examples carry it.  It is learned much faster
-than the clothing (beta_e >> beta_d in the theory): it is strong (255 on the black border of a
-Fashion-MNIST image, which the clothing, scaled by ``--contrast``, never reaches), the same in every
-example of a class, linearly decodable from the ``size^2`` pixels of each class's position, and apart
-from the clothing, as the fast feature sits in its own patch in Definition 3.1.  ``--contrast c``
-multiplies every pixel by ``c`` before the square is drawn: the strength of the slow feature.
+position set by the label.  It is learned much faster than the clothing (beta_e >> beta_d in the
+theory): strong (255 on the black border, which the clothing, scaled by ``--contrast``, never reaches),
+the same in every example of a class, and apart from the clothing, as the fast feature sits in its own
+patch in Definition 3.1.  ``--contrast c`` multiplies every pixel by ``c``: the slow feature's strength.
 
-Everything is deterministic from ``--seed``: the class-stratified subsets (``--train-subset``,
-``--test-subset``) and the carriers (exactly ``round(alpha n_c)`` of the ``n_c`` examples of class
-``c``, training and test drawn separately).  The square follows the clean labels, before label noise.
+Everything is deterministic from ``--seed``: the class-stratified subsets and the carriers (exactly
+``round(alpha n_c)`` of class ``c``, training and test drawn separately).  The square follows the clean
+labels, before label noise.
 """
 
 from __future__ import annotations
@@ -52,11 +50,8 @@ class EasyFeature:
         out = {"has_easy_train": self.has_easy_train, "has_easy_test": self.has_easy_test,
                "positions": self.positions, "size": np.int64(self.size), "value": np.int64(PATCH_VALUE),
                "fraction": np.float64(self.fraction), "contrast": np.float64(self.contrast)}
-        if self.subset is not None:
-            out["train_subset"] = self.subset
-        if self.test_subset is not None:
-            out["test_subset"] = self.test_subset
-        return out
+        subsets = {"train_subset": self.subset, "test_subset": self.test_subset}
+        return out | {key: value for key, value in subsets.items() if value is not None}
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -85,9 +80,8 @@ def patch_positions(num_classes: int, image_size: int, size: int) -> np.ndarray:
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int, *, split: str = "train") -> np.ndarray:
-    """``n`` indices drawn without replacement, each class in proportion to its size (largest
-    remainders get the leftover places), sorted; ``split`` (``train`` or ``test``) names the flag
-    and picks the random stream."""
+    """``n`` sorted indices drawn without replacement, each class in proportion to its size (largest
+    remainders get the leftover places); ``split`` (``train``/``test``) names the flag and the stream."""
     labels = np.asarray(labels)
     if not 1 <= n <= labels.size:
         raise ConfigError(f"--{split}-subset", n, f"at most the {labels.size} examples of the {split} split")

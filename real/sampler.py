@@ -1,17 +1,12 @@
-"""USEFUL's upsampled training list for any PyTorch loop: a ``Sampler``, and the epoch order it shares
-with the trainer.
+"""USEFUL's upsampled training list for any PyTorch loop: ``DataLoader(dataset, batch_size=...,
+sampler=UpsampleSampler(multiplicities))`` visits ``repeat(arange(n), multiplicities)`` once per epoch.
 
-After the split USEFUL retrains on ``repeat(arange(n), multiplicities)`` (an upsampled example k times
-per epoch, the others once): ``DataLoader(dataset, batch_size=..., sampler=UpsampleSampler(m))``.
-As ``torch.utils.data.DistributedSampler``: ``num_replicas`` and ``rank`` default to the process group's
-(else one process); call ``set_epoch(epoch)`` before each epoch (else every epoch repeats epoch 0's
-order); every rank draws the same permutation and takes every ``num_replicas``-th entry from ``rank``,
-so the shards are disjoint and of length ``len(sampler)``.  ``drop_last=False`` pads the permutation
-with its own first entries to a multiple of ``num_replicas`` (a few entries seen twice), ``True`` cuts
-it (up to ``num_replicas - 1`` entries unseen: the trainer's rule).  Batching is the DataLoader's.
-
-The order is :func:`epoch_shard`, the trainer's own: with ``drop_last=True`` and the same ``seed``, a
-plain loop visits the examples in the order ``useful-train`` does.
+As ``torch.utils.data.DistributedSampler``: ``num_replicas`` and ``rank`` default to the process group's;
+call ``set_epoch(epoch)`` before each epoch; every rank draws the same permutation and takes every
+``num_replicas``-th entry, so the shards are disjoint.  ``drop_last=False`` pads the permutation with its
+own first entries to a multiple of ``num_replicas``, ``True`` cuts it (the trainer's rule).  The order is
+:func:`epoch_shard`, the trainer's own: with ``drop_last=True`` and the same ``seed``, a plain loop visits
+the examples in the order ``useful-train`` does.
 """
 
 from __future__ import annotations
@@ -52,9 +47,7 @@ class UpsampleSampler(Sampler[int]):
 
     def __init__(self, multiplicities, *, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False):
-        if isinstance(multiplicities, torch.Tensor):
-            multiplicities = multiplicities.detach().cpu().numpy()
-        m = np.asarray(multiplicities)
+        m = multiplicities.detach().cpu().numpy() if torch.is_tensor(multiplicities) else np.asarray(multiplicities)
         check(m.ndim == 1 and m.size > 0, "multiplicities", m.shape, "a non-empty 1-d array")
         check(np.issubdtype(m.dtype, np.integer) and bool(np.all(m >= 0)) and int(m.sum()) > 0, "multiplicities",
               m.dtype, "non-negative integers, not all 0")
@@ -67,8 +60,8 @@ class UpsampleSampler(Sampler[int]):
         check(isinstance(shuffle, bool), "shuffle", shuffle, "true or false")
         check(isinstance(drop_last, bool), "drop_last", drop_last, "true or false")
         self.index_list = torch.from_numpy(np.repeat(np.arange(len(m), dtype=np.int64), m.astype(np.int64)))
-        self.num_replicas, self.rank, self.shuffle, self.seed, self.drop_last = num_replicas, rank, shuffle, seed, drop_last
-        self.epoch = 0
+        self.num_replicas, self.rank, self.shuffle = num_replicas, rank, shuffle
+        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose order the next iteration yields (call it before every epoch)."""

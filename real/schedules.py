@@ -40,8 +40,7 @@ def lr_factor(step: int, *, name: str, total: int, warmup: int, steps_per_epoch:
 def build_schedule(optimizer: torch.optim.Optimizer, *, name: str, epochs: int, steps_per_epoch: int,
                    warmup_epochs: float = 0.0, milestones: tuple[int, ...] = (),
                    gamma: float = 0.2) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-iteration ``LambdaLR``; ``milestones`` are epochs (multistep only).  The values are
-    TrainConfig's, validated there."""
+    """A per-iteration ``LambdaLR``; ``milestones`` are epochs.  The values are TrainConfig's, validated there."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
         lr_factor, name=name, total=epochs * steps_per_epoch, warmup=round(warmup_epochs * steps_per_epoch),
         steps_per_epoch=steps_per_epoch, milestones=tuple(milestones), gamma=float(gamma)))

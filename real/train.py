@@ -5,12 +5,6 @@ permutation of an index list, batches are gathered and augmented on the device. 
 the pre-split phase until USEFUL says split (real/useful.py), splits, and trains the main phase from
 the same initialization on the upsampled list; a plain run has only the main phase.  Both phases
 checkpoint after every epoch (real/rundir.py), so a run killed at any point resumes bit for bit.
-
-    train            set up, open the run directory, pre-split phase and split, main phase, finish
-    pre_split_phase  USEFUL's epochs on the original data until the split, and the split
-    run_epoch        one epoch: train, evaluate, log, checkpoint
-    train_epoch      the step loop (SGD or SAM steps, real/optim.py)
-    evaluate         test loss and accuracy
 """
 
 from __future__ import annotations
@@ -19,6 +13,7 @@ import dataclasses
 import logging
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -52,17 +47,10 @@ class Diverged(RuntimeError):
                          f"iteration {iteration} of the epoch")
 
 
-# ----------------------------------------------------------------------------------------------
-# The run.
-
-
 def train(cfg: TrainConfig) -> dict:
-    """Run ``cfg`` (fresh, or resumed with ``cfg.resume``) and return summary.json's content.
-
-    Bad input (a refused run directory, missing data, an infeasible setting) raises
-    :class:`~theory.plumbing.config.ConfigError` before anything is written; a run that diverges
-    returns a summary with status ``"diverged"`` and keeps its last good checkpoint.
-    """
+    """Run ``cfg`` (fresh, or resumed with ``cfg.resume``) and return summary.json's content.  Bad input
+    raises :class:`~theory.plumbing.config.ConfigError` before anything is written; a run that diverges
+    returns a summary with status ``"diverged"`` and keeps its last good checkpoint."""
     if cfg.out is None:
         cfg = dataclasses.replace(cfg, out=default_out(cfg))
     with D.session(cfg.device) as info, process_settings(cfg, info.device):
@@ -129,8 +117,7 @@ def run_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, ru
     ph.epoch += 1
     for obs in ph.observers:  # one host transfer of 2 n int32 (summed over ranks)
         obs.end_epoch(ph.epoch, all_reduce=D.all_reduce_sum if info.distributed else None)
-    test_loss, test_acc, by_group = evaluate(ph.raw_model, data.test_x, data.test_y, cfg, data, info,
-                                             groups=data.test_has_easy, numerics=ph.numerics)
+    test_loss, test_acc, by_group = evaluate(ph.raw_model, cfg, data, info, ph.numerics)
     row = {"phase": ph.name, "epoch": ph.epoch, "steps": stats["steps"], "train_loss": stats["train_loss"],
            "train_acc": stats["train_acc"], "test_loss": test_loss, "test_acc": test_acc, **by_group,
            "lr": stats["lr"],  # the learning rate of the epoch's last iteration
@@ -184,10 +171,6 @@ def finish(cfg: TrainConfig, data: TrainData, info: D.DistInfo, run: Run, *, sta
     return summary
 
 
-# ----------------------------------------------------------------------------------------------
-# One epoch, and evaluation.
-
-
 def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, *, steps: int | None = None) -> dict:
     """One epoch of ``ph`` (or its first ``steps`` iterations); returns the train loss and accuracy
     (summed over ranks), the images seen, the steps taken and the last learning rate."""
@@ -201,48 +184,51 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
     ph.augmenter.generator.manual_seed(seed)
     mix_gen = torch.Generator(device=device).manual_seed(seed + 1) if cfg.mixup_alpha > 0 else None
     torch.manual_seed(seed + 2)  # anything drawing from the global RNG (dropout)
-    layout = ph.numerics.layout
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum, correct = torch.zeros(2, dtype=torch.float64, device=device)  # summed in place
     seen = 0
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     ph.model.train()
-    bar = tqdm(total=n_steps, desc=f"{ph.name} {ph.epoch + 1}", leave=False, disable=not (info.is_main and sys.stderr.isatty()))
-    for step in range(n_steps):
-        batch = slice(step * per_rank, (step + 1) * per_rank)
-        idx = shard[batch]
-        x = ph.augmenter(data.train_x[idx], None if copies is None else copies[batch])
-        y = data.train_y[idx]
-        target = y
-        if cfg.mixup_alpha > 0:
-            x, target = mixup(x, y, alpha=cfg.mixup_alpha, num_classes=data.num_classes, generator=mix_gen)
-        w = None if ph.weights is None else ph.weights[idx]
 
-        def loss_fn(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            per_example = F.cross_entropy(logits.float(), t, label_smoothing=cfg.label_smoothing, reduction="none")
-            return per_example.mean() if w is None else weighted_mean(per_example, w, cfg.upweight_normalization)
+    def loss_fn(logits: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        per_example = F.cross_entropy(logits.float(), t, label_smoothing=cfg.label_smoothing, reduction="none")
+        if w is None:
+            return per_example.mean()
+        # --upweight-normalization weights: sum(w l) / sum(w), the expectation of upsampling with copies
+        # (on the scale of the mean loss); batch: mean(w l), larger with more upsampled examples in the batch.
+        return (per_example * w).sum() / (w.sum() if cfg.upweight_normalization == "weights" else per_example.numel())
 
-        lr = ph.optimizer.param_groups[0]["lr"]
-        with ph.numerics.autocast():
-            loss, logits = sam_step(ph.model, ph.optimizer, loss_fn, x.contiguous(memory_format=layout), target)
-        ph.scheduler.step()
-        pred = logits.argmax(1)
-        hard = target.argmax(1) if target.ndim == 2 else target
-        loss_sum += loss.double() * len(idx)
-        correct += (pred == hard).sum()
-        seen += len(idx)
-        for obs in ph.observers:  # per-example correctness on the example's own (training) label
-            obs.update(idx, pred == y, ph.epoch + 1)
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-        if device.type != "cuda" or (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == n_steps:
-            bad_step = int(D.all_reduce_max(first_bad.clone()).item())  # one host sync
-            if bad_step >= 0:
-                bar.close()
-                raise Diverged(ph.name, ph.epoch + 1, bad_step + 1)
-        bar.update()
-    bar.close()
+    with tqdm(total=n_steps, desc=f"{ph.name} {ph.epoch + 1}", leave=False,
+              disable=not (info.is_main and sys.stderr.isatty())) as bar:
+        for step in range(n_steps):
+            batch = slice(step * per_rank, (step + 1) * per_rank)
+            idx = shard[batch]
+            x = ph.augmenter(data.train_x[idx], None if copies is None else copies[batch])
+            y = data.train_y[idx]
+            target = y
+            if cfg.mixup_alpha > 0:
+                x, target = mixup(x, y, alpha=cfg.mixup_alpha, num_classes=data.num_classes, generator=mix_gen)
+            w = None if ph.weights is None else ph.weights[idx]
+            lr = ph.optimizer.param_groups[0]["lr"]
+            with ph.numerics.autocast():
+                loss, logits = sam_step(ph.model, ph.optimizer, partial(loss_fn, w=w),
+                                        x.contiguous(memory_format=ph.numerics.layout), target)
+            ph.scheduler.step()
+            pred = logits.argmax(1)
+            hard = target.argmax(1) if target.ndim == 2 else target
+            loss_sum += loss.double() * len(idx)
+            correct += (pred == hard).sum()
+            seen += len(idx)
+            for obs in ph.observers:  # per-example correctness on the example's own (training) label
+                obs.update(idx, pred == y, ph.epoch + 1)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+            if device.type != "cuda" or (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == n_steps:
+                bad_step = int(D.all_reduce_max(first_bad.clone()).item())  # one host sync
+                if bad_step >= 0:
+                    raise Diverged(ph.name, ph.epoch + 1, bad_step + 1)
+            bar.update()
     # A finite last loss can still leave non-finite weights or BatchNorm statistics: never save those.
-    finite = torch.stack([torch.isfinite(t).all() for t in ph.raw_model.state_dict().values() if t.is_floating_point()]).all()
+    state = ph.raw_model.state_dict().values()
+    finite = torch.stack([torch.isfinite(t).all() for t in state if t.is_floating_point()]).all()
     if int(D.all_reduce_max((~finite).to(torch.int64)).item()):
         raise Diverged(ph.name, ph.epoch + 1, n_steps, what="weights")
     totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)])
@@ -251,29 +237,18 @@ def train_epoch(ph: Phase, cfg: TrainConfig, data: TrainData, info: D.DistInfo, 
             "steps": n_steps, "lr": lr}
 
 
-def weighted_mean(per_example: torch.Tensor, w: torch.Tensor, normalization: str) -> torch.Tensor:
-    """``--upweight``'s batch loss: ``weights``: sum(w l) / sum(w), the expectation of upsampling with
-    copies (an upsampled example's share of the batch's loss is k times another's, the batch's loss
-    stays on the scale of the mean loss); ``batch``: mean(w l), each upsampled example's loss doubled
-    (for k = 2) and the batch's loss larger with more upsampled examples in it."""
-    return (per_example * w).sum() / (w.sum() if normalization == "weights" else per_example.numel())
-
-
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, cfg: TrainConfig, data: TrainData,
-             info: D.DistInfo, groups: torch.Tensor | None = None, numerics: Numerics | None = None
+def evaluate(model: torch.nn.Module, cfg: TrainConfig, data: TrainData, info: D.DistInfo, numerics: Numerics
              ) -> tuple[float, float, dict]:
-    """Loss and accuracy of ``model`` on ``(x_all, y_all)`` (un-augmented; each rank evaluates its
-    shard, sums all-reduced), and with ``groups`` (a bool mask: has the planted feature) the accuracy
-    of each group, ``{"test_acc_without_easy": .., "test_acc_with_easy": ..}`` (None if empty).
-    ``model`` is the unwrapped module: DDP's forward would broadcast buffers, a collective the ranks'
-    unequal shards would call unequally often."""
+    """Test loss and accuracy of ``model`` (un-augmented; each rank evaluates its shard, sums
+    all-reduced), and with a planted feature the accuracy of each group, ``{"test_acc_without_easy":
+    .., "test_acc_with_easy": ..}`` (None if empty).  ``model`` is the unwrapped module: DDP's forward
+    would broadcast buffers, a collective the ranks' unequal shards would call unequally often."""
     was_training = model.training
     model.eval()
-    x_all, y_all = x_all[info.rank :: info.world_size], y_all[info.rank :: info.world_size]
-    groups = None if groups is None else groups[info.rank :: info.world_size].long()
+    x_all, y_all = data.test_x[info.rank :: info.world_size], data.test_y[info.rank :: info.world_size]
+    groups = None if data.test_has_easy is None else data.test_has_easy[info.rank :: info.world_size].long()
     sums = torch.zeros(7, dtype=torch.float64, device=info.device)  # loss, correct, n, then per group: correct, n
-    numerics = numerics or resolve_numerics(cfg, info.device)
     for start in range(0, x_all.shape[0], cfg.eval_batch_size):
         x = normalize(x_all[start : start + cfg.eval_batch_size], data.mean, data.std)
         y = y_all[start : start + cfg.eval_batch_size]

@@ -5,17 +5,11 @@ k) and the baselines are :mod:`theory.useful`'s; here are :func:`split_point`, :
 0, broadcast), :func:`partition_arrays` (partition.npz), and the same split for any PyTorch loop,
 :func:`loader_outputs` then :func:`partition_outputs` (docs/training.md, "USEFUL in your own training loop").
 
-The automatic rule
-------------------
-Let ``e_0`` be the training error before training (chance level, ``1 - 1/C``) and ``e_t`` the
-training error of epoch ``t`` (the running error over the epoch's minibatches, as logged in
-metrics.jsonl).  The reference speed is the average decrease over the first ``w`` epochs,
-``r = (e_0 - e_w) / w``.  The separating epoch is the first ``t > w`` whose decrease
-``e_{t-1} - e_t`` falls below ``fraction * r``; if none does by ``cap`` epochs, it is ``cap``.
-Defaults (chosen, not from the paper): ``w = 1`` (the first epoch's decrease from chance level is the
-reference), ``fraction = 0.1``, ``cap = ceil(0.1 * epochs)`` (the paper separates at 5-10 % of the
-budget; so a budget of 10 epochs or fewer separates after epoch 1).  If the error has not
-decreased at all over the first ``w`` epochs (``r <= 0``) the rule waits for the cap.
+The automatic rule: with ``e_0 = 1 - 1/C`` (chance) and ``e_t`` the running training error of epoch ``t``
+(metrics.jsonl), the reference speed is ``r = (e_0 - e_w) / w``; the separating epoch is the first
+``t > w`` with ``e_{t-1} - e_t < fraction * r``, else ``cap``; if ``r <= 0`` the rule waits for the cap.
+Defaults (chosen, not from the paper): ``w = 1``, ``fraction = 0.1``, ``cap = ceil(0.1 * epochs)`` (the
+paper separates at 5-10 % of the budget; a budget of 10 epochs or fewer separates after epoch 1).
 """
 
 from __future__ import annotations
@@ -50,21 +44,16 @@ AUTO_FRACTION = 0.1
 AUTO_CAP_FRACTION = 0.1
 
 
-def auto_cap(epochs: int, *, warmup: int = AUTO_WARMUP, cap_fraction: float = AUTO_CAP_FRACTION) -> int:
+def auto_cap(epochs: int, *, cap_fraction: float = AUTO_CAP_FRACTION) -> int:
     """The automatic rule's cap, ``ceil(cap_fraction * epochs)``, at least 1 and at most ``epochs``."""
     check_int("epochs", epochs, low=1)
-    check_int("warmup", warmup, low=1)
     return min(epochs, max(1, math.ceil(cap_fraction * epochs)))
 
 
 def auto_separate_epoch(errors: Sequence[float], *, initial_error: float, cap: int, warmup: int = AUTO_WARMUP,
                         fraction: float = AUTO_FRACTION) -> int | None:
-    """The separating epoch from the training errors of epochs 1..t so far, or None (train another).
-
-    The first epoch ``t`` in ``warmup+1 .. len(errors)`` with ``errors[t-2] - errors[t-1] < fraction *
-    (initial_error - errors[warmup-1]) / warmup`` (1-based epochs), else ``cap`` (:func:`auto_cap`) if
-    ``len(errors) >= cap``, else None.  A pure function (called after every pre-split epoch, also
-    after resuming)."""
+    """The separating epoch by the automatic rule (module docstring) from the training errors of epochs
+    1..t so far, or None (train another); a pure function, called after every pre-split epoch and resume."""
     check_int("cap", cap, low=1)
     check_int("warmup", warmup, low=1)
     check_number("fraction", fraction, low=0.0)
@@ -92,11 +81,8 @@ class SplitPoint:
 
 
 def split_point(cfg: TrainConfig, metrics: Sequence[dict], steps_per_epoch: int, num_classes: int) -> SplitPoint | None:
-    """Where the pre-split phase ends, from what is known so far; None means "train another epoch".
-
-    ``--separate-iteration N``: after ``N // steps`` epochs and ``N % steps`` iterations;
-    ``--separate-epoch N``: after epoch N; ``auto``: :func:`auto_separate_epoch` on the pre-split
-    epochs' training errors (``1 - train_acc`` of metrics.jsonl), capped at :func:`auto_cap`."""
+    """Where the pre-split phase ends (``--separate-iteration``, ``--separate-epoch`` N or ``auto``), from
+    what is known so far; None means "train another epoch"."""
     if cfg.separate_iteration is not None:
         return SplitPoint(*divmod(cfg.separate_iteration, steps_per_epoch))
     if cfg.separate_epoch != "auto":
@@ -154,10 +140,9 @@ def compute_outputs(model: nn.Module, x_uint8: torch.Tensor, labels: torch.Tenso
 
 def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits (N, C), labels (N,) and losses (N,) of :func:`_eval_outputs` over a plain ``DataLoader``
-    of ``(inputs, labels, ...)`` batches of the **un-augmented** training set in its order (row i is
-    example i; a random sampler is refused), moved to ``device`` (default: the model's): the
-    arguments of :func:`partition_outputs`."""
+    """Logits (N, C), labels (N,) and losses (N,) (:func:`partition_outputs`'s arguments) over a plain
+    ``DataLoader`` of ``(inputs, labels, ...)`` batches of the **un-augmented** training set in its order
+    (row i is example i; a random sampler is refused), moved to ``device`` (default: the model's)."""
     sampler = getattr(loader, "sampler", None)
     check(not isinstance(sampler, torch.utils.data.RandomSampler), "loader", "shuffle=True",
           "a loader in the data set's order (shuffle=False): row i of the outputs must be example i")
@@ -170,9 +155,8 @@ def loader_outputs(model: nn.Module, loader: Iterable, *, device: torch.device |
 
 def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, method: str = "useful",
                       quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
-    """The trainer's partition (:func:`make_partition`, ``method`` its ``--partition``) from numpy
-    arrays or tensors, e.g. :func:`loader_outputs`'s; its ``multiplicities`` go to
-    :class:`real.sampler.UpsampleSampler`."""
+    """:func:`make_partition` from numpy arrays or tensors, e.g. :func:`loader_outputs`'s; its
+    ``multiplicities`` go to :class:`real.sampler.UpsampleSampler`."""
     check_choice("method", method, PARTITIONS)
     logits, labels, losses = (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
                               for a in (logits, labels, losses))
@@ -183,9 +167,7 @@ def partition_outputs(logits, labels, losses, *, k: int = 2, seed: int = 0, meth
 def make_partition(method: str, logits: np.ndarray, labels: np.ndarray, losses: np.ndarray, *, k: int, seed: int,
                    quantile: float = 0.5, split_on: str = "logits", jtt_upweight: int = JTT_UPWEIGHT) -> Partition:
     """The partition ``method`` (a key of :data:`theory.useful.PARTITIONS`, where each is described)
-    from the outputs at the separating epoch.  ``useful`` and ``random`` run the per-class 2-means on
-    ``split_on``; ``jtt`` has multiplicity ``jtt_upweight``, not ``k``; ``class-balanced`` gives class c
-    ``round(n_max / n_c)``."""
+    from the outputs at the separating epoch; ``jtt`` has multiplicity ``jtt_upweight``, not ``k``."""
     options = PartitionOptions(quantile=quantile, split_on=split_on, jtt_upweight=jtt_upweight)
     return build_partition(method, logits, np.asarray(labels), losses, k=k, seed=seed, options=options)
 
@@ -193,15 +175,11 @@ def make_partition(method: str, logits: np.ndarray, labels: np.ndarray, losses: 
 def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarray, *, logits: np.ndarray,
                      num_classes: int, separated_at: SplitPoint, upweight: bool, split_on: str = "logits",
                      copy_augment: str = "none", flipped: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """What partition.npz holds (docs/training.md, "What a run writes"): the partition
-    (``multiplicities`` sum to ``n + (k - 1) |indices|``), where the split came (``separate_epoch``
-    full epochs, then ``separate_steps`` iterations), per class the sizes, mean losses (NaN when empty)
-    and USEFUL's 2-means diagnostics (``chosen_cluster`` -1: no cluster), and the outputs at the split
-    for a picture of it (the paper's Figure 3): ``losses``, ``logits`` and ``split_features`` (what
-    the 2-means clusters, :func:`theory.useful.split_features` at ``split_on``), float32."""
-    labels = np.asarray(labels)
-    losses = np.asarray(losses, dtype=np.float64)
-    logits = np.asarray(logits)
+    """What partition.npz holds (docs/training.md, "What a run writes"): the partition, where the split
+    came, per class the sizes, mean losses (NaN when empty) and USEFUL's 2-means diagnostics
+    (``chosen_cluster`` -1: no cluster), and the outputs at the split for a picture of it (the paper's
+    Figure 3): ``losses``, ``logits`` and ``split_features`` (what the 2-means clusters), float32."""
+    labels, logits, losses = np.asarray(labels), np.asarray(logits), np.asarray(losses, dtype=np.float64)
     check(logits.ndim == 2 and logits.shape[0] == len(labels), "logits", logits.shape, f"({len(labels)}, C)")
     mask = np.asarray(partition.upsample, dtype=bool)
 
@@ -214,9 +192,7 @@ def partition_arrays(partition: Partition, labels: np.ndarray, losses: np.ndarra
     chosen = np.full(num_classes, -1, dtype=np.int64)
     for split in partition.classes:
         c = int(split.label)
-        cluster_sizes[c] = split.sizes
-        cluster_losses[c] = split.mean_losses
-        chosen[c] = split.chosen
+        cluster_sizes[c], cluster_losses[c], chosen[c] = split.sizes, split.mean_losses, split.chosen
     arrays = {
         "indices": partition.indices.astype(np.int64),
         "upsample": mask,
