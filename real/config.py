@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from theory.plumbing.config import (ConfigError, canonical_numbers, check, check_choice, check_int, check_number,
-                                    config_file_values, config_from_mapping, doc, given_values, load_toml,
-                                    to_jsonable)
+                                    check_within, config_file_values, config_from_mapping, doc, given_values,
+                                    load_toml, to_jsonable)
 from theory.useful import JTT_UPWEIGHT, PARTITIONS, SPLIT_ON
 
 from .augment import AUGMENTS, COPY_AUGMENTS
@@ -40,7 +40,6 @@ __all__ = ["TrainConfig", "PARTITIONS", "UPWEIGHT_NORMALIZATIONS", "AUGMENTS", "
 UPWEIGHT_NORMALIZATIONS = ("weights", "batch")  # sum(w l) / sum(w); mean(w l)
 PRECISIONS = ("auto", "bf16", "float32")  # auto: bf16 autocast on CUDA, float32 elsewhere
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # auto: channels_last on CUDA
-FLOAT32_MAX = 3.4028234663852886e38  # values that go into float32 tensors must fit
 
 # Fields that say how to run, not what to compute: they may differ between a run and its resume.
 RUN_CONTROL_FIELDS = ("out", "resume", "overwrite", "device", "compile", "eval_batch_size", "data_dir", "preset",
@@ -55,54 +54,56 @@ class TrainConfig:
     # Data.
     dataset: Literal[tuple(DATASETS)] = doc("cifar10", "the data set (useful-train download NAME fetches it)")
     data_dir: str | None = doc(None, "folder holding the data set's files (fashion-mnist: also Debian's copy)")
-    synthetic_train: int = doc(512, "training examples of the synthetic data set, >= 2")
-    synthetic_test: int = doc(256, "test examples of the synthetic data set, >= 1")
+    synthetic_train: int = doc(512, "training examples of the synthetic data set", "[2, inf)")
+    synthetic_test: int = doc(256, "test examples of the synthetic data set", "[1, inf)")
     long_tail_ratio: float | None = doc(None, "n_max / n_min of a long-tailed training split (exponential "
-                                              "class sizes), >= 1; unset: the balanced split")
-    label_noise: float = doc(0.0, "fraction of training labels replaced by a uniformly drawn other class, [0, 1)")
+                                              "class sizes; unset: the balanced split)", "[1, f32]")
+    label_noise: float = doc(0.0, "fraction of training labels replaced by a uniformly drawn other class", "[0, 1)")
     # Planted easy feature (real/planted.py).
-    train_subset: int | None = doc(None, "train on this many examples, drawn per class with the seed, >= 2")
-    test_subset: int | None = doc(None, "evaluate on this many test examples, drawn per class, >= 1")
-    contrast: float = doc(1.0, "pixel values times c, (0, 1]: the strength of the slow (original) feature")
+    train_subset: int | None = doc(None, "train on this many examples, drawn per class with the seed", "[2, inf)")
+    test_subset: int | None = doc(None, "evaluate on this many test examples, drawn per class", "[1, inf)")
+    contrast: float = doc(1.0, "pixel values times c: the strength of the slow (original) feature", "(0, 1]")
     easy_feature: Literal[EASY_FEATURES] = doc("none", "patch: a white square whose position codes the label, "
                                                        "planted in a fraction --easy-fraction of the images")
-    easy_fraction: float = doc(0.9, "fraction of training and test images given the planted square, (0, 1]")
-    easy_size: int = doc(4, "side of the planted square in pixels, 1-64")
-    group_window: int = doc(10, "iterations per row of the per-group training accuracy (with the planted feature)")
+    easy_fraction: float = doc(0.9, "fraction of training and test images given the planted square", "(0, 1]")
+    easy_size: int = doc(4, "side of the planted square in pixels", "[1, 64]")
+    group_window: int = doc(10, "iterations per row of the per-group training accuracy (with the planted feature)",
+                            "[1, inf)")
     # Model and optimization.
     model: Literal[tuple(MODELS)] = doc("resnet18", "the network")
     optimizer: Literal[tuple(OPTIMIZERS)] = doc("sgd", "sgd; sam (Foret et al.); asam (adaptive SAM, see --asam-variant)")
     asam_variant: Literal[ASAM_VARIANTS] = doc("kwon", "kwon: Kwon et al.'s official ASAM (T = |w| + 0.01 on "
                                                        "parameters named weight, T = 1 on the others); davda54: "
                                                        "T = |w| on every parameter; only with --optimizer asam")
-    epochs: int = doc(200, "epochs of the main phase (the whole budget), >= 1")
-    batch_size: int = doc(128, "global minibatch size (divided over DDP ranks), >= 1")
-    lr: float = doc(0.1, "peak learning rate, > 0")
-    momentum: float = doc(0.9, "SGD momentum, [0, 1)")
+    epochs: int = doc(200, "epochs of the main phase (the whole budget)", "[1, inf)")
+    batch_size: int = doc(128, "global minibatch size (divided over DDP ranks)", "[1, inf)")
+    lr: float = doc(0.1, "peak learning rate", "(0, f32]")
+    momentum: float = doc(0.9, "SGD momentum", "[0, 1)")
     nesterov: bool = doc(False, "Nesterov momentum (needs --momentum > 0)")
-    weight_decay: float = doc(5e-4, "L2 weight decay of SGD, >= 0")
-    rho: float = doc(0.05, "SAM/ASAM neighbourhood radius, >= 0 (0: both passes at the same point)")
+    weight_decay: float = doc(5e-4, "L2 weight decay of SGD", "[0, f32]")
+    rho: float = doc(0.05, "SAM/ASAM neighbourhood radius (0: both passes at the same point)", "[0, f32]")
     schedule: Literal[SCHEDULES] = doc("cosine", "learning-rate schedule over the epochs")
     warmup_epochs: float = doc(0.0, "linear warm-up from 0 over this many epochs, [0, --epochs]")
     milestones: tuple[int, ...] = doc((), "epochs where multistep multiplies the rate by --gamma, increasing")
-    gamma: float = doc(0.2, "multistep's factor at each milestone, (0, 1]")
-    label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy, [0, 1)")
+    gamma: float = doc(0.2, "multistep's factor at each milestone", "(0, 1]")
+    label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy", "[0, 1)")
     # Augmentation.
     augment: Literal[tuple(AUGMENTS)] = doc("crop-flip", "crop-flip: random crop (padding 4) and horizontal flip")
     trivial_augment: bool = doc(False, "TrivialAugmentWide (torchvision v1's ops and bins) on every example")
-    mixup_alpha: float = doc(0.0, "MixUp's Beta(alpha, alpha) parameter, >= 0 (0: off)")
+    mixup_alpha: float = doc(0.0, "MixUp's Beta(alpha, alpha) parameter (0: off)", "[0, f32]")
     # USEFUL and its baselines.
     useful: bool = doc(False, "USEFUL: train briefly, split each class, upsample, retrain from the same init")
     separate_epoch: int | Literal["auto"] = doc("auto", "epochs before the split, 1-epochs, or auto: where the "
                                                         "training error's decrease slows (real/useful.py)")
-    separate_iteration: int | None = doc(None, "split after this many iterations instead (may fall inside an epoch)")
-    upsample_factor: int = doc(2, "k: the upsampled cluster's multiplicity (copies, or loss weight), >= 1")
+    separate_iteration: int | None = doc(None, "split after this many iterations instead (may fall inside an "
+                                               "epoch)", "[1, inf)")
+    upsample_factor: int = doc(2, "k: the upsampled cluster's multiplicity (copies, or loss weight)", "[1, inf)")
     partition: Literal[tuple(PARTITIONS)] = doc("useful", "which examples to upsample: USEFUL's 2-means split or a baseline")
     split_on: Literal[SPLIT_ON] = doc("logits", "what USEFUL's per-class 2-means clusters: the logits (the "
                                                     "paper), the softmax outputs or the per-example loss")
-    quantile: float = doc(0.5, "the quantile baseline: upsample the examples above this loss quantile, [0, 1)")
-    jtt_upweight: int = doc(JTT_UPWEIGHT, "JTT's lambda_up: multiplicity of each error-set example, >= 2 "
-                                          "(JTT tunes it in {20, 50, 100}); only with --partition jtt")
+    quantile: float = doc(0.5, "the quantile baseline: upsample the examples above this loss quantile", "[0, 1)")
+    jtt_upweight: int = doc(JTT_UPWEIGHT, "JTT's lambda_up: multiplicity of each error-set example (JTT tunes it "
+                                          "in {20, 50, 100}); only with --partition jtt", "[2, inf)")
     upweight: bool = doc(False, "give upsampled examples loss weight k instead of k copies")
     upweight_normalization: Literal[UPWEIGHT_NORMALIZATIONS] = doc(
         "weights", "a batch's weighted loss: weights = sum(w l) / sum(w) (upsampling's expectation); "
@@ -110,7 +111,7 @@ class TrainConfig:
     copy_augment: Literal[tuple(COPY_AUGMENTS)] = doc("none", "trivial-augment: the extra copies of upsampled examples "
                                                        "get TrivialAugmentWide (TADA's variant)")
     # Run control.
-    seed: int = doc(0, "seed of initialization, data order and augmentation, 0 to 2^31-1")
+    seed: int = doc(0, "seed of initialization, data order and augmentation", "[0, 2147483647]")
     deterministic: bool = doc(False, "deterministic kernels (slower on CUDA)")
     compile: bool = doc(False, "torch.compile the model")
     device: Literal[DEVICES] = doc("auto", "where to train (auto: CUDA when present)")
@@ -121,7 +122,7 @@ class TrainConfig:
     overwrite: bool = doc(False, "replace a run of useful-train in --out (never other files)")
     download: bool = doc(False, "fetch and verify the data set into --data-dir first")
     mirror: str | None = doc(None, "with --download: an http(s) base address used instead of the authors'")
-    eval_batch_size: int = doc(1024, "batch size of evaluation and of the split's outputs, >= 1")
+    eval_batch_size: int = doc(1024, "batch size of evaluation and of the split's outputs", "[1, inf)")
     preset: str | None = doc(None, "the preset this configuration was built from (recorded)")
     tensorboard: bool = doc(False, "TensorBoard event files in OUT/tensorboard (needs the tensorboard package)")
 
@@ -151,18 +152,6 @@ def _default(field: str) -> Any:
 # The fields whose choices are a registry's keys, read when checked (a registry extended after import counts).
 _REGISTRIES = {"dataset": "DATASETS", "model": "MODELS", "optimizer": "OPTIMIZERS", "partition": "PARTITIONS",
                "augment": "AUGMENTS", "copy_augment": "COPY_AUGMENTS"}
-# The range of each numeric field (None: unbounded), checked with :func:`check_int` (``[low, high]``) or
-# :func:`check_number` (ends "[", "(" and "]", ")": closed or open); a field whose default is None may be unset.
-_RANGES: dict[str, tuple] = {
-    "synthetic_train": (2, None), "synthetic_test": (1, None), "long_tail_ratio": ("[", 1.0, FLOAT32_MAX, "]"),
-    "label_noise": ("[", 0.0, 1.0, ")"), "train_subset": (2, None), "test_subset": (1, None),
-    "contrast": ("(", 0.0, 1.0, "]"), "easy_fraction": ("(", 0.0, 1.0, "]"), "easy_size": (1, 64),
-    "group_window": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(", 0.0, FLOAT32_MAX, "]"),
-    "momentum": ("[", 0.0, 1.0, ")"), "weight_decay": ("[", 0.0, FLOAT32_MAX, "]"),
-    "rho": ("[", 0.0, FLOAT32_MAX, "]"), "gamma": ("(", 0.0, 1.0, "]"), "label_smoothing": ("[", 0.0, 1.0, ")"),
-    "mixup_alpha": ("[", 0.0, FLOAT32_MAX, "]"), "separate_iteration": (1, None), "upsample_factor": (1, None),
-    "quantile": ("[", 0.0, 1.0, ")"), "jtt_upweight": (2, None), "seed": (0, 2**31 - 1), "eval_batch_size": (1, None),
-}
 
 
 @functools.cache
@@ -171,7 +160,7 @@ def _field_types() -> dict[str, Any]:
 
 
 def _check_fields(cfg: TrainConfig) -> None:
-    """Each field alone: a bool, one of its choices (a Literal field) or a number in its range."""
+    """Each field alone: a bool, one of its choices (a Literal field) or a number in its ``doc`` interval."""
     for name, kind in _field_types().items():
         value, flag = getattr(cfg, name), _flag(name)
         if kind is bool:
@@ -179,13 +168,7 @@ def _check_fields(cfg: TrainConfig) -> None:
         elif typing.get_origin(kind) is Literal:
             choices = tuple(globals()[_REGISTRIES[name]]) if name in _REGISTRIES else typing.get_args(kind)
             check_choice(flag, value, choices)
-        elif name in _RANGES and (value is not None or _default(name) is not None):
-            bounds = _RANGES[name]
-            if len(bounds) == 2:
-                check_int(flag, value, low=bounds[0], high=bounds[1])
-            else:
-                left, low, high, right = bounds
-                check_number(flag, value, low=low, high=high, low_open=left == "(", high_open=right == ")")
+    check_within(cfg)
 
 
 def _only_with(cfg: TrainConfig, field: str, condition: bool, needs: str) -> None:

@@ -22,7 +22,8 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from theory.plumbing.cli import EnvironmentFailure
-from theory.plumbing.config import ConfigError, check, check_choice, check_int, check_number, config_digest, doc
+from theory.plumbing.config import (ConfigError, check, check_choice, check_int, check_number, check_within,
+                                    config_digest, doc)
 from theory.useful import SPLIT_ON
 
 from .config import TrainConfig, computed_config
@@ -42,46 +43,44 @@ class ReproduceSettings:
     """What ``reproduce`` runs; every field is a flag (``--train-subset``, ``--rho-grid``, ...).
     docs/reproduce.md says why each default was chosen."""
 
-    seeds: int = doc(3, "paired seeds (each: the same subset, planted examples and initialization), >= 1")
-    train_subset: int = doc(5000, "training images, drawn per class with the seed, >= 20")
-    test_subset: int | None = doc(None, "test images, drawn per class, >= 20 (unset: all 10 000)")
-    epochs: int = doc(8, "epochs of every run but the long-budget arm's, >= 1")
-    batch_size: int = doc(128, "minibatch size, >= 2")
-    lr: float = doc(0.1, "peak learning rate (cosine schedule, momentum 0.9, weight decay 5e-4), > 0")
-    rho: float = doc(0.05, "SAM's radius in the main comparison, > 0")
+    seeds: int = doc(3, "paired seeds (each: the same subset, planted examples and initialization)", "[1, inf)")
+    train_subset: int = doc(5000, "training images, drawn per class with the seed", "[20, inf)")
+    test_subset: int | None = doc(None, "test images, drawn per class (unset: all 10 000)", "[20, inf)")
+    epochs: int = doc(8, "epochs of every run but the long-budget arm's", "[1, inf)")
+    batch_size: int = doc(128, "minibatch size", "[2, inf)")
+    lr: float = doc(0.1, "peak learning rate (cosine schedule, momentum 0.9, weight decay 5e-4)", "(0, inf)")
+    rho: float = doc(0.05, "SAM's radius in the main comparison", "(0, inf)")
     rho_grid: tuple[float, ...] = doc((), "further SAM radii of the rho sweep, each > 0, comma-separated "
                                           "(empty: no sweep; --full: 0.1,0.2,0.5,1)")
-    easy_fraction: float = doc(0.9, "fraction of images given the planted square (alpha), (0, 1)")
-    easy_size: int = doc(4, "side of the planted square in pixels, 1-6")
-    contrast: float = doc(0.25, "the clothing's contrast in the main comparison (beta_d analog), in --contrast-grid")
+    easy_fraction: float = doc(0.9, "fraction of images given the planted square (alpha)", "(0, 1)")
+    easy_size: int = doc(4, "side of the planted square in pixels", "[1, 6]")
+    contrast: float = doc(0.25, "the clothing's contrast in the main comparison (beta_d analog), in --contrast-grid",
+                          "(0, 1]")
     contrast_grid: tuple[float, ...] = doc((0.25, 0.5, 1.0), "contrasts of the sweep, increasing, in (0, 1], >= 2")
     separate_iteration: int = doc(60, "USEFUL's split after this many iterations, 1 to the run's iterations")
-    upsample_factor: int = doc(2, "k: copies of each upsampled example, >= 2")
+    upsample_factor: int = doc(2, "k: copies of each upsampled example", "[2, inf)")
     split_on: Literal[SPLIT_ON] = doc("logits", "what the main USEFUL runs' 2-means clusters, in --split-inputs")
     split_inputs: tuple[str, ...] = doc(SPLIT_ON, "the clustering inputs whose split is measured against "
                                                       "has_easy (logits, softmax, loss; comma-separated)")
-    group_window: int = doc(10, "iterations per window of the per-group running training accuracy, >= 1")
+    group_window: int = doc(10, "iterations per window of the per-group running training accuracy", "[1, inf)")
     early_iterations: int = doc(120, "the early gap is averaged over the first this many iterations, >= --group-window")
-    fit_threshold: float = doc(0.9, "running training accuracy at which a group counts as fit, (0, 1]")
-    easy_first_ratio: float = doc(5.0, "real_easy_first: T_without / T_with at least this, >= 1")
-    split_threshold: float = doc(0.9, "the split's precision and recall must reach this, [0, 1]")
-    sweep_tolerance: float = doc(0.005, "the contrast sweep's allowed step against the trend, >= 0")
-    long_epochs: int = doc(0, "epochs of the long-budget arm on the unmodified images (0: no arm; --full: 60)")
-    long_train_subset: int = doc(1000, "training images of the long-budget arm, >= 20")
-    long_test_subset: int = doc(2000, "test images of the long-budget arm (evaluated every epoch), >= 20")
+    fit_threshold: float = doc(0.9, "running training accuracy at which a group counts as fit", "(0, 1]")
+    easy_first_ratio: float = doc(5.0, "real_easy_first: T_without / T_with at least this", "[1, inf)")
+    split_threshold: float = doc(0.9, "the split's precision and recall must reach this", "[0, 1]")
+    sweep_tolerance: float = doc(0.005, "the contrast sweep's allowed step against the trend", "[0, inf)")
+    long_epochs: int = doc(0, "epochs of the long-budget arm on the unmodified images (0: no arm; --full: 60)",
+                           "[0, inf)")
+    long_train_subset: int = doc(1000, "training images of the long-budget arm", "[20, inf)")
+    long_test_subset: int = doc(2000, "test images of the long-budget arm (evaluated every epoch)", "[20, inf)")
     long_separate_epoch: int = doc(6, "epochs before the long-budget USEFUL runs split, 1 to --long-epochs - 1")
-    long_train_acc: float = doc(0.99, "the long-budget regime: each run's final train accuracy at least this, (0, 1]")
-    workers: int = doc(2, "training processes at a time, 1-64 (one thread each)")
+    long_train_acc: float = doc(0.99, "the long-budget regime: each run's final train accuracy at least this",
+                                "(0, 1]")
+    workers: int = doc(2, "training processes at a time (one thread each)", "[1, 64]")
     device: Literal[DEVICES] = doc("cpu", "where the runs train")
     data_dir: str | None = doc(None, "folder with Fashion-MNIST's four idx files (unset: Debian's copy)")
 
     def __post_init__(self) -> None:
-        for name, (low, high, *opened) in _RANGES.items():
-            value, flag = getattr(self, name), "--" + name.replace("_", "-")
-            if isinstance(low, float):
-                check_number(flag, value, low=low, high=high, low_open=bool(opened), high_open=opened == [True, True])
-            elif value is not None or name != "test_subset":  # test_subset unset: all of them
-                check_int(flag, value, low=low, high=high)
+        check_within(self)
         check_int("--separate-iteration", self.separate_iteration, low=1,
                   high=max(1, self.epochs * (self.train_subset // self.batch_size)))
         check_int("--early-iterations", self.early_iterations, low=self.group_window)
@@ -108,16 +107,6 @@ class ReproduceSettings:
     def rhos(self) -> tuple[float, ...]:
         """The rho sweep's radii, increasing: ``rho`` and those of ``rho_grid``."""
         return tuple(sorted({self.rho, *self.rho_grid}))
-
-
-# Each field's range: (low, high) for an int; (low, high, open at low[, open at high]) for a number.
-_RANGES: dict[str, tuple] = {
-    "seeds": (1, None), "train_subset": (20, None), "test_subset": (20, None), "epochs": (1, None),
-    "batch_size": (2, None), "lr": (0.0, None, True), "rho": (0.0, None, True), "easy_fraction": (0.0, 1.0, True, True),
-    "easy_size": (1, 6), "contrast": (0.0, 1.0, True), "upsample_factor": (2, None), "group_window": (1, None),
-    "fit_threshold": (0.0, 1.0, True), "easy_first_ratio": (1.0, None), "split_threshold": (0.0, 1.0),
-    "sweep_tolerance": (0.0, None), "long_epochs": (0, None), "long_train_subset": (20, None),
-    "long_test_subset": (20, None), "long_train_acc": (0.0, 1.0, True), "workers": (1, 64)}
 
 
 def _check_list(flag: str, values: Any, expected: str, least: int, each: Callable[[Any], None]) -> None:

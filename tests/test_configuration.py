@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -32,7 +33,9 @@ from theory.plumbing.config import (
     check_choice,
     check_int,
     check_number,
+    check_within,
     config_from_mapping,
+    doc,
     load_toml,
     resolve_config,
     to_jsonable,
@@ -513,3 +516,69 @@ def test_numbers_are_stored_in_their_fields_type():
     assert to_jsonable(a) == to_jsonable(b) and config_digest(computed_config(a)) == config_digest(computed_config(b))
     assert config_hash(SimConfig(lr=1)) == config_hash(SimConfig(lr=np.float32(1.0)))
     assert TrainConfig(dataset="synthetic", lr=0.5) != TrainConfig(dataset="synthetic", lr=0.25)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ranges declared with the field (doc's ``within``): one source of the check and of the help text.
+
+
+@dataclass(frozen=True)
+class _Ranged:
+    count: int = doc(3, "a count", "[2, inf)")
+    share: float = doc(0.5, "a share", "(0, 1]")
+    cap: float = doc(1.0, "capped by float32", "[0, f32]")
+    open_int: int = doc(1, "an int with open ends", "(0, 4)")
+    unset: Optional[int] = doc(None, "may be unset", "[5, 9]")
+
+    def __post_init__(self):
+        check_within(self)
+
+
+@FAST
+@given(count=st.integers(-5, 10), share=st.floats(-1.0, 2.0, allow_nan=False), open_int=st.integers(-2, 6),
+       unset=st.one_of(st.none(), st.integers(0, 12)))
+def test_check_within_accepts_exactly_the_declared_interval(count, share, open_int, unset):
+    ok = {"--count": count >= 2, "--share": 0 < share <= 1, "--open-int": 0 < open_int < 4,
+          "--unset": unset is None or 5 <= unset <= 9}
+    try:
+        _Ranged(count=count, share=share, open_int=open_int, unset=unset)
+    except ConfigError as err:
+        assert not ok[err.field] and all(ok[f] for f in list(ok)[: list(ok).index(err.field)]), str(err)
+    else:
+        assert all(ok.values())
+
+
+def test_within_is_stated_in_the_help_and_bad_intervals_are_refused():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, _Ranged)
+    text = {a.dest: a.help for a in parser._actions}
+    assert text["count"] == "a count; >= 2 (default: 3)" and text["share"] == "a share; in (0, 1] (default: 0.5)"
+    assert text["cap"].startswith("capped by float32; >= 0 ")  # the float32 cap is checked, not printed
+    with pytest.raises(ConfigError, match=r"--cap: got 1e\+39, expected a number in \[0, 3.40282e\+38\]"):
+        _Ranged(cap=1e39)
+    for bad in ("1, 2", "[inf, 2]", "[a, 2]", "(0 1]"):
+        with pytest.raises(ValueError):
+            doc(0, "x", bad)
+
+
+@pytest.mark.parametrize("cls_name", ["real.config:TrainConfig", "real.reproduce_plan:ReproduceSettings"])
+def test_every_declared_range_of_the_trainer_is_checked_and_in_its_help(cls_name):
+    """Just below each field's lower end is refused naming its flag; the flag's help states the interval."""
+    import dataclasses
+    import importlib
+
+    module, name = cls_name.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, cls)
+    helps = {a.dest: a.help for a in parser._actions}
+    ranged = [f for f in dataclasses.fields(cls) if "within" in f.metadata]
+    assert len(ranged) >= 20
+    base, hints = ({"dataset": "synthetic"} if name == "TrainConfig" else {}), typing.get_type_hints(cls)
+    for f in ranged:
+        iv, integer = f.metadata["within"], int in (hints[f.name], *typing.get_args(hints[f.name]))
+        below = iv.low if iv.low_open else iv.low - (1 if integer else 1e-3)
+        with pytest.raises(ConfigError) as err:
+            cls(**base, **{f.name: int(below) if integer else float(below)})
+        assert err.value.field == "--" + f.name.replace("_", "-"), (f.name, str(err.value))
+        assert iv.text(integer=integer) in helps[f.name], f.name

@@ -264,5 +264,5 @@ def test_run_help_shows_a_fields_doc_and_default(capsys):
     with _pytest.raises(SystemExit):
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "SAM/ASAM neighbourhood radius, >= 0" in out and "(default: 0.05)" in out
+    assert "SAM/ASAM neighbourhood radius (0: both passes at the same point); >= 0 (default: 0.05)" in out
     assert "JTT's lambda_up" in out

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -48,6 +49,8 @@ __all__ = [
     "add_config_arguments",
     "doc",
     "field_help",
+    "check_within",
+    "FLOAT32_MAX",
     "resolve_config",
     "config_file_values",
     "canonical_json",
@@ -292,10 +295,56 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 # Command-line flags from the same fields.
 
 
-def doc(default: Any, help: str) -> Any:
-    """A dataclass field with its one-line help: what it is, its unit or range.  The one source of a
-    flag's ``--help`` text (the default is appended there) and of the field tables in docs/."""
-    return dataclasses.field(default=default, metadata={"help": help})
+FLOAT32_MAX = 3.4028234663852886e38  # "f32" in an interval: values that go into float32 tensors must fit
+_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\s\])]+)\s*([\])])")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Interval:
+    low: float | None
+    high: float | None
+    low_open: bool
+    high_open: bool
+
+    def text(self, integer: bool) -> str:
+        """The interval as a flag's help states it: ``>= 1``, ``> 0``, ``in (0, 1]`` (a float32 cap unsaid)."""
+        show = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")
+        if self.high is None or self.high == FLOAT32_MAX:
+            return (">" if self.low_open else ">=") + " " + show(self.low)
+        return f"in {'(' if self.low_open else '['}{show(self.low)}, {show(self.high)}{')' if self.high_open else ']'}"
+
+
+def _interval(text: str) -> _Interval:
+    m = _INTERVAL.fullmatch(text.strip())
+    if m is None or m.group(2) in ("inf", "-inf"):
+        raise ValueError(f"not an interval with a finite lower end such as [1, inf) or (0, 1]: {text!r}")
+    left, low, high, right = m.groups()
+    return _Interval(float(low), None if high == "inf" else FLOAT32_MAX if high == "f32" else float(high),
+                     left == "(", right == ")")
+
+
+def doc(default: Any, help: str, within: str | None = None) -> Any:
+    """A dataclass field with its one-line help: what it is, its unit.  ``within``: the interval a numeric
+    field lies in (``"[1, inf)"``, ``"(0, 1]"``; ``f32``: float32's largest value), checked by
+    :func:`check_within` and stated in the flag's help.  The one source of a flag's ``--help`` text (the
+    default is appended there) and of its range."""
+    metadata = {"help": help} if within is None else {"help": help, "within": _interval(within)}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_within(obj: Any, flag: Any = lambda name: "--" + name.replace("_", "-")) -> None:
+    """Each field of the dataclass ``obj`` declared with an interval (:func:`doc`) lies in it: an integer
+    (:func:`check_int`) for an ``int`` field, a finite number otherwise; None passes where it is the default."""
+    types_ = _field_types(type(obj))
+    for f in dataclasses.fields(obj):
+        iv, value = f.metadata.get("within"), getattr(obj, f.name)
+        if iv is None or (value is None and f.default is None):
+            continue
+        if _strip_optional(types_[f.name])[0] is int:  # an open end at an integer excludes it
+            check_int(flag(f.name), value, low=int(iv.low) + iv.low_open,
+                      high=None if iv.high is None else int(iv.high) - iv.high_open)
+        else:
+            check_number(flag(f.name), value, low=iv.low, high=iv.high, low_open=iv.low_open, high_open=iv.high_open)
 
 
 def field_help(cls: type, name: str) -> str:
@@ -319,6 +368,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude:
         base, _ = _strip_optional(annotation)
         default = fields[name].default if fields[name].default is not dataclasses.MISSING else None
         parts = [fields[name].metadata.get("help", "")]
+        if (iv := fields[name].metadata.get("within")) is not None:
+            parts.append(iv.text(integer=base is int))
         if typing.get_origin(base) is Literal:
             parts.append("one of " + ", ".join(map(str, typing.get_args(base))))
         parts.append(f"(default: {default!r})")
