@@ -28,7 +28,7 @@ from theory.plumbing.config import (
     check_allocation,
     check_choice,
     check_int,
-    check_number,
+    check_within,
     config_digest,
     doc,
 )
@@ -74,33 +74,32 @@ class SimConfig:
     beta_d: float = doc(0.4, "beta_d: strength of the slow-learnable feature v_d (beta_d in Definition 3.1), "
                              "in (0, beta_e)")
     sigma_p: float = doc(0.06, "sigma_p: std of the noise patches (sigma_p in Definition 3.1), > 0")
-    J: int = doc(20, "J: number of filters w_j of the two-layer cubic CNN f(x; W) = sum_j sum_p <w_j, x^(p)>^3, "
-                     "an integer >= 1")
-    sigma_0: float = doc(0.01, "sigma_0: std of the initial weights, w_j ~ N(0, sigma_0^2 I), > 0")
+    J: int = doc(20, "J: number of filters w_j of the two-layer cubic CNN f(x; W) = sum_j sum_p <w_j, x^(p)>^3",
+                 "[1, inf)")
+    sigma_0: float = doc(0.01, "sigma_0: std of the initial weights, w_j ~ N(0, sigma_0^2 I)", "(0, inf)")
     optimizer: Literal["gd", "sgd", "sam", "usam"] = doc(
         "gd", "training rule: full-batch GD, minibatch SGD (needs --batch-size), SAM, or USAM (SAM without "
               "normalizing the ascent step)")
-    lr: float = doc(0.5, "eta: learning rate (step size of every update), > 0")
-    rho: float = doc(0.015, "rho: radius of SAM's ascent step (USAM: its factor); >= 0, 0 makes SAM and USAM GD; "
-                            "unused by gd and sgd")
-    iterations: int = doc(3000, "training iterations (updates), an integer >= 1")
+    lr: float = doc(0.5, "eta: learning rate (step size of every update)", "(0, inf)")
+    rho: float = doc(0.015, "rho: radius of SAM's ascent step (USAM: its factor); 0 makes SAM and USAM GD; "
+                            "unused by gd and sgd", "[0, inf)")
+    iterations: int = doc(3000, "training iterations (updates)", "[1, inf)")
     batch_size: Optional[int] = doc(None, "minibatch size, an integer in [1, n_train]: required by sgd, "
                                           "minibatch SAM/USAM when given; none: full batch")
-    n_train: int = doc(200, "N: number of training examples, an integer >= 2")
-    n_test: int = doc(1000, "number of test examples the accuracies are measured on, an integer >= 1")
+    n_train: int = doc(200, "N: number of training examples", "[2, inf)")
+    n_test: int = doc(1000, "number of test examples the accuracies are measured on", "[1, inf)")
     record_every: int = doc(10, "record the trajectory (feature outputs, alignments, accuracies) every this many "
-                                "iterations, an integer >= 1")
+                                "iterations", "[1, inf)")
     theta: float = doc(1.0, "theta: a feature counts as learned once its feature output sum_j (beta <w_j, v>)^3 "
-                            "reaches theta, > 0")
+                            "reaches theta", "(0, inf)")
     useful: bool = doc(False, "run USEFUL: train to --separate-at, split each class's outputs by 2-means, "
                               "upsample the high-loss cluster by --upsample-factor, retrain")
     separate_at: int = doc(120, "USEFUL's separating iteration t (where the outputs are clustered), an integer in "
                                 "[1, iterations]")
-    upsample_factor: int = doc(2, "k: USEFUL's upsampling factor (multiplicity of the high-loss cluster), an "
-                                  "integer >= 1")
+    upsample_factor: int = doc(2, "k: USEFUL's upsampling factor (multiplicity of the high-loss cluster)",
+                               "[1, inf)")
     fresh_init: bool = doc(False, "USEFUL retrains from a new initialization instead of the same one")
-    seed: int = doc(0, "seed of the training and test data, the initialization and the minibatches, an integer "
-                       ">= 0")
+    seed: int = doc(0, "seed of the training and test data, the initialization and the minibatches", "[0, inf)")
     dtype: Literal["float64", "float32"] = doc("float64", "floating-point precision of the simulation")
     backend: Literal["numba", "torch", "reference"] = doc(
         "numba", "simulator: numba (CPU, fastest there), torch (CPU or CUDA), reference (theory's dense numpy "
@@ -109,27 +108,17 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         self.data_config()  # validates d, P, alpha, beta_e, beta_d, sigma_p
-        check_int("J", self.J, low=1)
-        check_number("sigma_0", self.sigma_0, low=0.0, low_open=True)
+        check_within(self, flag=lambda name: name)  # J, sigma_0, lr, rho, iterations, n_train, ... (their doc)
         check_choice("optimizer", self.optimizer, RULES)
-        check_number("lr", self.lr, low=0.0, low_open=True)
-        check_number("rho", self.rho, low=0.0)
-        check_int("iterations", self.iterations, low=1)
-        check_int("n_train", self.n_train, low=2)
-        check_int("n_test", self.n_test, low=1)
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, low=1, high=self.n_train)
         check(
             self.optimizer != "sgd" or self.batch_size is not None,
             "batch_size", self.batch_size, "an integer in [1, n_train] when optimizer is 'sgd'",
         )
-        check_int("record_every", self.record_every, low=1)
-        check_number("theta", self.theta, low=0.0, low_open=True)
         check(isinstance(self.useful, (bool, np.bool_)), "useful", self.useful, "true or false")
         check(isinstance(self.fresh_init, (bool, np.bool_)), "fresh_init", self.fresh_init, "true or false")
         check_int("separate_at", self.separate_at, low=1, high=self.iterations if self.useful else None)
-        check_int("upsample_factor", self.upsample_factor, low=1)
-        check_int("seed", self.seed, low=0)
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("backend", self.backend, BACKENDS)
         check(
