@@ -1,12 +1,10 @@
 """``useful-train grid FILE``: a grid of training runs (settings x seeds), here or on Slurm.
 
-A grid file (TOML, docs/training.md) has ``out`` (the grid's folder), ``seeds``, ``[base]`` (TrainConfig
-keys of every run), ``[axes]`` (each combination of their values is a setting) and ``[slurm]`` (sbatch
-options).  A run's configuration is, lowest first: the preset (its values for the run's optimizer),
-``[base]``, the axis values, the seed.  Each run is ``python -m real run --config OUT/configs/<name>.toml
---out OUT/runs/<name> [--resume]``; ``OUT/grid.json`` lists them.  Completed runs (and diverged ones,
-unless asked) are skipped.  On Slurm, submitit (an optional extra) submits the runs left to do as one job
-array of :class:`TrainJob`; ``OUT/jobs/<name>.json`` records what it got.
+A grid file (TOML, docs/training.md) is read into a :class:`GridSpec`.  A run's configuration is, lowest first:
+the preset (its values for the run's optimizer), ``[base]``, the axis values, the seed.  Each run is ``python -m
+real run --config OUT/configs/<name>.toml --out OUT/runs/<name> [--resume]``; ``OUT/grid.json`` lists them.
+Completed runs (and diverged ones, unless asked) are skipped.  On Slurm, submitit (an optional extra) submits
+the runs left to do as job arrays of :class:`TrainJob`; ``OUT/jobs/<name>.json`` records what it got.
 """
 
 from __future__ import annotations
@@ -222,7 +220,7 @@ def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], t
     axes: dict[str, list[Any]] = {}
     for key, values in dict(spec.axes).items():
         name = _field_key(key, "axes.", source, fields)
-        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or len(values) == 0:
+        if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(key, message=f"{source}: axes.{key} must be a non-empty list of values, got {values!r}")
         if name in axes:
             raise ConfigError(key, message=f"{source}: axis {key!r} is given twice")
@@ -277,7 +275,7 @@ def expand_runs(spec: GridSpec) -> list[GridRun]:
     """Every (setting, seed) as a validated :class:`GridRun`, seeds outermost; two runs that compute
     the same (``lr = [1, 1.0]``, or only ``device`` differs) or share a name are refused naming both."""
     base, axes, seeds = _check_spec(spec)
-    runs, by_identity, by_name = [], {}, {}
+    by_identity, by_name = {}, {}
     for seed in seeds:
         for values in itertools.product(*axes.values()):
             run = _make_run(spec, base, dict(zip(axes, values)), seed)
@@ -290,22 +288,22 @@ def expand_runs(spec: GridSpec) -> list[GridRun]:
                 raise ConfigError("axes", message=f"{spec.source}: runs {by_name[run.name].axes} and {run.axes} get "
                                                   f"the same directory name {run.name!r}")
             by_identity[identity] = by_name[run.name] = run
-            runs.append(run)
-    return runs
+    return list(by_name.values())
 
 
-def _left_to_do(spec: GridSpec, rerun_diverged: bool) -> tuple[list[GridRun], list[str | None]]:
-    """The runs, and per run why it is skipped (``completed``, ``diverged``) or None (to run).  A run directory
-    holding a run of another configuration is a :class:`ConfigError` naming the run and the fields."""
-    runs, reasons = expand_runs(spec), []
+def _left_to_do(spec: GridSpec, rerun_diverged: bool) -> tuple[list[GridRun], list[dict]]:
+    """The runs, and per run its result entry: ``status`` skipped (``reason`` completed or diverged) or None (to do).
+    A run directory holding a run of another configuration is a :class:`ConfigError` naming the run and the fields."""
+    runs, entries = expand_runs(spec), []
     for run in runs:
         if is_run_dir(run.run_dir) and (diff := config_differences(read_config(run.run_dir), run.resolved)):
             fields = ", ".join(f"{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff)
             raise ConfigError("out", message=f"{spec.source}: run {run.name}: {run.run_dir} holds a run of another "
                                              f"configuration ({fields}); change 'out' or remove that folder")
         status = run_status(run.run_dir)
-        reasons.append(status if status == "completed" or (status == "diverged" and not rerun_diverged) else None)
-    return runs, reasons
+        skip = status if status == "completed" or (status == "diverged" and not rerun_diverged) else None
+        entries.append({"name": run.name, "run_dir": run.run_dir, "status": skip and "skipped", "reason": skip})
+    return runs, entries
 
 
 def run_command(run: GridRun, *, resume: bool, gpus: int = 1) -> list[str]:
@@ -353,24 +351,20 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
     """Run the grid here, one run after another (``--resume`` where a folder holds a run's files); per run
     an entry, ``status`` one of dry-run, skipped, completed, diverged, failed, not-run (after ``stop_on_error``).
     ``runner(command)`` returns the exit status or has ``returncode`` (default: a subprocess)."""
-    runs, skips = _left_to_do(spec, rerun_diverged)
+    runs, results = _left_to_do(spec, rerun_diverged)
     if not dry_run:
         write_run_files(spec, runs)
     runner = runner or (lambda command: subprocess.run(command, check=False))
-    results, stopped_after = [], None
-    for run, skip in zip(runs, skips):
+    stopped_after = None
+    for run, entry in zip(runs, results):
         resume = has_run_files(run.run_dir)
-        entry = {"name": run.name, "run_dir": run.run_dir, "config_file": run.config_file,
-                 "command": run_command(run, resume=resume), "resume": resume, "status": None, "reason": None,
-                 "returncode": None, "seconds": None}
-        results.append(entry)
+        entry.update(config_file=run.config_file, command=run_command(run, resume=resume), resume=resume,
+                     returncode=None, seconds=None)
         if stopped_after is not None:
             entry.update(command=None, resume=None, status="not-run", reason=f"stopped after {stopped_after} failed")
-        elif skip is not None:
-            entry.update(status="skipped", reason=skip)
-        elif dry_run:
+        elif entry["status"] is None and dry_run:
             entry["status"] = "dry-run"
-        else:
+        elif entry["status"] is None:
             start = time.perf_counter()
             outcome = runner(entry["command"])
             code = int(getattr(outcome, "returncode", outcome) or 0)
@@ -385,10 +379,9 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
 
 
 class TrainJob:
-    """What one Slurm task runs (submitit pickles it): the run's command (with ``--resume``) in ``cwd``.
-    The training process ignores submitit's warning signal (USR2, before the time limit or on preemption);
-    submitit then calls :meth:`checkpoint`, which stops it with SIGINT (the run keeps its last checkpoint
-    and releases its lock) and hands this job back to be requeued."""
+    """What one Slurm task runs (submitit pickles it): the run's command (with ``--resume``) in ``cwd``. The training
+    process ignores submitit's warning signal (USR2, before the time limit or on preemption); submitit then calls
+    :meth:`checkpoint`: SIGINT stops the run (it keeps its last checkpoint, releases its lock), the job is requeued."""
 
     _child: subprocess.Popen | None = None  # the training process, while __call__ runs
 
@@ -400,22 +393,21 @@ class TrainJob:
         return {k: v for k, v in self.__dict__.items() if k != "_child"}  # the process stays here
 
     def __call__(self) -> dict:
-        if run_status(os.path.join(self.cwd, self.run_dir)) == "completed":
-            return {"name": self.name, "status": "completed", "returncode": 0}
-        warning = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
-        previous = signal.signal(warning, signal.SIG_IGN)  # ignored signals stay ignored across exec
-        try:
-            self._child = subprocess.Popen(self.command, cwd=self.cwd)
-        finally:
-            signal.signal(warning, previous)
-        # Poll rather than wait(): checkpoint() runs in a signal handler on top of this frame, and a
-        # wait() interrupted there would hold the lock that the handler's own poll() needs.
-        while (code := self._child.poll()) is None:
-            time.sleep(0.2)
-        status = run_status(os.path.join(self.cwd, self.run_dir))
-        if code != 0 or status != "completed":
-            raise RuntimeError(f"run {self.name}: exit status {code}, summary status {status}")
-        return {"name": self.name, "status": status, "returncode": code}
+        run_dir = os.path.join(self.cwd, self.run_dir)
+        if run_status(run_dir) != "completed":  # done already (a requeued task): not rerun
+            warning = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+            previous = signal.signal(warning, signal.SIG_IGN)  # ignored signals stay ignored across exec
+            try:
+                self._child = subprocess.Popen(self.command, cwd=self.cwd)
+            finally:
+                signal.signal(warning, previous)
+            # Poll rather than wait(): checkpoint() runs in a signal handler on top of this frame, and a
+            # wait() interrupted there would hold the lock that the handler's own poll() needs.
+            while (code := self._child.poll()) is None:
+                time.sleep(0.2)
+            if (status := run_status(run_dir)) != "completed" or code != 0:
+                raise RuntimeError(f"run {self.name}: exit status {code}, summary status {status}")
+        return {"name": self.name, "status": "completed", "returncode": 0}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Stop the training process (SIGINT; SIGKILL after ``stop_timeout_s``); return this job to requeue."""
@@ -466,8 +458,9 @@ def _recorded_job_id(job_file: Path) -> str | None:
     return None if job_id is None else str(job_id)
 
 
-def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> None:
-    """Submit one job array (submitit's batch) and record each run's job, or why sbatch refused."""
+def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+    """Submit one job array (submitit's batch); per run what its entry and its job record get: its job, or why
+    sbatch refused."""
     first = chunk[0][1]
     try:
         executor = submitit.SlurmExecutor(folder=first["folder"])
@@ -476,20 +469,16 @@ def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> None:
             jobs = [executor.submit(TrainJob(r["name"], r["command"], r["cwd"], r["run_dir"])) for _, r in chunk]
     except (RuntimeError, OSError) as err:  # sbatch refused (submitit's FailedJobError holds its stderr), ...
         reason = (str(err).strip().splitlines() or ["sbatch failed"])[-1]
-        for entry, record in chunk:
-            entry.update(status="failed", reason=reason)
-            atomic_write_json(entry["job_file"], {**record, "error": reason})
-        return
-    for job, (entry, record) in zip(jobs, chunk):
-        entry.update(status="submitted", job_id=str(job.job_id))
-        atomic_write_json(entry["job_file"], {**record, "job_id": str(job.job_id), "log": str(job.paths.stdout)})
+        return [({"status": "failed", "reason": reason}, {"error": reason})] * len(chunk)
+    return [({"status": "submitted", "job_id": str(job.job_id)},
+             {"job_id": str(job.job_id), "log": str(job.paths.stdout)}) for job in jobs]
 
 
 def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool = False) -> list[dict]:
     """Submit the runs left to do as one job array through submitit, recording in ``OUT/jobs/<name>.json``
     what submitit gets (``dry_run``: only that, with neither submitit nor Slurm); every refusal comes first.
     Per run an entry, ``status`` one of dry-run, submitted, queued (its job still is), skipped, failed."""
-    runs, skips = _left_to_do(spec, rerun_diverged)
+    runs, results = _left_to_do(spec, rerun_diverged)
     parameters = _executor_parameters(spec)  # a time limit is needed, dry run or not
     submitit = None
     if not dry_run:  # the optional extra, imported only to submit
@@ -504,14 +493,12 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
     common = {"executor": "submitit.SlurmExecutor", "folder": str(jobs_dir / "submitit"), "parameters": parameters,
               "function": f"{TrainJob.__module__}.{TrainJob.__qualname__}", "cwd": os.getcwd(), "job_id": None,
               "log": None}
-    results, todo = [], []
-    for run, skip in zip(runs, skips):
+    todo = []
+    for run, entry in zip(runs, results):
         command, job_file = run_command(run, resume=True, gpus=gpus), jobs_dir / f"{run.name}.json"
-        entry = {"name": run.name, "run_dir": run.run_dir, "status": None, "reason": None, "job_id": None,
-                 "job_file": str(job_file), "command": command}
-        results.append(entry)
-        if skip is not None:
-            entry.update(status="skipped", reason=skip, job_file=None)
+        entry.update(job_id=None, job_file=str(job_file), command=command)
+        if entry["status"] == "skipped":
+            entry["job_file"] = None
         elif (previous := _recorded_job_id(job_file)) in queued:  # None (no job recorded) never is
             entry.update(status="queued", reason="still in the queue", job_id=previous)
         else:
@@ -520,21 +507,17 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
     write_run_files(spec, runs)
     for first in range(0, len(todo), MAX_ARRAY):  # a job array each (one run: a job)
         chunk = todo[first : first + MAX_ARRAY]
-        for i, (entry, record) in enumerate(chunk):
-            record["array"] = {"index": i, "size": len(chunk)} if len(chunk) > 1 else None
-            if dry_run:
-                atomic_write_json(entry["job_file"], {**record, "dry_run": True})
-                entry["status"] = "dry-run"
-        if not dry_run:
-            _submit_array(submitit, chunk)
+        outcomes = ([({"status": "dry-run"}, {"dry_run": True})] * len(chunk) if dry_run
+                    else _submit_array(submitit, chunk))
+        for i, ((entry, record), (result, extra)) in enumerate(zip(chunk, outcomes)):
+            entry.update(result)
+            array = {"index": i, "size": len(chunk)} if len(chunk) > 1 else None
+            atomic_write_json(entry["job_file"], {**record, "array": array, **extra})
     return results
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI: useful-train grid FILE
-
-
-SLURM_FLAGS = ("partition", "time", "gpus_per_node", "account")
 
 
 def add_arguments(parser) -> None:
@@ -564,7 +547,7 @@ def add_arguments(parser) -> None:
 
 def command(args) -> int:
     """``useful-train grid FILE``: a line per run and a count; exit 0, or 1 when a run failed or diverged."""
-    flags = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
+    flags = {k: v for k in ("partition", "time", "gpus_per_node", "account") if (v := getattr(args, k)) is not None}
     if args.launcher == "local" and flags:
         flag = "--" + next(iter(flags)).replace("_", "-")
         raise ConfigError(flag, message=f"{flag}: a Slurm option needs --launcher submitit")
