@@ -68,8 +68,7 @@ SUBMITIT_NAMED = ("job_name", "time", "array_parallelism")
 GPU_COUNT = r"(?:[^:]+:)?(\d+)"  # gpus_per_node / gpus: N or TYPE:N
 
 
-# ----------------------------------------------------------------------------------------------
-# Slurm options: checked once, here.
+# -- Slurm options: checked once, here ---------------------------------------------------------
 
 
 def slurm_minutes(value: Any) -> int:
@@ -89,8 +88,7 @@ def slurm_minutes(value: Any) -> int:
 
 
 def _control_character(text: str) -> str | None:
-    """The first newline, tab or other control character (or line separator) in ``text``: submitit
-    writes values into the ``#SBATCH`` lines of a bash script, where a newline would start a command."""
+    """The first control character or line separator in ``text``: in an ``#SBATCH`` line, a newline starts a command."""
     return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
 
 
@@ -121,7 +119,6 @@ def _value_problem(name: str, value: Any) -> str | None:
 def slurm_options(options: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
     """The options with ``_`` names, the ``false`` ones left out (true: a bare ``--flag``), or a one-line
     :class:`ConfigError` naming the option (``FILE: slurm option 'x'``, or ``--x`` without ``source``)."""
-    out: dict[str, Any] = {}
     for key, value in dict(options).items():
         name = str(key).replace("-", "_")
         label = f"{source}: slurm option {str(key)!r}" if source else "--" + name.replace("_", "-")
@@ -134,22 +131,18 @@ def slurm_options(options: Mapping[str, Any], source: str | None = None) -> dict
                                             "time, gpus_per_node, cpus_per_task, mem, account, qos, constraint")
         if (expected := _value_problem(name, value)) is not None:
             raise ConfigError(name, value, expected, message=f"{label}: got {value!r}, expected {expected}")
-        if value is not False:
-            out[name] = value
-    return out
+    return {str(key).replace("-", "_"): value for key, value in dict(options).items() if value is not False}
 
 
 def _gpus(options: Mapping[str, Any]) -> int:
     """GPUs a run gets: ``gpus_per_node`` (or ``gpus``, or ``gres = "gpu[:type]:N"``); default 1."""
-    for key in ("gpus_per_node", "gpus"):
-        if key in options:
-            return int(re.fullmatch(GPU_COUNT, str(options[key])).group(1))
+    if (count := options.get("gpus_per_node", options.get("gpus"))) is not None:
+        return int(re.fullmatch(GPU_COUNT, str(count)).group(1))
     m = re.search(r"(?:^|,)gpu(?::[^:,]+)?:(\d+)(?:,|$)", str(options.get("gres", "")))
     return int(m.group(1)) if m else 1
 
 
-# ----------------------------------------------------------------------------------------------
-# The grid.
+# -- The grid ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -227,8 +220,7 @@ def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], t
         axes[name] = list(values)
     seeds = list(spec.seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ConfigError("seeds", message=f"{source}: 'seeds' must be a non-empty list of integers >= 0, "
-                                           f"got {seeds!r}")
+        raise ConfigError("seeds", message=f"{source}: 'seeds' must be a non-empty list of integers >= 0, got {seeds}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError("seeds", message=f"{source}: 'seeds' has duplicates: {seeds!r}")
     return base, axes, tuple(seeds)
@@ -240,7 +232,7 @@ def _token(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, (list, tuple)):
         return "+".join(_token(v) for v in value) or "empty"
-    return repr(value) if isinstance(value, float) else str(value)
+    return str(value)  # a float's str is its repr
 
 
 def _run_name(axis_values: Mapping[str, Any], seed: int) -> str:
@@ -332,8 +324,7 @@ def write_run_files(spec: GridSpec, runs: Sequence[GridRun]) -> Path:
     return manifest
 
 
-# ----------------------------------------------------------------------------------------------
-# Local runs.
+# -- Local runs --------------------------------------------------------------------------------
 
 
 def _outcome(run: GridRun, code: int) -> dict[str, Any]:
@@ -374,8 +365,7 @@ def run_local(spec: GridSpec, *, dry_run: bool = False, runner: Callable[[list[s
     return results
 
 
-# ----------------------------------------------------------------------------------------------
-# Slurm, through submitit.
+# -- Slurm, through submitit -------------------------------------------------------------------
 
 
 class TrainJob:
@@ -413,8 +403,7 @@ class TrainJob:
         """Stop the training process (SIGINT; SIGKILL after ``stop_timeout_s``); return this job to requeue."""
         import submitit
 
-        child = self._child
-        if child is not None and child.poll() is None:
+        if (child := self._child) is not None and child.poll() is None:
             child.send_signal(signal.SIGINT)
             try:
                 child.wait(timeout=self.stop_timeout_s)
@@ -459,8 +448,7 @@ def _recorded_job_id(job_file: Path) -> str | None:
 
 
 def _submit_array(submitit, chunk: Sequence[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
-    """Submit one job array (submitit's batch); per run what its entry and its job record get: its job, or why
-    sbatch refused."""
+    """Submit one job array (submitit's batch); per run what its entry and job record get (its job, or the refusal)."""
     first = chunk[0][1]
     try:
         executor = submitit.SlurmExecutor(folder=first["folder"])
@@ -485,9 +473,8 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
         try:
             import submitit
         except ImportError:
-            raise ConfigError("--launcher", message=f"--launcher submitit needs the optional package submitit: "
-                                                    f"{INSTALL} (--dry-run writes the job specifications "
-                                                    "without it)") from None
+            raise ConfigError("--launcher", message="--launcher submitit needs the optional package submitit: "
+                              f"{INSTALL} (--dry-run writes the job specifications without it)") from None
     queued = set() if dry_run else _queued_job_ids()
     jobs_dir, gpus = Path(spec.out_root).absolute() / "jobs", _gpus(spec.slurm)
     common = {"executor": "submitit.SlurmExecutor", "folder": str(jobs_dir / "submitit"), "parameters": parameters,
@@ -516,8 +503,7 @@ def submit_slurm(spec: GridSpec, *, dry_run: bool = False, rerun_diverged: bool 
     return results
 
 
-# ----------------------------------------------------------------------------------------------
-# CLI: useful-train grid FILE
+# -- CLI: useful-train grid FILE ---------------------------------------------------------------
 
 
 def add_arguments(parser) -> None:
