@@ -266,9 +266,8 @@ def _unpickle(info: DatasetInfo, path: Path, label_key: str) -> Split:
     if not isinstance(batch, dict):
         raise _error(name, "pickle is not a dict", path)
     data, labels = (batch.get(key.encode(), batch.get(key)) for key in ("data", label_key))
-    for key, value in (("data", data), (label_key, labels)):
-        if value is None:
-            raise _error(name, f"pickle lacks key {key!r}", path)
+    if data is None or labels is None:
+        raise _error(name, f"pickle lacks key {('data' if data is None else label_key)!r}", path)
     if not isinstance(data, np.ndarray):
         raise _error(name, f"'data' is {_describe(data)}, not a numpy uint8 array, in", path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
@@ -343,13 +342,10 @@ def _read_images(info: DatasetInfo, paths: list[Path], labels: list[int], where:
 def _class_folders(info: DatasetInfo, split_dir: Path, classes: list[str], sub: str, suffixes: tuple[str, ...]
                    ) -> Split:
     """The images ``split_dir/<class>/<sub>/*<suffix>``, labelled by the class's index in ``classes``."""
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        folder = _need(info.name, split_dir / cls / sub, folder=True)
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-        paths += files
-        labels += [label] * len(files)
-    return _read_images(info, paths, labels, split_dir)
+    per_class = [sorted(p for p in _need(info.name, split_dir / cls / sub, folder=True).iterdir()
+                        if p.is_file() and p.suffix.lower() in suffixes) for cls in classes]
+    labels = [label for label, files in enumerate(per_class) for _ in files]
+    return _read_images(info, [path for files in per_class for path in files], labels, split_dir)
 
 
 def _load_cinic10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
@@ -393,17 +389,16 @@ def _read_idx(root: Path, stem: str, magic: int, image_dims: list[int]) -> tuple
     """Read the idx file ``stem`` or ``stem.gz``, checking its magic number, dims and byte count.  The body
     is read only up to the size the header announces (plus one byte), after checking the memory it needs."""
     path = root / stem if (root / stem).is_file() else _need("fashion-mnist", root / f"{stem}.gz")
-    ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
-    header_len = 4 * (1 + ndim)
+    header_len = 4 * (2 + len(image_dims))  # the magic number, the count, the image dims
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             header = f.read(header_len)
             if len(header) < header_len:
                 raise _error("fashion-mnist", f"truncated header ({len(header)} bytes)", path)
-            found_magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+            found_magic, *dims = struct.unpack(f">{header_len // 4}I", header)
             if found_magic != magic:
                 raise _error("fashion-mnist", f"bad idx magic number {found_magic} (want {magic})", path)
-            if ndim == 3 and dims[1:] != image_dims:
+            if dims[1:] != image_dims:
                 raise _error("fashion-mnist", f"wrong image dims {dims[1]}x{dims[2]}, not "
                              f"{image_dims[0]}x{image_dims[1]}, in", path)
             body_len = math.prod(dims)  # Python integers: no overflow

@@ -38,6 +38,7 @@ from typing import Literal
 
 import pooch
 import requests
+from tqdm import tqdm
 
 from theory.plumbing.atomic import atomic_write_json
 from theory.plumbing.cli import EnvironmentFailure
@@ -254,9 +255,7 @@ def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[Path], base: s
     except DatasetError as err:
         raise DatasetError(f"{info.name}: the unpacked archive is not a valid data set ({err}); nothing "
                            f"was installed") from None
-    sizes = (len(ds.train_x), len(ds.test_x))
-    del ds
-    if info.split_sizes is not None and sizes != tuple(info.split_sizes):
+    if info.split_sizes is not None and (sizes := (len(ds.train_x), len(ds.test_x))) != tuple(info.split_sizes):
         raise DatasetError(f"{info.name}: the unpacked archive holds {sizes[0]} training and {sizes[1]} test "
                            f"images, not the published {info.split_sizes[0]} and {info.split_sizes[1]}; "
                            f"nothing was installed")
@@ -304,12 +303,9 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, ti
     known = None if remote.md5 is None else f"md5:{remote.md5}"
     logger = pooch.get_logger()  # pooch logs every download to stderr; ours are logged already
     for attempt in range(retries + 1):
-        bar = False
-        if progress:  # total=1 until pooch sets the Content-Length: pooch tests the bar's truth, which needs a total
-            from tqdm import tqdm
-
-            bar = tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.filename, file=sys.stderr,
-                       leave=False)
+        # total=1 until pooch sets the Content-Length: pooch tests the bar's truth, which needs a total
+        bar = progress and tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.filename,
+                                file=sys.stderr, leave=False)
         downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=timeout,
                                           headers={"Accept-Encoding": "identity"})  # the bytes the MD5 is of
         level = logger.level
