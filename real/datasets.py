@@ -451,8 +451,7 @@ def _load_synthetic(info: DatasetInfo, seed: int, n_train: int, n_test: int) -> 
         raise DatasetError(f"synthetic: sizes must be >= 1, got train={n_train}, test={n_test}",
                            field="--synthetic-train" if n_train < 1 else "--synthetic-test")
     flag = "--synthetic-train" if n_train >= n_test else "--synthetic-test"  # the flag asking for more
-    (channels, height, width), k = info.shape, info.num_classes
-    pixels = channels * height * width
+    (channels, height, width), k, pixels = info.shape, info.num_classes, math.prod(info.shape)
     # Per image: the pixels, the label, the permutation, the colour mask; plus one chunk of temporaries.
     check_allocation(flag, (n_train + n_test) * (pixels + 33) + 5 * 8 * pixels * _SYNTHETIC_CHUNK,
                      f"the synthetic data set ({n_train} training + {n_test} test images of "
