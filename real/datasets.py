@@ -152,17 +152,15 @@ def _root(info: DatasetInfo, data_dir: str | Path | None) -> Path:
     return next((path / sub for sub in (info.folder, *info.aliases) if (path / sub).is_dir()), path)
 
 
-def _check_split(info: DatasetInfo, x: np.ndarray, y: np.ndarray, num_classes: int, where: Path | str) -> Split:
-    """Check one split: uint8 images of the record's shape, at least one, one integer label each, in range."""
-    if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != info.shape:
-        raise _error(info.name, f"wrong image shape {x.shape} ({x.dtype}), not (N, {', '.join(map(str, info.shape))}) "
-                     f"uint8, in", where)
+def _check_split(info: DatasetInfo, x: np.ndarray, y: np.ndarray, where: Path | str) -> Split:
+    """Check one split: at least one image, one integer label each, in range (the images' dtype and shape
+    are checked by the loader that read them)."""
     if len(x) == 0:
         raise _error(info.name, "no images in", where)
     if y.ndim != 1 or len(y) != len(x):
         raise _error(info.name, f"{y.size} labels for {len(x)} images in", where)
-    if y.min() < 0 or y.max() >= num_classes:
-        raise _error(info.name, f"labels outside [0, {num_classes}) (min {y.min()}, max {y.max()}) in", where)
+    if y.min() < 0 or y.max() >= info.num_classes:
+        raise _error(info.name, f"labels outside [0, {info.num_classes}) (min {y.min()}, max {y.max()}) in", where)
     return x, y
 
 
@@ -188,28 +186,25 @@ def _integer_labels(name: str, raw: object, path: Path, key: str, num_classes: i
         if raw.ndim != 1 or raw.dtype.kind not in "iu":
             want = "a flat list of integer labels" if raw.ndim != 1 else "integer labels"
             raise _error(name, f"{key!r} is {_describe(raw)}, not {want}, in", path)
-        low, high = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
     elif isinstance(raw, (list, tuple)):
         for i, value in enumerate(raw):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                 raise _error(name, f"{key!r}[{i}] is {_describe(value)}, not an integer label, in", path)
-        low, high = (int(min(raw)), int(max(raw))) if raw else (0, 0)
     else:
         raise _error(name, f"{key!r} is {_describe(raw)}, not a list of integer labels, in", path)
+    low, high = (int(min(raw)), int(max(raw))) if len(raw) else (0, 0)
     if low < 0 or high >= num_classes:
         raise _error(name, f"labels outside [0, {num_classes}) (min {low}, max {high}) in", path)
     return np.asarray(raw, dtype=np.int64)
 
 
 def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and std of ``x / 255`` from byte histograms (no float copy of x)."""
+    """Exact per-channel mean and std of ``x / 255`` (x is never empty) from byte histograms (no float copy)."""
     counts = np.zeros((x.shape[1], 256), dtype=np.int64)
     for start in range(0, len(x), chunk):
         for c in range(x.shape[1]):
             counts[c] += np.bincount(x[start:start + chunk, c].ravel(), minlength=256)
     values, total = np.arange(256, dtype=np.float64) / 255.0, counts.sum(axis=1).astype(np.float64)
-    if not total.all():
-        return (0.0,) * x.shape[1], (1.0,) * x.shape[1]
     mean = counts @ values / total
     std = np.sqrt(np.maximum(counts @ values**2 / total - mean**2, 0.0))
     return tuple(map(float, mean)), tuple(map(float, std))
@@ -271,15 +266,14 @@ def _unpickle(info: DatasetInfo, path: Path, label_key: str) -> Split:
     if not isinstance(batch, dict):
         raise _error(name, "pickle is not a dict", path)
     data, labels = (batch.get(key.encode(), batch.get(key)) for key in ("data", label_key))
-    for key, value in (("data", data), (label_key, labels)):
-        if value is None:
-            raise _error(name, f"pickle lacks key {key!r}", path)
+    if data is None or labels is None:
+        raise _error(name, f"pickle lacks key {('data' if data is None else label_key)!r}", path)
     if not isinstance(data, np.ndarray):
         raise _error(name, f"'data' is {_describe(data)}, not a numpy uint8 array, in", path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
         raise _error(name, f"wrong data shape {data.shape} ({data.dtype}), not (N, {pixels}) uint8, in", path)
     labels = _integer_labels(name, labels, path, label_key, info.num_classes)
-    return _check_split(info, data.reshape(-1, *info.shape), labels, info.num_classes, path)
+    return _check_split(info, data.reshape(-1, *info.shape), labels, path)
 
 
 def _load_cifar(info: DatasetInfo, root: Path, train: tuple[str, ...], test: tuple[str, ...],
@@ -287,23 +281,20 @@ def _load_cifar(info: DatasetInfo, root: Path, train: tuple[str, ...], test: tup
     total = sum(_need(info.name, root / f).stat().st_size for f in train + test)
     # Unpickling holds the file's bytes and the array built from them; concatenating copies once more.
     _check_memory(info.name, 3 * total, f"reading {total} bytes of pickles in {root}")
-    splits = []
-    for names in (train, test):
-        xs, ys = zip(*(_unpickle(info, root / f, label_key) for f in names))
-        splits.append((np.concatenate(xs), np.concatenate(ys)))
-    return splits[0], splits[1], info.num_classes
+    train, test = (tuple(map(np.concatenate, zip(*(_unpickle(info, root / f, label_key) for f in names))))
+                   for names in (train, test))
+    return train, test, info.num_classes
 
 
 # --- STL-10 (raw binaries, column-major images, labels 1..10) ---
 
 
 def _load_stl10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
-    paths = {f"{s}_{xy}": _need("stl10", root / f"{s}_{xy}.bin") for s in ("train", "test") for xy in "Xy"}
-    total = paths["train_X"].stat().st_size + paths["test_X"].stat().st_size
+    paths = [[_need("stl10", root / f"{split}_{xy}.bin") for xy in "Xy"] for split in ("train", "test")]
+    total = sum(x_path.stat().st_size for x_path, _ in paths)
     _check_memory("stl10", 2 * total, f"reading {total} bytes of images in {root}")  # the bytes, a transposed copy
     per_image, splits = math.prod(info.shape), []
-    for split in ("train", "test"):
-        x_path, y_path = paths[f"{split}_X"], paths[f"{split}_y"]
+    for x_path, y_path in paths:
         raw = np.fromfile(x_path, dtype=np.uint8)
         if raw.size == 0 or raw.size % per_image:
             raise _error("stl10", f"truncated file ({raw.size} bytes, not a multiple of {per_image})", x_path)
@@ -313,7 +304,7 @@ def _load_stl10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
         if labels.size == len(images) and (labels.min() < 1 or labels.max() > info.num_classes):
             raise _error("stl10", f"labels outside 1..{info.num_classes} (min {labels.min()}, max {labels.max()}) "
                          f"in", y_path)
-        splits.append(_check_split(info, images, labels - 1, info.num_classes, y_path))
+        splits.append(_check_split(info, images, labels - 1, y_path))
     return splits[0], splits[1], info.num_classes
 
 
@@ -351,27 +342,20 @@ def _read_images(info: DatasetInfo, paths: list[Path], labels: list[int], where:
 def _class_folders(info: DatasetInfo, split_dir: Path, classes: list[str], sub: str, suffixes: tuple[str, ...]
                    ) -> Split:
     """The images ``split_dir/<class>/<sub>/*<suffix>``, labelled by the class's index in ``classes``."""
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        folder = _need(info.name, split_dir / cls / sub, folder=True)
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-        paths += files
-        labels += [label] * len(files)
-    return _read_images(info, paths, labels, split_dir)
+    per_class = [sorted(p for p in _need(info.name, split_dir / cls / sub, folder=True).iterdir()
+                        if p.is_file() and p.suffix.lower() in suffixes) for cls in classes]
+    labels = [label for label, files in enumerate(per_class) for _ in files]
+    return _read_images(info, [path for files in per_class for path in files], labels, split_dir)
 
 
 def _load_cinic10(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
-    splits, classes = [], []
-    for split in ("train", "test"):  # the training split's class folders are the classes
-        split_dir = _need("cinic10", root / split, folder=True)
-        found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-        if not classes and len(found) != info.num_classes:
-            raise _error("cinic10", f"found {len(found)} class folders, not {info.num_classes}, in", split_dir)
-        if classes and found != classes:
-            raise _error("cinic10", f"class folders {found} differ from {classes} in", split_dir)
-        classes = found
-        splits.append(_class_folders(info, split_dir, classes, "", (".png",)))
-    return splits[0], splits[1], info.num_classes
+    dirs = [_need("cinic10", root / split, folder=True) for split in ("train", "test")]
+    classes, found = (sorted(p.name for p in d.iterdir() if p.is_dir()) for d in dirs)
+    if len(classes) != info.num_classes:  # the training split's class folders are the classes
+        raise _error("cinic10", f"found {len(classes)} class folders, not {info.num_classes}, in", dirs[0])
+    if found != classes:
+        raise _error("cinic10", f"class folders {found} differ from {classes} in", dirs[1])
+    return *(_class_folders(info, d, classes, "", (".png",)) for d in dirs), info.num_classes
 
 
 def _load_tinyimagenet(info: DatasetInfo, root: Path) -> tuple[Split, Split, int]:
@@ -405,17 +389,16 @@ def _read_idx(root: Path, stem: str, magic: int, image_dims: list[int]) -> tuple
     """Read the idx file ``stem`` or ``stem.gz``, checking its magic number, dims and byte count.  The body
     is read only up to the size the header announces (plus one byte), after checking the memory it needs."""
     path = root / stem if (root / stem).is_file() else _need("fashion-mnist", root / f"{stem}.gz")
-    ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
-    header_len = 4 * (1 + ndim)
+    header_len = 4 * (2 + len(image_dims))  # the magic number, the count, the image dims
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             header = f.read(header_len)
             if len(header) < header_len:
                 raise _error("fashion-mnist", f"truncated header ({len(header)} bytes)", path)
-            found_magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+            found_magic, *dims = struct.unpack(f">{header_len // 4}I", header)
             if found_magic != magic:
                 raise _error("fashion-mnist", f"bad idx magic number {found_magic} (want {magic})", path)
-            if ndim == 3 and dims[1:] != image_dims:
+            if dims[1:] != image_dims:
                 raise _error("fashion-mnist", f"wrong image dims {dims[1]}x{dims[2]}, not "
                              f"{image_dims[0]}x{image_dims[1]}, in", path)
             body_len = math.prod(dims)  # Python integers: no overflow
@@ -437,7 +420,7 @@ def _load_fashion_mnist(info: DatasetInfo, root: Path) -> tuple[Split, Split, in
     for prefix in ("train", "t10k"):
         images, _ = _read_idx(root, f"{prefix}-images-idx3-ubyte", _IDX_IMAGES_MAGIC, list(info.shape[1:]))
         labels, label_path = _read_idx(root, f"{prefix}-labels-idx1-ubyte", _IDX_LABELS_MAGIC, [])
-        splits.append(_check_split(info, images[:, None], labels.astype(np.int64), info.num_classes, label_path))
+        splits.append(_check_split(info, images[:, None], labels.astype(np.int64), label_path))
     return splits[0], splits[1], info.num_classes
 
 
@@ -468,8 +451,7 @@ def _load_synthetic(info: DatasetInfo, seed: int, n_train: int, n_test: int) -> 
         raise DatasetError(f"synthetic: sizes must be >= 1, got train={n_train}, test={n_test}",
                            field="--synthetic-train" if n_train < 1 else "--synthetic-test")
     flag = "--synthetic-train" if n_train >= n_test else "--synthetic-test"  # the flag asking for more
-    (channels, height, width), k = info.shape, info.num_classes
-    pixels = channels * height * width
+    (channels, height, width), k, pixels = info.shape, info.num_classes, math.prod(info.shape)
     # Per image: the pixels, the label, the permutation, the colour mask; plus one chunk of temporaries.
     check_allocation(flag, (n_train + n_test) * (pixels + 33) + 5 * 8 * pixels * _SYNTHETIC_CHUNK,
                      f"the synthetic data set ({n_train} training + {n_test} test images of "
@@ -557,10 +539,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     info = DATASETS[key]
-    if info.loader is None:
-        (train_x, train_y), test, num_classes = _load_synthetic(info, seed, synthetic_train, synthetic_test)
-    else:
-        (train_x, train_y), test, num_classes = info.loader(info, _root(info, data_dir))
+    (train_x, train_y), test, num_classes = (_load_synthetic(info, seed, synthetic_train, synthetic_test)
+                                             if info.loader is None else info.loader(info, _root(info, data_dir)))
     if long_tail_ratio is not None:
         keep = long_tailed_indices(train_y, long_tail_ratio, seed)
         train_x, train_y = train_x[keep], train_y[keep]

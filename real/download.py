@@ -38,6 +38,7 @@ from typing import Literal
 
 import pooch
 import requests
+from tqdm import tqdm
 
 from theory.plumbing.atomic import atomic_write_json
 from theory.plumbing.cli import EnvironmentFailure
@@ -154,37 +155,35 @@ def _present(info: DatasetInfo, root: Path) -> Installed | None:
     target = root / info.folder
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
-    for folder in (target, root):
-        marker = folder / MARKER
-        if not folder.exists() or (folder == root and not (marker.is_file() or _probe(root, info))):
-            continue
-        if folder.is_symlink() or not folder.is_dir():
-            raise DatasetError(f"{info.name}: {folder} exists and is not a folder; it is left as is: move it "
-                               f"away or choose another --data-dir")
-        if marker.is_file():  # ours: the same data set, with as many files and bytes
-            try:
-                record = json.loads(marker.read_text())
-                expected, dataset = (int(record["files"]), int(record["bytes"])), record["dataset"]
-            except (ValueError, KeyError, TypeError, OSError):
-                raise DatasetError(f"{info.name}: {marker} is unreadable; remove {folder} and download again") from None
-            if dataset != info.name:
-                raise DatasetError(f"{info.name}: {folder} holds {dataset!r} (see {marker}); choose another --data-dir")
-            if (found := _inventory(folder)) != expected:
-                raise DatasetError(f"{info.name}: {folder} was installed by useful-train with {expected[0]} files "
-                                   f"({expected[1]} bytes) but now has {found[0]} files ({found[1]} bytes); it is "
-                                   f"left as is: remove it and download again")
-            log.info("%s is already in %s (installed by useful-train, unchanged)", info.name, folder)
-            return Installed(folder, "present")
-        log.info("%s: checking %s with the loader", info.name, folder)
+    folder = target if target.exists() else root if (root / MARKER).is_file() or _probe(root, info) else None
+    if folder is None:
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        raise DatasetError(f"{info.name}: {folder} exists and is not a folder; it is left as is: move it away or "
+                           f"choose another --data-dir")
+    marker = folder / MARKER
+    if marker.is_file():  # ours: the same data set, with as many files and bytes
         try:
-            load_dataset(info.name, folder)
-        except DatasetError as err:
-            raise DatasetError(f"{info.name}: {folder} exists but is not a valid data set ({err}); it was not "
-                               f"made by useful-train, so it is left as is: move it away or choose another "
-                               f"--data-dir") from None
-        log.info("%s is already in %s (the loader accepts it)", info.name, folder)
-        return Installed(folder, "accepted")
-    return None
+            record = json.loads(marker.read_text())
+            expected, dataset = (int(record["files"]), int(record["bytes"])), record["dataset"]
+        except (ValueError, KeyError, TypeError, OSError):
+            raise DatasetError(f"{info.name}: {marker} is unreadable; remove {folder} and download again") from None
+        if dataset != info.name:
+            raise DatasetError(f"{info.name}: {folder} holds {dataset!r} (see {marker}); choose another --data-dir")
+        if (found := _inventory(folder)) != expected:
+            raise DatasetError(f"{info.name}: {folder} was installed by useful-train with {expected[0]} files "
+                               f"({expected[1]} bytes) but now has {found[0]} files ({found[1]} bytes); it is left "
+                               f"as is: remove it and download again")
+        log.info("%s is already in %s (installed by useful-train, unchanged)", info.name, folder)
+        return Installed(folder, "present")
+    log.info("%s: checking %s with the loader", info.name, folder)
+    try:
+        load_dataset(info.name, folder)
+    except DatasetError as err:
+        raise DatasetError(f"{info.name}: {folder} exists but is not a valid data set ({err}); it was not made by "
+                           f"useful-train, so it is left as is: move it away or choose another --data-dir") from None
+    log.info("%s is already in %s (the loader accepts it)", info.name, folder)
+    return Installed(folder, "accepted")
 
 
 # --- installing
@@ -200,20 +199,21 @@ def _install(info: DatasetInfo, root: Path, base: str, fetch: Callable[..., Path
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
-    notes: list[str] = []
-    copies: list[tuple[Path, bool]] = []  # (the file, downloaded by us)
+    copies: list[Path] = []  # a user's copy is root/<file>; the ones we downloaded are in work
     try:
         for remote in info.files:
-            copies.append(_obtain(info, remote, root, work, base, fetch, notes))
+            copies.append(_obtain(info, remote, root, work, base, fetch))
         with tempfile.TemporaryDirectory(prefix="unpack-", dir=work, ignore_cleanup_errors=True) as tmp:
             target = _stage(info, root, Path(tmp), copies, base)
-        _drop(copies)
+        _drop(copies, root)
         log.info("%s installed in %s", info.name, target)
-        return Installed(target, "installed", tuple(notes))
+        unchecked = "no published checksum, so only the transfer length, the archive's CRCs and the unpacked structure"
+        return Installed(target, "installed", tuple(f"{r.filename}: " + (
+            unchecked if r.md5 is None else f"MD5 {r.md5} ({info.checksum_origin})") for r in info.files))
     except DatasetError:
         # The files cannot give a valid data set (an unsafe member, a corrupt archive, a layout the
         # loader rejects): keeping the downloads would only make the next run fail the same way.
-        _drop(copies)
+        _drop(copies, root)
         raise
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -225,20 +225,20 @@ def _install(info: DatasetInfo, root: Path, base: str, fetch: Callable[..., Path
             work.rmdir()  # only when empty
 
 
-def _drop(copies: list[tuple[Path, bool]]) -> None:
-    """Delete the files we downloaded (never the user's)."""
-    for path, ours in copies:
-        if ours:
+def _drop(copies: list[Path], root: Path) -> None:
+    """Delete the files we downloaded (never the user's, in ``root``)."""
+    for path in copies:
+        if path.parent != root:
             path.unlink(missing_ok=True)
 
 
-def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[tuple[Path, bool]], base: str) -> Path:
+def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[Path], base: str) -> Path:
     """Unpack (or copy) into ``tmp/staging``, check it with the loader, mark it, rename it to ``root/<folder>``."""
     staging = tmp / "staging"
     staging.mkdir()
-    for (path, ours), remote in zip(copies, info.files):
-        if info.unpack == "none":
-            (os.replace if ours else shutil.copyfile)(path, staging / remote.filename)
+    for path, remote in zip(copies, info.files):
+        if info.unpack == "none":  # ours are moved, a user's copy is copied
+            (shutil.copyfile if path.parent == root else os.replace)(path, staging / remote.filename)
         else:
             log.info("unpacking %s", path.name)
             _unpack(info, path, staging, root)
@@ -255,18 +255,16 @@ def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[tuple[Path, bo
     except DatasetError as err:
         raise DatasetError(f"{info.name}: the unpacked archive is not a valid data set ({err}); nothing "
                            f"was installed") from None
-    sizes = (len(ds.train_x), len(ds.test_x))
-    del ds
-    if info.split_sizes is not None and sizes != tuple(info.split_sizes):
+    if info.split_sizes is not None and (sizes := (len(ds.train_x), len(ds.test_x))) != tuple(info.split_sizes):
         raise DatasetError(f"{info.name}: the unpacked archive holds {sizes[0]} training and {sizes[1]} test "
                            f"images, not the published {info.split_sizes[0]} and {info.split_sizes[1]}; "
                            f"nothing was installed")
     count, total = _inventory(folder)
     atomic_write_json(folder / MARKER, {
         "dataset": info.name,
-        "sources": [{"file": r.filename, "md5": r.md5,
-                     "from": base + urllib.parse.quote(r.filename) if ours else f"{path} (put there by the user)"}
-                    for (path, ours), r in zip(copies, info.files)],
+        "sources": [{"file": r.filename, "md5": r.md5, "from": f"{path} (put there by the user)"
+                     if path.parent == root else base + urllib.parse.quote(r.filename)}
+                    for path, r in zip(copies, info.files)],
         "checksum_origin": info.checksum_origin, "files": count, "bytes": total,
         "installed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
@@ -281,16 +279,12 @@ def _stage(info: DatasetInfo, root: Path, tmp: Path, copies: list[tuple[Path, bo
 # --- downloading (pooch)
 
 
-def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base: str, fetch: Callable[..., Path],
-            notes: list[str]) -> tuple[Path, bool]:
-    """A verified local copy of ``remote`` and whether it is ours (to move or delete afterwards)."""
+def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base: str,
+            fetch: Callable[..., Path]) -> Path:
+    """A verified local copy of ``remote``: the user's ``root/<file>``, else one downloaded into ``work``."""
     if remote.md5 is None:
-        notes.append(f"{remote.filename}: no published checksum, so only the transfer length, the archive's "
-                     f"CRCs and the unpacked structure")
         log.warning("%s: %s has no published checksum; checking only the transfer length and the unpacked "
                     "structure", info.name, remote.filename)
-    else:
-        notes.append(f"{remote.filename}: MD5 {remote.md5} ({info.checksum_origin})")
     user_copy = root / remote.filename
     if user_copy.is_file():
         if remote.md5 is not None and (found := pooch.file_hash(str(user_copy), alg="md5")) != remote.md5:
@@ -298,8 +292,8 @@ def _obtain(info: DatasetInfo, remote: RemoteFile, root: Path, work: Path, base:
                                f"MD5 of {remote.filename} is {remote.md5}; this file was not downloaded by "
                                f"useful-train, so it is left as is: move it away to download a fresh copy")
         log.info("using %s, which is already there", user_copy)
-        return user_copy, False
-    return fetch(info, remote, base + urllib.parse.quote(remote.filename), work), True
+        return user_copy
+    return fetch(info, remote, base + urllib.parse.quote(remote.filename), work)
 
 
 def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, timeout: float, retries: int,
@@ -309,12 +303,9 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, ti
     known = None if remote.md5 is None else f"md5:{remote.md5}"
     logger = pooch.get_logger()  # pooch logs every download to stderr; ours are logged already
     for attempt in range(retries + 1):
-        bar = False
-        if progress:  # total=1 until pooch sets the Content-Length: pooch tests the bar's truth, which needs a total
-            from tqdm import tqdm
-
-            bar = tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.filename, file=sys.stderr,
-                       leave=False)
+        # total=1 until pooch sets the Content-Length: pooch tests the bar's truth, which needs a total
+        bar = progress and tqdm(total=1, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.filename,
+                                file=sys.stderr, leave=False)
         downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=timeout,
                                           headers={"Accept-Encoding": "identity"})  # the bytes the MD5 is of
         level = logger.level
@@ -345,19 +336,21 @@ def _retrieve(info: DatasetInfo, remote: RemoteFile, url: str, work: Path, *, ti
 # '..' and absolute paths); every member is checked before it is written
 
 
-def _member_path(info: DatasetInfo, archive: Path, member: str, kind: str, staging: Path, root: Path) -> Path | None:
-    """Where a member of ``kind`` (``"file"``, ``"dir"``, else why it is refused) goes under ``staging``."""
-    parts = [p for p in member.split("/") if p not in ("", ".")]
+def _member_path(info: DatasetInfo, archive: Path, member: tarfile.TarInfo | zipfile.ZipInfo, staging: Path,
+                 root: Path) -> tuple[Path | None, bool]:
+    """Where a safe archive member goes under ``staging`` (None: the top folder) and whether it is a folder."""
+    kind, name = _kind(member), member.filename if isinstance(member, zipfile.ZipInfo) else member.name
+    parts = [p for p in name.split("/") if p not in ("", ".")]
     why = next((why for bad, why in (
         (kind not in ("file", "dir"), kind),
-        ("\x00" in member, "has a NUL byte in its name"),
-        (member.startswith(("/", "\\")) or (member[1:2] == ":" and member[:1].isalpha()), "has an absolute path"),
+        ("\x00" in name, "has a NUL byte in its name"),
+        (name.startswith(("/", "\\")) or (name[1:2] == ":" and name[:1].isalpha()), "has an absolute path"),
         (".." in parts, "has a '..' component and would land outside the folder"),
     ) if bad), None)
     if why is not None:
-        raise DatasetError(f"{info.name}: refusing to unpack {archive.name}: member {member!r} {why}; nothing "
+        raise DatasetError(f"{info.name}: refusing to unpack {archive.name}: member {name!r} {why}; nothing "
                            f"from it was installed in {root}")
-    return staging.joinpath(*parts) if parts else None
+    return staging.joinpath(*parts) if parts else None, kind == "dir"
 
 
 def _kind(member: tarfile.TarInfo | zipfile.ZipInfo) -> str:
@@ -378,20 +371,16 @@ def _kind(member: tarfile.TarInfo | zipfile.ZipInfo) -> str:
 def _unpack(info: DatasetInfo, archive: Path, staging: Path, root: Path) -> None:
     """Extract ``archive`` member by member into ``staging`` (a zip's members are all checked first)."""
     try:
-        with zipfile.ZipFile(archive) if info.unpack == "zip" else tarfile.open(archive, "r:gz") as ar:
-            if info.unpack == "zip":
-                members = [(m.filename, _kind(m), partial(ar.open, m)) for m in ar.infolist()]
-            else:  # read as a stream
-                members = ((m.name, _kind(m), partial(ar.extractfile, m)) for m in ar)
-            checked = ((_member_path(info, archive, name, kind, staging, root), kind, data)
-                       for name, kind, data in members)
-            for dest, kind, data in (list(checked) if info.unpack == "zip" else checked):
-                if dest is not None and kind == "dir":
+        zipped = info.unpack == "zip"
+        with zipfile.ZipFile(archive) if zipped else tarfile.open(archive, "r:gz") as ar:
+            checked = ((*_member_path(info, archive, m, staging, root), m) for m in (ar.infolist() if zipped else ar))
+            for dest, is_dir, member in (list(checked) if zipped else checked):  # a tar is read as a stream
+                if dest is not None and is_dir:
                     dest.mkdir(parents=True, exist_ok=True)
                 elif dest is not None:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-                    with os.fdopen(fd, "wb") as out, data() as src:
+                    with os.fdopen(fd, "wb") as out, (ar.open if zipped else ar.extractfile)(member) as src:
                         shutil.copyfileobj(src, out, _CHUNK)
     except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
             NotImplementedError, OSError) as err:
