@@ -1,7 +1,7 @@
 """``useful-train compare``: test error and training time over run directories (the paper's Figure 4).
 
 Runs are grouped by :func:`group_key` (the seeds of one configuration form a group), linked to their
-baseline, reference and compute-matched groups (:func:`_link`) and paired with them seed by seed; the
+baseline, reference and compute-matched groups (:func:`group_runs`) and paired with them seed by seed; the
 table's columns are described in docs/training.md ("Comparing runs").
 """
 
@@ -70,8 +70,8 @@ class Group:
 
     @property
     def error_std(self) -> float:
-        return float(np.std([r.error for r in self.runs], ddof=1)) if len(self.runs) > 1 else \
-            (0.0 if self.runs else math.nan)
+        errors = [r.error for r in self.runs]
+        return float(np.std(errors, ddof=1)) if len(errors) > 1 else (0.0 if errors else math.nan)
 
     def errors_by_seed(self) -> dict[int, float]:
         return {r.config.get("seed"): r.error for r in self.runs}
@@ -104,8 +104,7 @@ def _skip_reason(summary: dict | None) -> str | None:
         return "no summary (unfinished or still running)"
     if (status := summary.get("status")) != "completed":
         return f"status {status!r}" + (f": {summary['message']}" if summary.get("message") else "")
-    acc = summary.get("final_test_acc")
-    if not _number(acc) or not 0.0 <= acc <= 1.0:
+    if not _number(acc := summary.get("final_test_acc")) or not 0.0 <= acc <= 1.0:
         return f"final_test_acc is {acc!r}, not an accuracy in [0, 1]"
     return None
 
@@ -126,17 +125,16 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunRecord], list[tup
 
 def group_key(config: dict) -> dict:
     """A run's group: the configuration without :data:`GROUP_IGNORE` and the fields without effect in it."""
-    key = {k: v for k, v in config.items() if k not in GROUP_IGNORE}
-    unused = set()
-    if not key.get("useful"):
+    unused = set(GROUP_IGNORE)
+    if not config.get("useful"):
         unused.update(_USEFUL_FIELDS)
-    elif key.get("partition") != "quantile":
+    elif config.get("partition") != "quantile":
         unused.add("quantile")
-    if key.get("optimizer") == "sgd":
+    if config.get("optimizer") == "sgd":
         unused.add("rho")
-    if key.get("dataset") != "synthetic":
+    if config.get("dataset") != "synthetic":
         unused.update(("synthetic_train", "synthetic_test"))
-    return {k: v for k, v in key.items() if k not in unused}
+    return {k: v for k, v in config.items() if k not in unused}
 
 
 def _method_label(key: dict) -> str:
@@ -156,8 +154,10 @@ def _setting(key: dict) -> str:
     return json.dumps({k: v for k, v in key.items() if k not in METHOD_FIELDS}, sort_keys=True)
 
 
-def _label(groups: Sequence[Group]) -> None:
-    """Each label: the method, and the fields that differ between groups as ``field=value``."""
+def _label_and_link(groups: Sequence[Group], baseline_optimizer: str) -> None:
+    """Each group's label (the method, and the fields that differ between groups as ``field=value``), its
+    paired ``reference`` and ``matched`` groups, and its ``baseline`` for the time: the same data set and
+    model with the baseline optimizer, no USEFUL (among several, the closest)."""
     fields = sorted({f for g in groups for f in g.key})
     varying = [f for f in fields if f not in _LABELLED
                and len({json.dumps(g.key[f], sort_keys=True) for g in groups if f in g.key}) > 1]
@@ -165,13 +165,6 @@ def _label(groups: Sequence[Group]) -> None:
         extra = ", ".join(f"{f}={','.join(map(str, v)) or '[]' if isinstance(v, list) else v}"
                           for f in varying if f in g.key for v in [g.key[f]])
         g.label = _method_label(g.key) + (f" ({extra})" if extra else "")
-
-
-def _link(groups: Sequence[Group], baseline_optimizer: str) -> None:
-    """Each group's paired ``reference`` and ``matched`` groups, and its ``baseline`` for the time: the
-    same data set and model with the baseline optimizer, no USEFUL (among several, the closest)."""
-    fields = sorted({f for g in groups for f in g.key})
-    for g in groups:
         same = [b for b in groups if b is not g and _setting(b.key) == _setting(g.key)]
         if not _is_baseline(g.key, baseline_optimizer):
             g.reference = next((b for b in same if _is_baseline(b.key, baseline_optimizer)), None)
@@ -179,13 +172,12 @@ def _link(groups: Sequence[Group], baseline_optimizer: str) -> None:
             g.matched = next((b for b in same if b.key == {**g.key, "partition": "random"}), None)
         candidates = [b for b in groups if _is_baseline(b.key, baseline_optimizer)
                       and (b.key.get("dataset"), b.key.get("model")) == (g.key.get("dataset"), g.key.get("model"))]
-        if candidates:
-            g.baseline = min(candidates, key=lambda b: sum(f != "optimizer" and b.key.get(f) != g.key.get(f)
-                                                           for f in fields))
+        g.baseline = min(candidates, default=None, key=lambda b: sum(f != "optimizer" and b.key.get(f) != g.key.get(f)
+                                                                     for f in fields))
 
 
 def group_runs(runs: Sequence[RunRecord], *, baseline_optimizer: str = "sgd") -> list[Group]:
-    """The groups, sorted, labelled and linked (:func:`_link`); one configuration and seed twice is refused."""
+    """The groups, sorted, labelled and linked (:func:`_label_and_link`); a configuration and seed twice is refused."""
     groups: dict[str, Group] = {}
     for run in runs:
         key = group_key(run.config)
@@ -196,8 +188,7 @@ def group_runs(runs: Sequence[RunRecord], *, baseline_optimizer: str = "sgd") ->
                                                  f"with the same seed ({run.config.get('seed')}); give one of them")
         group.runs.append(run)
     result = list(groups.values())
-    _label(result)
-    _link(result, baseline_optimizer)
+    _label_and_link(result, baseline_optimizer)
     result.sort(key=lambda g: (str(g.key.get("dataset")), str(g.key.get("model")), bool(g.key.get("trivial_augment")),
                                _OPTIMIZER_ORDER.get(g.key.get("optimizer"), 9), bool(g.key.get("useful")), g.label))
     return result

@@ -89,8 +89,7 @@ class LearningStats:
         ok = torch.as_tensor(correct).to(self.device, torch.int32, non_blocking=True).reshape(-1)
         if idx.shape != ok.shape:
             raise ValueError(f"indices and correct differ in length: {tuple(idx.shape)} vs {tuple(ok.shape)}")
-        self._counts[0].index_add_(0, idx, torch.ones_like(ok))
-        self._counts[1].index_add_(0, idx, ok)
+        self._counts.index_add_(1, idx, torch.stack([torch.ones_like(ok), ok]))  # presentations, correct ones
 
     def end_epoch(self, epoch: int, *, all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """Commit ``epoch``: one bit per example by the rule (``all_reduce`` sums the counters over ranks)."""
@@ -163,9 +162,8 @@ def cluster_table(stats: Mapping[str, np.ndarray], upsampled_mask: np.ndarray) -
     """A markdown table comparing USEFUL's upsampled cluster with the rest and all examples.  The paper
     expects the upsampled (slow-learnable) cluster to be learned later and forgotten more often."""
     mask = np.asarray(upsampled_mask, dtype=bool).reshape(-1)
-    forgetting = np.asarray(stats["forgetting_count"], dtype=np.float64)
-    first = np.asarray(stats["first_learned_epoch"], dtype=np.float64)
-    learned_from = np.asarray(stats["learned_from_epoch"], dtype=np.float64)
+    forgetting, first, learned_from = (np.asarray(stats[key], dtype=np.float64)
+                                       for key in ("forgetting_count", "first_learned_epoch", "learned_from_epoch"))
     if not (forgetting.shape == first.shape == learned_from.shape == mask.shape):
         raise ValueError(f"upsampled_mask has {mask.size} entries, the statistics {forgetting.size}")
     everywhere = np.ones_like(mask)
@@ -205,8 +203,7 @@ def learning_report(learning: Mapping[str, LearningStats], upsample: np.ndarray 
             "(see real/learning_stats.py).", ""]
     for name, title in (("main", "Main phase (trained on the upsampled data)"),
                         ("separate", "Pre-split phase (the epochs before the split, original data)")):
-        if name in results and len(results[name]["epochs"]):
-            epochs = results[name]["epochs"]
+        if name in results and len(epochs := results[name]["epochs"]):
             text += [f"## {title}: epochs {int(epochs[0])}-{int(epochs[-1])}", "",
                      cluster_table(results[name], mask), ""]
     return arrays, "\n".join(text)

@@ -209,8 +209,7 @@ def state_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (in key order): equal
     digests mean bitwise-equal states (recorded to show the main phase starts afresh)."""
     h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name]
+    for name, t in sorted(state_dict.items()):
         h.update(name.encode())
         if not isinstance(t, torch.Tensor):
             h.update(repr(t).encode())
@@ -268,9 +267,8 @@ class RunState:
         self.phase, self.metrics, self.separated_at = state["phase"], list(state["metrics"]), state["separated_at"]
         if p is not None:
             self.partition = Partition.from_multiplicities(p["multiplicities"].numpy(), k=p["k"], method=p["method"])
-        self.init_digest = dict(state["init_digest"])
+        self.init_digest, self.wall_before = dict(state["init_digest"]), totals["wall_seconds"]
         self.train_seconds, self.train_images = totals["train_seconds"], totals["train_images"]
-        self.wall_before = totals["wall_seconds"]
         for name, stats_state in state["learning"].items():
             self.learning[name] = LearningStats(n_train, device=device)
             self.learning[name].load_state_dict(stats_state)
@@ -386,25 +384,22 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
     if foreign:
         raise _refusal("--out", f"{path} holds {', '.join(foreign)} not written by useful-train (config.json without "
                                 "its marker); choose another folder")
-    for name in RUN_FILES:  # temporary files of writes interrupted by a kill
-        for tmp in path.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-    if cfg.overwrite or not has_run_files(path):
-        remove_run_files(path)
-        return "fresh"
-    try:
-        status = (read_summary(path) or {}).get("status")
-    except ConfigError as err:
-        raise _refusal("--out", str(err).split(": ", 1)[-1]) from None
-    if status == "completed":
-        if cfg.resume:
-            return "done"
-        raise _refusal("--out", f"{path} holds a completed run (summary.json status 'completed'); pass --overwrite "
-                                "to replace it")
-    if not cfg.resume:
-        what = "a diverged run" if status == "diverged" else "an unfinished run"
-        raise _refusal("--out", f"{path} holds {what}; pass --resume to continue it or --overwrite to start over")
-    if not (path / CHECKPOINT).exists():  # died before its first checkpoint: nothing to resume
+    for tmp in [t for name in RUN_FILES for t in path.glob(f".{name}.*.tmp")]:  # of writes a kill interrupted
+        tmp.unlink(missing_ok=True)
+    if has_run_files(path) and not cfg.overwrite:  # a stored run: done, continued, or refused
+        try:
+            status = (read_summary(path) or {}).get("status")
+        except ConfigError as err:
+            raise _refusal("--out", str(err).split(": ", 1)[-1]) from None
+        if status == "completed":
+            if cfg.resume:
+                return "done"
+            raise _refusal("--out", f"{path} holds a completed run (summary.json status 'completed'); pass "
+                                    "--overwrite to replace it")
+        if not cfg.resume:
+            what = "a diverged run" if status == "diverged" else "an unfinished run"
+            raise _refusal("--out", f"{path} holds {what}; pass --resume to continue it or --overwrite to start over")
+    if cfg.overwrite or not (path / CHECKPOINT).exists():  # (a run that died before its first checkpoint too)
         remove_run_files(path)
         return "fresh"
     return "resume"
@@ -413,10 +408,8 @@ def _decide(cfg: TrainConfig, path: Path) -> str:
 def config_differences(stored: Mapping[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
     """``(field, stored value, current value)`` for each computed field that differs; a field the stored run
     predates counts as what it computed (:func:`real.config.legacy_fields`), else as its default."""
-    stored = legacy_fields(stored)
-    current, defaults = computed_config(cfg), computed_config(TrainConfig())
-    return [(name, stored.get(name, defaults[name]), current[name]) for name in current
-            if stored.get(name, defaults[name]) != current[name]]
+    stored = {**computed_config(TrainConfig()), **legacy_fields(stored)}
+    return [(name, stored[name], now) for name, now in computed_config(cfg).items() if stored[name] != now]
 
 
 # OSErrors that say the folder given as --out cannot be used (bad input, exit 2); the others (a full
@@ -436,46 +429,38 @@ def _refusals_as_config_errors():
         raise _refusal("--out", os_error_line(err)) from None
 
 
-def _decision(cfg: TrainConfig, info: D.DistInfo, lock: RunLock | None) -> str:
-    """Rank 0 takes the lock and decides; every rank gets its decision, or raises its refusal."""
-    decision, error = "fresh", None
-    if info.is_main:
-        try:
-            with _refusals_as_config_errors():
-                lock.acquire()
-                decision = _decide(cfg, Path(cfg.out))
-        except ConfigError as err:
-            error = (err.field, str(err))
-    decision, error = D.broadcast_object((decision, error))
-    if error is not None:
-        raise ConfigError(error[0], message=error[1])
-    return decision
-
-
 def open_run(cfg: TrainConfig, info: D.DistInfo, n_train: int) -> Run:
     """Open ``cfg.out``: lock, decide (rank 0, broadcast), check a stored run's configuration, then write
     config.json; nothing is written before every check has passed (a refusal is one ConfigError)."""
     path = Path(cfg.out)
     run = Run(path, cfg, info, RunLock(path) if info.is_main else None)
     try:
-        decision = _decision(cfg, info, run.lock)
+        decision, error = "fresh", None
+        if info.is_main:  # rank 0 takes the lock and decides; every rank gets its decision, or its refusal
+            try:
+                with _refusals_as_config_errors():
+                    run.lock.acquire()
+                    decision = _decide(cfg, path)
+            except ConfigError as err:
+                error = (err.field, str(err))
+        decision, error = D.broadcast_object((decision, error))
+        if error is not None:
+            raise ConfigError(error[0], message=error[1])
         try:
-            ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
+            run._checkpoint = ckpt = load_checkpoint(path / CHECKPOINT) if decision == "resume" else None
         except ConfigError as err:  # an empty, truncated or foreign checkpoint: nothing to resume from
             raise _refusal("--resume", str(err).split(": ", 1)[-1] + "; pass --overwrite to start over") from None
         diff = [] if decision == "fresh" else config_differences(ckpt["config"] if ckpt else read_config(path), cfg)
         if diff:  # the stored run must be this configuration
             raise ConfigError(diff[0][0], message=f"--resume: the configuration differs from the run in {path}: "
                               + ", ".join(f"--{n.replace('_', '-')} is {now!r}, was {then!r}" for n, then, now in diff))
-        if decision == "done":
-            run.done = True
+        run.done, run._fresh = decision == "done", decision == "fresh"
+        if run.done:
             log.info("%s is already completed; nothing to resume", path)
             return run
-        if decision == "fresh":
+        if run._fresh:
             run.state.phase = "separate" if cfg.useful else "main"
-            run._fresh = True
         else:
-            run._checkpoint = ckpt
             run.state.load_state_dict(ckpt["run"], n_train, info.device)
             log.info("resuming %s: %s phase after epoch %d", path, ckpt["phase"], ckpt["epoch"])
         if info.is_main:

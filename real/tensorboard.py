@@ -54,8 +54,7 @@ def epoch_scalars(row: Mapping) -> dict[str, float]:
 
 def split_scalars(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     """The tags and values of the split, from partition.npz's arrays."""
-    mask = np.asarray(arrays["upsample"], dtype=bool)
-    losses = np.asarray(arrays["losses"], dtype=np.float64)
+    mask, losses = np.asarray(arrays["upsample"], dtype=bool), np.asarray(arrays["losses"], dtype=np.float64)
     sizes, up = np.asarray(arrays["class_sizes"]), np.asarray(arrays["upsampled_per_class"])
     out = {"split/upsampled": float(mask.sum()), "split/upsampled_fraction": float(mask.mean())}
     for side, members in (("upsampled", mask), ("rest", ~mask)):
@@ -65,10 +64,8 @@ def split_scalars(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     for c in range(len(sizes)):
         name = f"split/class_{c:0{width}d}/"
         out[name + "size_upsampled"], out[name + "size_rest"] = float(up[c]), float(sizes[c] - up[c])
-        for side in ("upsampled", "rest"):
-            value = float(arrays[f"mean_loss_{side}"][c])
-            if math.isfinite(value):
-                out[name + f"mean_loss_{side}"] = value
+        out.update({name + f"mean_loss_{side}": value for side in ("upsampled", "rest")
+                    if math.isfinite(value := float(arrays[f"mean_loss_{side}"][c]))})
     return out
 
 
