@@ -541,6 +541,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
     info = DATASETS[key]
     (train_x, train_y), test, num_classes = (_load_synthetic(info, seed, synthetic_train, synthetic_test)
                                              if info.loader is None else info.loader(info, _root(info, data_dir)))
+    for x in (train_x, test[0]):  # every loader's contract (a new one's too: docs/architecture.md, "Where to add")
+        if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != info.shape:
+            raise DatasetError(f"{key}: the loader gave images {x.shape} ({x.dtype}), not (N, "
+                               f"{', '.join(map(str, info.shape))}) uint8")
     if long_tail_ratio is not None:
         keep = long_tailed_indices(train_y, long_tail_ratio, seed)
         train_x, train_y = train_x[keep], train_y[keep]

@@ -956,3 +956,20 @@ def test_loaders_read_the_record(tmp_path, monkeypatch):
         DATASETS["cifar10"], folder="moved")})
     assert load_dataset("cifar10", tmp_path).train_x.shape == (15, 3, 32, 32)
     assert set(DATASETS) == {"cifar10", "cifar100", "stl10", "cinic10", "tinyimagenet", "fashion-mnist", "synthetic"}
+
+
+@pytest.mark.parametrize("images", [np.zeros((2, 3, 8, 8), np.uint8), np.zeros((2, 3, 32, 32), np.float32),
+                                    np.zeros((2, 32, 32), np.uint8)])
+def test_a_loader_that_breaks_its_record_is_refused(images, tmp_path, monkeypatch):
+    """Whatever a loader (a new one included) returns must be uint8 (N, *record.shape): one line, not a crash later."""
+    import dataclasses
+
+    import real.datasets as datasets
+
+    labels, good = np.zeros(2, np.int64), np.zeros((2, 3, 32, 32), np.uint8)
+    for train, test in ((images, good), (good, images)):
+        splits = ((train, labels), (test, labels), 10)
+        broken = dataclasses.replace(DATASETS["synthetic"], loader=lambda info, root, splits=splits: splits)
+        monkeypatch.setattr(datasets, "DATASETS", {**DATASETS, "synthetic": broken})
+        with pytest.raises(DatasetError, match=r"^synthetic: the loader gave images .* not \(N, 3, 32, 32\) uint8$"):
+            load_dataset("synthetic", tmp_path)
