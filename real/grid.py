@@ -209,7 +209,11 @@ def _field_key(key: str, where: str, source: str, fields: set[str]) -> str:
 def _check_spec(spec: GridSpec) -> tuple[dict[str, Any], dict[str, list[Any]], tuple[int, ...]]:
     """``base`` and ``axes`` with field names, and the seeds, checked."""
     source, fields = spec.source, {f.name for f in dataclasses.fields(TrainConfig)}
-    base = {_field_key(k, "base.", source, fields): v for k, v in dict(spec.base).items()}
+    base: dict[str, Any] = {}
+    for key, value in dict(spec.base).items():
+        if (name := _field_key(key, "base.", source, fields)) in base:  # batch-size and batch_size: one wins silently
+            raise ConfigError(key, message=f"{source}: key base.{key!r} is given twice")
+        base[name] = value
     axes: dict[str, list[Any]] = {}
     for key, values in dict(spec.axes).items():
         name = _field_key(key, "axes.", source, fields)

@@ -583,3 +583,18 @@ def test_every_declared_range_is_checked_and_in_its_help(cls_name):
             cls(**base, **{f.name: int(below) if integer else float(below)})
         assert err.value.field == (f.name if name == "SimConfig" else "--" + f.name.replace("_", "-")), str(err.value)
         assert iv.text(integer=integer) in helps[f.name], f.name
+
+
+def test_one_field_under_two_spellings_is_refused_not_merged(tmp_path):
+    """``n-train`` and ``n_train`` are one field: given both (in a mapping or a --config file), one value
+    would silently replace the other, so the second is refused naming both."""
+    from sims.config import SimConfig
+
+    with pytest.raises(ConfigError, match=r"^grid: 'n-train' and 'n_train' are the same key; give it once$"):
+        config_from_mapping(SimConfig, {"n-train": 10, "n_train": 20}, source="grid")
+    path = tmp_path / "c.toml"
+    path.write_text("n_train = 10\nn-train = 20\n")
+    with pytest.raises(ConfigError, match="'n_train' and 'n-train' are the same key") as err:
+        resolve_config(SimConfig, {}, config_path=str(path))
+    assert str(path) in str(err.value)
+    assert config_from_mapping(SimConfig, {"n-train": 10, "lr": 0.1}).n_train == 10

@@ -182,6 +182,8 @@ def test_unknown_keys_name_the_key_and_the_file(tmp_path, body, key):
         (GOOD + "lr = [0.1, 0.1]\n", ["lr=0.1,seed=0 and", "same configuration"]),
         (GOOD + "data_dir = ['a/b', 'a_b']\n", ["same configuration"]),  # data_dir says where, not what
         ("seeds = [0, 0]\n" + GOOD, ["duplicates"]),
+        (GOOD.replace("[base]", "[base]\nbatch-size = 16"), ["base.'batch_size'", "given twice"]),  # not one wins
+        (GOOD + "synthetic_train = [64]\nsynthetic-train = [32]\n", ["axis 'synthetic-train'", "given twice"]),
         ("seeds = [-1]\n" + GOOD, ["seeds"]),
         (GOOD.replace("[base]", "[base]\npreset = 'nope'"), ["--preset", "nope"]),
         ("[slurm]\nnodes = 2\n" + GOOD, ["slurm option 'nodes'", "expected 1"]),

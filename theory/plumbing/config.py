@@ -267,16 +267,24 @@ def config_from_mapping(cls: type, mapping: Mapping[str, Any], *, source: str = 
     Unknown keys raise :class:`ConfigError` naming the key, the source and the allowed keys.
     """
     types_ = _field_types(cls)
-    kwargs = {}
-    for key, raw in mapping.items():
+    names = _field_names(mapping, types_, source)
+    return cls(**{name: _coerce(name.replace("_", "-"), mapping[key], types_[name]) for key, name in names.items()})
+
+
+def _field_names(keys: Any, types_: Mapping[str, Any], source: str) -> dict[str, str]:
+    """Each key's field name (dashes as underscores); an unknown key, or one field under two spellings
+    (``batch-size`` and ``batch_size``, whose values would silently replace each other), is a ConfigError."""
+    names: dict[str, str] = {}
+    for key in keys:
         name = key.replace("-", "_")
         if name not in types_:
             allowed = ", ".join(sorted(k.replace("_", "-") for k in types_))
-            raise ConfigError(
-                key, message=f"{source}: unknown key {key!r}; allowed keys: {allowed}"
-            )
-        kwargs[name] = _coerce(name.replace("_", "-"), raw, types_[name])
-    return cls(**kwargs)
+            raise ConfigError(key, message=f"{source}: unknown key {key!r}; allowed keys: {allowed}")
+        if name in names.values():
+            twin = next(k for k, n in names.items() if n == name)
+            raise ConfigError(key, message=f"{source}: {twin!r} and {key!r} are the same key; give it once")
+        names[key] = name
+    return names
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -387,12 +395,7 @@ def config_file_values(cls: type, config_path: str | Path, *, section: str | Non
     data = load_toml(config_path)
     if section is not None and isinstance(data.get(section), dict):
         data = data[section]
-    types_ = _field_types(cls)
-    for key in data:
-        if key.replace("-", "_") not in types_:
-            allowed = ", ".join(sorted(k.replace("_", "-") for k in types_))
-            raise ConfigError(key, message=f"{config_path}: unknown key {key!r}; allowed keys: {allowed}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {name: data[key] for key, name in _field_names(data, _field_types(cls), str(config_path)).items()}
 
 
 def given_values(cls: type, args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
