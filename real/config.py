@@ -244,8 +244,8 @@ def _check_run_control(cfg: TrainConfig) -> None:
     if cfg.tensorboard:
         check_installed()  # a flag that is accepted must act
     if cfg.preset is not None:
-        check(isinstance(cfg.preset, str) and cfg.preset in preset_names(), "--preset", cfg.preset,
-              "one of " + ", ".join(preset_names()))
+        names = preset_names()
+        check(isinstance(cfg.preset, str) and cfg.preset in names, "--preset", cfg.preset, "one of " + ", ".join(names))
 
 
 def computed_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
