@@ -274,17 +274,16 @@ def config_from_mapping(cls: type, mapping: Mapping[str, Any], *, source: str = 
 def _field_names(keys: Any, types_: Mapping[str, Any], source: str) -> dict[str, str]:
     """Each key's field name (dashes as underscores); an unknown key, or one field under two spellings
     (``batch-size`` and ``batch_size``, whose values would silently replace each other), is a ConfigError."""
-    names: dict[str, str] = {}
+    keys_of: dict[str, str] = {}  # field name -> the key that gave it
     for key in keys:
         name = key.replace("-", "_")
         if name not in types_:
             allowed = ", ".join(sorted(k.replace("_", "-") for k in types_))
             raise ConfigError(key, message=f"{source}: unknown key {key!r}; allowed keys: {allowed}")
-        if name in names.values():
-            twin = next(k for k, n in names.items() if n == name)
-            raise ConfigError(key, message=f"{source}: {twin!r} and {key!r} are the same key; give it once")
-        names[key] = name
-    return names
+        if name in keys_of:
+            raise ConfigError(key, message=f"{source}: {keys_of[name]!r} and {key!r} are the same key; give it once")
+        keys_of[name] = key
+    return {key: name for name, key in keys_of.items()}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -309,8 +308,8 @@ _INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\s\])]+)\s*([\])])")
 
 @dataclasses.dataclass(frozen=True)
 class _Interval:
-    low: float | None
-    high: float | None
+    low: float  # always finite
+    high: float | None  # None: unbounded
     low_open: bool
     high_open: bool
 
